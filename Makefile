@@ -1,0 +1,83 @@
+# make setup  - Debian packages, .venv with pinned deps, the package built into it (idempotent)
+# make demo   - the main job: the seed's example on the embedded store
+# make test   - every test: C++ (GoogleTest, plus ASan/UBSan and TSan builds), fuzz smoke, Python
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUILD ?= build
+JOBS ?= $(shell nproc)
+FUZZ_SECONDS ?= 20
+APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-dev clang libclang-rt-14-dev
+
+.PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz test-python test-install bench clean
+
+setup: apt venv python-package
+
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.deps: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Rebuilds only when sources change (scikit-build-core keeps build/python).
+python-package: $(VENV)/.deps
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+
+cpp:
+	cmake -S . -B $(BUILD)/cpp -G Ninja -DMC_BUILD_TESTS=ON -DCMAKE_MAKE_PROGRAM=$$(command -v ninja)
+	cmake --build $(BUILD)/cpp -j $(JOBS)
+
+demo: setup
+	$(PY) examples/seed_example.py
+
+test: setup test-cpp test-sanitize test-fuzz test-install test-python
+
+test-cpp: cpp
+	ctest --test-dir $(BUILD)/cpp --output-on-failure -j $(JOBS)
+
+# ASan+UBSan over every C++ test; TSan over the concurrent ones.
+test-sanitize:
+	cmake -S . -B $(BUILD)/asan -G Ninja -DMC_BUILD_TESTS=ON -DMC_SANITIZE=address,undefined -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(BUILD)/asan -j $(JOBS)
+	$(BUILD)/asan/mooncake_connector_tests --gtest_brief=1
+	cmake -S . -B $(BUILD)/tsan -G Ninja -DMC_BUILD_TESTS=ON -DMC_SANITIZE=thread -DCMAKE_BUILD_TYPE=Debug
+	cmake --build $(BUILD)/tsan -j $(JOBS)
+	$(BUILD)/tsan/mooncake_connector_tests --gtest_brief=1 --gtest_filter='*Concurrent*'
+
+# A bounded libFuzzer run of every parser of untrusted bytes, seeded from fuzz/corpus.
+test-fuzz:
+	CC=clang CXX=clang++ cmake -S . -B $(BUILD)/fuzz -G Ninja -DMC_BUILD_FUZZ=ON -DMC_SANITIZE=address,undefined
+	cmake --build $(BUILD)/fuzz -j $(JOBS)
+	for t in value_format url; do \
+	  mkdir -p $(BUILD)/fuzz/corpus_$$t; \
+	  $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
+	    $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t || exit 1; \
+	done
+
+# The installed library works from another CMake project (find_package).
+test-install:
+	cmake -S . -B $(BUILD)/install-lib -G Ninja -DCMAKE_INSTALL_PREFIX=$(CURDIR)/$(BUILD)/prefix
+	cmake --build $(BUILD)/install-lib -j $(JOBS)
+	cmake --install $(BUILD)/install-lib
+	cmake -S examples/cmake_consumer -B $(BUILD)/consumer -G Ninja -DCMAKE_PREFIX_PATH=$(CURDIR)/$(BUILD)/prefix
+	cmake --build $(BUILD)/consumer
+	$(BUILD)/consumer/consumer_example
+
+test-python: python-package
+	$(PY) -m pytest -q tests/python
+
+bench: setup
+	$(PY) bench/bench_memory.py
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,93 @@
+// The connector: SGLang's BaseKVConnector API over any store.
+//
+//   auto c = Connector::Create("memory://");
+//   c.value()->Set("w", tensor.view());
+//   Result<std::optional<Tensor>> t = c.value()->Get("w");
+//
+// Thread safety: every method but Close() may be called from many threads.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mooncake_connector/export.h"
+#include "mooncake_connector/status.h"
+#include "mooncake_connector/store.h"
+#include "mooncake_connector/tensor.h"
+#include "mooncake_connector/url.h"
+
+namespace mooncake_connector {
+
+struct ConnectorOptions {
+  // Where Get places tensors. Only "cpu" for now.
+  std::string device = "cpu";
+  // Backend options; they override the URL's query options of the same name.
+  std::map<std::string, std::string> options;
+};
+
+// The URL schemes Create accepts, e.g. {"memory"}.
+MC_EXPORT std::vector<std::string> SupportedSchemes();
+
+class MC_EXPORT Connector {
+ public:
+  // Opens the store the URL names. InvalidArgument for a malformed URL, an
+  // unknown scheme (the message lists the supported ones), an unknown option
+  // or an unsupported device.
+  static Result<std::unique_ptr<Connector>> Create(std::string_view url,
+                                                   const ConnectorOptions& options = {});
+  ~Connector();  // Close()s
+  Connector(const Connector&) = delete;
+  Connector& operator=(const Connector&) = delete;
+
+  // Stores a tensor (value format: docs/value_format.md), replacing any value.
+  Status Set(std::string_view key, const TensorView& tensor);
+  // Stores UTF-8 text, replacing any value. InvalidArgument if not UTF-8.
+  Status SetStr(std::string_view key, std::string_view value);
+  // nullopt for a missing key; DataLoss when the value is not a tensor value.
+  Result<std::optional<Tensor>> Get(std::string_view key);
+  // nullopt for a missing key; DataLoss when the value is not UTF-8.
+  Result<std::optional<std::string>> GetStr(std::string_view key);
+  // Keys starting with `prefix`, sorted.
+  Result<std::vector<std::string>> List(std::string_view prefix);
+  Result<bool> Exists(std::string_view key);
+  // true if the key existed and is gone, false if it did not exist.
+  Result<bool> Remove(std::string_view key);
+
+  // A private temporary directory, created on first use and deleted (with
+  // everything in it) by Close().
+  Result<std::string> GetLocalDir();
+
+  // Releases the store and deletes the local dir. Idempotent. Afterwards every
+  // other method fails with FailedPrecondition.
+  Status Close();
+  bool closed() const { return closed_.load(); }
+
+  const Url& url() const { return url_; }
+  // The URL path: the model name or key prefix.
+  const std::string& model_name() const { return url_.path; }
+  const std::string& device() const { return device_; }
+  // REQUIRES: !closed().
+  Store& store() { return *store_; }
+
+ private:
+  Connector(Url url, std::string device, std::shared_ptr<Store> store);
+  Status CheckOpen() const;
+
+  const Url url_;
+  const std::string device_;
+  std::shared_ptr<Store> store_;
+  std::atomic<bool> closed_{false};
+  std::mutex local_dir_mutex_;
+  std::string local_dir_;
+};
+
+// True if `text` is well-formed UTF-8 (no overlong forms, no surrogates).
+MC_EXPORT bool IsValidUtf8(std::string_view text);
+
+}  // namespace mooncake_connector

@@ -1,0 +1,85 @@
+// The store interface: a flat key -> bytes map that every backend implements
+// (memory://, mooncake://). Its operations mirror the Mooncake Store C ABI
+// (batch put from memory ranges, batch get into caller buffers, batch exists,
+// size, remove), so that a backend maps each call to one native call.
+//
+// Contract for every backend (checked by tests/cpp/store_conformance.h):
+//  - Keys are non-empty byte strings; an empty key is InvalidArgument.
+//  - Put replaces any existing value (last writer wins).
+//  - Batch calls return one result per request, in request order; requests are
+//    independent, so one failure does not stop the others.
+//  - A missing key is NotFound (Get, GetInto, GetSize, Remove).
+//  - GetInto into a buffer smaller than the value is InvalidArgument and
+//    leaves the value unchanged; the message names the value's size.
+//  - List returns the keys that start with `prefix`, sorted.
+//  - All methods are safe to call from many threads at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mooncake_connector/buffer.h"
+#include "mooncake_connector/export.h"
+#include "mooncake_connector/status.h"
+
+namespace mooncake_connector {
+
+// Placement hints. Backends that keep one copy in one process ignore them.
+struct WriteOptions {
+  int replica_num = 1;    // copies on distinct storage segments
+  bool soft_pin = false;  // evicted last under memory pressure
+  bool hard_pin = false;  // never evicted
+};
+
+struct PutRequest {
+  std::string_view key;
+  // The value is the concatenation of these ranges (a scatter list), so that
+  // a header and a payload need not be joined by the caller.
+  std::span<const ConstBytes> parts;
+};
+
+struct GetIntoRequest {
+  std::string_view key;
+  MutableBytes destination;
+};
+
+class MC_EXPORT Store {
+ public:
+  virtual ~Store() = default;
+
+  // The URL that opens this store again (e.g. "memory://name").
+  virtual std::string url() const = 0;
+
+  virtual std::vector<Status> BatchPut(std::span<const PutRequest> requests,
+                                       const WriteOptions& options) = 0;
+  // Each result is the value's size, i.e. the bytes written at the start of
+  // its destination.
+  virtual std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) = 0;
+  virtual std::vector<Result<bool>> BatchExists(std::span<const std::string_view> keys) = 0;
+  virtual Result<uint64_t> GetSize(std::string_view key) = 0;
+  virtual Status Remove(std::string_view key) = 0;
+  virtual Result<std::vector<std::string>> List(std::string_view prefix) = 0;
+
+  // The whole value in a new buffer aligned to kBufferAlignment. The default
+  // asks for the size, then reads into a buffer of that size, and retries if
+  // a concurrent writer changed the size in between.
+  virtual Result<Buffer> Get(std::string_view key);
+
+  // Single-key forms of the batch calls.
+  Status Put(std::string_view key, std::span<const ConstBytes> parts,
+             const WriteOptions& options = {});
+  Status Put(std::string_view key, ConstBytes value, const WriteOptions& options = {});
+  Result<uint64_t> GetInto(std::string_view key, MutableBytes destination);
+  Result<bool> Exists(std::string_view key);
+};
+
+// InvalidArgument unless `key` is acceptable to every backend: non-empty and at
+// most kMaxKeyBytes bytes.
+inline constexpr size_t kMaxKeyBytes = 4096;
+MC_EXPORT Status ValidateKey(std::string_view key);
+
+}  // namespace mooncake_connector

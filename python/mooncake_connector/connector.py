@@ -1,0 +1,107 @@
+"""The Python connector object: SGLang's ``BaseKVConnector`` API over the C++
+core. Only type conversion happens here."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from . import _impl
+from ._tensors import as_cpu_tensor, from_wire, to_wire
+
+
+class MooncakeConnector:
+    """A key-value connector for tensors and strings.
+
+    Drop-in for SGLang's ``BaseKVConnector``: ``get``/``getstr`` return ``None``
+    for a missing key, ``set``/``setstr`` overwrite, ``list(prefix)`` returns
+    the matching keys. Build one with :func:`create_remote_connector`.
+    """
+
+    def __init__(self, url: str, device: str | torch.device = "cpu", **options: Any) -> None:
+        self.url = url
+        self.device = str(torch.device(device)) if not isinstance(device, str) else device
+        self._impl = _impl.Connector.create(
+            url, self.device, {k: _option_text(v) for k, v in options.items()})
+
+    # -- BaseKVConnector -------------------------------------------------
+    def get(self, key: str) -> Optional[torch.Tensor]:
+        wire = self._impl.get_tensor(key)
+        return None if wire is None else from_wire(*wire)
+
+    def getstr(self, key: str) -> Optional[str]:
+        return self._impl.getstr(key)
+
+    def set(self, key: str, tensor: Any) -> None:
+        tensor = as_cpu_tensor(tensor)
+        self._impl.set_tensor(key, *to_wire(tensor))
+
+    def setstr(self, key: str, obj: str) -> None:
+        if not isinstance(obj, str):
+            raise TypeError(f"setstr expects a str, got {type(obj).__name__}")
+        self._impl.setstr(key, obj)
+
+    def list(self, prefix: str = "") -> list[str]:
+        return self._impl.list(prefix)
+
+    # -- extras ------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        return self._impl.exists(key)
+
+    def remove(self, key: str) -> bool:
+        """Deletes ``key``; ``True`` if it existed."""
+        return self._impl.remove(key)
+
+    @property
+    def model_name(self) -> str:
+        """The URL path: a model name or key prefix."""
+        return self._impl.model_name
+
+    # -- BaseConnector -----------------------------------------------------
+    def get_local_dir(self) -> str:
+        """A private temporary directory, deleted by :meth:`close`."""
+        return self._impl.get_local_dir()
+
+    def close(self) -> None:
+        self._impl.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._impl.closed
+
+    def __enter__(self) -> "MooncakeConnector":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        impl = getattr(self, "_impl", None)
+        if impl is not None and not impl.closed:
+            impl.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"MooncakeConnector({self._impl.url!r}, device={self.device!r}, {state})"
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def create_remote_connector(url: str, device: str | torch.device = "cpu",
+                            **kwargs: Any) -> MooncakeConnector:
+    """Opens a connector for ``url`` (see :func:`supported_schemes`).
+
+    Raises ``InvalidArgumentError`` (a ``ValueError``) for a malformed URL, an
+    unknown scheme or option. Keyword arguments are backend options and
+    override the URL's query options of the same name.
+    """
+    return MooncakeConnector(url, device=device, **kwargs)
+
+
+def supported_schemes() -> list[str]:
+    return list(_impl.supported_schemes())

@@ -1,0 +1,215 @@
+#include "mooncake_connector/memory_store.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace mooncake_connector {
+namespace {
+
+class MemoryStore final : public Store {
+ public:
+  MemoryStore(const MemoryStoreOptions& options, std::string name)
+      : options_(options), name_(std::move(name)),
+        shards_(std::max<size_t>(1, options.num_shards)) {}
+
+  std::string url() const override { return "memory://" + name_; }
+  uint64_t capacity() const { return options_.capacity_bytes; }
+
+  std::vector<Status> BatchPut(std::span<const PutRequest> requests,
+                               const WriteOptions&) override {
+    std::vector<Status> out;
+    out.reserve(requests.size());
+    for (const PutRequest& r : requests) out.push_back(PutOne(r));
+    return out;
+  }
+
+  std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) override {
+    std::vector<Result<uint64_t>> out;
+    out.reserve(requests.size());
+    for (const GetIntoRequest& r : requests) out.push_back(GetIntoOne(r));
+    return out;
+  }
+
+  std::vector<Result<bool>> BatchExists(std::span<const std::string_view> keys) override {
+    std::vector<Result<bool>> out;
+    out.reserve(keys.size());
+    for (std::string_view key : keys) {
+      Status valid = ValidateKey(key);
+      if (!valid.ok()) {
+        out.emplace_back(valid);
+        continue;
+      }
+      out.emplace_back(Lookup(key) != nullptr);
+    }
+    return out;
+  }
+
+  Result<uint64_t> GetSize(std::string_view key) override {
+    MC_ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> value, Find(key));
+    return value->size();
+  }
+
+  Result<Buffer> Get(std::string_view key) override {
+    MC_ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> value, Find(key));
+    MC_ASSIGN_OR_RETURN(Buffer copy, Buffer::Allocate(value->size()));
+    if (value->size() > 0) std::memcpy(copy.data(), value->data(), value->size());
+    return copy;
+  }
+
+  Status Remove(std::string_view key) override {
+    MC_RETURN_IF_ERROR(ValidateKey(key));
+    Shard& shard = ShardFor(key);
+    std::unique_lock lock(shard.mutex);
+    auto it = shard.map.find(key);
+    if (it == shard.map.end()) return MissingKey(key);
+    used_.fetch_sub(it->second->size(), std::memory_order_relaxed);
+    shard.map.erase(it);
+    return Status::Ok();
+  }
+
+  Result<std::vector<std::string>> List(std::string_view prefix) override {
+    std::vector<std::string> keys;
+    for (Shard& shard : shards_) {
+      std::shared_lock lock(shard.mutex);
+      for (const auto& [key, value] : shard.map) {
+        if (key.starts_with(prefix)) keys.push_back(key);
+      }
+    }
+    std::sort(keys.begin(), keys.end());
+    return keys;
+  }
+
+ private:
+  struct StringHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct Shard {
+    std::shared_mutex mutex;
+    // Values are immutable once published; readers copy them outside the lock.
+    std::unordered_map<std::string, std::shared_ptr<const Buffer>, StringHash, std::equal_to<>> map;
+  };
+
+  static Status MissingKey(std::string_view key) {
+    return NotFound("key '" + std::string(key) + "' not found");
+  }
+
+  Shard& ShardFor(std::string_view key) {
+    return shards_[StringHash{}(key) % shards_.size()];
+  }
+
+  std::shared_ptr<const Buffer> Lookup(std::string_view key) {
+    Shard& shard = ShardFor(key);
+    std::shared_lock lock(shard.mutex);
+    auto it = shard.map.find(key);
+    return it == shard.map.end() ? nullptr : it->second;
+  }
+
+  Result<std::shared_ptr<const Buffer>> Find(std::string_view key) {
+    MC_RETURN_IF_ERROR(ValidateKey(key));
+    std::shared_ptr<const Buffer> value = Lookup(key);
+    if (value == nullptr) return MissingKey(key);
+    return value;
+  }
+
+  Status PutOne(const PutRequest& r) {
+    MC_RETURN_IF_ERROR(ValidateKey(r.key));
+    uint64_t size = 0;
+    for (ConstBytes part : r.parts) size += part.size();
+    // Copy outside the lock: a large value must not block other keys.
+    MC_ASSIGN_OR_RETURN(Buffer buffer, Buffer::Allocate(size));
+    size_t offset = 0;
+    for (ConstBytes part : r.parts) {
+      if (!part.empty()) std::memcpy(buffer.data() + offset, part.data(), part.size());
+      offset += part.size();
+    }
+    auto value = std::make_shared<const Buffer>(std::move(buffer));
+
+    Shard& shard = ShardFor(r.key);
+    std::unique_lock lock(shard.mutex);
+    auto it = shard.map.find(r.key);
+    uint64_t old_size = it == shard.map.end() ? 0 : it->second->size();
+    MC_RETURN_IF_ERROR(Reserve(size, old_size, r.key));
+    if (it == shard.map.end()) {
+      shard.map.emplace(std::string(r.key), std::move(value));
+    } else {
+      it->second = std::move(value);
+    }
+    return Status::Ok();
+  }
+
+  // Accounts for replacing `old_size` bytes by `new_size` bytes.
+  Status Reserve(uint64_t new_size, uint64_t old_size, std::string_view key) {
+    uint64_t used = used_.load(std::memory_order_relaxed);
+    while (true) {
+      uint64_t next = used - old_size + new_size;
+      if (options_.capacity_bytes != 0 && next > options_.capacity_bytes) {
+        return ResourceExhausted("memory store '" + name_ + "' is full: putting " +
+                                 std::to_string(new_size) + " bytes under '" + std::string(key) +
+                                 "' would use " + std::to_string(next) + " of " +
+                                 std::to_string(options_.capacity_bytes) + " bytes");
+      }
+      if (used_.compare_exchange_weak(used, next, std::memory_order_relaxed)) return Status::Ok();
+    }
+  }
+
+  Result<uint64_t> GetIntoOne(const GetIntoRequest& r) {
+    MC_ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> value, Find(r.key));
+    if (value->size() > r.destination.size()) {
+      return InvalidArgument("buffer of " + std::to_string(r.destination.size()) +
+                             " bytes is too small for the " + std::to_string(value->size()) +
+                             "-byte value of '" + std::string(r.key) + "'");
+    }
+    if (value->size() > 0) std::memcpy(r.destination.data(), value->data(), value->size());
+    return value->size();
+  }
+
+  const MemoryStoreOptions options_;
+  const std::string name_;
+  std::vector<Shard> shards_;
+  std::atomic<uint64_t> used_{0};
+};
+
+struct Registry {
+  std::mutex mutex;
+  std::map<std::string, std::weak_ptr<MemoryStore>, std::less<>> stores;
+};
+
+Registry& GlobalRegistry() {
+  static Registry* registry = new Registry();  // never destroyed: safe at exit
+  return *registry;
+}
+
+}  // namespace
+
+std::shared_ptr<Store> NewMemoryStore(const MemoryStoreOptions& options, std::string name) {
+  return std::make_shared<MemoryStore>(options, std::move(name));
+}
+
+Result<std::shared_ptr<Store>> OpenNamedMemoryStore(std::string_view name,
+                                                    const MemoryStoreOptions& options) {
+  Registry& registry = GlobalRegistry();
+  std::lock_guard lock(registry.mutex);
+  auto it = registry.stores.find(name);
+  if (it != registry.stores.end()) {
+    if (std::shared_ptr<MemoryStore> existing = it->second.lock()) {
+      if (options.capacity_bytes != 0 && options.capacity_bytes != existing->capacity()) {
+        return InvalidArgument("memory store '" + std::string(name) + "' is already open with capacity " +
+                               std::to_string(existing->capacity()));
+      }
+      return std::shared_ptr<Store>(existing);
+    }
+  }
+  auto store = std::make_shared<MemoryStore>(options, std::string(name));
+  registry.stores[std::string(name)] = store;
+  return std::shared_ptr<Store>(store);
+}
+
+}  // namespace mooncake_connector

@@ -1,0 +1,49 @@
+#include "mooncake_connector/store.h"
+
+#include <string>
+
+namespace mooncake_connector {
+
+Status ValidateKey(std::string_view key) {
+  if (key.empty()) return InvalidArgument("empty key");
+  if (key.size() > kMaxKeyBytes) {
+    return InvalidArgument("key of " + std::to_string(key.size()) + " bytes exceeds the limit of " +
+                           std::to_string(kMaxKeyBytes));
+  }
+  return Status::Ok();
+}
+
+Result<Buffer> Store::Get(std::string_view key) {
+  // A writer may replace the value between GetSize and GetInto; a few retries
+  // make that race invisible unless the key is rewritten continuously.
+  constexpr int kAttempts = 8;
+  for (int attempt = 0; attempt < kAttempts; ++attempt) {
+    MC_ASSIGN_OR_RETURN(uint64_t size, GetSize(key));
+    MC_ASSIGN_OR_RETURN(Buffer buffer, Buffer::Allocate(size));
+    Result<uint64_t> got = GetInto(key, buffer.bytes());
+    if (got.ok()) return buffer.Slice(0, *got);
+    if (got.status().code() != StatusCode::kInvalidArgument) return got.status();
+  }
+  return Aborted("value of key '" + std::string(key) + "' kept changing size while being read");
+}
+
+Status Store::Put(std::string_view key, std::span<const ConstBytes> parts,
+                  const WriteOptions& options) {
+  PutRequest request{key, parts};
+  return BatchPut({&request, 1}, options)[0];
+}
+
+Status Store::Put(std::string_view key, ConstBytes value, const WriteOptions& options) {
+  return Put(key, std::span<const ConstBytes>(&value, 1), options);
+}
+
+Result<uint64_t> Store::GetInto(std::string_view key, MutableBytes destination) {
+  GetIntoRequest request{key, destination};
+  return BatchGetInto({&request, 1})[0];
+}
+
+Result<bool> Store::Exists(std::string_view key) {
+  return BatchExists({&key, 1})[0];
+}
+
+}  // namespace mooncake_connector

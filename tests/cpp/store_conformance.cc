@@ -1,0 +1,175 @@
+#include "store_conformance.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+namespace mooncake_connector::testing {
+namespace {
+
+ConstBytes AsBytes(std::string_view s) { return std::as_bytes(std::span(s.data(), s.size())); }
+
+std::string ReadAll(Store& store, std::string_view key) {
+  Result<Buffer> b = store.Get(key);
+  EXPECT_TRUE(b.ok()) << b.status();
+  if (!b.ok()) return "";
+  return std::string(reinterpret_cast<const char*>(b->data()), b->size());
+}
+
+}  // namespace
+
+void StoreConformance::SetUp() {
+  store_ = GetParam().make();
+  ASSERT_NE(store_, nullptr);
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  prefix_ = std::string("conformance/") + info->name() + "/";
+  std::replace(prefix_.begin(), prefix_.end(), '/', '_');
+  prefix_ += "/";
+  Result<std::vector<std::string>> stale = store_->List(prefix_);
+  ASSERT_TRUE(stale.ok()) << stale.status();
+  for (const std::string& k : *stale) ASSERT_TRUE(store_->Remove(k).ok());
+}
+
+TEST_P(StoreConformance, PutThenGetReturnsTheBytes) {
+  ASSERT_TRUE(store_->Put(Key("a"), AsBytes("hello")).ok());
+  EXPECT_EQ(ReadAll(*store_, Key("a")), "hello");
+  Result<uint64_t> size = store_->GetSize(Key("a"));
+  ASSERT_TRUE(size.ok());
+  EXPECT_EQ(*size, 5u);
+}
+
+TEST_P(StoreConformance, PutJoinsScatterParts) {
+  ConstBytes parts[] = {AsBytes("head"), AsBytes(""), AsBytes("-body")};
+  ASSERT_TRUE(store_->Put(Key("s"), parts).ok());
+  EXPECT_EQ(ReadAll(*store_, Key("s")), "head-body");
+}
+
+TEST_P(StoreConformance, PutOverwrites) {
+  ASSERT_TRUE(store_->Put(Key("o"), AsBytes("first value")).ok());
+  ASSERT_TRUE(store_->Put(Key("o"), AsBytes("2nd")).ok());
+  EXPECT_EQ(ReadAll(*store_, Key("o")), "2nd");
+}
+
+TEST_P(StoreConformance, EmptyValue) {
+  ASSERT_TRUE(store_->Put(Key("e"), ConstBytes()).ok());
+  EXPECT_EQ(*store_->Exists(Key("e")), true);
+  EXPECT_EQ(ReadAll(*store_, Key("e")), "");
+}
+
+TEST_P(StoreConformance, MissingKeyIsNotFound) {
+  EXPECT_EQ(store_->Get(Key("missing")).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store_->GetSize(Key("missing")).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(store_->Remove(Key("missing")).code(), StatusCode::kNotFound);
+  std::byte buf[4];
+  EXPECT_EQ(store_->GetInto(Key("missing"), buf).status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(*store_->Exists(Key("missing")), false);
+}
+
+TEST_P(StoreConformance, EmptyKeyIsInvalid) {
+  EXPECT_EQ(store_->Put("", AsBytes("x")).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Get("").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(store_->Exists("").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_P(StoreConformance, GetIntoSmallBufferIsInvalidAndNamesTheSize) {
+  ASSERT_TRUE(store_->Put(Key("big"), AsBytes("0123456789")).ok());
+  std::byte small[4];
+  Result<uint64_t> r = store_->GetInto(Key("big"), small);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("10"), std::string_view::npos) << r.status();
+  EXPECT_EQ(ReadAll(*store_, Key("big")), "0123456789");
+}
+
+TEST_P(StoreConformance, GetIntoLargerBufferWritesThePrefix) {
+  ASSERT_TRUE(store_->Put(Key("v"), AsBytes("abc")).ok());
+  std::vector<std::byte> buf(16, std::byte{0x7f});
+  Result<uint64_t> r = store_->GetInto(Key("v"), buf);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(*r, 3u);
+  EXPECT_EQ(std::memcmp(buf.data(), "abc", 3), 0);
+  EXPECT_EQ(buf[3], std::byte{0x7f});
+}
+
+TEST_P(StoreConformance, RemoveDeletes) {
+  ASSERT_TRUE(store_->Put(Key("r"), AsBytes("x")).ok());
+  ASSERT_TRUE(store_->Remove(Key("r")).ok());
+  EXPECT_EQ(*store_->Exists(Key("r")), false);
+  EXPECT_EQ(store_->Get(Key("r")).status().code(), StatusCode::kNotFound);
+}
+
+TEST_P(StoreConformance, ListFiltersByPrefixAndSorts) {
+  for (const char* k : {"b/2", "a/1", "b/1", "c"}) ASSERT_TRUE(store_->Put(Key(k), AsBytes(k)).ok());
+  Result<std::vector<std::string>> all = store_->List(prefix_);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(*all, (std::vector<std::string>{Key("a/1"), Key("b/1"), Key("b/2"), Key("c")}));
+  Result<std::vector<std::string>> b = store_->List(Key("b/"));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(*b, (std::vector<std::string>{Key("b/1"), Key("b/2")}));
+  EXPECT_TRUE(store_->List(Key("zzz"))->empty());
+}
+
+TEST_P(StoreConformance, BatchResultsArePerRequestAndInOrder) {
+  std::string ka = Key("ba"), kb = Key("bb"), kc = Key("bc");
+  ConstBytes va[] = {AsBytes("A")}, vc[] = {AsBytes("CCC")};
+  PutRequest puts[] = {{ka, va}, {"", va}, {kc, vc}};
+  std::vector<Status> put_status = store_->BatchPut(puts, WriteOptions{});
+  ASSERT_EQ(put_status.size(), 3u);
+  EXPECT_TRUE(put_status[0].ok());
+  EXPECT_EQ(put_status[1].code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(put_status[2].ok());
+
+  std::byte a[8], b[8], c[8];
+  GetIntoRequest gets[] = {{ka, a}, {kb, b}, {kc, c}};
+  std::vector<Result<uint64_t>> got = store_->BatchGetInto(gets);
+  ASSERT_EQ(got.size(), 3u);
+  EXPECT_EQ(*got[0], 1u);
+  EXPECT_EQ(got[1].status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(*got[2], 3u);
+  EXPECT_EQ(std::memcmp(c, "CCC", 3), 0);
+
+  std::string_view keys[] = {ka, kb, kc};
+  std::vector<Result<bool>> exist = store_->BatchExists(keys);
+  EXPECT_EQ(*exist[0], true);
+  EXPECT_EQ(*exist[1], false);
+  EXPECT_EQ(*exist[2], true);
+}
+
+TEST_P(StoreConformance, LargeValueRoundTrips) {
+  std::vector<uint8_t> big(32u << 20);
+  std::iota(big.begin(), big.end(), 0);
+  ASSERT_TRUE(store_->Put(Key("large"), std::as_bytes(std::span(big))).ok());
+  Result<Buffer> got = store_->Get(Key("large"));
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), big.size());
+  EXPECT_EQ(std::memcmp(got->data(), big.data(), big.size()), 0);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(got->data()) % kBufferAlignment, 0u);
+}
+
+TEST_P(StoreConformance, ConcurrentWritersAndReaders) {
+  constexpr int kThreads = 4, kRounds = 200;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kRounds; ++i) {
+        std::string key = Key("t" + std::to_string(t) + "/" + std::to_string(i % 10));
+        std::string value = std::to_string(t) + ":" + std::to_string(i);
+        if (!store_->Put(key, AsBytes(value)).ok()) ++failures;
+        Result<Buffer> got = store_->Get(key);
+        if (!got.ok() || std::string_view(reinterpret_cast<const char*>(got->data()), got->size()) != value) {
+          ++failures;  // each thread owns its keys, so it reads its own write
+        }
+        // Everyone also lists the shared prefix while others write.
+        if (!store_->List(prefix_).ok()) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(store_->List(prefix_)->size(), static_cast<size_t>(kThreads * 10));
+}
+
+}  // namespace mooncake_connector::testing

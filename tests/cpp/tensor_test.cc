@@ -1,0 +1,108 @@
+#include "mooncake_connector/tensor.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "mooncake_connector/dlpack.h"
+
+namespace mooncake_connector {
+namespace {
+
+TEST(DType, NamesRoundTripAndSizesAreRight) {
+  for (DType d : kAllDTypes) {
+    EXPECT_EQ(*ParseDType(DTypeName(d)), d);
+  }
+  EXPECT_EQ(ItemSize(DType::kBF16), 2u);
+  EXPECT_EQ(ItemSize(DType::kF8E5M2), 1u);
+  EXPECT_EQ(ItemSize(DType::kU64), 8u);
+  EXPECT_EQ(DTypeName(DType::kF8E4M3), "F8_E4M3");
+  EXPECT_EQ(ParseDType("F4").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(Tensor, SizesAndOverflow) {
+  EXPECT_EQ(*NumElements({}), 1u);
+  EXPECT_EQ(*NumElements({3, 0, 2}), 0u);
+  EXPECT_EQ(*NumBytes(DType::kF32, {2, 3}), 24u);
+  EXPECT_FALSE(NumElements({-1}).ok());
+  EXPECT_FALSE(NumBytes(DType::kF64, {int64_t{1} << 62}).ok());
+  EXPECT_FALSE(NumElements({int64_t{1} << 40, int64_t{1} << 40}).ok());
+}
+
+TEST(Tensor, AllocateIsAlignedAndCopyIsDeep) {
+  Tensor t = *Tensor::Allocate(DType::kI32, {5});
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data()) % kBufferAlignment, 0u);
+  EXPECT_EQ(t.nbytes(), 20u);
+  for (int i = 0; i < 5; ++i) reinterpret_cast<int32_t*>(t.data())[i] = i;
+  Tensor c = *Tensor::Copy(t.view());
+  reinterpret_cast<int32_t*>(t.data())[0] = 99;
+  EXPECT_EQ(reinterpret_cast<int32_t*>(c.data())[0], 0);
+  EXPECT_EQ(c.shape(), Shape{5});
+}
+
+TEST(Tensor, FromBufferChecksTheSize) {
+  Buffer b = *Buffer::Allocate(12);
+  EXPECT_TRUE(Tensor::FromBuffer(DType::kF32, {3}, b).ok());
+  EXPECT_EQ(Tensor::FromBuffer(DType::kF32, {4}, b).status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(Tensor, ZeroDimAndEmpty) {
+  Tensor scalar = *Tensor::Allocate(DType::kF64, {});
+  EXPECT_EQ(scalar.nbytes(), 8u);
+  EXPECT_EQ(scalar.ndim(), 0);
+  Tensor empty = *Tensor::Allocate(DType::kF16, {4, 0});
+  EXPECT_EQ(empty.nbytes(), 0u);
+}
+
+TEST(DLPack, ExportImportRoundTripSharesMemory) {
+  for (DType d : kAllDTypes) {
+    Tensor t = *Tensor::Allocate(d, {2, 3});
+    std::memset(t.data(), 0x5a, t.nbytes());
+    dlpack::ManagedTensor* m = dlpack::ToDLPack(t);
+    EXPECT_EQ(m->dl_tensor.ndim, 2);
+    EXPECT_EQ(m->dl_tensor.shape[1], 3);
+    Result<Tensor> back = dlpack::FromDLPack(m);
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->dtype(), d);
+    EXPECT_EQ(back->shape(), (Shape{2, 3}));
+    EXPECT_EQ(back->data(), t.data());
+  }
+}
+
+TEST(DLPack, DeleterRunsOnceWhenTheLastCopyGoes) {
+  static int deleted = 0;
+  deleted = 0;
+  static float data[6] = {1, 2, 3, 4, 5, 6};
+  static int64_t shape[2] = {2, 3};
+  auto* m = new dlpack::ManagedTensor{};
+  m->dl_tensor = {data, {dlpack::kCPU, 0}, 2, {dlpack::kFloat, 32, 1}, shape, nullptr, 0};
+  m->deleter = [](dlpack::ManagedTensor* self) { ++deleted; delete self; };
+  {
+    Tensor t = *dlpack::FromDLPack(m);
+    Tensor copy = t;
+    EXPECT_EQ(reinterpret_cast<float*>(copy.data())[5], 6.0f);
+    EXPECT_EQ(deleted, 0);
+  }
+  EXPECT_EQ(deleted, 1);
+}
+
+TEST(DLPack, RejectsDeviceStridesAndUnknownTypesAndStillDeletes) {
+  static int deleted = 0;
+  deleted = 0;
+  static float data[6] = {};
+  static int64_t shape[2] = {2, 3};
+  static int64_t transposed[2] = {1, 2};
+  auto make = [](dlpack::Device dev, dlpack::DataType type, int64_t* strides) {
+    auto* m = new dlpack::ManagedTensor{};
+    m->dl_tensor = {data, dev, 2, type, shape, strides, 0};
+    m->deleter = [](dlpack::ManagedTensor* self) { ++deleted; delete self; };
+    return m;
+  };
+  EXPECT_FALSE(dlpack::FromDLPack(make({dlpack::kCUDA, 0}, {dlpack::kFloat, 32, 1}, nullptr)).ok());
+  EXPECT_FALSE(dlpack::FromDLPack(make({dlpack::kCPU, 0}, {dlpack::kFloat, 32, 1}, transposed)).ok());
+  EXPECT_FALSE(dlpack::FromDLPack(make({dlpack::kCPU, 0}, {5, 64, 1}, nullptr)).ok());
+  EXPECT_EQ(deleted, 3);
+}
+
+}  // namespace
+}  // namespace mooncake_connector
