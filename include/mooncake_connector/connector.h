@@ -47,11 +47,14 @@ class MC_EXPORT Connector {
 
   // Stores a tensor (value format: docs/value_format.md), replacing any value.
   Status Set(std::string_view key, const TensorView& tensor);
-  // Stores UTF-8 text, replacing any value. InvalidArgument if not UTF-8.
+  // Stores UTF-8 text, replacing any value. InvalidArgument if not UTF-8, or
+  // if the bytes form a tensor value (so that Get and GetStr never confuse
+  // one kind of value for the other).
   Status SetStr(std::string_view key, std::string_view value);
   // nullopt for a missing key; DataLoss when the value is not a tensor value.
   Result<std::optional<Tensor>> Get(std::string_view key);
-  // nullopt for a missing key; DataLoss when the value is not UTF-8.
+  // nullopt for a missing key; DataLoss when the value is a tensor value or
+  // not UTF-8.
   Result<std::optional<std::string>> GetStr(std::string_view key);
   // Keys starting with `prefix`, sorted.
   Result<std::vector<std::string>> List(std::string_view prefix);

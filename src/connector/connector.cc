@@ -94,7 +94,13 @@ Status Connector::Set(std::string_view key, const TensorView& tensor) {
 Status Connector::SetStr(std::string_view key, std::string_view value) {
   MC_RETURN_IF_ERROR(CheckOpen());
   if (!IsValidUtf8(value)) return InvalidArgument("value for '" + std::string(key) + "' is not UTF-8");
-  return store_->Put(key, std::as_bytes(std::span(value.data(), value.size())));
+  ConstBytes bytes = std::as_bytes(std::span(value.data(), value.size()));
+  // Keeps get/getstr unambiguous: no string value ever decodes as a tensor.
+  if (ParseTensorValue(bytes).ok()) {
+    return InvalidArgument("text for '" + std::string(key) +
+                           "' is a valid tensor value (safetensors bytes); store it with set()");
+  }
+  return store_->Put(key, bytes);
 }
 
 namespace {
@@ -121,6 +127,9 @@ Result<std::optional<std::string>> Connector::GetStr(std::string_view key) {
   MC_ASSIGN_OR_RETURN(std::optional<Buffer> value, GetOptional(*store_, key));
   if (!value) return std::optional<std::string>();
   std::string text(reinterpret_cast<const char*>(value->data()), value->size());
+  if (ParseTensorValue(value->bytes()).ok()) {
+    return DataLoss("value of key '" + std::string(key) + "' is a tensor; read it with get()");
+  }
   if (!IsValidUtf8(text)) {
     return DataLoss("value of key '" + std::string(key) +
                     "' is not UTF-8 text (was it written with set() as a tensor?)");

@@ -119,3 +119,21 @@ TEST(Utf8, Validation) {
 
 }  // namespace
 }  // namespace mooncake_connector
+
+namespace mooncake_connector {
+namespace {
+
+TEST(Connector, StringsAndTensorsNeverLookAlike) {
+  auto c = Open("memory://connector-alike");
+  Tensor zeros = *Tensor::Allocate(DType::kU8, {4});
+  std::memset(zeros.data(), 0, 4);  // every byte of this value is ASCII
+  ASSERT_TRUE(c->Set("t", zeros.view()).ok());
+  EXPECT_EQ(c->GetStr("t").status().code(), StatusCode::kDataLoss);
+  // The same bytes offered as text are refused.
+  Buffer raw = *c->store().Get("t");
+  std::string as_text(reinterpret_cast<const char*>(raw.data()), raw.size());
+  EXPECT_EQ(c->SetStr("s", as_text).code(), StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace mooncake_connector
