@@ -51,11 +51,15 @@ class MC_EXPORT Connector {
   // if the bytes form a tensor value (so that Get and GetStr never confuse
   // one kind of value for the other).
   Status SetStr(std::string_view key, std::string_view value);
+  // Stores raw bytes (file contents, foreign blobs), replacing any value.
+  Status SetBytes(std::string_view key, ConstBytes value);
   // nullopt for a missing key; DataLoss when the value is not a tensor value.
   Result<std::optional<Tensor>> Get(std::string_view key);
   // nullopt for a missing key; DataLoss when the value is a tensor value or
   // not UTF-8.
   Result<std::optional<std::string>> GetStr(std::string_view key);
+  // The raw value; nullopt for a missing key.
+  Result<std::optional<Buffer>> GetBytes(std::string_view key);
   // Keys starting with `prefix`, sorted.
   Result<std::vector<std::string>> List(std::string_view prefix);
   Result<bool> Exists(std::string_view key);

@@ -4,6 +4,7 @@ whatever DLPack support torch or numpy have for it."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,10 @@ def as_cpu_tensor(value: Any) -> torch.Tensor:
     """A contiguous CPU tensor with the data of ``value`` (a torch.Tensor or a
     numpy array); copies only when ``value`` is not already contiguous."""
     if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
+        with warnings.catch_warnings():
+            # A read-only array is fine: it is only read, never written.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            value = torch.from_numpy(np.ascontiguousarray(value))
     elif not isinstance(value, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
     if value.device.type != "cpu":

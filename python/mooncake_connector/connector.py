@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from . import _impl
@@ -40,12 +41,23 @@ class MooncakeConnector:
     def setstr(self, key: str, obj: str) -> None:
         if not isinstance(obj, str):
             raise TypeError(f"setstr expects a str, got {type(obj).__name__}")
+        obj.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
         self._impl.setstr(key, obj)
 
     def list(self, prefix: str = "") -> list[str]:
         return self._impl.list(prefix)
 
     # -- extras ------------------------------------------------------------
+    def setbytes(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Stores raw bytes (file contents, foreign blobs), replacing any value."""
+        view = memoryview(data).cast("B")
+        self._impl.setbytes(key, np.frombuffer(view, dtype=np.uint8) if view.nbytes else
+                            np.empty(0, dtype=np.uint8))
+
+    def getbytes(self, key: str) -> Optional[bytes]:
+        """The raw value of ``key``; ``None`` if it is missing."""
+        return self._impl.getbytes(key)
+
     def exists(self, key: str) -> bool:
         return self._impl.exists(key)
 

@@ -135,6 +135,23 @@ NB_MODULE(_impl, m) {
              Check(s.get().SetStr(key, value));
            },
            nb::call_guard<nb::gil_scoped_release>())
+      .def("setbytes",
+           [](PyConnector& s, const std::string& key, ByteArray data) {
+             Check(s.get().SetBytes(
+                 key, ConstBytes(reinterpret_cast<const std::byte*>(data.data()), data.size())));
+           },
+           nb::call_guard<nb::gil_scoped_release>())
+      .def("getbytes",
+           [](PyConnector& s, const std::string& key) -> nb::object {
+             Result<std::optional<Buffer>> r = std::optional<Buffer>();
+             {
+               nb::gil_scoped_release release;
+               r = s.get().GetBytes(key);
+             }
+             std::optional<Buffer> b = Unwrap(std::move(r));
+             if (!b) return nb::none();
+             return nb::bytes(reinterpret_cast<const char*>(b->data()), b->size());
+           })
       .def("getstr",
            [](PyConnector& s, const std::string& key) {
              return Call<&Connector::GetStr, std::string_view>(s, key);

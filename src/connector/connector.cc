@@ -58,8 +58,8 @@ std::vector<std::string> SupportedSchemes() {
 Result<std::unique_ptr<Connector>> Connector::Create(std::string_view text,
                                                      const ConnectorOptions& options) {
   MC_ASSIGN_OR_RETURN(Url url, ParseUrl(text));
-  if (options.device != "cpu") {
-    return InvalidArgument("device '" + options.device + "' is not supported; use \"cpu\"");
+  if (options.device != "cpu" && !options.device.starts_with("cpu:")) {
+    return InvalidArgument("device '" + options.device + "' is not supported yet; use \"cpu\"");
   }
   Options merged = url.query;
   for (const auto& [k, v] : options.options) merged[k] = v;
@@ -103,6 +103,11 @@ Status Connector::SetStr(std::string_view key, std::string_view value) {
   return store_->Put(key, bytes);
 }
 
+Status Connector::SetBytes(std::string_view key, ConstBytes value) {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  return store_->Put(key, value);
+}
+
 namespace {
 // Get's result with NotFound turned into nullopt.
 Result<std::optional<Buffer>> GetOptional(Store& store, std::string_view key) {
@@ -135,6 +140,11 @@ Result<std::optional<std::string>> Connector::GetStr(std::string_view key) {
                     "' is not UTF-8 text (was it written with set() as a tensor?)");
   }
   return std::optional<std::string>(std::move(text));
+}
+
+Result<std::optional<Buffer>> Connector::GetBytes(std::string_view key) {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  return GetOptional(*store_, key);
 }
 
 Result<std::vector<std::string>> Connector::List(std::string_view prefix) {

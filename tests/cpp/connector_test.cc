@@ -137,3 +137,19 @@ TEST(Connector, StringsAndTensorsNeverLookAlike) {
 
 }  // namespace
 }  // namespace mooncake_connector
+
+namespace mooncake_connector {
+namespace {
+
+TEST(Connector, RawBytesRoundTrip) {
+  auto c = Open("memory://connector-bytes");
+  std::string raw("\x00\xff\x80 raw", 7);
+  ASSERT_TRUE(c->SetBytes("f", std::as_bytes(std::span(raw.data(), raw.size()))).ok());
+  std::optional<Buffer> back = *c->GetBytes("f");
+  ASSERT_TRUE(back.has_value());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(back->data()), back->size()), raw);
+  EXPECT_FALSE(c->GetBytes("missing")->has_value());
+}
+
+}  // namespace
+}  // namespace mooncake_connector

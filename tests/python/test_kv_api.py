@@ -248,3 +248,28 @@ def test_concurrent_threads(conn):
     for i in range(8):
         t = random_tensor(torch.float32, (64, 17), seed=i * 1000 + 49)
         assert_bit_exact(conn.get(f"t{i}/49"), t)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00\xff raw \x80", bytearray(b"ba"), memoryview(b"mv")])
+def test_setbytes_getbytes_round_trip(conn, data):
+    conn.setbytes("raw", data)
+    assert conn.getbytes("raw") == bytes(data)
+    assert conn.getbytes("missing") is None
+
+
+def test_setstr_refuses_text_that_is_a_tensor_value(conn):
+    conn.set("t", torch.zeros(4, dtype=torch.uint8))
+    as_text = conn.getbytes("t").decode("ascii")
+    with pytest.raises(ValueError):
+        conn.setstr("s", as_text)
+
+
+def test_lone_surrogate_is_a_value_error(conn):
+    with pytest.raises(ValueError):
+        conn.setstr("k", "\ud800")
+
+
+def test_cpu_device_forms_are_accepted():
+    for device in ("cpu", "cpu:0", torch.device("cpu")):
+        with create_remote_connector("memory://", device=device) as c:
+            assert c.device.startswith("cpu")
