@@ -4,7 +4,8 @@
 // size, remove), so that a backend maps each call to one native call.
 //
 // Contract for every backend (checked by tests/cpp/store_conformance.h):
-//  - Keys are non-empty byte strings; an empty key is InvalidArgument.
+//  - Keys are non-empty byte strings without control characters (ValidateKey);
+//    others are InvalidArgument.
 //  - Put replaces any existing value (last writer wins).
 //  - Batch calls return one result per request, in request order; requests are
 //    independent, so one failure does not stop the others.
@@ -77,8 +78,9 @@ class MC_EXPORT Store {
   Result<bool> Exists(std::string_view key);
 };
 
-// InvalidArgument unless `key` is acceptable to every backend: non-empty and at
-// most kMaxKeyBytes bytes.
+// InvalidArgument unless `key` is acceptable to every backend: non-empty, at
+// most kMaxKeyBytes bytes, no ASCII control characters (0x00-0x1f, 0x7f; the
+// Mooncake backend uses them internally and lists keys one per line).
 inline constexpr size_t kMaxKeyBytes = 4096;
 MC_EXPORT Status ValidateKey(std::string_view key);
 

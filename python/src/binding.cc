@@ -11,6 +11,8 @@
 #include <cstring>
 
 #include "mooncake_connector/connector.h"
+#include "mooncake_connector/mooncake_store.h"
+#include "mooncake_provider.h"
 #include "mooncake_connector/value_format.h"
 
 namespace nb = nanobind;
@@ -94,6 +96,14 @@ NB_MODULE(_impl, m) {
                                                   std::string(e.status.message()));
       PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
     }
+  });
+
+  // Inside Python, mooncake:// uses the wheel unless MOONCAKE_STORE_LIBRARY
+  // names a native library.
+  SetDefaultMooncakeApi(mooncake_connector::python::PythonMooncakeApi());
+  // The provider table for C++ code embedding Python (tests/cpp).
+  m.def("mooncake_api_capsule", [] {
+    return nb::capsule(mooncake_connector::python::PythonMooncakeApi(), "mooncake_connector.mooncake_api");
   });
 
   m.def("supported_schemes", &SupportedSchemes);

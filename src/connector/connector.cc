@@ -6,6 +6,7 @@
 #include <system_error>
 
 #include "mooncake_connector/memory_store.h"
+#include "mooncake_connector/mooncake_store.h"
 #include "mooncake_connector/value_format.h"
 
 namespace mooncake_connector {
@@ -38,6 +39,11 @@ Result<std::shared_ptr<Store>> OpenMemory(const Url& url, const Options& options
   return OpenNamedMemoryStore(url.host, store_options);
 }
 
+Result<std::shared_ptr<Store>> OpenMooncake(const Url& url, const Options& options) {
+  MC_ASSIGN_OR_RETURN(MooncakeConfig config, MooncakeConfigFrom(url, options));
+  return OpenMooncakeStore(config);
+}
+
 struct Backend {
   std::string_view scheme;
   Result<std::shared_ptr<Store>> (*open)(const Url&, const Options&);
@@ -45,6 +51,7 @@ struct Backend {
 
 constexpr Backend kBackends[] = {
     {"memory", &OpenMemory},
+    {"mooncake", &OpenMooncake},
 };
 
 }  // namespace

@@ -10,6 +10,13 @@ Status ValidateKey(std::string_view key) {
     return InvalidArgument("key of " + std::to_string(key.size()) + " bytes exceeds the limit of " +
                            std::to_string(kMaxKeyBytes));
   }
+  for (unsigned char c : key) {
+    if (c < 0x20 || c == 0x7f) {
+      return InvalidArgument("key contains control character 0x" +
+                             std::string(1, "0123456789abcdef"[c >> 4]) +
+                             std::string(1, "0123456789abcdef"[c & 15]));
+    }
+  }
   return Status::Ok();
 }
 

@@ -173,3 +173,15 @@ TEST_P(StoreConformance, ConcurrentWritersAndReaders) {
 }
 
 }  // namespace mooncake_connector::testing
+
+namespace mooncake_connector::testing {
+
+TEST_P(StoreConformance, ControlCharactersInKeysAreInvalid) {
+  for (std::string bad : {std::string("a\nb"), std::string("a\x1f" "b"), std::string("\x7f"),
+                          std::string("nul\0x", 5)}) {
+    EXPECT_EQ(store_->Put(Key(bad), AsBytes("x")).code(), StatusCode::kInvalidArgument);
+  }
+  EXPECT_TRUE(store_->Put(Key("ünïcode ok"), AsBytes("x")).ok());
+}
+
+}  // namespace mooncake_connector::testing

@@ -1,0 +1,185 @@
+"""A local standalone Mooncake instance: a ``mooncake_master`` (with its
+embedded HTTP metadata server) and a ``mooncake_client`` storage process that
+contributes memory, both from the ``mooncake-transfer-engine`` wheel, on
+loopback and free ports. Used by ``mooncake-connector standalone``, ``make
+demo`` and the test fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+WHEEL = "mooncake-transfer-engine-non-cuda==0.3.13.post1"
+LOOPBACK = "127.0.0.1"
+
+
+class StandaloneError(RuntimeError):
+    """The instance could not be started; the message says why and where the logs are."""
+
+
+def find_binary(name: str) -> str:
+    """Path of a Mooncake executable: on PATH, beside this Python, or in the wheel."""
+    candidates = [shutil.which(name), str(Path(sys.executable).parent / name)]
+    try:
+        import mooncake  # noqa: PLC0415 - optional dependency
+
+        candidates.append(str(Path(mooncake.__file__).parent / name))
+    except ImportError:
+        pass
+    for c in candidates:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise StandaloneError(f"{name} not found: install the Mooncake wheel (pip install {WHEEL})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((LOOPBACK, port)) == 0
+
+
+@dataclass
+class StandaloneInstance:
+    """A running master + storage process. Stop it with :meth:`stop` (or use
+    it as a context manager)."""
+
+    master_port: int
+    metrics_port: int
+    metadata_port: int
+    client_port: int
+    segment_size: str
+    log_dir: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def master_address(self) -> str:
+        return f"{LOOPBACK}:{self.master_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"{LOOPBACK}:{self.client_port}"
+
+    @property
+    def metadata_server(self) -> str:
+        return f"http://{LOOPBACK}:{self.metadata_port}/metadata"
+
+    def env(self) -> dict[str, str]:
+        """Environment for clients of this instance (pure clients by default:
+        the storage process holds the data)."""
+        return {
+            "MOONCAKE_MASTER": self.master_address,
+            "MOONCAKE_TE_META_DATA_SERVER": self.metadata_server,
+            "MOONCAKE_PROTOCOL": "tcp",
+            "MOONCAKE_LOCAL_HOSTNAME": LOOPBACK,
+            "MOONCAKE_MASTER_METRICS_PORT": str(self.metrics_port),
+            "MOONCAKE_GLOBAL_SEGMENT_SIZE": "0",
+        }
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.processes)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; client first, master last."""
+        for p in reversed(self.processes):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.processes.clear()
+
+    def __enter__(self) -> "StandaloneInstance":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _wait(what: str, ready, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StandaloneError(f"{what} exited with code {proc.returncode}; see {log}:\n"
+                                  + _tail(log))
+        if ready():
+            return
+        time.sleep(0.1)
+    raise StandaloneError(f"{what} not ready after {timeout:.0f}s; see {log}:\n" + _tail(log))
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _master_healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start(segment_size: str = "1gb", local_buffer_size: str = "64mb",
+          lease_ttl_ms: Optional[int] = None, log_dir: Optional[str] = None,
+          ready_timeout: float = 60.0) -> StandaloneInstance:
+    """Starts a master and a storage process; returns once both serve."""
+    logs = Path(log_dir or tempfile.mkdtemp(prefix="mooncake-standalone-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    inst = StandaloneInstance(master_port=free_port(), metrics_port=free_port(),
+                              metadata_port=free_port(), client_port=free_port(),
+                              segment_size=segment_size, log_dir=logs)
+    master_cmd = [
+        find_binary("mooncake_master"),
+        f"--rpc_port={inst.master_port}", f"--rpc_address={LOOPBACK}",
+        f"--metrics_port={inst.metrics_port}", f"--metrics_host={LOOPBACK}",
+        "--enable_http_metadata_server=true",
+        f"--http_metadata_server_port={inst.metadata_port}",
+        f"--http_metadata_server_host={LOOPBACK}",
+    ]
+    if lease_ttl_ms is not None:
+        master_cmd.append(f"--default_kv_lease_ttl={lease_ttl_ms}")
+    client_cmd = [
+        find_binary("mooncake_client"),
+        f"--master_server_address={inst.master_address}",
+        f"--metadata_server={inst.metadata_server}",
+        f"--global_segment_size={segment_size}",
+        f"--local_buffer_size={local_buffer_size}",
+        f"--host={LOOPBACK}", f"--port={inst.client_port}", "--protocol=tcp",
+    ]
+    try:
+        for name, cmd, ready in (
+            ("mooncake_master", master_cmd,
+             lambda: _master_healthy(inst.metrics_port) and _port_open(inst.master_port)),
+            ("mooncake_client", client_cmd, lambda: _port_open(inst.client_port)),
+        ):
+            log = logs / f"{name}.log"
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            inst.processes.append(proc)
+            _wait(name, ready, proc, log, ready_timeout)
+    except BaseException:
+        inst.stop()
+        raise
+    return inst

@@ -1,0 +1,215 @@
+// The Python provider of the Mooncake Store C ABI table: each entry calls the
+// same-named method of the wheel's mooncake.store.MooncakeDistributedStore,
+// taking the GIL for the call, so the C++ store (and its threads) can use the
+// wheel. Python exceptions become Mooncake's INTERNAL_ERROR (-1).
+#include "mooncake_provider.h"
+
+#include <nanobind/nanobind.h>
+
+#include <cstdint>
+#include <string>
+
+namespace nb = nanobind;
+
+namespace mooncake_connector::python {
+namespace {
+
+using mooncake::Handle;
+using mooncake::ReplicateConfig;
+
+constexpr int kInternalError = -1;
+
+struct PyStore {
+  nb::object store;
+  nb::object module;
+  bool dummy = false;  // set up with setup_dummy: transfers need its shared memory
+};
+
+PyStore* Self(Handle h) { return static_cast<PyStore*>(h); }
+
+bool Finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing();
+#else
+  return _Py_IsFinalizing();
+#endif
+}
+
+nb::object Config(PyStore* s, const ReplicateConfig* c) {
+  nb::object config = s->module.attr("ReplicateConfig")();
+  if (c == nullptr) return config;
+  config.attr("replica_num") = c->replica_num;
+  config.attr("with_hard_pin") = c->with_hard_pin != 0;
+  if (c->with_soft_pin) {
+    if (nb::hasattr(config, "soft_pin_action")) {
+      config.attr("soft_pin_action") = s->module.attr("SoftPinAction").attr("ENABLE");
+    } else {
+      config.attr("with_soft_pin") = true;
+    }
+  }
+  return config;
+}
+
+nb::list Keys(const char** keys, size_t n) {
+  nb::list out;
+  for (size_t i = 0; i < n; ++i) out.append(nb::str(keys[i]));
+  return out;
+}
+
+template <typename T>
+nb::list Ints(const T* values, size_t n) {
+  nb::list out;
+  for (size_t i = 0; i < n; ++i) out.append(values[i]);
+  return out;
+}
+
+nb::list Pointers(void** buffers, size_t n) {
+  nb::list out;
+  for (size_t i = 0; i < n; ++i) out.append(reinterpret_cast<uintptr_t>(buffers[i]));
+  return out;
+}
+
+// Runs `fn` with the GIL; a Python exception gives `on_error`.
+template <typename R, typename Fn>
+R WithGil(R on_error, Fn&& fn) {
+  if (!Py_IsInitialized() || Finalizing()) return on_error;
+  nb::gil_scoped_acquire gil;
+  try {
+    return fn();
+  } catch (const nb::python_error& e) {
+    PyErr_WriteUnraisable(nullptr);  // visible on stderr, never swallowed silently
+    return on_error;
+  } catch (const std::exception&) {
+    return on_error;
+  }
+}
+
+template <typename T>
+void CopyResults(const nb::handle& list, T* out, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = nb::cast<T>(list[i]);
+}
+
+Handle Create() {
+  return WithGil<Handle>(nullptr, []() -> Handle {
+    nb::object module = nb::module_::import_("mooncake.store");
+    return new PyStore{module.attr("MooncakeDistributedStore")(), module};
+  });
+}
+
+void Destroy(Handle h) {
+  PyStore* s = Self(h);
+  // At interpreter exit the objects cannot be touched any more; leak them.
+  if (!Py_IsInitialized() || Finalizing()) return;
+  nb::gil_scoped_acquire gil;
+  try {
+    s->store.attr("close")();
+  } catch (const nb::python_error&) {
+  }
+  delete s;
+}
+
+const mooncake::Api kApi = [] {
+  mooncake::Api api;
+  api.provider = "the mooncake.store Python wheel (MooncakeDistributedStore)";
+  api.create = &Create;
+  api.destroy = &Destroy;
+  api.setup = [](Handle h, const char* local_hostname, const char* metadata_server, uint64_t segment,
+                 uint64_t local_buffer, const char* protocol, const char* device,
+                 const char* master) -> int {
+    return WithGil(kInternalError, [&] {
+      return nb::cast<int>(Self(h)->store.attr("setup")(local_hostname, metadata_server, segment,
+                                                       local_buffer, protocol, device, master));
+    });
+  };
+  api.setup_dummy = [](Handle h, uint64_t pool, uint64_t local_buffer, const char* address) -> int {
+    return WithGil(kInternalError, [&] {
+      int rc = nb::cast<int>(Self(h)->store.attr("setup_dummy")(pool, local_buffer, address));
+      Self(h)->dummy = rc == 0;
+      return rc;
+    });
+  };
+  api.alloc_transfer_buffer = [](Handle h, size_t size) -> void* {
+    if (!Self(h)->dummy) return nullptr;  // a full client can use any memory
+    return WithGil<void*>(nullptr, [&] {
+      auto p = nb::cast<uintptr_t>(Self(h)->store.attr("alloc_from_mem_pool")(size));
+      return reinterpret_cast<void*>(p);
+    });
+  };
+  api.put_from = [](Handle h, const char* key, void* buffer, size_t size,
+                    const ReplicateConfig* c) -> int {
+    return WithGil(kInternalError, [&] {
+      PyStore* s = Self(h);
+      return nb::cast<int>(s->store.attr("put_from")(key, reinterpret_cast<uintptr_t>(buffer), size,
+                                                    Config(s, c)));
+    });
+  };
+  api.batch_put_from = [](Handle h, const char** keys, void** buffers, const size_t* sizes, size_t n,
+                          const ReplicateConfig* c, int* results) -> int {
+    return WithGil(kInternalError, [&] {
+      PyStore* s = Self(h);
+      nb::object r = s->store.attr("batch_put_from")(Keys(keys, n), Pointers(buffers, n),
+                                                      Ints(sizes, n), Config(s, c));
+      CopyResults(r, results, n);
+      return 0;
+    });
+  };
+  api.get_into = [](Handle h, const char* key, void* buffer, size_t size) -> int64_t {
+    return WithGil<int64_t>(kInternalError, [&] {
+      return nb::cast<int64_t>(
+          Self(h)->store.attr("get_into")(key, reinterpret_cast<uintptr_t>(buffer), size));
+    });
+  };
+  api.batch_get_into = [](Handle h, const char** keys, void** buffers, const size_t* sizes, size_t n,
+                          int64_t* results) -> int {
+    return WithGil(kInternalError, [&] {
+      nb::object r = Self(h)->store.attr("batch_get_into")(Keys(keys, n), Pointers(buffers, n),
+                                                           Ints(sizes, n));
+      CopyResults(r, results, n);
+      return 0;
+    });
+  };
+  api.is_exist = [](Handle h, const char* key) -> int {
+    return WithGil(kInternalError, [&] { return nb::cast<int>(Self(h)->store.attr("is_exist")(key)); });
+  };
+  api.batch_is_exist = [](Handle h, const char** keys, size_t n, int* results) -> int {
+    return WithGil(kInternalError, [&] {
+      CopyResults(Self(h)->store.attr("batch_is_exist")(Keys(keys, n)), results, n);
+      return 0;
+    });
+  };
+  api.get_size = [](Handle h, const char* key) -> int64_t {
+    return WithGil<int64_t>(kInternalError,
+                            [&] { return nb::cast<int64_t>(Self(h)->store.attr("get_size")(key)); });
+  };
+  api.remove = [](Handle h, const char* key, int force) -> int {
+    return WithGil(kInternalError,
+                   [&] { return nb::cast<int>(Self(h)->store.attr("remove")(key, force != 0)); });
+  };
+  api.remove_by_regex = [](Handle h, const char* pattern, int force) -> int64_t {
+    return WithGil<int64_t>(kInternalError, [&] {
+      return nb::cast<int64_t>(Self(h)->store.attr("remove_by_regex")(pattern, force != 0));
+    });
+  };
+  api.remove_all = [](Handle h, int force) -> int64_t {
+    return WithGil<int64_t>(kInternalError,
+                            [&] { return nb::cast<int64_t>(Self(h)->store.attr("remove_all")(force != 0)); });
+  };
+  api.register_buffer = [](Handle h, void* buffer, size_t size) -> int {
+    return WithGil(kInternalError, [&] {
+      return nb::cast<int>(
+          Self(h)->store.attr("register_buffer")(reinterpret_cast<uintptr_t>(buffer), size));
+    });
+  };
+  api.unregister_buffer = [](Handle h, void* buffer) -> int {
+    return WithGil(kInternalError, [&] {
+      return nb::cast<int>(Self(h)->store.attr("unregister_buffer")(reinterpret_cast<uintptr_t>(buffer)));
+    });
+  };
+  return api;
+}();
+
+}  // namespace
+
+const mooncake::Api* PythonMooncakeApi() { return &kApi; }
+
+}  // namespace mooncake_connector::python

@@ -1,0 +1,11 @@
+// The Mooncake Store C ABI table backed by the mooncake.store Python wheel.
+#pragma once
+
+#include "store/mooncake/mooncake_api_internal.h"
+
+namespace mooncake_connector::python {
+
+// Lives for the whole process. Requires the Python interpreter.
+const mooncake::Api* PythonMooncakeApi();
+
+}  // namespace mooncake_connector::python

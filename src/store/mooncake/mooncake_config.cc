@@ -1,0 +1,155 @@
+#include <cctype>
+#include <charconv>
+#include <cstdlib>
+
+#include "mooncake_connector/mooncake_store.h"
+
+namespace mooncake_connector {
+namespace {
+
+// Each setting: its option name, its environment variable, and how to apply
+// a text value to the config.
+struct Setting {
+  const char* option;
+  const char* env;  // may be null
+  Status (*apply)(MooncakeConfig&, const std::string&);
+};
+
+Result<int64_t> ParseInt(const std::string& text, const char* what, int64_t lo, int64_t hi) {
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end != text.data() + text.size() || v < lo || v > hi) {
+    return InvalidArgument(std::string(what) + " must be an integer from " + std::to_string(lo) +
+                           " to " + std::to_string(hi) + ", got '" + text + "'");
+  }
+  return v;
+}
+
+Result<std::chrono::milliseconds> ParseDuration(const std::string& text) {
+  std::string number = text, unit;
+  while (!number.empty() && std::isalpha(static_cast<unsigned char>(number.back()))) {
+    unit.insert(unit.begin(), number.back());
+    number.pop_back();
+  }
+  double v = 0;
+  auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), v);
+  if (number.empty() || ec != std::errc() || end != number.data() + number.size() || v < 0) {
+    return InvalidArgument("invalid duration '" + text + "' (e.g. 500ms, 5s, 1m)");
+  }
+  double ms;
+  if (unit.empty() || unit == "ms") ms = v;
+  else if (unit == "s") ms = v * 1000;
+  else if (unit == "m") ms = v * 60000;
+  else return InvalidArgument("invalid duration unit in '" + text + "' (ms, s or m)");
+  return std::chrono::milliseconds(static_cast<int64_t>(ms));
+}
+
+#define MC_TEXT_SETTING(field) \
+  [](MooncakeConfig& c, const std::string& v) { c.field = v; return Status::Ok(); }
+
+const Setting kSettings[] = {
+    {"master", "MOONCAKE_MASTER", MC_TEXT_SETTING(master_address)},
+    {"client", "MOONCAKE_CLIENT", MC_TEXT_SETTING(client_address)},
+    {"protocol", "MOONCAKE_PROTOCOL", MC_TEXT_SETTING(protocol)},
+    {"device", "MOONCAKE_DEVICE", MC_TEXT_SETTING(device_name)},
+    {"metadata_server", "MOONCAKE_TE_META_DATA_SERVER", MC_TEXT_SETTING(metadata_server)},
+    {"local_hostname", "MOONCAKE_LOCAL_HOSTNAME", MC_TEXT_SETTING(local_hostname)},
+    {"library", "MOONCAKE_STORE_LIBRARY", MC_TEXT_SETTING(library)},
+    {"global_segment_size", "MOONCAKE_GLOBAL_SEGMENT_SIZE",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(c.global_segment_size, ParseByteSize(v));
+       return Status::Ok();
+     }},
+    {"local_buffer_size", "MOONCAKE_LOCAL_BUFFER_SIZE",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(c.local_buffer_size, ParseByteSize(v));
+       return Status::Ok();
+     }},
+    {"chunk_size", "MOONCAKE_CHUNK_SIZE",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(c.chunk_size, ParseByteSize(v));
+       if (c.chunk_size < 4096) return InvalidArgument("chunk_size must be at least 4kb, got " + v);
+       return Status::Ok();
+     }},
+    {"replica_num", "MOONCAKE_REPLICA_NUM",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "replica_num", 1, 64));
+       c.replica_num = static_cast<int>(n);
+       return Status::Ok();
+     }},
+    {"transfer_slots", "MOONCAKE_TRANSFER_SLOTS",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "transfer_slots", 1, 256));
+       c.transfer_slots = static_cast<int>(n);
+       return Status::Ok();
+     }},
+    {"metrics_port", "MOONCAKE_MASTER_METRICS_PORT",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "metrics_port", 1, 65535));
+       c.metrics_port = static_cast<int>(n);
+       return Status::Ok();
+     }},
+    {"pin", "MOONCAKE_PIN",
+     [](MooncakeConfig& c, const std::string& v) {
+       if (v == "none" || v.empty()) c.pin = PinMode::kNone;
+       else if (v == "soft") c.pin = PinMode::kSoft;
+       else if (v == "hard") c.pin = PinMode::kHard;
+       else return InvalidArgument("pin must be none, soft or hard, got '" + v + "'");
+       return Status::Ok();
+     }},
+    {"connect_timeout", "MOONCAKE_CONNECT_TIMEOUT",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(c.connect_timeout, ParseDuration(v));
+       return Status::Ok();
+     }},
+};
+#undef MC_TEXT_SETTING
+
+std::optional<std::string> ProcessEnv(const std::string& name) {
+  const char* v = std::getenv(name.c_str());
+  if (v == nullptr) return std::nullopt;
+  return std::string(v);
+}
+
+}  // namespace
+
+Result<MooncakeConfig> MooncakeConfigFrom(const Url& url,
+                                          const std::map<std::string, std::string>& options,
+                                          const EnvLookup& getenv) {
+  const EnvLookup& env = getenv ? getenv : EnvLookup(&ProcessEnv);
+  MooncakeConfig config;
+  for (const Setting& s : kSettings) {
+    if (s.env == nullptr) continue;
+    std::optional<std::string> v = env(s.env);
+    if (v && !v->empty()) MC_RETURN_IF_ERROR(s.apply(config, *v).WithContext(s.env));
+  }
+  if (!url.host.empty()) {
+    if (!url.port) {
+      return InvalidArgument("mooncake:// URL '" + url.ToString() +
+                             "' names a master host without a port (e.g. mooncake://" + url.host +
+                             ":50051/model)");
+    }
+    config.master_address = url.Authority();
+  }
+  for (const auto& [name, value] : options) {
+    const Setting* found = nullptr;
+    for (const Setting& s : kSettings) {
+      if (name == s.option) found = &s;
+    }
+    if (found == nullptr) {
+      std::string known;
+      for (const Setting& s : kSettings) known += (known.empty() ? "" : ", ") + std::string(s.option);
+      return InvalidArgument("unknown option '" + name + "' for mooncake:// (known: " + known + ")");
+    }
+    MC_RETURN_IF_ERROR(found->apply(config, value).WithContext("option " + name));
+  }
+  if (config.master_address.empty() && config.client_address.empty()) {
+    return InvalidArgument(
+        "no Mooncake master configured: set MOONCAKE_MASTER=host:port (or MOONCAKE_CLIENT for a "
+        "running mooncake_client), or put the master in the URL (mooncake://host:port/model). "
+        "To start a local instance: mooncake-connector standalone");
+  }
+  return config;
+}
+
+}  // namespace mooncake_connector

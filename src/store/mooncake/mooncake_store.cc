@@ -1,0 +1,484 @@
+#include "mooncake_connector/mooncake_store.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <mutex>
+#include <random>
+
+#include "store/mooncake/chunked_value_internal.h"
+#include "store/mooncake/mooncake_api_internal.h"
+#include "store/mooncake/network_internal.h"
+#include "store/mooncake/transfer_arena_internal.h"
+
+namespace mooncake_connector {
+namespace {
+
+using mooncake::Api;
+using mooncake::ChunkHeader;
+using mooncake::FromMooncakeError;
+using mooncake::Handle;
+using mooncake::TransferArena;
+
+std::atomic<const Api*> g_default_api{nullptr};
+
+// Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
+void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst) {
+  size_t written = 0;
+  for (ConstBytes part : parts) {
+    if (written == dst.size()) break;
+    if (offset >= part.size()) {
+      offset -= part.size();
+      continue;
+    }
+    size_t n = std::min(part.size() - offset, dst.size() - written);
+    std::memcpy(dst.data() + written, part.data() + offset, n);
+    written += n;
+    offset = 0;
+  }
+}
+
+uint64_t NewGeneration() {
+  static std::mutex mutex;
+  static std::mt19937_64 rng(std::random_device{}());
+  std::lock_guard lock(mutex);
+  uint64_t g;
+  do g = rng(); while (g == 0);
+  return g;
+}
+
+// What a key currently holds, as far as the writer needs to know.
+struct Existing {
+  bool exists = false;
+  std::optional<ChunkHeader> header;  // set when the value is chunked
+};
+
+class MooncakeStore final : public Store {
+ public:
+  MooncakeStore(MooncakeConfig config, const Api* api, Handle handle)
+      : config_(std::move(config)), api_(api), handle_(handle) {
+    replicate_.replica_num = static_cast<size_t>(config_.replica_num);
+    replicate_.with_soft_pin = config_.pin == PinMode::kSoft;
+    replicate_.with_hard_pin = config_.pin == PinMode::kHard;
+  }
+
+  ~MooncakeStore() override {
+    arena_.reset();  // unregisters before the client goes
+    api_->destroy(handle_);
+  }
+
+  Status Init() {
+    MC_ASSIGN_OR_RETURN(arena_, TransferArena::Create(api_, handle_, config_.chunk_size,
+                                                      config_.transfer_slots));
+    return Status::Ok();
+  }
+
+  std::string url() const override {
+    return "mooncake://" + (config_.master_address.empty() ? std::string() : config_.master_address);
+  }
+
+  std::vector<Status> BatchPut(std::span<const PutRequest> requests,
+                               const WriteOptions& options) override {
+    mooncake::ReplicateConfig replicate = replicate_;
+    replicate.replica_num = std::max<size_t>(replicate.replica_num, options.replica_num);
+    replicate.with_soft_pin |= options.soft_pin;
+    replicate.with_hard_pin |= options.hard_pin;
+    std::vector<Status> out;
+    out.reserve(requests.size());
+    for (const PutRequest& r : requests) {
+      Status s = ValidateKey(r.key);
+      out.push_back(s.ok() ? PutOne(r, replicate) : s);
+    }
+    return out;
+  }
+
+  std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) override {
+    std::vector<Result<uint64_t>> out;
+    out.reserve(requests.size());
+    for (const GetIntoRequest& r : requests) {
+      Status s = ValidateKey(r.key);
+      out.push_back(s.ok() ? GetIntoOne(std::string(r.key), r.destination) : Result<uint64_t>(s));
+    }
+    return out;
+  }
+
+  std::vector<Result<bool>> BatchExists(std::span<const std::string_view> keys) override {
+    std::vector<Result<bool>> out(keys.size(), Result<bool>(false));
+    std::vector<std::string> owned;
+    std::vector<size_t> index;
+    for (size_t i = 0; i < keys.size(); ++i) {
+      Status s = ValidateKey(keys[i]);
+      if (!s.ok()) {
+        out[i] = s;
+        continue;
+      }
+      owned.emplace_back(keys[i]);
+      index.push_back(i);
+    }
+    if (owned.empty()) return out;
+    std::vector<const char*> c_keys;
+    for (const std::string& k : owned) c_keys.push_back(k.c_str());
+    std::vector<int> results(owned.size(), 0);
+    int rc = api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), results.data());
+    for (size_t j = 0; j < owned.size(); ++j) {
+      int r = rc != 0 ? rc : results[j];
+      if (r == 1) out[index[j]] = true;
+      else if (r == 0 || r == mooncake::kErrObjectNotFound) out[index[j]] = false;
+      else out[index[j]] = FromMooncakeError(r, "is_exist '" + owned[j] + "'");
+    }
+    return out;
+  }
+
+  Result<uint64_t> GetSize(std::string_view key) override {
+    MC_RETURN_IF_ERROR(ValidateKey(key));
+    std::string k(key);
+    int64_t size = api_->get_size(handle_, k.c_str());
+    if (size < 0) return FromMooncakeError(size, "get_size '" + k + "'");
+    if (static_cast<uint64_t>(size) != mooncake::kChunkHeaderSize) return static_cast<uint64_t>(size);
+    MC_ASSIGN_OR_RETURN(std::optional<ChunkHeader> header, ReadHeaderIfChunked(k));
+    return header ? header->total_size : static_cast<uint64_t>(size);
+  }
+
+  Status Remove(std::string_view key) override {
+    MC_RETURN_IF_ERROR(ValidateKey(key));
+    std::string k(key);
+    MC_ASSIGN_OR_RETURN(Existing old, Inspect(k));
+    if (!old.exists) return NotFound("key '" + k + "' not found");
+    int rc = api_->remove(handle_, k.c_str(), /*force=*/1);
+    if (rc != 0) return FromMooncakeError(rc, "remove '" + k + "'");
+    if (old.header) RemoveChunks(k, *old.header, old.header->num_chunks);
+    return Status::Ok();
+  }
+
+  Result<std::vector<std::string>> List(std::string_view prefix) override {
+    if (config_.master_address.empty()) {
+      return FailedPrecondition("list() asks the master's admin HTTP endpoint, but no master is "
+                                "configured: set MOONCAKE_MASTER as well as MOONCAKE_CLIENT");
+    }
+    std::string admin = mooncake::HostOf(config_.master_address);
+    if (admin.find(':') != std::string::npos) admin = "[" + admin + "]";
+    admin += ":" + std::to_string(config_.metrics_port);
+    Result<std::string> body = mooncake::HttpGet(admin, "/get_all_keys", config_.connect_timeout);
+    if (!body.ok()) {
+      return body.status().WithContext("listing keys (master admin port: MOONCAKE_MASTER_METRICS_PORT=" +
+                                       std::to_string(config_.metrics_port) + ")");
+    }
+    std::vector<std::string> keys;
+    std::string_view rest = *body;
+    while (!rest.empty()) {
+      size_t nl = rest.find('\n');
+      std::string_view line = rest.substr(0, nl);
+      rest.remove_prefix(nl == std::string_view::npos ? rest.size() : nl + 1);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line.empty() || mooncake::IsChunkKey(line) || !line.starts_with(prefix)) continue;
+      keys.emplace_back(line);
+    }
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    return keys;
+  }
+
+  Result<Buffer> Get(std::string_view key) override {
+    // A value can change size between GetSize and the read; retry then.
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      MC_ASSIGN_OR_RETURN(uint64_t size, GetSize(key));
+      MC_ASSIGN_OR_RETURN(Buffer buffer, Buffer::Allocate(size));
+      Result<uint64_t> got = GetIntoOne(std::string(key), buffer.bytes());
+      if (got.ok()) return buffer.Slice(0, *got);
+      if (got.status().code() != StatusCode::kInvalidArgument) return got.status();
+    }
+    return Aborted("value of key '" + std::string(key) + "' kept changing while being read");
+  }
+
+ private:
+  uint64_t chunk_size() const { return config_.chunk_size; }
+
+  // Reads a 64-byte object and parses it if it is a chunk header.
+  Result<std::optional<ChunkHeader>> ReadHeaderIfChunked(const std::string& key) {
+    TransferArena::Lease slot = arena_->Acquire(1);
+    int64_t n = api_->get_into(handle_, key.c_str(), slot[0], chunk_size());
+    if (n < 0) return FromMooncakeError(n, "get_into '" + key + "'");
+    ConstBytes object(slot[0], static_cast<size_t>(n));
+    if (!mooncake::LooksLikeChunkHeader(object.size(), object)) return std::optional<ChunkHeader>();
+    MC_ASSIGN_OR_RETURN(ChunkHeader h, mooncake::ParseChunkHeader(object));
+    return std::optional<ChunkHeader>(h);
+  }
+
+  Result<Existing> Inspect(const std::string& key) {
+    int64_t size = api_->get_size(handle_, key.c_str());
+    if (size == mooncake::kErrObjectNotFound) return Existing{};
+    if (size < 0) return FromMooncakeError(size, "get_size '" + key + "'");
+    Existing e{true, std::nullopt};
+    if (static_cast<uint64_t>(size) == mooncake::kChunkHeaderSize) {
+      Result<std::optional<ChunkHeader>> h = ReadHeaderIfChunked(key);
+      if (h.ok()) e.header = *h;
+      else if (h.status().code() == StatusCode::kNotFound) return Existing{};
+      // A corrupt header is overwritten like any value; its chunks stay.
+    }
+    return e;
+  }
+
+  // Removes chunks [0, count) of a chunked value, best effort.
+  void RemoveChunks(const std::string& key, const ChunkHeader& h, uint64_t count) {
+    for (uint64_t i = 0; i < count; ++i) {
+      std::string ck = h.ChunkKey(key, i);
+      api_->remove(handle_, ck.c_str(), /*force=*/1);
+    }
+  }
+
+  Status PutObject(const std::string& key, std::span<const ConstBytes> parts, uint64_t offset,
+                   uint64_t size, const mooncake::ReplicateConfig& replicate) {
+    TransferArena::Lease slot = arena_->Acquire(1);
+    Gather(parts, offset, {slot[0], size});
+    int rc = api_->put_from(handle_, key.c_str(), slot[0], size, &replicate);
+    if (rc != 0) return FromMooncakeError(rc, "put_from '" + key + "' (" + std::to_string(size) + " bytes)");
+    return Status::Ok();
+  }
+
+  Status PutChunks(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
+                   const mooncake::ReplicateConfig& replicate) {
+    for (uint64_t first = 0; first < h.num_chunks; first += arena_->slots()) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(arena_->slots(), h.num_chunks - first));
+      TransferArena::Lease slots = arena_->Acquire(n);
+      std::vector<std::string> keys(n);
+      std::vector<const char*> c_keys(n);
+      std::vector<void*> buffers(n);
+      std::vector<size_t> sizes(n);
+      for (size_t j = 0; j < n; ++j) {
+        uint64_t offset = (first + j) * h.chunk_size;
+        sizes[j] = static_cast<size_t>(std::min(h.chunk_size, h.total_size - offset));
+        Gather(parts, offset, {slots[j], sizes[j]});
+        keys[j] = h.ChunkKey(key, first + j);
+        c_keys[j] = keys[j].c_str();
+        buffers[j] = slots[j];
+      }
+      std::vector<int> results(n, 0);
+      int rc = api_->batch_put_from(handle_, c_keys.data(), buffers.data(), sizes.data(), n,
+                                    &replicate, results.data());
+      for (size_t j = 0; j < n; ++j) {
+        int r = rc != 0 ? rc : results[j];
+        if (r != 0) {
+          RemoveChunks(key, h, first + n);
+          return FromMooncakeError(r, "put_from chunk " + std::to_string(first + j) + " of '" + key + "'");
+        }
+      }
+    }
+    return Status::Ok();
+  }
+
+  Status PutOne(const PutRequest& r, const mooncake::ReplicateConfig& replicate) {
+    std::string key(r.key);
+    uint64_t size = 0;
+    for (ConstBytes p : r.parts) size += p.size();
+    std::byte first[8] = {};
+    size_t first_len = static_cast<size_t>(std::min<uint64_t>(size, sizeof first));
+    Gather(r.parts, 0, {first, first_len});
+    bool chunked = mooncake::NeedsChunking(size, {first, first_len}, chunk_size());
+
+    std::optional<ChunkHeader> header;
+    if (chunked) {
+      header = mooncake::MakeChunkHeader(size, chunk_size(), NewGeneration());
+      MC_RETURN_IF_ERROR(PutChunks(key, *header, r.parts, replicate));
+    }
+    // Mooncake's put keeps an existing value, so overwrite is remove + put.
+    Result<Existing> old = Inspect(key);
+    if (!old.ok()) {
+      if (header) RemoveChunks(key, *header, header->num_chunks);
+      return old.status();
+    }
+    if (old->exists) {
+      int rc = api_->remove(handle_, key.c_str(), /*force=*/1);
+      if (rc != 0 && rc != mooncake::kErrObjectNotFound) {
+        if (header) RemoveChunks(key, *header, header->num_chunks);
+        return FromMooncakeError(rc, "remove '" + key + "' before overwriting it");
+      }
+    }
+    Status put;
+    if (header) {
+      auto bytes = header->Encode();
+      ConstBytes part(bytes.data(), bytes.size());
+      put = PutObject(key, {&part, 1}, 0, bytes.size(), replicate);
+      if (!put.ok()) RemoveChunks(key, *header, header->num_chunks);
+    } else {
+      put = PutObject(key, r.parts, 0, size, replicate);
+    }
+    if (put.ok() && old->header && (!header || old->header->generation != header->generation)) {
+      RemoveChunks(key, *old->header, old->header->num_chunks);
+    }
+    return put;
+  }
+
+  // Reads a chunked value's chunks into `dst`. Aborted when a chunk vanished
+  // (a concurrent overwrite or remove): the caller starts over.
+  Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h, MutableBytes dst) {
+    if (h.total_size > dst.size()) {
+      return InvalidArgument("buffer of " + std::to_string(dst.size()) + " bytes is too small for the " +
+                             std::to_string(h.total_size) + "-byte value of '" + key + "'");
+    }
+    for (uint64_t first = 0; first < h.num_chunks; first += arena_->slots()) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(arena_->slots(), h.num_chunks - first));
+      TransferArena::Lease slots = arena_->Acquire(n);
+      std::vector<std::string> keys(n);
+      std::vector<const char*> c_keys(n);
+      std::vector<void*> buffers(n);
+      std::vector<size_t> sizes(n, static_cast<size_t>(h.chunk_size));
+      for (size_t j = 0; j < n; ++j) {
+        keys[j] = h.ChunkKey(key, first + j);
+        c_keys[j] = keys[j].c_str();
+        buffers[j] = slots[j];
+      }
+      std::vector<int64_t> results(n, 0);
+      int rc = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), sizes.data(), n, results.data());
+      for (size_t j = 0; j < n; ++j) {
+        uint64_t offset = (first + j) * h.chunk_size;
+        uint64_t expected = std::min(h.chunk_size, h.total_size - offset);
+        int64_t r = rc != 0 ? rc : results[j];
+        if (r == mooncake::kErrObjectNotFound) return Aborted("chunk of '" + key + "' vanished");
+        if (r < 0) return FromMooncakeError(r, "get_into chunk " + std::to_string(first + j) + " of '" + key + "'");
+        if (static_cast<uint64_t>(r) != expected) {
+          return DataLoss("chunk " + std::to_string(first + j) + " of '" + key + "' holds " +
+                          std::to_string(r) + " bytes, expected " + std::to_string(expected));
+        }
+        std::memcpy(dst.data() + offset, slots[j], expected);
+      }
+    }
+    return h.total_size;
+  }
+
+  Result<uint64_t> GetIntoOne(const std::string& key, MutableBytes dst) {
+    constexpr int kAttempts = 8;
+    for (int attempt = 0; attempt < kAttempts; ++attempt) {
+      std::optional<ChunkHeader> header;
+      bool too_large_for_a_slot = false;
+      {
+        TransferArena::Lease slot = arena_->Acquire(1);
+        int64_t n = api_->get_into(handle_, key.c_str(), slot[0], chunk_size());
+        if (n == mooncake::kErrInvalidParams || n == mooncake::kErrBufferOverflow) {
+          too_large_for_a_slot = true;
+        } else if (n < 0) {
+          return FromMooncakeError(n, "get_into '" + key + "'");
+        } else {
+          ConstBytes object(slot[0], static_cast<size_t>(n));
+          if (!mooncake::LooksLikeChunkHeader(object.size(), object)) {
+            if (object.size() > dst.size()) {
+              return InvalidArgument("buffer of " + std::to_string(dst.size()) +
+                                     " bytes is too small for the " + std::to_string(object.size()) +
+                                     "-byte value of '" + key + "'");
+            }
+            std::memcpy(dst.data(), object.data(), object.size());
+            return object.size();
+          }
+          MC_ASSIGN_OR_RETURN(ChunkHeader h, mooncake::ParseChunkHeader(object));
+          header = h;
+        }
+      }  // the slot goes back before more slots are taken
+      if (too_large_for_a_slot) {
+        // Larger than a chunk: a single object written by another client.
+        int64_t size = api_->get_size(handle_, key.c_str());
+        if (size < 0) return FromMooncakeError(size, "get_size '" + key + "'");
+        if (static_cast<uint64_t>(size) <= chunk_size()) continue;  // changed under us
+        return ReadLargeObject(key, static_cast<uint64_t>(size), dst);
+      }
+      Result<uint64_t> got = ReadChunks(key, *header, dst);
+      if (got.ok() || got.status().code() != StatusCode::kAborted) return got;
+    }
+    return Aborted("value of key '" + key + "' kept changing while being read");
+  }
+
+  // An object above the chunk size (written by another Mooncake client):
+  // read straight into `dst`, registered for the duration of the call.
+  Result<uint64_t> ReadLargeObject(const std::string& key, uint64_t size, MutableBytes dst) {
+    if (size > dst.size()) {
+      return InvalidArgument("buffer of " + std::to_string(dst.size()) + " bytes is too small for the " +
+                             std::to_string(size) + "-byte value of '" + key + "'");
+    }
+    if (!config_.client_address.empty()) {
+      return ResourceExhausted("'" + key + "' is one object of " + std::to_string(size) +
+                               " bytes, above chunk_size; in standalone-client mode raise chunk_size "
+                               "(MOONCAKE_CHUNK_SIZE) to read it");
+    }
+    int rc = api_->register_buffer(handle_, dst.data(), size);
+    if (rc != 0) return FromMooncakeError(rc, "register_buffer for '" + key + "'");
+    int64_t n = api_->get_into(handle_, key.c_str(), dst.data(), size);
+    api_->unregister_buffer(handle_, dst.data());
+    if (n < 0) return FromMooncakeError(n, "get_into '" + key + "'");
+    return static_cast<uint64_t>(n);
+  }
+
+  const MooncakeConfig config_;
+  const Api* api_;
+  Handle handle_;
+  mooncake::ReplicateConfig replicate_;
+  std::unique_ptr<TransferArena> arena_;
+};
+
+}  // namespace
+
+void SetDefaultMooncakeApi(const mooncake::Api* api) { g_default_api.store(api); }
+
+Result<std::shared_ptr<Store>> OpenMooncakeStore(const MooncakeConfig& config) {
+  if (!config.library.empty()) {
+    // The table is cached by LoadNativeMooncakeApi; keep a stable copy.
+    MC_ASSIGN_OR_RETURN(Api api, mooncake::LoadNativeMooncakeApi(config.library));
+    static std::mutex mutex;
+    static auto* tables = new std::vector<std::unique_ptr<Api>>();
+    std::lock_guard lock(mutex);
+    tables->push_back(std::make_unique<Api>(api));
+    return OpenMooncakeStore(config, tables->back().get());
+  }
+  const Api* api = g_default_api.load();
+  if (api == nullptr) {
+    return FailedPrecondition(
+        "no Mooncake Store provider: set MOONCAKE_STORE_LIBRARY to a libmooncake_store.so, or use "
+        "the Python package with the mooncake-transfer-engine wheel installed");
+  }
+  return OpenMooncakeStore(config, api);
+}
+
+Result<std::shared_ptr<Store>> OpenMooncakeStore(const MooncakeConfig& config, const Api* api) {
+  const bool client_mode = !config.client_address.empty();
+  if (client_mode && api->setup_dummy == nullptr) {
+    return Unimplemented(std::string("MOONCAKE_CLIENT (standalone-client mode) needs the Python "
+                                     "provider; ") + api->provider + " has no setup_dummy");
+  }
+  // Mooncake's setup blocks for a long time on an unreachable peer; a probe
+  // bounds the wait and names the address.
+  if (client_mode) {
+    MC_RETURN_IF_ERROR(mooncake::ProbeTcp(config.client_address, config.connect_timeout,
+                                          "mooncake_client (MOONCAKE_CLIENT)"));
+  } else {
+    MC_RETURN_IF_ERROR(mooncake::ProbeTcp(
+        config.master_address, config.connect_timeout,
+        "Mooncake master (MOONCAKE_MASTER; start one with `mooncake-connector standalone`)"));
+    if (config.metadata_server.starts_with("http://")) {
+      std::string rest = config.metadata_server.substr(7);
+      MC_RETURN_IF_ERROR(mooncake::ProbeTcp(rest.substr(0, rest.find('/')), config.connect_timeout,
+                                            "metadata server (MOONCAKE_TE_META_DATA_SERVER)"));
+    }
+  }
+  Handle handle = api->create();
+  if (handle == nullptr) {
+    return Unavailable(std::string("could not create a Mooncake client with ") + api->provider);
+  }
+  int rc;
+  if (client_mode) {
+    uint64_t pool = config.chunk_size * static_cast<uint64_t>(config.transfer_slots) + (uint64_t{1} << 20);
+    rc = api->setup_dummy(handle, pool, config.local_buffer_size, config.client_address.c_str());
+  } else {
+    rc = api->setup(handle, config.local_hostname.c_str(), config.metadata_server.c_str(),
+                    config.global_segment_size, config.local_buffer_size, config.protocol.c_str(),
+                    config.device_name.c_str(), config.master_address.c_str());
+  }
+  if (rc != 0) {
+    api->destroy(handle);
+    std::string where = client_mode ? "mooncake_client at " + config.client_address
+                                    : "master at " + config.master_address;
+    return Unavailable("Mooncake setup against the " + where + " failed with code " + std::to_string(rc) +
+                       " (protocol " + config.protocol + ", metadata " + config.metadata_server + ")");
+  }
+  auto store = std::make_shared<MooncakeStore>(config, api, handle);
+  MC_RETURN_IF_ERROR(store->Init());
+  return std::shared_ptr<Store>(std::move(store));
+}
+
+}  // namespace mooncake_connector
