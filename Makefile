@@ -1,5 +1,5 @@
 # make setup  - Debian packages, .venv with pinned deps, the package built into it (idempotent)
-# make demo   - the main job: the seed's example on the embedded store
+# make demo   - the main job: a standalone Mooncake, the seed's example over mooncake://, a model save/load
 # make test   - every test: C++ (GoogleTest, plus ASan/UBSan and TSan builds), fuzz smoke, Python
 SHELL := /bin/bash
 VENV ?= .venv
@@ -34,17 +34,20 @@ venv: $(VENV)/.deps
 python-package: $(VENV)/.deps
 	$(PY) -m pip install -q --no-build-isolation --no-deps .
 
-cpp:
-	cmake -S . -B $(BUILD)/cpp -G Ninja -DMC_BUILD_TESTS=ON -DCMAKE_MAKE_PROGRAM=$$(command -v ninja)
+cpp: $(VENV)/.deps
+	cmake -S . -B $(BUILD)/cpp -G Ninja -DMC_BUILD_TESTS=ON -DMC_BUILD_MOONCAKE_TESTS=ON \
+	  -DPython_EXECUTABLE=$(CURDIR)/$(PY) -DCMAKE_MAKE_PROGRAM=$$(command -v ninja)
 	cmake --build $(BUILD)/cpp -j $(JOBS)
 
+# GLOG_minloglevel=3 keeps Mooncake's own logging off the demo's output.
 demo: setup
-	$(PY) examples/seed_example.py
+	GLOG_minloglevel=3 $(PY) examples/seed_example.py
 
 test: setup test-cpp test-sanitize test-fuzz test-install test-python
 
-test-cpp: cpp
+test-cpp: cpp python-package
 	ctest --test-dir $(BUILD)/cpp --output-on-failure -j $(JOBS)
+	MC_TEST_PYTHON=$(CURDIR)/$(PY) $(BUILD)/cpp/mooncake_store_tests
 
 # ASan+UBSan over every C++ test; TSan over the concurrent ones.
 test-sanitize:
@@ -59,7 +62,7 @@ test-sanitize:
 test-fuzz:
 	CC=clang CXX=clang++ cmake -S . -B $(BUILD)/fuzz -G Ninja -DMC_BUILD_FUZZ=ON -DMC_SANITIZE=address,undefined
 	cmake --build $(BUILD)/fuzz -j $(JOBS)
-	for t in value_format url; do \
+	for t in value_format url chunk_header; do \
 	  mkdir -p $(BUILD)/fuzz/corpus_$$t; \
 	  $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	    $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t || exit 1; \

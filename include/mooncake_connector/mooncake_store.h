@@ -70,7 +70,8 @@ MC_EXPORT Result<MooncakeConfig> MooncakeConfigFrom(const Url& url,
                                                     const EnvLookup& getenv = {});
 
 // Connects to the store. Unavailable (naming the address) when the master or
-// client cannot be reached within config.connect_timeout.
+// client cannot be reached within config.connect_timeout. Calls with the same
+// configuration share one Mooncake client while any of them holds it.
 MC_EXPORT Result<std::shared_ptr<Store>> OpenMooncakeStore(const MooncakeConfig& config);
 // The same with an explicit provider table (which must outlive the store).
 MC_EXPORT Result<std::shared_ptr<Store>> OpenMooncakeStore(const MooncakeConfig& config,

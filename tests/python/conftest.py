@@ -1,20 +1,60 @@
-"""Shared fixtures. Named memory stores are shared by the whole process while
-any connector holds them open, so every test gets a store of its own."""
+"""Shared fixtures.
+
+Every test that takes ``store_url`` or ``conn`` runs twice: on a private
+``memory://`` store, and on ``mooncake://`` against a real Mooncake master and
+storage process (from the mooncake-transfer-engine wheel) started once per
+session on loopback. The mooncake store is emptied before each test. A missing
+wheel or master fails the session; nothing is skipped.
+"""
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
 import torch
 
-from mooncake_connector import create_remote_connector
+from mooncake_connector import create_remote_connector, standalone
 
 
-@pytest.fixture
-def store_url() -> str:
-    """A memory:// URL that no other test uses."""
-    return f"memory://t{uuid.uuid4().hex}"
+@pytest.fixture(scope="session")
+def mooncake_cluster():
+    """A standalone Mooncake instance; its client environment is exported
+    for the whole session (this process is a pure client)."""
+    inst = standalone.start(segment_size="2gb", local_buffer_size="64mb")
+    saved = {k: os.environ.get(k) for k in inst.env()}
+    os.environ.update(inst.env())
+    # Held for the session: connectors with this configuration share its
+    # Mooncake client instead of setting up one each.
+    keeper = create_remote_connector("mooncake://")
+    try:
+        yield inst
+    finally:
+        keeper.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        inst.stop()
+
+
+def clear_mooncake() -> None:
+    with create_remote_connector("mooncake://") as c:
+        for key in c.list(""):
+            c.remove(key)
+
+
+@pytest.fixture(params=["memory", "mooncake"])
+def store_url(request) -> str:
+    """A URL whose store holds nothing: a private memory store, or the
+    session's Mooncake cluster after emptying it."""
+    if request.param == "memory":
+        return f"memory://t{uuid.uuid4().hex}"
+    request.getfixturevalue("mooncake_cluster")
+    clear_mooncake()
+    return "mooncake://"
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ Result<std::chrono::milliseconds> ParseDuration(const std::string& text) {
   else if (unit == "s") ms = v * 1000;
   else if (unit == "m") ms = v * 60000;
   else return InvalidArgument("invalid duration unit in '" + text + "' (ms, s or m)");
+  if (!(ms <= 24.0 * 3600 * 1000)) return InvalidArgument("duration '" + text + "' is longer than a day");
   return std::chrono::milliseconds(static_cast<int64_t>(ms));
 }
 

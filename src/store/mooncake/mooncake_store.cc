@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <random>
 
@@ -435,7 +436,20 @@ Result<std::shared_ptr<Store>> OpenMooncakeStore(const MooncakeConfig& config) {
   return OpenMooncakeStore(config, api);
 }
 
-Result<std::shared_ptr<Store>> OpenMooncakeStore(const MooncakeConfig& config, const Api* api) {
+namespace {
+
+// Everything that distinguishes one client from another, as a map key.
+std::string ClientIdentity(const MooncakeConfig& c, const Api* api) {
+  return std::to_string(reinterpret_cast<uintptr_t>(api)) + '\n' + c.master_address + '\n' +
+         c.client_address + '\n' + c.protocol + '\n' + c.device_name + '\n' + c.metadata_server +
+         '\n' + c.local_hostname + '\n' + std::to_string(c.global_segment_size) + '\n' +
+         std::to_string(c.local_buffer_size) + '\n' + std::to_string(c.replica_num) + '\n' +
+         std::to_string(static_cast<int>(c.pin)) + '\n' + std::to_string(c.metrics_port) + '\n' +
+         std::to_string(c.chunk_size) + '\n' + std::to_string(c.transfer_slots) + '\n' +
+         std::to_string(c.connect_timeout.count());
+}
+
+Result<std::shared_ptr<Store>> ConnectNewClient(const MooncakeConfig& config, const Api* api) {
   const bool client_mode = !config.client_address.empty();
   if (client_mode && api->setup_dummy == nullptr) {
     return Unimplemented(std::string("MOONCAKE_CLIENT (standalone-client mode) needs the Python "
@@ -479,6 +493,23 @@ Result<std::shared_ptr<Store>> OpenMooncakeStore(const MooncakeConfig& config, c
   auto store = std::make_shared<MooncakeStore>(config, api, handle);
   MC_RETURN_IF_ERROR(store->Init());
   return std::shared_ptr<Store>(std::move(store));
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Store>> OpenMooncakeStore(const MooncakeConfig& config, const Api* api) {
+  // Connectors with the same configuration share one Mooncake client (and
+  // its segment): setting up a client takes a while and holds memory.
+  static std::mutex mutex;
+  static auto* open = new std::map<std::string, std::weak_ptr<Store>>();
+  std::string identity = ClientIdentity(config, api);
+  std::lock_guard lock(mutex);
+  if (auto it = open->find(identity); it != open->end()) {
+    if (std::shared_ptr<Store> existing = it->second.lock()) return existing;
+  }
+  MC_ASSIGN_OR_RETURN(std::shared_ptr<Store> store, ConnectNewClient(config, api));
+  (*open)[identity] = store;
+  return store;
 }
 
 }  // namespace mooncake_connector
