@@ -22,6 +22,7 @@ import torch
 from conftest import assert_bit_exact, clear_mooncake, random_tensor
 from mooncake_connector import (
     InvalidArgumentError,
+    ResourceExhaustedError,
     UnavailableError,
     create_remote_connector,
 )
@@ -252,3 +253,36 @@ def test_cli_standalone_serves_and_stops_on_sigterm(tmp_path):
     master_port = int(env["MOONCAKE_MASTER"].rsplit(":", 1)[1])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", master_port)) != 0  # the master is gone
+
+
+def test_hard_pinned_values_survive_eviction(tmp_path):
+    """Fill a small dedicated cluster far past its memory: the unpinned copy of
+    a weight is evicted, the hard-pinned one is still there, bit-exact."""
+    w = random_tensor(torch.float32, (8 << 20,), seed=21)  # 32 MB
+    saved = {k: os.environ.get(k) for k in ("MOONCAKE_MASTER", "MOONCAKE_TE_META_DATA_SERVER",
+                                            "MOONCAKE_MASTER_METRICS_PORT")}
+    from mooncake_connector import standalone  # noqa: PLC0415
+
+    with standalone.start(segment_size="256mb", log_dir=str(tmp_path)) as inst:
+        os.environ.update(inst.env())
+        try:
+            with create_remote_connector("mooncake://", pin="hard") as c:
+                c.set("weights/pinned", w)
+            with create_remote_connector("mooncake://") as c:
+                c.set("weights/unpinned", w)
+                for i in range(30):  # 30 x 16 MB through a 256 MB segment
+                    for attempt in range(20):  # eviction runs in the background
+                        try:
+                            c.set(f"filler/{i}", torch.zeros(4 << 20))
+                            break
+                        except ResourceExhaustedError:
+                            time.sleep(0.1)
+                assert len(c.list("filler/")) < 30  # eviction really happened
+                assert not c.exists("weights/unpinned")
+                assert_bit_exact(c.get("weights/pinned"), w)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v

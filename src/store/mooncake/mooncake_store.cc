@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -98,7 +99,19 @@ class MooncakeStore final : public Store {
     out.reserve(requests.size());
     for (const GetIntoRequest& r : requests) {
       Status s = ValidateKey(r.key);
-      out.push_back(s.ok() ? GetIntoOne(std::string(r.key), r.destination) : Result<uint64_t>(s));
+      if (!s.ok()) {
+        out.emplace_back(s);
+        continue;
+      }
+      std::string key(r.key);
+      out.push_back(ReadValue(key, [&](uint64_t size) -> Result<MutableBytes> {
+        if (size > r.destination.size()) {
+          return InvalidArgument("buffer of " + std::to_string(r.destination.size()) +
+                                 " bytes is too small for the " + std::to_string(size) +
+                                 "-byte value of '" + key + "'");
+        }
+        return r.destination.first(size);
+      }));
     }
     return out;
   }
@@ -180,15 +193,15 @@ class MooncakeStore final : public Store {
   }
 
   Result<Buffer> Get(std::string_view key) override {
-    // A value can change size between GetSize and the read; retry then.
-    for (int attempt = 0; attempt < 8; ++attempt) {
-      MC_ASSIGN_OR_RETURN(uint64_t size, GetSize(key));
-      MC_ASSIGN_OR_RETURN(Buffer buffer, Buffer::Allocate(size));
-      Result<uint64_t> got = GetIntoOne(std::string(key), buffer.bytes());
-      if (got.ok()) return buffer.Slice(0, *got);
-      if (got.status().code() != StatusCode::kInvalidArgument) return got.status();
-    }
-    return Aborted("value of key '" + std::string(key) + "' kept changing while being read");
+    MC_RETURN_IF_ERROR(ValidateKey(key));
+    // Sized once the value's size is known: one round trip for small values.
+    Buffer buffer;
+    Result<uint64_t> got = ReadValue(std::string(key), [&](uint64_t size) -> Result<MutableBytes> {
+      MC_ASSIGN_OR_RETURN(buffer, Buffer::Allocate(size));
+      return buffer.bytes();
+    });
+    if (!got.ok()) return got.status();
+    return buffer.Slice(0, *got);
   }
 
  private:
@@ -309,13 +322,10 @@ class MooncakeStore final : public Store {
     return put;
   }
 
-  // Reads a chunked value's chunks into `dst`. Aborted when a chunk vanished
-  // (a concurrent overwrite or remove): the caller starts over.
+  // Reads a chunked value's chunks into `dst` (of h.total_size bytes).
+  // Aborted when a chunk vanished (a concurrent overwrite or remove): the
+  // caller starts over.
   Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h, MutableBytes dst) {
-    if (h.total_size > dst.size()) {
-      return InvalidArgument("buffer of " + std::to_string(dst.size()) + " bytes is too small for the " +
-                             std::to_string(h.total_size) + "-byte value of '" + key + "'");
-    }
     for (uint64_t first = 0; first < h.num_chunks; first += arena_->slots()) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(arena_->slots(), h.num_chunks - first));
       TransferArena::Lease slots = arena_->Acquire(n);
@@ -346,8 +356,17 @@ class MooncakeStore final : public Store {
     return h.total_size;
   }
 
-  Result<uint64_t> GetIntoOne(const std::string& key, MutableBytes dst) {
+  // Where a value of `size` bytes goes; an error stops the read.
+  using Destination = std::function<Result<MutableBytes>(uint64_t size)>;
+
+  // Reads the value of `key` into the memory `destination` provides; returns
+  // its size.
+  Result<uint64_t> ReadValue(const std::string& key, const Destination& destination) {
     constexpr int kAttempts = 8;
+    // Generation of a chunked value whose chunk went missing on the previous
+    // attempt: seeing it again means no writer replaced it, so the chunk was
+    // evicted or removed, and the value is lost.
+    std::optional<uint64_t> torn_generation;
     for (int attempt = 0; attempt < kAttempts; ++attempt) {
       std::optional<ChunkHeader> header;
       bool too_large_for_a_slot = false;
@@ -361,12 +380,8 @@ class MooncakeStore final : public Store {
         } else {
           ConstBytes object(slot[0], static_cast<size_t>(n));
           if (!mooncake::LooksLikeChunkHeader(object.size(), object)) {
-            if (object.size() > dst.size()) {
-              return InvalidArgument("buffer of " + std::to_string(dst.size()) +
-                                     " bytes is too small for the " + std::to_string(object.size()) +
-                                     "-byte value of '" + key + "'");
-            }
-            std::memcpy(dst.data(), object.data(), object.size());
+            MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(object.size()));
+            if (!object.empty()) std::memcpy(dst.data(), object.data(), object.size());
             return object.size();
           }
           MC_ASSIGN_OR_RETURN(ChunkHeader h, mooncake::ParseChunkHeader(object));
@@ -378,29 +393,32 @@ class MooncakeStore final : public Store {
         int64_t size = api_->get_size(handle_, key.c_str());
         if (size < 0) return FromMooncakeError(size, "get_size '" + key + "'");
         if (static_cast<uint64_t>(size) <= chunk_size()) continue;  // changed under us
-        return ReadLargeObject(key, static_cast<uint64_t>(size), dst);
+        MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(static_cast<uint64_t>(size)));
+        return ReadLargeObject(key, dst);
       }
+      if (torn_generation == header->generation) {
+        return DataLoss("a chunk of the " + std::to_string(header->total_size) + "-byte value of '" + key +
+                        "' is gone (evicted under memory pressure? write weights with pin=hard)");
+      }
+      MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(header->total_size));
       Result<uint64_t> got = ReadChunks(key, *header, dst);
       if (got.ok() || got.status().code() != StatusCode::kAborted) return got;
+      torn_generation = header->generation;
     }
     return Aborted("value of key '" + key + "' kept changing while being read");
   }
 
   // An object above the chunk size (written by another Mooncake client):
-  // read straight into `dst`, registered for the duration of the call.
-  Result<uint64_t> ReadLargeObject(const std::string& key, uint64_t size, MutableBytes dst) {
-    if (size > dst.size()) {
-      return InvalidArgument("buffer of " + std::to_string(dst.size()) + " bytes is too small for the " +
-                             std::to_string(size) + "-byte value of '" + key + "'");
-    }
+  // read straight into `dst` (its exact size), registered for the call.
+  Result<uint64_t> ReadLargeObject(const std::string& key, MutableBytes dst) {
     if (!config_.client_address.empty()) {
-      return ResourceExhausted("'" + key + "' is one object of " + std::to_string(size) +
+      return ResourceExhausted("'" + key + "' is one object of " + std::to_string(dst.size()) +
                                " bytes, above chunk_size; in standalone-client mode raise chunk_size "
                                "(MOONCAKE_CHUNK_SIZE) to read it");
     }
-    int rc = api_->register_buffer(handle_, dst.data(), size);
+    int rc = api_->register_buffer(handle_, dst.data(), dst.size());
     if (rc != 0) return FromMooncakeError(rc, "register_buffer for '" + key + "'");
-    int64_t n = api_->get_into(handle_, key.c_str(), dst.data(), size);
+    int64_t n = api_->get_into(handle_, key.c_str(), dst.data(), dst.size());
     api_->unregister_buffer(handle_, dst.data());
     if (n < 0) return FromMooncakeError(n, "get_into '" + key + "'");
     return static_cast<uint64_t>(n);
