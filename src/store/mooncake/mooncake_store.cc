@@ -249,35 +249,56 @@ class MooncakeStore final : public Store {
     return Status::Ok();
   }
 
-  Status PutChunks(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
-                   const mooncake::ReplicateConfig& replicate) {
+  // One batch of consecutive chunks, each in its own staging slot.
+  struct ChunkBatch {
+    uint64_t first = 0;               // index of the batch's first chunk
+    std::vector<std::string> keys;
+    std::vector<const char*> c_keys;  // into `keys`
+    std::vector<void*> buffers;       // staging slots
+    std::vector<size_t> sizes;        // exact chunk lengths
+  };
+
+  // Calls `fn` for each batch of up to transfer_slots chunks of `h`, holding
+  // the batch's slots for the call. Stops at the first error.
+  template <typename Fn>
+  Status ForEachChunkBatch(const std::string& key, const ChunkHeader& h, Fn&& fn) {
     for (uint64_t first = 0; first < h.num_chunks; first += arena_->slots()) {
       size_t n = static_cast<size_t>(std::min<uint64_t>(arena_->slots(), h.num_chunks - first));
       TransferArena::Lease slots = arena_->Acquire(n);
-      std::vector<std::string> keys(n);
-      std::vector<const char*> c_keys(n);
-      std::vector<void*> buffers(n);
-      std::vector<size_t> sizes(n);
+      ChunkBatch batch;
+      batch.first = first;
       for (size_t j = 0; j < n; ++j) {
         uint64_t offset = (first + j) * h.chunk_size;
-        sizes[j] = static_cast<size_t>(std::min(h.chunk_size, h.total_size - offset));
-        Gather(parts, offset, {slots[j], sizes[j]});
-        keys[j] = h.ChunkKey(key, first + j);
-        c_keys[j] = keys[j].c_str();
-        buffers[j] = slots[j];
+        batch.keys.push_back(h.ChunkKey(key, first + j));
+        batch.buffers.push_back(slots[j]);
+        batch.sizes.push_back(static_cast<size_t>(std::min(h.chunk_size, h.total_size - offset)));
+      }
+      for (const std::string& k : batch.keys) batch.c_keys.push_back(k.c_str());
+      MC_RETURN_IF_ERROR(fn(batch));
+    }
+    return Status::Ok();
+  }
+
+  Status PutChunks(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
+                   const mooncake::ReplicateConfig& replicate) {
+    Status s = ForEachChunkBatch(key, h, [&](ChunkBatch& b) -> Status {
+      size_t n = b.keys.size();
+      for (size_t j = 0; j < n; ++j) {
+        Gather(parts, (b.first + j) * h.chunk_size, {static_cast<std::byte*>(b.buffers[j]), b.sizes[j]});
       }
       std::vector<int> results(n, 0);
-      int rc = api_->batch_put_from(handle_, c_keys.data(), buffers.data(), sizes.data(), n,
+      int rc = api_->batch_put_from(handle_, b.c_keys.data(), b.buffers.data(), b.sizes.data(), n,
                                     &replicate, results.data());
       for (size_t j = 0; j < n; ++j) {
         int r = rc != 0 ? rc : results[j];
         if (r != 0) {
-          RemoveChunks(key, h, first + n);
-          return FromMooncakeError(r, "put_from chunk " + std::to_string(first + j) + " of '" + key + "'");
+          return FromMooncakeError(r, "put_from chunk " + std::to_string(b.first + j) + " of '" + key + "'");
         }
       }
-    }
-    return Status::Ok();
+      return Status::Ok();
+    });
+    if (!s.ok()) RemoveChunks(key, h, h.num_chunks);
+    return s;
   }
 
   Status PutOne(const PutRequest& r, const mooncake::ReplicateConfig& replicate) {
@@ -326,33 +347,24 @@ class MooncakeStore final : public Store {
   // Aborted when a chunk vanished (a concurrent overwrite or remove): the
   // caller starts over.
   Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h, MutableBytes dst) {
-    for (uint64_t first = 0; first < h.num_chunks; first += arena_->slots()) {
-      size_t n = static_cast<size_t>(std::min<uint64_t>(arena_->slots(), h.num_chunks - first));
-      TransferArena::Lease slots = arena_->Acquire(n);
-      std::vector<std::string> keys(n);
-      std::vector<const char*> c_keys(n);
-      std::vector<void*> buffers(n);
-      std::vector<size_t> sizes(n, static_cast<size_t>(h.chunk_size));
-      for (size_t j = 0; j < n; ++j) {
-        keys[j] = h.ChunkKey(key, first + j);
-        c_keys[j] = keys[j].c_str();
-        buffers[j] = slots[j];
-      }
+    MC_RETURN_IF_ERROR(ForEachChunkBatch(key, h, [&](ChunkBatch& b) -> Status {
+      size_t n = b.keys.size();
       std::vector<int64_t> results(n, 0);
-      int rc = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), sizes.data(), n, results.data());
+      int rc = api_->batch_get_into(handle_, b.c_keys.data(), b.buffers.data(), b.sizes.data(), n,
+                                    results.data());
       for (size_t j = 0; j < n; ++j) {
-        uint64_t offset = (first + j) * h.chunk_size;
-        uint64_t expected = std::min(h.chunk_size, h.total_size - offset);
+        std::string which = "chunk " + std::to_string(b.first + j) + " of '" + key + "'";
         int64_t r = rc != 0 ? rc : results[j];
-        if (r == mooncake::kErrObjectNotFound) return Aborted("chunk of '" + key + "' vanished");
-        if (r < 0) return FromMooncakeError(r, "get_into chunk " + std::to_string(first + j) + " of '" + key + "'");
-        if (static_cast<uint64_t>(r) != expected) {
-          return DataLoss("chunk " + std::to_string(first + j) + " of '" + key + "' holds " +
-                          std::to_string(r) + " bytes, expected " + std::to_string(expected));
+        if (r == mooncake::kErrObjectNotFound) return Aborted(which + " vanished");
+        if (r < 0) return FromMooncakeError(r, "get_into " + which);
+        if (static_cast<uint64_t>(r) != b.sizes[j]) {
+          return DataLoss(which + " holds " + std::to_string(r) + " bytes, expected " +
+                          std::to_string(b.sizes[j]));
         }
-        std::memcpy(dst.data() + offset, slots[j], expected);
+        std::memcpy(dst.data() + (b.first + j) * h.chunk_size, b.buffers[j], b.sizes[j]);
       }
-    }
+      return Status::Ok();
+    }));
     return h.total_size;
   }
 
