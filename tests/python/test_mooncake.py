@@ -286,3 +286,39 @@ def test_hard_pinned_values_survive_eviction(tmp_path):
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+
+def test_master_dying_after_connect_fails_fast_naming_it(tmp_path):
+    """No hang when the master goes away under an open connector: every call
+    raises UnavailableError (a ConnectionError) naming the master, in bounded
+    time (Mooncake's own RPC retry is about 4 s)."""
+    from mooncake_connector import standalone  # noqa: PLC0415
+
+    saved = {k: os.environ.get(k) for k in ("MOONCAKE_MASTER", "MOONCAKE_TE_META_DATA_SERVER",
+                                            "MOONCAKE_MASTER_METRICS_PORT")}
+    inst = standalone.start(segment_size="128mb", log_dir=str(tmp_path))
+    try:
+        os.environ.update(inst.env())
+        c = create_remote_connector("mooncake://")
+        c.set("k", torch.ones(4))
+        master = inst.processes[0]
+        master.send_signal(signal.SIGKILL)
+        master.wait()
+        calls = {"get": lambda: c.get("k"), "set": lambda: c.set("k2", torch.ones(2)),
+                 "exists": lambda: c.exists("k"), "list": lambda: c.list("")}
+        for name, call in calls.items():
+            start = time.monotonic()
+            with pytest.raises(UnavailableError) as info:
+                call()
+            assert time.monotonic() - start < 30, name
+            assert isinstance(info.value, ConnectionError)
+            if name != "list":
+                assert inst.master_address in str(info.value), str(info.value)
+        c.close()
+    finally:
+        inst.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -19,7 +19,6 @@ namespace {
 
 using mooncake::Api;
 using mooncake::ChunkHeader;
-using mooncake::FromMooncakeError;
 using mooncake::Handle;
 using mooncake::TransferArena;
 
@@ -137,7 +136,7 @@ class MooncakeStore final : public Store {
       int r = rc != 0 ? rc : results[j];
       if (r == 1) out[index[j]] = true;
       else if (r == 0 || r == mooncake::kErrObjectNotFound) out[index[j]] = false;
-      else out[index[j]] = FromMooncakeError(r, "is_exist '" + owned[j] + "'");
+      else out[index[j]] = Fail(r, "is_exist '" + owned[j] + "'");
     }
     return out;
   }
@@ -146,7 +145,7 @@ class MooncakeStore final : public Store {
     MC_RETURN_IF_ERROR(ValidateKey(key));
     std::string k(key);
     int64_t size = api_->get_size(handle_, k.c_str());
-    if (size < 0) return FromMooncakeError(size, "get_size '" + k + "'");
+    if (size < 0) return Fail(size, "get_size '" + k + "'");
     if (static_cast<uint64_t>(size) != mooncake::kChunkHeaderSize) return static_cast<uint64_t>(size);
     MC_ASSIGN_OR_RETURN(std::optional<ChunkHeader> header, ReadHeaderIfChunked(k));
     return header ? header->total_size : static_cast<uint64_t>(size);
@@ -158,7 +157,7 @@ class MooncakeStore final : public Store {
     MC_ASSIGN_OR_RETURN(Existing old, Inspect(k));
     if (!old.exists) return NotFound("key '" + k + "' not found");
     int rc = api_->remove(handle_, k.c_str(), /*force=*/1);
-    if (rc != 0) return FromMooncakeError(rc, "remove '" + k + "'");
+    if (rc != 0) return Fail(rc, "remove '" + k + "'");
     if (old.header) RemoveChunks(k, *old.header, old.header->num_chunks);
     return Status::Ok();
   }
@@ -206,11 +205,20 @@ class MooncakeStore final : public Store {
  private:
   uint64_t chunk_size() const { return config_.chunk_size; }
 
+  // A status for a Mooncake error code; connection failures name the peer.
+  Status Fail(int64_t code, const std::string& what) const {
+    Status s = mooncake::FromMooncakeError(code, what);
+    if (s.code() != StatusCode::kUnavailable) return s;
+    std::string peer = config_.client_address.empty() ? "master " + config_.master_address
+                                                      : "mooncake_client " + config_.client_address;
+    return Status(s.code(), std::string(s.message()) + " [" + peer + "]");
+  }
+
   // Reads a 64-byte object and parses it if it is a chunk header.
   Result<std::optional<ChunkHeader>> ReadHeaderIfChunked(const std::string& key) {
     TransferArena::Lease slot = arena_->Acquire(1);
     int64_t n = api_->get_into(handle_, key.c_str(), slot[0], chunk_size());
-    if (n < 0) return FromMooncakeError(n, "get_into '" + key + "'");
+    if (n < 0) return Fail(n, "get_into '" + key + "'");
     ConstBytes object(slot[0], static_cast<size_t>(n));
     if (!mooncake::LooksLikeChunkHeader(object.size(), object)) return std::optional<ChunkHeader>();
     MC_ASSIGN_OR_RETURN(ChunkHeader h, mooncake::ParseChunkHeader(object));
@@ -220,7 +228,7 @@ class MooncakeStore final : public Store {
   Result<Existing> Inspect(const std::string& key) {
     int64_t size = api_->get_size(handle_, key.c_str());
     if (size == mooncake::kErrObjectNotFound) return Existing{};
-    if (size < 0) return FromMooncakeError(size, "get_size '" + key + "'");
+    if (size < 0) return Fail(size, "get_size '" + key + "'");
     Existing e{true, std::nullopt};
     if (static_cast<uint64_t>(size) == mooncake::kChunkHeaderSize) {
       Result<std::optional<ChunkHeader>> h = ReadHeaderIfChunked(key);
@@ -244,7 +252,7 @@ class MooncakeStore final : public Store {
     TransferArena::Lease slot = arena_->Acquire(1);
     Gather(parts, offset, {slot[0], size});
     int rc = api_->put_from(handle_, key.c_str(), slot[0], size, &replicate);
-    if (rc != 0) return FromMooncakeError(rc, "put_from '" + key + "' (" + std::to_string(size) + " bytes)");
+    if (rc != 0) return Fail(rc, "put_from '" + key + "' (" + std::to_string(size) + " bytes)");
     return Status::Ok();
   }
 
@@ -291,7 +299,7 @@ class MooncakeStore final : public Store {
       for (size_t j = 0; j < n; ++j) {
         int r = rc != 0 ? rc : results[j];
         if (r != 0) {
-          return FromMooncakeError(r, "put_from chunk " + std::to_string(b.first + j) + " of '" + key + "'");
+          return Fail(r, "put_from chunk " + std::to_string(b.first + j) + " of '" + key + "'");
         }
       }
       return Status::Ok();
@@ -324,7 +332,7 @@ class MooncakeStore final : public Store {
       int rc = api_->remove(handle_, key.c_str(), /*force=*/1);
       if (rc != 0 && rc != mooncake::kErrObjectNotFound) {
         if (header) RemoveChunks(key, *header, header->num_chunks);
-        return FromMooncakeError(rc, "remove '" + key + "' before overwriting it");
+        return Fail(rc, "remove '" + key + "' before overwriting it");
       }
     }
     Status put;
@@ -355,7 +363,7 @@ class MooncakeStore final : public Store {
         std::string which = "chunk " + std::to_string(b.first + j) + " of '" + key + "'";
         int64_t r = rc != 0 ? rc : results[j];
         if (r == mooncake::kErrObjectNotFound) return Aborted(which + " vanished");
-        if (r < 0) return FromMooncakeError(r, "get_into " + which);
+        if (r < 0) return Fail(r, "get_into " + which);
         if (static_cast<uint64_t>(r) != b.sizes[j]) {
           return DataLoss(which + " holds " + std::to_string(r) + " bytes, expected " +
                           std::to_string(b.sizes[j]));
@@ -387,7 +395,7 @@ class MooncakeStore final : public Store {
         if (n == mooncake::kErrInvalidParams || n == mooncake::kErrBufferOverflow) {
           too_large_for_a_slot = true;
         } else if (n < 0) {
-          return FromMooncakeError(n, "get_into '" + key + "'");
+          return Fail(n, "get_into '" + key + "'");
         } else {
           ConstBytes object(slot[0], static_cast<size_t>(n));
           if (!mooncake::LooksLikeChunkHeader(object.size(), object)) {
@@ -402,7 +410,7 @@ class MooncakeStore final : public Store {
       if (too_large_for_a_slot) {
         // Larger than a chunk: a single object written by another client.
         int64_t size = api_->get_size(handle_, key.c_str());
-        if (size < 0) return FromMooncakeError(size, "get_size '" + key + "'");
+        if (size < 0) return Fail(size, "get_size '" + key + "'");
         if (static_cast<uint64_t>(size) <= chunk_size()) continue;  // changed under us
         MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(static_cast<uint64_t>(size)));
         return ReadLargeObject(key, dst);
@@ -428,10 +436,10 @@ class MooncakeStore final : public Store {
                                "(MOONCAKE_CHUNK_SIZE) to read it");
     }
     int rc = api_->register_buffer(handle_, dst.data(), dst.size());
-    if (rc != 0) return FromMooncakeError(rc, "register_buffer for '" + key + "'");
+    if (rc != 0) return Fail(rc, "register_buffer for '" + key + "'");
     int64_t n = api_->get_into(handle_, key.c_str(), dst.data(), dst.size());
     api_->unregister_buffer(handle_, dst.data());
-    if (n < 0) return FromMooncakeError(n, "get_into '" + key + "'");
+    if (n < 0) return Fail(n, "get_into '" + key + "'");
     return static_cast<uint64_t>(n);
   }
 
