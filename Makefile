@@ -82,6 +82,7 @@ test-python: python-package
 
 bench: setup
 	$(PY) bench/bench_memory.py
+	GLOG_minloglevel=3 $(PY) bench/bench_mooncake.py
 
 clean:
 	rm -rf $(BUILD)

@@ -20,9 +20,10 @@ class MooncakeConnector:
     the matching keys. Build one with :func:`create_remote_connector`.
     """
 
-    def __init__(self, url: str, device: str | torch.device = "cpu", **options: Any) -> None:
+    def __init__(self, url: str, device: str | torch.device | None = "cpu", **options: Any) -> None:
         self.url = url
-        self.device = str(torch.device(device)) if not isinstance(device, str) else device
+        # SGLang passes device=None for "the default", which is the CPU.
+        self.device = "cpu" if device is None else str(device)
         self._impl = _impl.Connector.create(
             url, self.device, {k: _option_text(v) for k, v in options.items()})
 
@@ -104,7 +105,7 @@ def _option_text(value: Any) -> str:
     return str(value)
 
 
-def create_remote_connector(url: str, device: str | torch.device = "cpu",
+def create_remote_connector(url: str, device: str | torch.device | None = "cpu",
                             **kwargs: Any) -> MooncakeConnector:
     """Opens a connector for ``url`` (see :func:`supported_schemes`).
 

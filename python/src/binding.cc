@@ -12,8 +12,8 @@
 
 #include "mooncake_connector/connector.h"
 #include "mooncake_connector/mooncake_store.h"
-#include "mooncake_provider.h"
 #include "mooncake_connector/value_format.h"
+#include "mooncake_provider.h"
 
 namespace nb = nanobind;
 using namespace mooncake_connector;

@@ -270,6 +270,6 @@ def test_lone_surrogate_is_a_value_error(conn):
 
 
 def test_cpu_device_forms_are_accepted():
-    for device in ("cpu", "cpu:0", torch.device("cpu")):
+    for device in ("cpu", "cpu:0", torch.device("cpu"), None):
         with create_remote_connector("memory://", device=device) as c:
             assert c.device.startswith("cpu")
