@@ -48,6 +48,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (one bind-and-close may hand out a port twice)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    return ports
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -146,9 +156,9 @@ def start(segment_size: str = "1gb", local_buffer_size: str = "64mb",
     """Starts a master and a storage process; returns once both serve."""
     logs = Path(log_dir or tempfile.mkdtemp(prefix="mooncake-standalone-"))
     logs.mkdir(parents=True, exist_ok=True)
-    inst = StandaloneInstance(master_port=free_port(), metrics_port=free_port(),
-                              metadata_port=free_port(), client_port=free_port(),
-                              segment_size=segment_size, log_dir=logs)
+    master, metrics, metadata, client = free_ports(4)
+    inst = StandaloneInstance(master_port=master, metrics_port=metrics, metadata_port=metadata,
+                              client_port=client, segment_size=segment_size, log_dir=logs)
     master_cmd = [
         find_binary("mooncake_master"),
         f"--rpc_port={inst.master_port}", f"--rpc_address={LOOPBACK}",
