@@ -107,7 +107,6 @@ NB_MODULE(_impl, m) {
   });
 
   m.def("supported_schemes", &SupportedSchemes);
-  m.def("value_format_alignment", [] { return kDataAlignment; });
   // The value format without a store: for interop checks and tools.
   m.def("encode_tensor", [](ByteArray data, const std::string& dtype_name,
                             const std::vector<int64_t>& shape) {

@@ -9,7 +9,6 @@ wheel or master fails the session; nothing is skipped.
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -22,22 +21,19 @@ from mooncake_connector import create_remote_connector, standalone
 def mooncake_cluster():
     """A standalone Mooncake instance; its client environment is exported
     for the whole session (this process is a pure client)."""
-    inst = standalone.start(segment_size="2gb", local_buffer_size="64mb")
-    saved = {k: os.environ.get(k) for k in inst.env()}
-    os.environ.update(inst.env())
-    # Held for the session: connectors with this configuration share its
-    # Mooncake client instead of setting up one each.
-    keeper = create_remote_connector("mooncake://")
-    try:
-        yield inst
-    finally:
-        keeper.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        inst.stop()
+    with standalone.start(segment_size="2gb", local_buffer_size="64mb") as inst, \
+            pytest.MonkeyPatch.context() as env:
+        export(env, inst)
+        # Held for the session: connectors with this configuration share its
+        # Mooncake client instead of setting up one each.
+        with create_remote_connector("mooncake://"):
+            yield inst
+
+
+def export(env: pytest.MonkeyPatch, inst: standalone.StandaloneInstance) -> None:
+    """Points this process's clients at `inst` until `env` is undone."""
+    for k, v in inst.env().items():
+        env.setenv(k, v)
 
 
 def clear_mooncake() -> None:

@@ -19,12 +19,13 @@ import pytest
 import safetensors.torch
 import torch
 
-from conftest import assert_bit_exact, clear_mooncake, random_tensor
+from conftest import assert_bit_exact, clear_mooncake, export, random_tensor
 from mooncake_connector import (
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
     create_remote_connector,
+    standalone,
 )
 
 pytestmark = pytest.mark.usefixtures("mooncake_cluster")
@@ -255,50 +256,34 @@ def test_cli_standalone_serves_and_stops_on_sigterm(tmp_path):
         assert s.connect_ex(("127.0.0.1", master_port)) != 0  # the master is gone
 
 
-def test_hard_pinned_values_survive_eviction(tmp_path):
+def test_hard_pinned_values_survive_eviction(tmp_path, monkeypatch):
     """Fill a small dedicated cluster far past its memory: the unpinned copy of
     a weight is evicted, the hard-pinned one is still there, bit-exact."""
     w = random_tensor(torch.float32, (8 << 20,), seed=21)  # 32 MB
-    saved = {k: os.environ.get(k) for k in ("MOONCAKE_MASTER", "MOONCAKE_TE_META_DATA_SERVER",
-                                            "MOONCAKE_MASTER_METRICS_PORT")}
-    from mooncake_connector import standalone  # noqa: PLC0415
-
     with standalone.start(segment_size="256mb", log_dir=str(tmp_path)) as inst:
-        os.environ.update(inst.env())
-        try:
-            with create_remote_connector("mooncake://", pin="hard") as c:
-                c.set("weights/pinned", w)
-            with create_remote_connector("mooncake://") as c:
-                c.set("weights/unpinned", w)
-                for i in range(30):  # 30 x 16 MB through a 256 MB segment
-                    for attempt in range(20):  # eviction runs in the background
-                        try:
-                            c.set(f"filler/{i}", torch.zeros(4 << 20))
-                            break
-                        except ResourceExhaustedError:
-                            time.sleep(0.1)
-                assert len(c.list("filler/")) < 30  # eviction really happened
-                assert not c.exists("weights/unpinned")
-                assert_bit_exact(c.get("weights/pinned"), w)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        export(monkeypatch, inst)
+        with create_remote_connector("mooncake://", pin="hard") as c:
+            c.set("weights/pinned", w)
+        with create_remote_connector("mooncake://") as c:
+            c.set("weights/unpinned", w)
+            for i in range(30):  # 30 x 16 MB through a 256 MB segment
+                for attempt in range(20):  # eviction runs in the background
+                    try:
+                        c.set(f"filler/{i}", torch.zeros(4 << 20))
+                        break
+                    except ResourceExhaustedError:
+                        time.sleep(0.1)
+            assert len(c.list("filler/")) < 30  # eviction really happened
+            assert not c.exists("weights/unpinned")
+            assert_bit_exact(c.get("weights/pinned"), w)
 
 
-def test_master_dying_after_connect_fails_fast_naming_it(tmp_path):
+def test_master_dying_after_connect_fails_fast_naming_it(tmp_path, monkeypatch):
     """No hang when the master goes away under an open connector: every call
     raises UnavailableError (a ConnectionError) naming the master, in bounded
     time (Mooncake's own RPC retry is about 4 s)."""
-    from mooncake_connector import standalone  # noqa: PLC0415
-
-    saved = {k: os.environ.get(k) for k in ("MOONCAKE_MASTER", "MOONCAKE_TE_META_DATA_SERVER",
-                                            "MOONCAKE_MASTER_METRICS_PORT")}
-    inst = standalone.start(segment_size="128mb", log_dir=str(tmp_path))
-    try:
-        os.environ.update(inst.env())
+    with standalone.start(segment_size="128mb", log_dir=str(tmp_path)) as inst:
+        export(monkeypatch, inst)
         c = create_remote_connector("mooncake://")
         c.set("k", torch.ones(4))
         master = inst.processes[0]
@@ -315,10 +300,3 @@ def test_master_dying_after_connect_fails_fast_naming_it(tmp_path):
             if name != "list":
                 assert inst.master_address in str(info.value), str(info.value)
         c.close()
-    finally:
-        inst.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

@@ -158,7 +158,7 @@ class MooncakeStore final : public Store {
     if (!old.exists) return NotFound("key '" + k + "' not found");
     int rc = api_->remove(handle_, k.c_str(), /*force=*/1);
     if (rc != 0) return Fail(rc, "remove '" + k + "'");
-    if (old.header) RemoveChunks(k, *old.header, old.header->num_chunks);
+    if (old.header) RemoveChunks(k, *old.header);
     return Status::Ok();
   }
 
@@ -239,9 +239,9 @@ class MooncakeStore final : public Store {
     return e;
   }
 
-  // Removes chunks [0, count) of a chunked value, best effort.
-  void RemoveChunks(const std::string& key, const ChunkHeader& h, uint64_t count) {
-    for (uint64_t i = 0; i < count; ++i) {
+  // Removes every chunk of a chunked value, best effort.
+  void RemoveChunks(const std::string& key, const ChunkHeader& h) {
+    for (uint64_t i = 0; i < h.num_chunks; ++i) {
       std::string ck = h.ChunkKey(key, i);
       api_->remove(handle_, ck.c_str(), /*force=*/1);
     }
@@ -304,7 +304,7 @@ class MooncakeStore final : public Store {
       }
       return Status::Ok();
     });
-    if (!s.ok()) RemoveChunks(key, h, h.num_chunks);
+    if (!s.ok()) RemoveChunks(key, h);
     return s;
   }
 
@@ -325,13 +325,13 @@ class MooncakeStore final : public Store {
     // Mooncake's put keeps an existing value, so overwrite is remove + put.
     Result<Existing> old = Inspect(key);
     if (!old.ok()) {
-      if (header) RemoveChunks(key, *header, header->num_chunks);
+      if (header) RemoveChunks(key, *header);
       return old.status();
     }
     if (old->exists) {
       int rc = api_->remove(handle_, key.c_str(), /*force=*/1);
       if (rc != 0 && rc != mooncake::kErrObjectNotFound) {
-        if (header) RemoveChunks(key, *header, header->num_chunks);
+        if (header) RemoveChunks(key, *header);
         return Fail(rc, "remove '" + key + "' before overwriting it");
       }
     }
@@ -340,12 +340,12 @@ class MooncakeStore final : public Store {
       auto bytes = header->Encode();
       ConstBytes part(bytes.data(), bytes.size());
       put = PutObject(key, {&part, 1}, 0, bytes.size(), replicate);
-      if (!put.ok()) RemoveChunks(key, *header, header->num_chunks);
+      if (!put.ok()) RemoveChunks(key, *header);
     } else {
       put = PutObject(key, r.parts, 0, size, replicate);
     }
     if (put.ok() && old->header && (!header || old->header->generation != header->generation)) {
-      RemoveChunks(key, *old->header, old->header->num_chunks);
+      RemoveChunks(key, *old->header);
     }
     return put;
   }
