@@ -52,6 +52,11 @@ struct MooncakeConfig {
   uint64_t chunk_size = uint64_t{16} << 20;     // MOONCAKE_CHUNK_SIZE: largest single object
   int transfer_slots = 4;                       // registered staging buffers of chunk_size each
   std::chrono::milliseconds connect_timeout{5000};  // MOONCAKE_CONNECT_TIMEOUT
+  // MOONCAKE_OP_TIMEOUT: how long one operation retries Mooncake's transient
+  // refusals (replica not ready, read lease held, lease expired) before it
+  // fails. Covers Mooncake's default 10 s read lease, which a remove() of a
+  // recently read key must wait out (removes never force).
+  std::chrono::milliseconds op_timeout{12000};
   std::string library;                          // MOONCAKE_STORE_LIBRARY (native provider)
 };
 
@@ -60,7 +65,7 @@ struct MooncakeConfig {
 // options and keyword arguments, named like the fields above: master, client,
 // protocol, device, metadata_server, local_hostname, global_segment_size,
 // local_buffer_size, replica_num, pin, metrics_port, chunk_size,
-// transfer_slots, connect_timeout, library). InvalidArgument for a bad value
+// transfer_slots, connect_timeout, op_timeout, library). InvalidArgument for a bad value
 // or unknown option, and when neither a master nor a client is configured (the
 // message names MOONCAKE_MASTER and the command that starts a local instance).
 // `getenv` defaults to the process environment.

@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--segment-size", default="1gb",
                    help="memory the storage process contributes (default: 1gb)")
     p.add_argument("--local-buffer-size", default="64mb", help="its local buffer (default: 64mb)")
-    p.add_argument("--lease-ttl-ms", type=int, default=None,
-                   help="master's default_kv_lease_ttl (default: Mooncake's)")
+    p.add_argument("--lease-ttl-ms", type=int, default=1000,
+                   help="master's read lease in ms (default 1000; removes wait it out)")
     p.add_argument("--log-dir", default=None, help="where the processes log (default: a temp dir)")
     p.set_defaults(func=_standalone)
     args = parser.parse_args(argv)

@@ -151,9 +151,14 @@ def _master_healthy(port: int) -> bool:
 
 
 def start(segment_size: str = "1gb", local_buffer_size: str = "64mb",
-          lease_ttl_ms: Optional[int] = None, log_dir: Optional[str] = None,
+          lease_ttl_ms: Optional[int] = 1000, log_dir: Optional[str] = None,
           ready_timeout: float = 60.0) -> StandaloneInstance:
-    """Starts a master and a storage process; returns once both serve."""
+    """Starts a master and a storage process; returns once both serve.
+
+    ``lease_ttl_ms`` is the master's read lease (Mooncake's default is 10 s).
+    A key read within it cannot be removed (mooncake:// never force-removes),
+    so a single-machine instance uses a short one; ``None`` keeps Mooncake's.
+    """
     logs = Path(log_dir or tempfile.mkdtemp(prefix="mooncake-standalone-"))
     logs.mkdir(parents=True, exist_ok=True)
     master, metrics, metadata, client = free_ports(4)

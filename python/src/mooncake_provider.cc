@@ -153,6 +153,30 @@ const mooncake::Api kApi = [] {
       return 0;
     });
   };
+  api.upsert_from = [](Handle h, const char* key, void* buffer, size_t size,
+                       const ReplicateConfig* c) -> int {
+    return WithGil(kInternalError, [&] {
+      PyStore* s = Self(h);
+      return nb::cast<int>(s->store.attr("upsert_from")(key, reinterpret_cast<uintptr_t>(buffer), size,
+                                                       Config(s, c)));
+    });
+  };
+  api.batch_upsert_from = [](Handle h, const char** keys, void** buffers, const size_t* sizes,
+                             size_t n, const ReplicateConfig* c, int* results) -> int {
+    return WithGil(kInternalError, [&] {
+      PyStore* s = Self(h);
+      nb::object r = s->store.attr("batch_upsert_from")(Keys(keys, n), Pointers(buffers, n),
+                                                         Ints(sizes, n), Config(s, c));
+      CopyResults(r, results, n);
+      return 0;
+    });
+  };
+  api.batch_remove = [](Handle h, const char** keys, size_t n, int force, int* results) -> int {
+    return WithGil(kInternalError, [&] {
+      CopyResults(Self(h)->store.attr("batch_remove")(Keys(keys, n), force != 0), results, n);
+      return 0;
+    });
+  };
   api.get_into = [](Handle h, const char* key, void* buffer, size_t size) -> int64_t {
     return WithGil<int64_t>(kInternalError, [&] {
       return nb::cast<int64_t>(

@@ -1,7 +1,7 @@
 // The Mooncake Store C ABI table backed by the mooncake.store Python wheel.
 #pragma once
 
-#include "store/mooncake/mooncake_api_internal.h"
+#include "mooncake_connector/mooncake_api.h"
 
 namespace mooncake_connector::python {
 

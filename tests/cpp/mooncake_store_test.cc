@@ -79,7 +79,11 @@ int main(int argc, char** argv) {
   }
 
   PyObject* standalone = Check(PyImport_ImportModule("mooncake_connector.standalone"), "import standalone");
-  PyObject* inst = Check(PyObject_CallMethod(standalone, "start", "s", "1gb"), "standalone.start");
+  // A short read lease, as in Mooncake's own CI: removes wait leases out.
+  PyObject* start = Check(PyObject_GetAttrString(standalone, "start"), "standalone.start");
+  PyObject* args = Py_BuildValue("(s)", "1gb");
+  PyObject* kwargs = Py_BuildValue("{s:i}", "lease_ttl_ms", 500);
+  PyObject* inst = Check(PyObject_Call(start, args, kwargs), "standalone.start");
   PyObject* env = Check(PyObject_CallMethod(inst, "env", nullptr), "instance.env");
   PyObject *key, *value;
   Py_ssize_t pos = 0;

@@ -17,11 +17,17 @@ import torch
 from mooncake_connector import create_remote_connector, standalone
 
 
+# Read leases of the session's master: short, as in Mooncake's own CI, since
+# removes (never forced) wait them out.
+LEASE_TTL_MS = 500
+
+
 @pytest.fixture(scope="session")
 def mooncake_cluster():
     """A standalone Mooncake instance; its client environment is exported
     for the whole session (this process is a pure client)."""
-    with standalone.start(segment_size="2gb", local_buffer_size="64mb") as inst, \
+    with standalone.start(segment_size="2gb", local_buffer_size="64mb",
+                          lease_ttl_ms=LEASE_TTL_MS) as inst, \
             pytest.MonkeyPatch.context() as env:
         export(env, inst)
         # Held for the session: connectors with this configuration share its

@@ -1,6 +1,8 @@
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
+#include "core/hash_internal.h"
 #include "store/mooncake/chunked_value_internal.h"
 
 namespace mooncake_connector::mooncake {
@@ -24,9 +26,29 @@ bool StartsWithMagic(ConstBytes bytes) {
          std::memcmp(bytes.data(), kChunkMagic.data(), kChunkMagic.size()) == 0;
 }
 
+bool AllZero(const std::byte* p, size_t n) {
+  return std::all_of(p, p + n, [](std::byte b) { return b == std::byte{0}; });
+}
+
+// Offsets of the version-2 fields.
+constexpr size_t kValueChecksumAt = 48;
+constexpr size_t kHeaderChecksumAt = 56;
+
 Status Corrupt(const std::string& why) { return DataLoss("invalid chunked-value header: " + why); }
 
+std::string Suffix(uint64_t generation, const char* tail) {
+  char buf[48];
+  int n = std::snprintf(buf, sizeof buf, "%c%016llx.%s", kChunkKeySeparator,
+                        static_cast<unsigned long long>(generation), tail);
+  return std::string(buf, static_cast<size_t>(n));
+}
+
 }  // namespace
+
+uint64_t ChunkHeader::ChunkLength(uint64_t index) const {
+  uint64_t offset = index * chunk_size;
+  return std::min(chunk_size, total_size - offset);
+}
 
 std::array<std::byte, kChunkHeaderSize> ChunkHeader::Encode() const {
   std::array<std::byte, kChunkHeaderSize> out{};
@@ -37,30 +59,32 @@ std::array<std::byte, kChunkHeaderSize> ChunkHeader::Encode() const {
   Put64(out.data() + 24, chunk_size);
   Put64(out.data() + 32, num_chunks);
   Put64(out.data() + 40, generation);
-  return out;  // bytes 48..63 stay zero (reserved)
-}
-
-std::string ChunkHeader::ChunkKey(std::string_view key, uint64_t index) const {
-  char suffix[64];
-  int n = std::snprintf(suffix, sizeof suffix, "%c%016llx.%llu", kChunkKeySeparator,
-                        static_cast<unsigned long long>(generation),
-                        static_cast<unsigned long long>(index));
-  std::string out(key);
-  out.append(suffix, static_cast<size_t>(n));
+  Put64(out.data() + kValueChecksumAt, checksum);
+  Put64(out.data() + kHeaderChecksumAt, Xxh3({out.data(), kHeaderChecksumAt}));
   return out;
 }
 
-ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t generation) {
+std::string ChunkHeader::ChunkKey(std::string_view key, uint64_t index) const {
+  return std::string(key) + Suffix(generation, std::to_string(index).c_str());
+}
+
+std::string ChunkHeader::ReservationKey(std::string_view key) const {
+  return std::string(key) + Suffix(generation, "r");
+}
+
+ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t generation,
+                            uint64_t checksum) {
   ChunkHeader h;
   h.total_size = total_size;
   h.chunk_size = chunk_size;
   h.num_chunks = total_size == 0 ? 0 : (total_size - 1) / chunk_size + 1;
   h.generation = generation;
+  h.checksum = checksum;
   return h;
 }
 
 bool NeedsChunking(uint64_t size, ConstBytes first_bytes, uint64_t chunk_size) {
-  return size == 0 || size > chunk_size || StartsWithMagic(first_bytes);
+  return size == 0 || size == kChunkHeaderSize || size > chunk_size || StartsWithMagic(first_bytes);
 }
 
 bool LooksLikeChunkHeader(uint64_t size, ConstBytes prefix) {
@@ -71,22 +95,26 @@ Result<ChunkHeader> ParseChunkHeader(ConstBytes object) {
   if (object.size() != kChunkHeaderSize) return Corrupt("size is not 64 bytes");
   if (!StartsWithMagic(object)) return Corrupt("bad magic");
   const std::byte* p = object.data();
-  if (Get32(p + 8) != kChunkFormatVersion) {
-    return Corrupt("unsupported version " + std::to_string(Get32(p + 8)));
-  }
-  for (size_t i = 12; i < 16; ++i) {
-    if (p[i] != std::byte{0}) return Corrupt("reserved bytes are not zero");
-  }
-  for (size_t i = 48; i < kChunkHeaderSize; ++i) {
-    if (p[i] != std::byte{0}) return Corrupt("reserved bytes are not zero");
-  }
   ChunkHeader h;
+  h.version = Get32(p + 8);
+  if (h.version == 2) {
+    if (Get64(p + kHeaderChecksumAt) != Xxh3({p, kHeaderChecksumAt})) {
+      return Corrupt("header checksum mismatch (torn or corrupted)");
+    }
+    h.checksum = Get64(p + kValueChecksumAt);
+  } else if (h.version == 1) {
+    if (!AllZero(p + 48, 16)) return Corrupt("reserved bytes are not zero");
+  } else {
+    return Corrupt("unsupported version " + std::to_string(h.version));
+  }
+  if (!AllZero(p + 12, 4)) return Corrupt("reserved bytes are not zero");
   h.total_size = Get64(p + 16);
   h.chunk_size = Get64(p + 24);
   h.num_chunks = Get64(p + 32);
   h.generation = Get64(p + 40);
   if (h.total_size > kMaxValueBytes) return Corrupt("total size too large");
-  if (h.total_size > 0 && h.chunk_size == 0) return Corrupt("zero chunk size");
+  if (h.total_size > 0 && h.chunk_size < kMinChunkSize) return Corrupt("chunk size below 4 KiB");
+  if (h.chunk_size > kMaxValueBytes) return Corrupt("chunk size too large");
   if (h.num_chunks > kMaxChunks) return Corrupt("too many chunks");
   uint64_t expected = h.total_size == 0 ? 0 : (h.total_size - 1) / h.chunk_size + 1;
   if (h.num_chunks != expected) return Corrupt("chunk count does not match the sizes");
@@ -95,6 +123,17 @@ Result<ChunkHeader> ParseChunkHeader(ConstBytes object) {
 
 bool IsChunkKey(std::string_view key) {
   return key.find(kChunkKeySeparator) != std::string_view::npos;
+}
+
+std::string ChunkObjectsPattern(std::string_view key) {
+  std::string out = "^";
+  for (char c : key) {
+    // Regex metacharacters are escaped; every other byte stands for itself.
+    if (std::string_view("\\^$.|?*+()[]{}/").find(c) != std::string_view::npos) out += '\\';
+    out += c;
+  }
+  out += "\\x1f[0-9a-f]{16}\\.(r|[0-9]+)$";
+  return out;
 }
 
 }  // namespace mooncake_connector::mooncake

@@ -1,10 +1,12 @@
-// How mooncake:// stores values that one Mooncake object cannot hold: a value
-// larger than the chunk size is striped over chunk objects, and a small header
-// object under the key says where they are. Spec: docs/mooncake_layout.md.
+// How mooncake:// stores values it cannot keep as one raw object: the bytes
+// go into immutable chunk objects named by a random generation, and a 64-byte
+// header object under the key says where they are and what they hash to.
+// Spec: docs/mooncake_layout.md.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -15,42 +17,62 @@ namespace mooncake_connector::mooncake {
 
 inline constexpr size_t kChunkHeaderSize = 64;
 inline constexpr std::string_view kChunkMagic = "\x89MCCHNK\n";
-inline constexpr uint32_t kChunkFormatVersion = 1;
-// Bounds a reader accepts, so a corrupt header cannot ask for absurd work.
+// Version 2 adds the value's and the header's own checksums; version 1
+// (written by earlier releases, no checksums) is still read.
+inline constexpr uint32_t kChunkFormatVersion = 2;
+// Bounds a reader accepts, so a hostile header cannot ask for absurd work:
+// at most 2^20 chunks of at least 4 KiB each, at most 2^50 bytes in all.
 inline constexpr uint64_t kMaxChunks = uint64_t{1} << 20;
+inline constexpr uint64_t kMinChunkSize = 4096;
 inline constexpr uint64_t kMaxValueBytes = uint64_t{1} << 50;
 // Separates a key from its chunk suffix. Keys may not contain control
 // characters (ValidateKey), so chunk keys never collide with user keys.
 inline constexpr char kChunkKeySeparator = '\x1f';
 
 struct ChunkHeader {
+  uint32_t version = kChunkFormatVersion;
   uint64_t total_size = 0;
   uint64_t chunk_size = 0;
   uint64_t num_chunks = 0;
   uint64_t generation = 0;  // random; names this write's chunk objects
+  uint64_t checksum = 0;    // XXH3-64 of the value (version 2)
 
+  bool has_checksum() const { return version >= 2; }
+  // Length of chunk `index` (the last one may be short).
+  uint64_t ChunkLength(uint64_t index) const;
+  // Version-2 encoding (headers are only ever written as version 2).
   std::array<std::byte, kChunkHeaderSize> Encode() const;
   // The object key of chunk `index`.
   std::string ChunkKey(std::string_view key, uint64_t index) const;
+  // A 64-byte object of this generation that a writer stores and removes to
+  // prove the space a header needs (never read).
+  std::string ReservationKey(std::string_view key) const;
 };
 
-// A header for `total_size` bytes split into `chunk_size` pieces.
-// REQUIRES: chunk_size > 0.
-ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t generation);
+// A version-2 header for `total_size` bytes hashing to `checksum`, split into
+// `chunk_size` pieces. REQUIRES: chunk_size > 0.
+ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t generation,
+                            uint64_t checksum);
 
 // True when `value` must be stored as a header + chunks rather than as one
-// raw object: it is empty (Mooncake does not keep empty objects), larger than
-// `chunk_size`, or starts with the magic (so raw values never look like
-// headers).
+// raw object: it is empty (Mooncake does not keep empty objects), exactly
+// header-sized (so a raw object is never rewritten in place by a header),
+// larger than `chunk_size`, or starts with the magic (so raw values never look
+// like headers).
 bool NeedsChunking(uint64_t size, ConstBytes first_bytes, uint64_t chunk_size);
 
 // True if an object of `size` bytes starting with `prefix` is a header.
 bool LooksLikeChunkHeader(uint64_t size, ConstBytes prefix);
 
-// Validates and decodes a header object. DataLoss with the reason otherwise.
+// Validates and decodes a header object (version 1 or 2). DataLoss with the
+// reason otherwise.
 Result<ChunkHeader> ParseChunkHeader(ConstBytes object);
 
-// True if `key` names a chunk object (hidden from List).
+// True if `key` names a chunk or reservation object (hidden from List).
 bool IsChunkKey(std::string_view key);
+
+// An ECMAScript regular expression matching exactly the chunk and reservation
+// objects of `key` (every generation).
+std::string ChunkObjectsPattern(std::string_view key);
 
 }  // namespace mooncake_connector::mooncake

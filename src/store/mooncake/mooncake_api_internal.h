@@ -1,86 +1,24 @@
-// The Mooncake Store C ABI as a function table: our own declarations of the
-// functions of Mooncake's store_c.h (same names, arguments and meaning), plus
-// two extensions that only the wheel's Python class offers. A provider fills
-// the table:
-//   - LoadNativeMooncakeApi: dlopen of a libmooncake_store.so;
-//   - the Python binding: calls into mooncake.store.MooncakeDistributedStore.
-// MooncakeStore (mooncake_store.cc) is written once against this table.
-//
-// Return conventions (Mooncake's): int results are 0 on success and a negative
-// Mooncake ErrorCode otherwise; int64 results are a size (>= 0) or a negative
-// ErrorCode; is_exist is 1, 0, or negative on error.
+// Private helpers around the public function table (mooncake_api.h).
 #pragma once
 
-#include <cstddef>
-#include <cstdint>
 #include <string>
 
+#include "mooncake_connector/mooncake_api.h"
 #include "mooncake_connector/status.h"
 
 namespace mooncake_connector::mooncake {
 
-using Handle = void*;
-
-// Layout of store_c.h's mooncake_replicate_config.
-struct ReplicateConfig {
-  size_t replica_num = 1;
-  int with_soft_pin = 0;
-  int with_hard_pin = 0;
-  const char** preferred_segments = nullptr;
-  size_t preferred_segments_count = 0;
-};
-
-struct Api {
-  // Where the table came from, for messages: "libmooncake_store.so at ...".
-  const char* provider = "";
-
-  Handle (*create)() = nullptr;
-  void (*destroy)(Handle) = nullptr;
-  int (*setup)(Handle, const char* local_hostname, const char* metadata_server,
-               uint64_t global_segment_size, uint64_t local_buffer_size, const char* protocol,
-               const char* device_name, const char* master_server_addr) = nullptr;
-  int (*put_from)(Handle, const char* key, void* buffer, size_t size,
-                  const ReplicateConfig* config) = nullptr;
-  int (*batch_put_from)(Handle, const char** keys, void** buffers, const size_t* sizes,
-                        size_t count, const ReplicateConfig* config, int* results_out) = nullptr;
-  int64_t (*get_into)(Handle, const char* key, void* buffer, size_t size) = nullptr;
-  int (*batch_get_into)(Handle, const char** keys, void** buffers, const size_t* sizes,
-                        size_t count, int64_t* results_out) = nullptr;
-  int (*is_exist)(Handle, const char* key) = nullptr;
-  int (*batch_is_exist)(Handle, const char** keys, size_t count, int* results_out) = nullptr;
-  int64_t (*get_size)(Handle, const char* key) = nullptr;
-  int (*remove)(Handle, const char* key, int force) = nullptr;
-  int64_t (*remove_by_regex)(Handle, const char* pattern, int force) = nullptr;
-  int64_t (*remove_all)(Handle, int force) = nullptr;
-  int (*register_buffer)(Handle, void* buffer, size_t size) = nullptr;
-  int (*unregister_buffer)(Handle, void* buffer) = nullptr;
-
-  // Extensions (null when the provider lacks them):
-  // Standalone-client mode: talk to a running mooncake_client at `address`.
-  int (*setup_dummy)(Handle, uint64_t mem_pool_size, uint64_t local_buffer_size,
-                     const char* address) = nullptr;
-  // Memory that transfers must use (in standalone-client mode: shared memory
-  // the client process can see), freed with the handle. Returns null when any
-  // memory works for this handle.
-  void* (*alloc_transfer_buffer)(Handle, size_t size) = nullptr;
-};
-
-// Mooncake's error codes that we map to specific statuses.
-inline constexpr int kErrInvalidParams = -600;
-inline constexpr int kErrBufferOverflow = -10;
-inline constexpr int kErrObjectNotFound = -704;
-inline constexpr int kErrObjectAlreadyExists = -705;
-inline constexpr int kErrObjectHasLease = -706;
-inline constexpr int kErrNoAvailableHandle = -200;
-inline constexpr int kErrReplicaNotReady = -703;
-inline constexpr int kErrLeaseExpired = -707;
-
 // A Status for a negative Mooncake result of `what` (e.g. "put_from 'k'").
 Status FromMooncakeError(int64_t code, const std::string& what);
 
-// dlopens `path` and resolves every mooncake_store_* function. InvalidArgument
-// naming the path, or the first missing symbol, on failure. The library stays
-// loaded for the life of the process.
+// True for refusals that go away by themselves (replica not ready, read lease
+// held or expired, replica busy): the operation is retried until its deadline.
+bool IsTransientError(int64_t code);
+
+// dlopens `path` and resolves every mooncake_store_* function of store_c.h,
+// and the optional ones it exports. InvalidArgument naming the path, or the
+// first missing required symbol, on failure. The library stays loaded for the
+// life of the process.
 Result<Api> LoadNativeMooncakeApi(const std::string& path);
 
 }  // namespace mooncake_connector::mooncake

@@ -103,6 +103,12 @@ const Setting kSettings[] = {
        MC_ASSIGN_OR_RETURN(c.connect_timeout, ParseDuration(v));
        return Status::Ok();
      }},
+    {"op_timeout", "MOONCAKE_OP_TIMEOUT",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(c.op_timeout, ParseDuration(v));
+       if (c.op_timeout.count() <= 0) return InvalidArgument("op_timeout must be positive, got " + v);
+       return Status::Ok();
+     }},
 };
 #undef MC_TEXT_SETTING
 

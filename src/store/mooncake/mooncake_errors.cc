@@ -14,10 +14,16 @@ Status FromMooncakeError(int64_t code, const std::string& what) {
       return ResourceExhausted(msg + " (no space left in the store's segments)");
     case kErrReplicaNotReady: return Unavailable(msg + " (replica not ready yet)");
     case kErrLeaseExpired: return Aborted(msg + " (lease expired during the transfer; retry)");
+    case kErrReplicaBusy: return Unavailable(msg + " (replica busy)");
   }
   // Transfer (-8xx) and RPC (-9xx) failures: the peer or master is unreachable.
   if (code <= -800 && code > -1000) return Unavailable(msg + " (transfer or RPC failure)");
   return Internal(msg);
+}
+
+bool IsTransientError(int64_t code) {
+  return code == kErrReplicaNotReady || code == kErrObjectHasLease || code == kErrLeaseExpired ||
+         code == kErrReplicaBusy;
 }
 
 }  // namespace mooncake_connector::mooncake

@@ -62,6 +62,11 @@ Result<Api> LoadNativeMooncakeApi(const std::string& path) {
     dlclose(lib);
     return s;
   }
+  // Beyond store_c.h: used when a build exports them.
+  api.upsert_from = reinterpret_cast<decltype(api.upsert_from)>(dlsym(lib, "mooncake_store_upsert_from"));
+  api.batch_upsert_from =
+      reinterpret_cast<decltype(api.batch_upsert_from)>(dlsym(lib, "mooncake_store_batch_upsert_from"));
+  api.batch_remove = reinterpret_cast<decltype(api.batch_remove)>(dlsym(lib, "mooncake_store_batch_remove"));
   Api result = api;
   (*cache)[path] = std::move(entry);
   return result;

@@ -1,0 +1,203 @@
+// The read path. A read returns the bytes of one completed write of the key:
+// raw objects are single Mooncake objects; a chunked value is read from the
+// generation its header names (chunks are never rewritten), its size taken
+// from the header and its bytes checked against the header's checksum.
+#include <cstring>
+#include <thread>
+
+#include "core/hash_internal.h"
+#include "store/mooncake/mooncake_store_impl_internal.h"
+
+namespace mooncake_connector::mooncake {
+namespace {
+// A chunk missing while its header still names it: a writer or remover may
+// be between steps, so it is looked at again this many times (with backoff)
+// before the value is reported lost.
+constexpr int kVanishedChecks = 5;
+// A checksum mismatch is read again this many times before it is DataLoss.
+constexpr int kChecksumChecks = 2;
+}  // namespace
+
+std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetIntoRequest> requests) {
+  std::vector<Result<uint64_t>> out;
+  out.reserve(requests.size());
+  for (const GetIntoRequest& r : requests) {
+    Status s = ValidateKey(r.key);
+    if (!s.ok()) {
+      out.emplace_back(s);
+      continue;
+    }
+    std::string key(r.key);
+    out.push_back(ReadValue(key, [&](uint64_t size) -> Result<MutableBytes> {
+      if (size > r.destination.size()) {
+        return InvalidArgument("buffer of " + std::to_string(r.destination.size()) +
+                               " bytes is too small for the " + std::to_string(size) +
+                               "-byte value of '" + key + "'");
+      }
+      return r.destination.first(size);
+    }));
+  }
+  return out;
+}
+
+Result<Buffer> MooncakeStore::Get(std::string_view key) {
+  MC_RETURN_IF_ERROR(ValidateKey(key));
+  // Sized once the value's size is known: one round trip for small values.
+  Buffer buffer;
+  Result<uint64_t> got = ReadValue(std::string(key), [&](uint64_t size) -> Result<MutableBytes> {
+    MC_ASSIGN_OR_RETURN(buffer, Buffer::Allocate(size));
+    return buffer.bytes();
+  });
+  if (!got.ok()) return got.status();
+  return buffer.Slice(0, *got);
+}
+
+Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destination& destination) {
+  Deadline deadline = NewDeadline();
+  std::optional<uint64_t> vanished_generation;
+  int vanished = 0;
+  int mismatches = 0;
+  for (;;) {
+    ChunkHeader header;
+    bool large = false;
+    {
+      TransferArena::Lease slot = arena_->Acquire(1);
+      int64_t n = RetryTransient(deadline, [&] {
+        return api_->get_into(handle_, key.c_str(), slot[0], slot_size());
+      });
+      if (n == kErrInvalidParams || n == kErrBufferOverflow) {
+        large = true;
+      } else if (n < 0) {
+        return Fail(n, "get_into '" + key + "'");
+      } else {
+        ConstBytes object(slot[0], static_cast<size_t>(n));
+        if (!LooksLikeChunkHeader(object.size(), object)) {
+          MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(object.size()));
+          if (!object.empty()) std::memcpy(dst.data(), object.data(), object.size());
+          return object.size();
+        }
+        Result<ChunkHeader> parsed = ParseChunkHeader(object);
+        if (!parsed.ok()) {
+          // A header torn by a concurrent in-place rewrite fails its own
+          // checksum; read it again before calling it corrupt.
+          if (++mismatches <= kChecksumChecks && deadline.Backoff()) continue;
+          return parsed.status().WithContext("reading '" + key + "'");
+        }
+        header = *parsed;
+      }
+    }  // the slot goes back before more slots are taken
+    if (large) {
+      // Larger than a slot: a single object written by another client.
+      int64_t size = RetryTransient(deadline, [&] { return api_->get_size(handle_, key.c_str()); });
+      if (size < 0) return Fail(size, "get_size '" + key + "'");
+      if (static_cast<uint64_t>(size) <= slot_size()) continue;  // changed under us
+      MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(static_cast<uint64_t>(size)));
+      return ReadLargeObject(key, dst, deadline);
+    }
+    MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(header.total_size));
+    Result<uint64_t> got = ReadChunks(key, header, dst, deadline);
+    if (got.ok()) return got;
+    if (got.status().code() == StatusCode::kAborted) {
+      // A chunk vanished: the value was replaced or removed meanwhile (a new
+      // header, or none), or it was lost (the same header, again and again).
+      if (vanished_generation != header.generation) vanished = 0;
+      vanished_generation = header.generation;
+      if (++vanished < kVanishedChecks && deadline.Backoff()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10 << vanished));
+        continue;
+      }
+      return DataLoss("a chunk of the " + std::to_string(header.total_size) + "-byte value of '" +
+                      key + "' is gone (evicted under memory pressure? write weights with pin=hard)");
+    }
+    if (got.status().code() == StatusCode::kDataLoss && ++mismatches <= kChecksumChecks &&
+        deadline.Backoff()) {
+      continue;
+    }
+    return got;
+  }
+}
+
+Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHeader& h,
+                                           MutableBytes dst, Deadline& deadline) {
+  // Chunk lengths come from the header only. Chunks that fit a staging slot
+  // go through the slots; larger ones (written with a larger chunk_size) are
+  // read straight into `dst`, registered for the call.
+  const bool via_slots = h.chunk_size <= slot_size();
+  bool registered = false;
+  if (!via_slots && h.num_chunks > 0) {
+    if (!config_.client_address.empty()) {
+      return ResourceExhausted("'" + key + "' was written in chunks of " + std::to_string(h.chunk_size) +
+                               " bytes, above this client's chunk_size; in standalone-client mode "
+                               "raise chunk_size (MOONCAKE_CHUNK_SIZE) to read it");
+    }
+    int rc = api_->register_buffer(handle_, dst.data(), dst.size());
+    if (rc != 0) return Fail(rc, "register_buffer for '" + key + "'");
+    registered = true;
+  }
+  Xxh3Stream hash;
+  Status s = ForEachBatch(h.num_chunks, arena_->slots(), [&](uint64_t first, size_t n) -> Status {
+    std::optional<TransferArena::Lease> slots;
+    if (via_slots) slots.emplace(arena_->Acquire(n));
+    std::vector<std::string> keys;
+    std::vector<const char*> c_keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> sizes;
+    for (size_t j = 0; j < n; ++j) {
+      keys.push_back(h.ChunkKey(key, first + j));
+      std::byte* at = dst.data() + (first + j) * h.chunk_size;
+      buffers.push_back(via_slots ? (*slots)[j] : at);
+      sizes.push_back(static_cast<size_t>(h.ChunkLength(first + j)));
+    }
+    for (const std::string& k : keys) c_keys.push_back(k.c_str());
+    std::vector<int64_t> results(n, 0);
+    RetryTransient(deadline, [&]() -> int64_t {
+      int rc = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), sizes.data(), n,
+                                    results.data());
+      if (rc != 0) return rc;
+      for (int64_t r : results) {
+        if (IsTransientError(r)) return r;
+      }
+      return 0;
+    });
+    for (size_t j = 0; j < n; ++j) {
+      std::string which = "chunk " + std::to_string(first + j) + " of '" + key + "'";
+      int64_t r = results[j];
+      if (r == kErrObjectNotFound) return Aborted(which + " vanished");
+      if (r < 0) return Fail(r, "get_into " + which);
+      if (static_cast<uint64_t>(r) != sizes[j]) {
+        return DataLoss(which + " holds " + std::to_string(r) + " bytes, its header says " +
+                        std::to_string(sizes[j]));
+      }
+      std::byte* at = dst.data() + (first + j) * h.chunk_size;
+      if (via_slots) std::memcpy(at, buffers[j], sizes[j]);
+      if (h.has_checksum()) hash.Update({at, sizes[j]});
+    }
+    return Status::Ok();
+  });
+  if (registered) api_->unregister_buffer(handle_, dst.data());
+  MC_RETURN_IF_ERROR(s);
+  if (h.has_checksum() && hash.Digest() != h.checksum) {
+    return DataLoss("checksum mismatch in the " + std::to_string(h.total_size) + "-byte value of '" +
+                    key + "' (corrupted or mixed chunks)");
+  }
+  return h.total_size;
+}
+
+Result<uint64_t> MooncakeStore::ReadLargeObject(const std::string& key, MutableBytes dst,
+                                                Deadline& deadline) {
+  if (!config_.client_address.empty()) {
+    return ResourceExhausted("'" + key + "' is one object of " + std::to_string(dst.size()) +
+                             " bytes, above chunk_size; in standalone-client mode raise chunk_size "
+                             "(MOONCAKE_CHUNK_SIZE) to read it");
+  }
+  int rc = api_->register_buffer(handle_, dst.data(), dst.size());
+  if (rc != 0) return Fail(rc, "register_buffer for '" + key + "'");
+  int64_t n = RetryTransient(deadline, [&] {
+    return api_->get_into(handle_, key.c_str(), dst.data(), dst.size());
+  });
+  api_->unregister_buffer(handle_, dst.data());
+  if (n < 0) return Fail(n, "get_into '" + key + "'");
+  return static_cast<uint64_t>(n);
+}
+
+}  // namespace mooncake_connector::mooncake

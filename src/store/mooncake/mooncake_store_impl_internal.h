@@ -1,0 +1,104 @@
+// The mooncake:// Store: the class shared by its metadata operations
+// (mooncake_store.cc), its read path (mooncake_read.cc) and its write path
+// (mooncake_write.cc). The layout and the guarantees are in
+// docs/mooncake_layout.md.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "mooncake_connector/mooncake_store.h"
+#include "store/mooncake/chunked_value_internal.h"
+#include "store/mooncake/deferred_removal_internal.h"
+#include "store/mooncake/mooncake_api_internal.h"
+#include "store/mooncake/retry_internal.h"
+#include "store/mooncake/transfer_arena_internal.h"
+
+namespace mooncake_connector::mooncake {
+
+// What the object under a key is, as far as a writer or remover needs to know.
+struct Existing {
+  bool exists = false;
+  uint64_t object_size = 0;             // size of the object under the key
+  std::optional<ChunkHeader> header;    // set when it is a valid header
+};
+
+class MooncakeStore final : public Store {
+ public:
+  MooncakeStore(MooncakeConfig config, const Api* api, Handle handle);
+  ~MooncakeStore() override;
+  Status Init();
+
+  std::string url() const override;
+  std::vector<Status> BatchPut(std::span<const PutRequest> requests,
+                               const WriteOptions& options) override;
+  std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) override;
+  std::vector<Result<bool>> BatchExists(std::span<const std::string_view> keys) override;
+  Result<uint64_t> GetSize(std::string_view key) override;
+  Status Remove(std::string_view key) override;
+  Result<std::vector<std::string>> List(std::string_view prefix) override;
+  Result<Buffer> Get(std::string_view key) override;
+
+ private:
+  // Where a value of `size` bytes goes; an error stops the read.
+  using Destination = std::function<Result<MutableBytes>(uint64_t size)>;
+
+  uint64_t slot_size() const { return config_.chunk_size; }
+  Deadline NewDeadline() const { return Deadline(config_.op_timeout); }
+  // A status for a Mooncake error code; connection failures name the peer.
+  Status Fail(int64_t code, const std::string& what) const;
+
+  // mooncake_store.cc
+  Result<Existing> Inspect(const std::string& key, Deadline& deadline);
+  // Reads the 64-byte object under `key` as a header. NotFound if absent.
+  Result<ChunkHeader> ReadHeader(const std::string& key, Deadline& deadline);
+  Status RemoveKeys(const std::vector<std::string>& keys, Deadline& deadline,
+                    const std::string& what);
+  void RemoveChunkObjects(const std::string& key, const std::optional<ChunkHeader>& header,
+                          Deadline& deadline);
+  std::vector<std::string> ChunkKeys(const std::string& key, const ChunkHeader& h) const;
+
+  // mooncake_read.cc
+  Result<uint64_t> ReadValue(const std::string& key, const Destination& destination);
+  Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h, MutableBytes dst,
+                              Deadline& deadline);
+  Result<uint64_t> ReadLargeObject(const std::string& key, MutableBytes dst, Deadline& deadline);
+
+  // mooncake_write.cc
+  Status PutOne(const PutRequest& r, const ReplicateConfig& replicate);
+  Status PutObject(const std::string& key, std::span<const ConstBytes> parts, uint64_t offset,
+                   uint64_t size, const ReplicateConfig& replicate, bool upsert,
+                   Deadline& deadline);
+  Status PutChunks(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
+                   const ReplicateConfig& replicate, Deadline& deadline);
+  Status CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
+                      const ReplicateConfig& replicate, Deadline& deadline);
+  void SettleHeader(const std::string& key, const ChunkHeader& h,
+                    const ReplicateConfig& replicate, Deadline& deadline);
+
+  const MooncakeConfig config_;
+  const Api* api_;
+  Handle handle_;
+  ReplicateConfig replicate_;
+  std::unique_ptr<TransferArena> arena_;
+  std::unique_ptr<DeferredRemoval> deferred_;
+};
+
+// Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
+void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst);
+
+// Calls fn(first, n) for consecutive runs of at most `per_batch` of the
+// `count` chunks; stops at the first error.
+template <typename Fn>
+Status ForEachBatch(uint64_t count, size_t per_batch, Fn&& fn) {
+  for (uint64_t first = 0; first < count; first += per_batch) {
+    size_t n = static_cast<size_t>(std::min<uint64_t>(per_batch, count - first));
+    MC_RETURN_IF_ERROR(fn(first, n));
+  }
+  return Status::Ok();
+}
+
+}  // namespace mooncake_connector::mooncake

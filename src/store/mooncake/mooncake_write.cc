@@ -1,0 +1,194 @@
+// The write path. Mooncake has no atomic replace, so a write never touches
+// the old value before the new bytes are in the store:
+//  - a raw value goes in with put only when the key has no value;
+//  - every other write (any overwrite, any large, empty or header-sized value)
+//    puts immutable chunks under a fresh generation first, and then commits
+//    with the 64-byte header: over an old header an in-place same-size upsert
+//    (it needs no space, so it cannot fail for lack of it); over a raw object
+//    a size-changing upsert, done right after proving and freeing the 64
+//    bytes it needs.
+// Superseded chunks are removed with plain removes, waiting out readers'
+// leases (deferred_removal_internal.h); nothing is ever force-removed.
+#include <mutex>
+#include <random>
+
+#include "core/hash_internal.h"
+#include "store/mooncake/mooncake_store_impl_internal.h"
+
+namespace mooncake_connector::mooncake {
+namespace {
+
+uint64_t NewGeneration() {
+  static std::mutex mutex;
+  static std::mt19937_64 rng(std::random_device{}());
+  std::lock_guard lock(mutex);
+  uint64_t g;
+  do g = rng(); while (g == 0);
+  return g;
+}
+
+uint64_t HashOf(std::span<const ConstBytes> parts) {
+  Xxh3Stream hash;
+  for (ConstBytes p : parts) hash.Update(p);
+  return hash.Digest();
+}
+
+}  // namespace
+
+std::vector<Status> MooncakeStore::BatchPut(std::span<const PutRequest> requests,
+                                            const WriteOptions& options) {
+  deferred_->Flush();
+  ReplicateConfig replicate = replicate_;
+  replicate.replica_num = std::max<size_t>(replicate.replica_num, options.replica_num);
+  replicate.with_soft_pin |= options.soft_pin;
+  replicate.with_hard_pin |= options.hard_pin;
+  std::vector<Status> out;
+  out.reserve(requests.size());
+  for (const PutRequest& r : requests) {
+    Status s = ValidateKey(r.key);
+    out.push_back(s.ok() ? PutOne(r, replicate) : s);
+  }
+  return out;
+}
+
+Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstBytes> parts,
+                                uint64_t offset, uint64_t size, const ReplicateConfig& replicate,
+                                bool upsert, Deadline& deadline) {
+  TransferArena::Lease slot = arena_->Acquire(1);
+  Gather(parts, offset, {slot[0], size});
+  auto call = upsert ? api_->upsert_from : api_->put_from;
+  int64_t rc = RetryTransient(deadline, [&] { return call(handle_, key.c_str(), slot[0], size, &replicate); });
+  if (rc != 0) {
+    return Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
+                        std::to_string(size) + " bytes)");
+  }
+  return Status::Ok();
+}
+
+Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
+                                std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
+                                Deadline& deadline) {
+  return ForEachBatch(h.num_chunks, arena_->slots(), [&](uint64_t first, size_t n) -> Status {
+    TransferArena::Lease slots = arena_->Acquire(n);
+    std::vector<std::string> keys;
+    std::vector<const char*> c_keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> sizes;
+    for (size_t j = 0; j < n; ++j) {
+      keys.push_back(h.ChunkKey(key, first + j));
+      buffers.push_back(slots[j]);
+      sizes.push_back(static_cast<size_t>(h.ChunkLength(first + j)));
+      Gather(parts, (first + j) * h.chunk_size, {slots[j], sizes[j]});
+    }
+    for (const std::string& k : keys) c_keys.push_back(k.c_str());
+    std::vector<int> results(n, 0);
+    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+      int r = api_->batch_put_from(handle_, c_keys.data(), buffers.data(), sizes.data(), n,
+                                   &replicate, results.data());
+      return r;
+    });
+    for (size_t j = 0; j < n; ++j) {
+      int64_t r = rc != 0 ? rc : results[j];
+      if (r != 0) return Fail(r, "put_from chunk " + std::to_string(first + j) + " of '" + key + "'");
+    }
+    return Status::Ok();
+  });
+}
+
+Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replicate) {
+  std::string key(r.key);
+  uint64_t size = 0;
+  for (ConstBytes p : r.parts) size += p.size();
+  std::byte first[8] = {};
+  size_t first_len = static_cast<size_t>(std::min<uint64_t>(size, sizeof first));
+  Gather(r.parts, 0, {first, first_len});
+  const bool chunked = NeedsChunking(size, {first, first_len}, slot_size());
+
+  Deadline deadline = NewDeadline();
+  MC_ASSIGN_OR_RETURN(Existing old, Inspect(key, deadline));
+  if (!old.exists && !chunked) {
+    // A raw object, byte for byte what other Mooncake clients write. If a
+    // concurrent writer created the key meanwhile, Mooncake keeps theirs and
+    // reports success: that write simply won the race.
+    return PutObject(key, r.parts, 0, size, replicate, /*upsert=*/false, deadline);
+  }
+
+  ChunkHeader h = MakeChunkHeader(size, slot_size(), NewGeneration(), HashOf(r.parts));
+  Status s = PutChunks(key, h, r.parts, replicate, deadline);
+  if (s.ok()) s = CommitHeader(key, h, old, replicate, deadline);
+  if (!s.ok()) {
+    Deadline cleanup = NewDeadline();
+    (void)RemoveKeys(ChunkKeys(key, h), cleanup, "a failed write of '" + key + "'");
+    return s;
+  }
+  SettleHeader(key, h, replicate, deadline);
+  if (old.header && old.header->generation != h.generation) {
+    deferred_->Remove(ChunkKeys(key, *old.header));
+  }
+  return Status::Ok();
+}
+
+Status MooncakeStore::CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
+                                   const ReplicateConfig& replicate, Deadline& deadline) {
+  auto bytes = h.Encode();
+  ConstBytes header(bytes.data(), bytes.size());
+  std::span<const ConstBytes> parts(&header, 1);
+  const bool can_upsert = api_->upsert_from != nullptr;
+  if (!old.exists) {
+    // Insert. With upsert a concurrently created value is replaced rather
+    // than silently kept, so our chunks never end up unreferenced.
+    return PutObject(key, parts, 0, header.size(), replicate, can_upsert, deadline);
+  }
+  if (!can_upsert) {
+    // Fallback without upsert (a native library that lacks it): remove, then
+    // put. Readers can find the key missing in between.
+    int64_t rc = RetryTransient(deadline, [&] { return api_->remove(handle_, key.c_str(), 0); });
+    if (rc != 0 && rc != kErrObjectNotFound) return Fail(rc, "remove '" + key + "' to overwrite it");
+    return PutObject(key, parts, 0, header.size(), replicate, false, deadline);
+  }
+  if (old.object_size == kChunkHeaderSize) {
+    // Same size: Mooncake rewrites the object in place, allocating nothing.
+    return PutObject(key, parts, 0, header.size(), replicate, true, deadline);
+  }
+  // A raw value of another size: Mooncake drops it before allocating the
+  // header's 64 bytes. Prove those bytes exist and free them just before.
+  std::string reservation = h.ReservationKey(key);
+  MC_RETURN_IF_ERROR(PutObject(reservation, parts, 0, header.size(), replicate, false, deadline)
+                         .WithContext("reserving space to overwrite '" + key + "'"));
+  MC_RETURN_IF_ERROR(RemoveKeys({reservation}, deadline, "'" + key + "'"));
+  Status s = PutObject(key, parts, 0, header.size(), replicate, true, deadline);
+  // The freed bytes went to another writer first: the old value is gone
+  // already, so keep trying to get the new one in until the deadline.
+  while (s.code() == StatusCode::kResourceExhausted && deadline.Backoff()) {
+    s = PutObject(key, parts, 0, header.size(), replicate, true, deadline);
+  }
+  if (s.code() == StatusCode::kResourceExhausted) {
+    return DataLoss("overwriting '" + key + "': the store ran out of space between reserving and "
+                    "committing, and Mooncake dropped the previous value (" + std::string(s.message()) + ")");
+  }
+  return s;
+}
+
+void MooncakeStore::SettleHeader(const std::string& key, const ChunkHeader& h,
+                                 const ReplicateConfig& replicate, Deadline& deadline) {
+  // Two writers rewriting one header in place at once can leave it torn (its
+  // own checksum fails): the last one to notice writes its header again.
+  // A header of another generation means a later write won: our chunks are
+  // superseded.
+  for (int round = 0; round < 3; ++round) {
+    Result<ChunkHeader> now = ReadHeader(key, deadline);
+    if (now.ok()) {
+      if (now->generation != h.generation) deferred_->Remove(ChunkKeys(key, h));
+      return;
+    }
+    if (now.status().code() != StatusCode::kDataLoss) return;  // removed, or unreachable
+    auto bytes = h.Encode();
+    ConstBytes header(bytes.data(), bytes.size());
+    if (!PutObject(key, {&header, 1}, 0, header.size(), replicate, api_->upsert_from != nullptr,
+                   deadline).ok()) {
+      return;
+    }
+  }
+}
+
+}  // namespace mooncake_connector::mooncake

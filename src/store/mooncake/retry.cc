@@ -1,0 +1,20 @@
+#include <algorithm>
+#include <random>
+#include <thread>
+
+#include "store/mooncake/retry_internal.h"
+
+namespace mooncake_connector::mooncake {
+
+bool Deadline::Backoff() {
+  using namespace std::chrono;
+  auto now = steady_clock::now();
+  if (now >= end_) return false;
+  thread_local std::minstd_rand rng(std::random_device{}());
+  auto base = microseconds(1000) * (1 << std::min(attempt_++, 6));
+  auto pause = base / 2 + microseconds(rng() % static_cast<uint64_t>(base.count()));
+  std::this_thread::sleep_for(std::min<steady_clock::duration>(pause, end_ - now));
+  return true;
+}
+
+}  // namespace mooncake_connector::mooncake
