@@ -191,12 +191,26 @@ TEST(ChunkHeader, RejectsUnknownVersions) {
   }
 }
 
-TEST(ChunkHeader, RejectsNonzeroReservedBytes) {
-  for (size_t i : {size_t{12}, size_t{15}}) {
+TEST(ChunkHeader, RejectsUnknownFlags) {
+  for (auto [at, value] : {std::pair{12, 2}, std::pair{13, 1}, std::pair{15, 0x80}}) {
     HeaderBytes b = MakeChunkHeader(100, kChunk, 1, 0).Encode();
-    b[i] = std::byte{1};
+    b[at] = std::byte(value);
     ExpectCorrupt(Reseal(b), "reserved bytes are not zero");
   }
+}
+
+TEST(ChunkHeader, TombstoneRoundTripsAndHasNoSize) {
+  HeaderBytes b = MakeTombstone(5).Encode();
+  EXPECT_EQ(b[12], std::byte{1});
+  Result<ChunkHeader> t = ParseChunkHeader(b);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_TRUE(t->tombstone);
+  EXPECT_EQ(t->total_size, 0u);
+  EXPECT_EQ(t->num_chunks, 0u);
+  EXPECT_FALSE(ParseChunkHeader(MakeChunkHeader(0, 0, 5, 0).Encode())->tombstone);
+  HeaderBytes sized = MakeChunkHeader(100, kChunk, 1, 0).Encode();
+  sized[12] = std::byte{1};
+  ExpectCorrupt(Reseal(sized), "a tombstone with a size");
 }
 
 TEST(ChunkHeader, RejectsAbsurdSizes) {

@@ -30,6 +30,7 @@ bool AllZero(const std::byte* p, size_t n) {
   return std::all_of(p, p + n, [](std::byte b) { return b == std::byte{0}; });
 }
 
+constexpr uint32_t kTombstoneFlag = 1;
 // Offsets of the version-2 fields.
 constexpr size_t kValueChecksumAt = 48;
 constexpr size_t kHeaderChecksumAt = 56;
@@ -54,7 +55,7 @@ std::array<std::byte, kChunkHeaderSize> ChunkHeader::Encode() const {
   std::array<std::byte, kChunkHeaderSize> out{};
   std::memcpy(out.data(), kChunkMagic.data(), kChunkMagic.size());
   Put32(out.data() + 8, kChunkFormatVersion);
-  Put32(out.data() + 12, 0);
+  Put32(out.data() + 12, tombstone ? kTombstoneFlag : 0);
   Put64(out.data() + 16, total_size);
   Put64(out.data() + 24, chunk_size);
   Put64(out.data() + 32, num_chunks);
@@ -83,6 +84,12 @@ ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t g
   return h;
 }
 
+ChunkHeader MakeTombstone(uint64_t generation) {
+  ChunkHeader h = MakeChunkHeader(0, 0, generation, Xxh3({}));
+  h.tombstone = true;
+  return h;
+}
+
 bool NeedsChunking(uint64_t size, ConstBytes first_bytes, uint64_t chunk_size) {
   return size == 0 || size == kChunkHeaderSize || size > chunk_size || StartsWithMagic(first_bytes);
 }
@@ -102,12 +109,14 @@ Result<ChunkHeader> ParseChunkHeader(ConstBytes object) {
       return Corrupt("header checksum mismatch (torn or corrupted)");
     }
     h.checksum = Get64(p + kValueChecksumAt);
+    uint32_t flags = Get32(p + 12);
+    if ((flags & ~kTombstoneFlag) != 0) return Corrupt("reserved bytes are not zero");
+    h.tombstone = (flags & kTombstoneFlag) != 0;
   } else if (h.version == 1) {
-    if (!AllZero(p + 48, 16)) return Corrupt("reserved bytes are not zero");
+    if (!AllZero(p + 12, 4) || !AllZero(p + 48, 16)) return Corrupt("reserved bytes are not zero");
   } else {
     return Corrupt("unsupported version " + std::to_string(h.version));
   }
-  if (!AllZero(p + 12, 4)) return Corrupt("reserved bytes are not zero");
   h.total_size = Get64(p + 16);
   h.chunk_size = Get64(p + 24);
   h.num_chunks = Get64(p + 32);
@@ -118,6 +127,7 @@ Result<ChunkHeader> ParseChunkHeader(ConstBytes object) {
   if (h.num_chunks > kMaxChunks) return Corrupt("too many chunks");
   uint64_t expected = h.total_size == 0 ? 0 : (h.total_size - 1) / h.chunk_size + 1;
   if (h.num_chunks != expected) return Corrupt("chunk count does not match the sizes");
+  if (h.tombstone && h.total_size != 0) return Corrupt("a tombstone with a size");
   return h;
 }
 
@@ -125,14 +135,22 @@ bool IsChunkKey(std::string_view key) {
   return key.find(kChunkKeySeparator) != std::string_view::npos;
 }
 
-std::string ChunkObjectsPattern(std::string_view key) {
+std::string ChunkObjectsPattern(std::string_view key, std::optional<uint64_t> generation) {
   std::string out = "^";
   for (char c : key) {
     // Regex metacharacters are escaped; every other byte stands for itself.
     if (std::string_view("\\^$.|?*+()[]{}/").find(c) != std::string_view::npos) out += '\\';
     out += c;
   }
-  out += "\\x1f[0-9a-f]{16}\\.(r|[0-9]+)$";
+  if (generation) {
+    char gen[17];
+    std::snprintf(gen, sizeof gen, "%016llx", static_cast<unsigned long long>(*generation));
+    out += "\\x1f";
+    out += gen;
+    out += "\\.(r|[0-9]+)$";
+  } else {
+    out += "\\x1f[0-9a-f]{16}\\.(r|[0-9]+)$";
+  }
   return out;
 }
 

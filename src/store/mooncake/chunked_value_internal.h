@@ -36,6 +36,9 @@ struct ChunkHeader {
   uint64_t num_chunks = 0;
   uint64_t generation = 0;  // random; names this write's chunk objects
   uint64_t checksum = 0;    // XXH3-64 of the value (version 2)
+  // A removed key whose object a reader's lease kept from being removed
+  // (version 2): reads as absent. Its sizes are zero.
+  bool tombstone = false;
 
   bool has_checksum() const { return version >= 2; }
   // Length of chunk `index` (the last one may be short).
@@ -53,6 +56,9 @@ struct ChunkHeader {
 // `chunk_size` pieces. REQUIRES: chunk_size > 0.
 ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t generation,
                             uint64_t checksum);
+
+// The header that marks `key` removed (see ChunkHeader::tombstone).
+ChunkHeader MakeTombstone(uint64_t generation);
 
 // True when `value` must be stored as a header + chunks rather than as one
 // raw object: it is empty (Mooncake does not keep empty objects), exactly
@@ -72,7 +78,8 @@ Result<ChunkHeader> ParseChunkHeader(ConstBytes object);
 bool IsChunkKey(std::string_view key);
 
 // An ECMAScript regular expression matching exactly the chunk and reservation
-// objects of `key` (every generation).
-std::string ChunkObjectsPattern(std::string_view key);
+// objects of `key`: of every generation, or of one.
+std::string ChunkObjectsPattern(std::string_view key,
+                                std::optional<uint64_t> generation = std::nullopt);
 
 }  // namespace mooncake_connector::mooncake

@@ -84,6 +84,7 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
           return parsed.status().WithContext("reading '" + key + "'");
         }
         header = *parsed;
+        if (header.tombstone) return NotFound("key '" + key + "' not found");
       }
     }  // the slot goes back before more slots are taken
     if (large) {
@@ -163,6 +164,12 @@ Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHe
       std::string which = "chunk " + std::to_string(first + j) + " of '" + key + "'";
       int64_t r = results[j];
       if (r == kErrObjectNotFound) return Aborted(which + " vanished");
+      if (r == kErrInvalidParams || r == kErrBufferOverflow) {
+        // Mooncake refuses a buffer smaller than the object: stored data that
+        // contradicts its header.
+        return DataLoss(which + " is larger than the " + std::to_string(sizes[j]) +
+                        " bytes its header says");
+      }
       if (r < 0) return Fail(r, "get_into " + which);
       if (static_cast<uint64_t>(r) != sizes[j]) {
         return DataLoss(which + " holds " + std::to_string(r) + " bytes, its header says " +

@@ -77,6 +77,7 @@ Result<ChunkHeader> MooncakeStore::ReadHeader(const std::string& key, Deadline& 
 
 Result<Existing> MooncakeStore::Inspect(const std::string& key, Deadline& deadline) {
   for (;;) {
+    // (Reading takes a lease on the key: a remove() soon after waits it out.)
     int64_t size = RetryTransient(deadline, [&] { return api_->get_size(handle_, key.c_str()); });
     if (size == kErrObjectNotFound) return Existing{};
     if (size < 0) return Fail(size, "get_size '" + key + "'");
@@ -86,7 +87,8 @@ Result<Existing> MooncakeStore::Inspect(const std::string& key, Deadline& deadli
     if (h.ok()) {
       e.header = *h;
     } else if (h.status().code() == StatusCode::kNotFound) {
-      continue;  // removed in between: look again
+      if (deadline.Backoff()) continue;  // removed in between: look again
+      return Existing{};
     }
     // Any other 64-byte object (a raw foreign value, a corrupt header) is
     // replaced like a value: the header that replaces it has the same size.
@@ -114,14 +116,23 @@ Status MooncakeStore::RemoveKeys(const std::vector<std::string>& keys, Deadline&
   return Status::Ok();
 }
 
+void MooncakeStore::RemoveGeneration(const std::string& key, const ChunkHeader& h,
+                                     Deadline* deadline) {
+  if (h.num_chunks > kMaxExplicitChunkRemoves) {
+    api_->remove_by_regex(handle_, ChunkObjectsPattern(key, h.generation).c_str(), /*force=*/0);
+  } else if (deadline == nullptr) {
+    deferred_->Remove(ChunkKeys(key, h));
+  } else {
+    // Best effort: what a lease still holds when the deadline passes is left
+    // to the next remove()'s sweep.
+    (void)RemoveKeys(ChunkKeys(key, h), *deadline, "'" + key + "'");
+  }
+}
+
 void MooncakeStore::RemoveChunkObjects(const std::string& key,
                                        const std::optional<ChunkHeader>& header,
                                        Deadline& deadline) {
-  if (header && header->num_chunks <= kMaxExplicitChunkRemoves) {
-    // Best effort: what a lease still holds when the deadline passes is left
-    // to the deferred removal and to the next remove()'s sweep.
-    (void)RemoveKeys(ChunkKeys(key, *header), deadline, "'" + key + "'");
-  }
+  if (header) RemoveGeneration(key, *header, &deadline);
   // Chunks of other generations (left by writers that raced, or by a writer
   // that died) are found by pattern on the master.
   api_->remove_by_regex(handle_, ChunkObjectsPattern(key).c_str(), /*force=*/0);
@@ -153,8 +164,12 @@ std::vector<Result<bool>> MooncakeStore::BatchExists(std::span<const std::string
   });
   for (size_t j = 0; j < owned.size(); ++j) {
     int r = results[j];
-    if (r == 1) out[index[j]] = true;
-    else if (r == 0 || r == kErrObjectNotFound) out[index[j]] = false;
+    if (r == 1) {
+      // A 64-byte object may be the tombstone of a removed key.
+      Result<Existing> e = Inspect(owned[j], deadline);
+      if (!e.ok()) out[index[j]] = e.status();
+      else out[index[j]] = e->exists && !(e->header && e->header->tombstone);
+    } else if (r == 0 || r == kErrObjectNotFound) out[index[j]] = false;
     else out[index[j]] = Fail(r, "is_exist '" + owned[j] + "'");
   }
   return out;
@@ -165,7 +180,7 @@ Result<uint64_t> MooncakeStore::GetSize(std::string_view key) {
   std::string k(key);
   Deadline deadline = NewDeadline();
   MC_ASSIGN_OR_RETURN(Existing e, Inspect(k, deadline));
-  if (!e.exists) return NotFound("key '" + k + "' not found");
+  if (!e.exists || (e.header && e.header->tombstone)) return NotFound("key '" + k + "' not found");
   return e.header ? e.header->total_size : e.object_size;
 }
 
@@ -174,14 +189,35 @@ Status MooncakeStore::Remove(std::string_view key) {
   std::string k(key);
   deferred_->Flush();
   Deadline deadline = NewDeadline();
-  MC_ASSIGN_OR_RETURN(Existing old, Inspect(k, deadline));
-  if (!old.exists) return NotFound("key '" + k + "' not found");
-  int64_t rc = RetryTransient(deadline, [&] { return api_->remove(handle_, k.c_str(), /*force=*/0); });
+  // The key is removed without being read first: a read would take a lease
+  // that this very remove would then have to wait out. Its chunks are found
+  // by pattern instead of through its header.
+  int64_t rc = api_->remove(handle_, k.c_str(), /*force=*/0);
+  const bool waited = IsTransientError(rc);
+  if (waited) {
+    // Readers hold a lease. Mark the key removed at once (an upsert ignores
+    // leases; readers then see no value), and wait the leases out. A key read
+    // without pause for all of op_timeout keeps its 64-byte tombstone until
+    // it is written or removed again.
+    if (api_->upsert_from != nullptr) {
+      auto bytes = MakeTombstone(1).Encode();
+      ConstBytes tombstone(bytes.data(), bytes.size());
+      (void)PutObject(k, {&tombstone, 1}, 0, tombstone.size(), replicate_, /*upsert=*/true, deadline);
+    }
+    rc = RetryTransient(deadline, [&] { return api_->remove(handle_, k.c_str(), /*force=*/0); });
+    if (IsTransientError(rc) && api_->upsert_from != nullptr) rc = 0;  // tombstoned
+  }
   if (rc != 0 && rc != kErrObjectNotFound) return Fail(rc, "remove '" + k + "'");
-  RemoveChunkObjects(k, old.header, deadline);
+  RemoveChunkObjects(k, std::nullopt, deadline);
+  if (waited) {
+    // A reader was active: its leases may still hold chunks the sweep had to
+    // skip. Find them on the master and wait them out.
+    Result<std::vector<std::string>> left = AllKeys(k + kChunkKeySeparator);
+    if (left.ok() && !left->empty()) (void)RemoveKeys(*left, deadline, "'" + k + "'");
+  }
   // A writer racing this remove may have committed a header whose chunks the
   // sweep just took: such a header is removed too (the write lost the race),
-  // so readers never find a header without its chunks.
+  // so readers do not keep finding a header without its chunks.
   for (int round = 0; round < 2; ++round) {
     Result<Existing> now = Inspect(k, deadline);
     if (!now.ok() || !now->header || now->header->num_chunks == 0 ||
@@ -197,10 +233,11 @@ Status MooncakeStore::Remove(std::string_view key) {
     RetryTransient(deadline, [&] { return api_->remove(handle_, k.c_str(), /*force=*/0); });
     RemoveChunkObjects(k, now->header, deadline);
   }
+  if (rc == kErrObjectNotFound) return NotFound("key '" + k + "' not found");
   return Status::Ok();
 }
 
-Result<std::vector<std::string>> MooncakeStore::List(std::string_view prefix) {
+Result<std::vector<std::string>> MooncakeStore::AllKeys(std::string_view prefix) {
   if (config_.master_address.empty()) {
     return FailedPrecondition("list() asks the master's admin HTTP endpoint, but no master is "
                               "configured: set MOONCAKE_MASTER as well as MOONCAKE_CLIENT");
@@ -220,9 +257,14 @@ Result<std::vector<std::string>> MooncakeStore::List(std::string_view prefix) {
     std::string_view line = rest.substr(0, nl);
     rest.remove_prefix(nl == std::string_view::npos ? rest.size() : nl + 1);
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (line.empty() || IsChunkKey(line) || !line.starts_with(prefix)) continue;
-    keys.emplace_back(line);
+    if (!line.empty() && line.starts_with(prefix)) keys.emplace_back(line);
   }
+  return keys;
+}
+
+Result<std::vector<std::string>> MooncakeStore::List(std::string_view prefix) {
+  MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, AllKeys(prefix));
+  std::erase_if(keys, [](const std::string& k) { return IsChunkKey(k); });
   std::sort(keys.begin(), keys.end());
   keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
   return keys;

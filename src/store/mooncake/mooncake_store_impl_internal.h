@@ -52,6 +52,9 @@ class MooncakeStore final : public Store {
   Status Fail(int64_t code, const std::string& what) const;
 
   // mooncake_store.cc
+  // Every key on the master that starts with `prefix` (chunk objects too),
+  // from its admin HTTP endpoint.
+  Result<std::vector<std::string>> AllKeys(std::string_view prefix);
   Result<Existing> Inspect(const std::string& key, Deadline& deadline);
   // Reads the 64-byte object under `key` as a header. NotFound if absent.
   Result<ChunkHeader> ReadHeader(const std::string& key, Deadline& deadline);
@@ -59,6 +62,11 @@ class MooncakeStore final : public Store {
                     const std::string& what);
   void RemoveChunkObjects(const std::string& key, const std::optional<ChunkHeader>& header,
                           Deadline& deadline);
+  // Removes the chunks of one generation: by key (waiting out leases until
+  // `deadline`, or handing leased ones to the deferred removal when
+  // `deadline` is null), or by one pattern call when the header claims more
+  // chunks than are worth naming one by one.
+  void RemoveGeneration(const std::string& key, const ChunkHeader& h, Deadline* deadline);
   std::vector<std::string> ChunkKeys(const std::string& key, const ChunkHeader& h) const;
 
   // mooncake_read.cc

@@ -118,13 +118,11 @@ Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replica
   if (s.ok()) s = CommitHeader(key, h, old, replicate, deadline);
   if (!s.ok()) {
     Deadline cleanup = NewDeadline();
-    (void)RemoveKeys(ChunkKeys(key, h), cleanup, "a failed write of '" + key + "'");
+    RemoveGeneration(key, h, &cleanup);
     return s;
   }
   SettleHeader(key, h, replicate, deadline);
-  if (old.header && old.header->generation != h.generation) {
-    deferred_->Remove(ChunkKeys(key, *old.header));
-  }
+  if (old.header && old.header->generation != h.generation) RemoveGeneration(key, *old.header, nullptr);
   return Status::Ok();
 }
 
@@ -178,7 +176,7 @@ void MooncakeStore::SettleHeader(const std::string& key, const ChunkHeader& h,
   for (int round = 0; round < 3; ++round) {
     Result<ChunkHeader> now = ReadHeader(key, deadline);
     if (now.ok()) {
-      if (now->generation != h.generation) deferred_->Remove(ChunkKeys(key, h));
+      if (now->generation != h.generation) RemoveGeneration(key, h, nullptr);
       return;
     }
     if (now.status().code() != StatusCode::kDataLoss) return;  // removed, or unreachable

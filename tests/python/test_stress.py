@@ -1,0 +1,93 @@
+"""Bounded stress: threads and a second process set, read, remove and list
+shared and own keys on mooncake:// (small chunk size, so values span several
+chunks) and on memory://. Every read must be one complete write of that key;
+no transient refusal may surface; after a final remove no object of any key
+remains on the master. STRESS_SECONDS sets the length (default 30 s for
+mooncake://; run longer on demand)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import stress_worker
+from conftest import clear_mooncake
+from mooncake_connector import create_remote_connector
+
+SECONDS = float(os.environ.get("STRESS_SECONDS", "30"))
+SHARED = [f"stress/shared/{i}" for i in range(3)]
+# Raw values (< 64 KiB), header-sized and empty-ish edge sizes, multi-chunk.
+SIZES = [0, 10, 46, 3000, 40_000, 70_000, 300_000, 1_000_000]
+
+
+def total(results: list[dict]) -> dict:
+    out = {k: sum(r[k] for r in results) for k in ("set", "get", "remove", "list", "wrong", "errors",
+                                                   "resource_exhausted")}
+    out["examples"] = [e for r in results for e in r["examples"]][:10]
+    return out
+
+
+def stress(url: str, seconds: float, with_process: bool) -> dict:
+    results: list[dict] = []
+    lock = threading.Lock()
+    proc = None
+    if with_process:
+        spec = json.dumps({"shared": SHARED, "own": ["stress/proc/0"], "sizes": SIZES})
+        proc = subprocess.Popen([sys.executable, str(Path(stress_worker.__file__)), url, str(seconds),
+                                 "99", spec], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+
+    def worker(writer: int, own: list[str]) -> None:
+        with create_remote_connector(url) as c:
+            r = stress_worker.run(c, seconds, writer, SHARED, own, SIZES, writer == 0,
+                                  random.Random(writer))
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=worker, args=(w, [f"stress/own/{w}"])) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if proc is not None:
+        out, _ = proc.communicate(timeout=seconds + 120)
+        assert proc.returncode == 0
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return total(results)
+
+
+def test_stress_memory():
+    t = stress(f"memory://stress{os.getpid()}", min(SECONDS, 10), with_process=False)
+    print("memory://", t)
+    assert t["wrong"] == 0 and t["errors"] == 0, t
+    assert t["get"] > 100 and t["set"] > 100
+
+
+def test_stress_mooncake(mooncake_cluster):
+    clear_mooncake()
+    url = "mooncake://?chunk_size=64kb"
+    t = stress(url, SECONDS, with_process=True)
+    print("mooncake://", t)
+    # Settle: leases of the last reads expire, then every key is removed.
+    time.sleep(1.0)
+    with create_remote_connector(url) as c:
+        for key in c.list("stress/"):
+            c.remove(key)
+    with urllib.request.urlopen(
+            f"http://127.0.0.1:{mooncake_cluster.metrics_port}/get_all_keys") as r:
+        left = [k for k in r.read().decode().split("\n") if k.startswith("stress/")]
+    report = {**t, "objects_left": len(left)}
+    Path(os.environ.get("STRESS_REPORT", "build/stress_report.json")).parent.mkdir(exist_ok=True)
+    Path(os.environ.get("STRESS_REPORT", "build/stress_report.json")).write_text(json.dumps(report))
+    assert t["wrong"] == 0, report
+    assert t["errors"] == 0, report
+    assert left == [], report
+    assert t["get"] > 200 and t["set"] > 200, report
