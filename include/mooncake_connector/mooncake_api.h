@@ -82,6 +82,7 @@ struct Api {
 inline constexpr int kErrBufferOverflow = -10;
 inline constexpr int kErrNoAvailableHandle = -200;
 inline constexpr int kErrInvalidParams = -600;
+inline constexpr int kErrIllegalClient = -601;  // another client's write took over the key
 inline constexpr int kErrReplicaNotReady = -703;
 inline constexpr int kErrObjectNotFound = -704;
 inline constexpr int kErrObjectAlreadyExists = -705;

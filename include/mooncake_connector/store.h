@@ -1,12 +1,17 @@
 // The store interface: a flat key -> bytes map that every backend implements
-// (memory://, mooncake://). Its operations mirror the Mooncake Store C ABI
-// (batch put from memory ranges, batch get into caller buffers, batch exists,
-// size, remove), so that a backend maps each call to one native call.
+// (memory://, mooncake://). Its operations are shaped like the Mooncake Store
+// C ABI (batch put from memory ranges, batch get into caller buffers, batch
+// exists, size, remove). A call is not one native call: mooncake:// may make
+// several per key (reading a header, then its chunks; writing chunks, then
+// committing; retrying transient refusals), as docs/mooncake_layout.md says.
 //
 // Contract for every backend (checked by tests/cpp/store_conformance.h):
 //  - Keys are non-empty byte strings without control characters (ValidateKey);
 //    others are InvalidArgument.
-//  - Put replaces any existing value (last writer wins).
+//  - Put replaces any existing value (last writer wins); a Put that fails
+//    leaves the previous value readable.
+//  - A read returns the bytes of one completed Put of that key, never a mix
+//    of two and never another key's bytes.
 //  - Batch calls return one result per request, in request order; requests are
 //    independent, so one failure does not stop the others.
 //  - A missing key is NotFound (Get, GetInto, GetSize, Remove).

@@ -18,6 +18,8 @@ namespace mooncake_connector {
 inline constexpr std::string_view kTensorName = "tensor_bytes";
 // Largest JSON header a reader accepts (the safetensors limit).
 inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+// Most dimensions a stored tensor may have (torch allows 64).
+inline constexpr size_t kMaxRank = 64;
 // Writers pad the header so that tensor data starts at a multiple of this.
 inline constexpr size_t kDataAlignment = 64;
 

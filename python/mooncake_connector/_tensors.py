@@ -34,12 +34,19 @@ def as_cpu_tensor(value: Any) -> torch.Tensor:
     """A contiguous CPU tensor with the data of ``value`` (a torch.Tensor or a
     numpy array); copies only when ``value`` is not already contiguous."""
     if isinstance(value, np.ndarray):
+        if not value.flags.c_contiguous:
+            value = value.copy(order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
         with warnings.catch_warnings():
             # A read-only array is fine: it is only read, never written.
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            value = torch.from_numpy(np.ascontiguousarray(value))
+            value = torch.from_numpy(value)
     elif not isinstance(value, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+    if value.is_nested:
+        raise TypeError("nested tensors cannot be stored: store each component tensor")
+    if value.layout != torch.strided:
+        raise TypeError(f"tensors with layout {value.layout} cannot be stored: convert with "
+                        ".to_dense() first")
     if value.device.type != "cpu":
         raise ValueError(f"tensor is on {value.device}; only CPU tensors are supported for now")
     return value.detach().contiguous()

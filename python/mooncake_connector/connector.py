@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import _impl
+from ._errors import InvalidArgumentError
 from ._tensors import as_cpu_tensor, from_wire, to_wire
 
 
@@ -29,42 +30,42 @@ class MooncakeConnector:
 
     # -- BaseKVConnector -------------------------------------------------
     def get(self, key: str) -> Optional[torch.Tensor]:
-        wire = self._impl.get_tensor(key)
+        wire = self._impl.get_tensor(_key(key))
         return None if wire is None else from_wire(*wire)
 
     def getstr(self, key: str) -> Optional[str]:
-        return self._impl.getstr(key)
+        return self._impl.getstr(_key(key))
 
     def set(self, key: str, tensor: Any) -> None:
         tensor = as_cpu_tensor(tensor)
-        self._impl.set_tensor(key, *to_wire(tensor))
+        self._impl.set_tensor(_key(key), *to_wire(tensor))
 
     def setstr(self, key: str, obj: str) -> None:
         if not isinstance(obj, str):
             raise TypeError(f"setstr expects a str, got {type(obj).__name__}")
         obj.encode("utf-8")  # UnicodeEncodeError (a ValueError) for lone surrogates
-        self._impl.setstr(key, obj)
+        self._impl.setstr(_key(key), obj)
 
     def list(self, prefix: str = "") -> list[str]:
-        return self._impl.list(prefix)
+        return self._impl.list(_key(prefix))
 
     # -- extras ------------------------------------------------------------
     def setbytes(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Stores raw bytes (file contents, foreign blobs), replacing any value."""
         view = memoryview(data).cast("B")
-        self._impl.setbytes(key, np.frombuffer(view, dtype=np.uint8) if view.nbytes else
+        self._impl.setbytes(_key(key), np.frombuffer(view, dtype=np.uint8) if view.nbytes else
                             np.empty(0, dtype=np.uint8))
 
     def getbytes(self, key: str) -> Optional[bytes]:
         """The raw value of ``key``; ``None`` if it is missing."""
-        return self._impl.getbytes(key)
+        return self._impl.getbytes(_key(key))
 
     def exists(self, key: str) -> bool:
-        return self._impl.exists(key)
+        return self._impl.exists(_key(key))
 
     def remove(self, key: str) -> bool:
         """Deletes ``key``; ``True`` if it existed."""
-        return self._impl.remove(key)
+        return self._impl.remove(_key(key))
 
     @property
     def model_name(self) -> str:
@@ -97,6 +98,17 @@ class MooncakeConnector:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"MooncakeConnector({self._impl.url!r}, device={self.device!r}, {state})"
+
+
+def _key(key: Any) -> str:
+    """``key`` if the C++ core can take it; a clear error otherwise."""
+    if not isinstance(key, str):
+        raise TypeError(f"a key must be a str, got {type(key).__name__}")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InvalidArgumentError(f"key {key!r} is not valid UTF-8 text ({e.reason})") from None
+    return key
 
 
 def _option_text(value: Any) -> str:

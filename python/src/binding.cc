@@ -107,6 +107,17 @@ NB_MODULE(_impl, m) {
   });
 
   m.def("supported_schemes", &SupportedSchemes);
+  // Every StatusCode by name (codes are contiguous from kOk), so a test can
+  // hold _errors.py's table to the C++ enum.
+  m.def("status_codes", [] {
+    std::map<std::string, int> out;
+    for (int c = 0;; ++c) {
+      std::string_view name = StatusCodeName(static_cast<StatusCode>(c));
+      if (name == "Unknown") break;
+      out.emplace(name, c);
+    }
+    return out;
+  });
   // The value format without a store: for interop checks and tools.
   m.def("encode_tensor", [](ByteArray data, const std::string& dtype_name,
                             const std::vector<int64_t>& shape) {

@@ -52,6 +52,10 @@ Result<Entry> ParseEntry(const std::string& name, const json& j, uint64_t data_s
   Result<DType> dtype = ParseDType(dtype_it->get_ref<const std::string&>());
   if (!dtype.ok()) return Corrupt("entry '" + name + "': " + std::string(dtype.status().message()));
   if (!shape_it->is_array()) return Corrupt("shape of '" + name + "' is not a list");
+  if (shape_it->size() > kMaxRank) {
+    return Corrupt("shape of '" + name + "' has " + std::to_string(shape_it->size()) +
+                   " dimensions; at most " + std::to_string(kMaxRank) + " are allowed");
+  }
   Shape shape;
   for (const json& d : *shape_it) {
     MC_ASSIGN_OR_RETURN(uint64_t dim, ToUnsigned(d, "a shape dimension"));
@@ -108,14 +112,27 @@ Result<TensorLayout> ParseTensorValue(ConstBytes value) {
   }
   const char* text = reinterpret_cast<const char*>(value.data()) + kLengthBytes;
   if (header_len == 0 || text[0] != '{') return Corrupt("header does not start with '{'");
+  // Safetensors allows only spaces after the JSON object.
+  size_t json_len = header_len;
+  while (json_len > 0 && text[json_len - 1] == ' ') --json_len;
 
   bool too_deep = false;
-  json::parser_callback_t limit_depth = [&too_deep](int depth, json::parse_event_t, json&) {
+  bool duplicate = false;
+  std::vector<std::string> names;  // members of the root object
+  json::parser_callback_t checks = [&](int depth, json::parse_event_t event, json& parsed) {
     if (depth > kMaxJsonDepth) too_deep = true;
-    return !too_deep;
+    if (event == json::parse_event_t::key && depth == 1) {
+      const std::string& name = parsed.get_ref<const std::string&>();
+      if (std::find(names.begin(), names.end(), name) != names.end()) duplicate = true;
+      names.push_back(name);
+    }
+    return !too_deep && !duplicate;
   };
-  json header = json::parse(text, text + header_len, limit_depth, /*allow_exceptions=*/false);
+  json header = json::parse(text, text + json_len, checks, /*allow_exceptions=*/false);
   if (too_deep) return Corrupt("header JSON nests too deeply");
+  if (text[json_len - 1] != '}') return Corrupt("header is padded with bytes other than spaces");
+  if (std::memchr(text, 0, json_len) != nullptr) return Corrupt("header contains a NUL byte");
+  if (duplicate) return Corrupt("header names a tensor twice");
   if (header.is_discarded()) return Corrupt("header is not valid JSON");
   if (!header.is_object()) return Corrupt("header is not a JSON object");
 
@@ -157,6 +174,12 @@ Result<TensorLayout> ParseTensorValue(ConstBytes value) {
 Result<Tensor> DecodeTensor(const Buffer& value) {
   MC_ASSIGN_OR_RETURN(TensorLayout layout, ParseTensorValue(value.bytes()));
   Buffer data = value.Slice(layout.data_begin, layout.data_end - layout.data_begin);
+  if (layout.dtype == DType::kBool) {
+    ConstBytes b = data.bytes();
+    if (std::any_of(b.begin(), b.end(), [](std::byte v) { return v > std::byte{1}; })) {
+      return Corrupt("a BOOL element is neither 0 nor 1");
+    }
+  }
   if (reinterpret_cast<uintptr_t>(data.data()) % ItemSize(layout.dtype) == 0) {
     return Tensor::FromBuffer(layout.dtype, std::move(layout.shape), std::move(data));
   }

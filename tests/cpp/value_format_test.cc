@@ -30,7 +30,9 @@ TEST(ValueFormat, EncodeDecodeRoundTripsEveryDType) {
   for (DType d : kAllDTypes) {
     for (const Shape& shape : {Shape{}, Shape{0}, Shape{7}, Shape{2, 3, 4}}) {
       Tensor t = *Tensor::Allocate(d, shape);
-      for (uint64_t i = 0; i < t.nbytes(); ++i) t.data()[i] = std::byte(i * 37 + 11);
+      for (uint64_t i = 0; i < t.nbytes(); ++i) {
+        t.data()[i] = d == DType::kBool ? std::byte(i % 2) : std::byte(i * 37 + 11);
+      }
       EncodedTensor e = *EncodeTensor(t.view());
       EXPECT_EQ(e.header.size() % kDataAlignment, 0u) << "data must start 64-aligned";
       std::string blob = Join(e);
@@ -46,6 +48,30 @@ TEST(ValueFormat, EncodeDecodeRoundTripsEveryDType) {
       EXPECT_EQ(back->data(), b.data() + e.header.size());
     }
   }
+}
+
+// Decided against the safetensors rules (docs/value_format.md, 10-13).
+TEST(ValueFormat, RejectsWhatSafetensorsDoesNotAllow) {
+  auto expect_corrupt = [](const Buffer& v, const std::string& why) {
+    Result<Tensor> r = DecodeTensor(v);
+    ASSERT_FALSE(r.ok()) << why;
+    EXPECT_EQ(r.status().code(), StatusCode::kDataLoss);
+    EXPECT_NE(std::string(r.status().message()).find(why), std::string::npos) << r.status();
+  };
+  const std::string one = R"({"tensor_bytes":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})";
+  ASSERT_TRUE(DecodeTensor(MakeValue(one + "   ", "x")).ok());
+  expect_corrupt(MakeValue(one + std::string(3, '\0'), "x"), "padded with bytes other than spaces");
+  expect_corrupt(MakeValue(one + "\n", "x"), "padded with bytes other than spaces");
+  expect_corrupt(MakeValue(R"({"tensor_bytes":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                           R"("tensor_bytes":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}})", "x"),
+                 "names a tensor twice");
+  const std::string flag = R"({"tensor_bytes":{"dtype":"BOOL","shape":[3],"data_offsets":[0,3]}})";
+  ASSERT_TRUE(DecodeTensor(MakeValue(flag, std::string("\x01\x00\x01", 3))).ok());
+  expect_corrupt(MakeValue(flag, std::string("\x01\x02\x00", 3)), "neither 0 nor 1");
+  std::string dims;
+  for (size_t i = 0; i <= kMaxRank; ++i) dims += i ? ",1" : "1";
+  expect_corrupt(MakeValue(R"({"tensor_bytes":{"dtype":"U8","shape":[)" + dims +
+                           R"(],"data_offsets":[0,1]}})", "x"), "dimensions");
 }
 
 TEST(ValueFormat, HeaderIsSafetensorsJson) {

@@ -154,3 +154,14 @@ def test_numpy_object_array_rejected(conn):
     with pytest.raises((TypeError, ValueError)):
         conn.set("k", np.array(["a", "b"], dtype=object))
     assert conn.exists("k") is False
+
+
+def test_exception_table_matches_the_cpp_status_codes():
+    from mooncake_connector import _errors, _impl
+
+    codes = _impl.status_codes()
+    assert codes["OK"] == 0
+    assert len(_errors._BY_CODE) == len(codes), "a StatusCode has no Python exception class"
+    for name, value in codes.items():
+        if value:
+            assert _errors._BY_CODE[value].code == name, name

@@ -16,6 +16,7 @@ import torch
 from conftest import assert_bit_exact, random_tensor
 from mooncake_connector import (
     FailedPreconditionError,
+    InvalidArgumentError,
     MooncakeConnectorError,
     ResourceExhaustedError,
     create_remote_connector,
@@ -273,3 +274,29 @@ def test_cpu_device_forms_are_accepted():
     for device in ("cpu", "cpu:0", torch.device("cpu"), None):
         with create_remote_connector("memory://", device=device) as c:
             assert c.device.startswith("cpu")
+
+
+def test_zero_dim_numpy_array_keeps_its_shape(conn):
+    conn.set("z", np.array(2.5, dtype=np.float32))
+    out = conn.get("z")
+    assert tuple(out.shape) == () and out.item() == 2.5
+
+
+def test_key_with_lone_surrogate_is_invalid_argument(conn):
+    with pytest.raises(InvalidArgumentError, match="UTF-8"):
+        conn.set("k\ud800", torch.zeros(1))
+    with pytest.raises(InvalidArgumentError, match="UTF-8"):
+        conn.get("k\ud800")
+    with pytest.raises(TypeError, match="str"):
+        conn.getbytes(b"bytes-key")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch: sparse CSR and nested are beta
+def test_sparse_and_nested_tensors_are_type_errors_naming_the_layout(conn):
+    with pytest.raises(TypeError, match="sparse_coo"):
+        conn.set("s", torch.eye(3).to_sparse())
+    with pytest.raises(TypeError, match="sparse_csr"):
+        conn.set("s", torch.eye(3).to_sparse_csr())
+    with pytest.raises(TypeError, match="nested"):
+        conn.set("s", torch.nested.nested_tensor([torch.zeros(2), torch.zeros(3)]))
+    assert conn.get("s") is None

@@ -12,7 +12,8 @@ namespace mooncake_connector::mooncake {
 Status FromMooncakeError(int64_t code, const std::string& what);
 
 // True for refusals that go away by themselves (replica not ready, read lease
-// held or expired, replica busy): the operation is retried until its deadline.
+// held or expired, replica busy, a write preempted by another client's): the
+// operation is retried until its deadline.
 bool IsTransientError(int64_t code);
 
 // dlopens `path` and resolves every mooncake_store_* function of store_c.h,

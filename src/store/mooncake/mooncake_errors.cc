@@ -15,6 +15,7 @@ Status FromMooncakeError(int64_t code, const std::string& what) {
     case kErrReplicaNotReady: return Unavailable(msg + " (replica not ready yet)");
     case kErrLeaseExpired: return Aborted(msg + " (lease expired during the transfer; retry)");
     case kErrReplicaBusy: return Unavailable(msg + " (replica busy)");
+    case kErrIllegalClient: return Aborted(msg + " (another client's write took over the key)");
   }
   // Transfer (-8xx) and RPC (-9xx) failures: the peer or master is unreachable.
   if (code <= -800 && code > -1000) return Unavailable(msg + " (transfer or RPC failure)");
@@ -22,8 +23,9 @@ Status FromMooncakeError(int64_t code, const std::string& what) {
 }
 
 bool IsTransientError(int64_t code) {
+  // -601: an upsert preempted by another client's upsert of the same key.
   return code == kErrReplicaNotReady || code == kErrObjectHasLease || code == kErrLeaseExpired ||
-         code == kErrReplicaBusy;
+         code == kErrReplicaBusy || code == kErrIllegalClient;
 }
 
 }  // namespace mooncake_connector::mooncake

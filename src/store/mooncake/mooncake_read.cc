@@ -3,7 +3,6 @@
 // generation its header names (chunks are never rewritten), its size taken
 // from the header and its bytes checked against the header's checksum.
 #include <cstring>
-#include <thread>
 
 #include "core/hash_internal.h"
 #include "store/mooncake/mooncake_store_impl_internal.h"
@@ -103,8 +102,7 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
       // header, or none), or it was lost (the same header, again and again).
       if (vanished_generation != header.generation) vanished = 0;
       vanished_generation = header.generation;
-      if (++vanished < kVanishedChecks && deadline.Backoff()) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(10 << vanished));
+      if (++vanished < kVanishedChecks && deadline.Pause(std::chrono::milliseconds(10 << vanished))) {
         continue;
       }
       return DataLoss("a chunk of the " + std::to_string(header.total_size) + "-byte value of '" +

@@ -138,6 +138,17 @@ void MooncakeStore::RemoveChunkObjects(const std::string& key,
   api_->remove_by_regex(handle_, ChunkObjectsPattern(key).c_str(), /*force=*/0);
 }
 
+Result<bool> MooncakeStore::AllChunksExist(const std::string& key, const ChunkHeader& h) {
+  if (h.num_chunks == 0 || h.num_chunks > kMaxExplicitChunkRemoves) return true;
+  std::vector<std::string> chunks = ChunkKeys(key, h);
+  std::vector<const char*> c_keys;
+  for (const std::string& c : chunks) c_keys.push_back(c.c_str());
+  std::vector<int> exist(chunks.size(), 0);
+  int rc = api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), exist.data());
+  if (rc != 0) return Fail(rc, "is_exist of the chunks of '" + key + "'");
+  return std::all_of(exist.begin(), exist.end(), [](int e) { return e == 1; });
+}
+
 std::vector<Result<bool>> MooncakeStore::BatchExists(std::span<const std::string_view> keys) {
   std::vector<Result<bool>> out(keys.size(), Result<bool>(false));
   std::vector<std::string> owned;
@@ -216,22 +227,19 @@ Status MooncakeStore::Remove(std::string_view key) {
     if (left.ok() && !left->empty()) (void)RemoveKeys(*left, deadline, "'" + k + "'");
   }
   // A writer racing this remove may have committed a header whose chunks the
-  // sweep just took: such a header is removed too (the write lost the race),
-  // so readers do not keep finding a header without its chunks.
-  for (int round = 0; round < 2; ++round) {
-    Result<Existing> now = Inspect(k, deadline);
-    if (!now.ok() || !now->header || now->header->num_chunks == 0 ||
-        now->header->num_chunks > kMaxExplicitChunkRemoves) {
-      break;
+  // sweep just took (after the writer checked them): that header is marked
+  // removed in place (the write lost the race), so readers do not keep
+  // finding a header without its chunks.
+  Result<Existing> now = Inspect(k, deadline);
+  if (now.ok() && now->header && !now->header->tombstone) {
+    Result<bool> complete = AllChunksExist(k, *now->header);
+    if (complete.ok() && !*complete && api_->upsert_from != nullptr) {
+      auto bytes = MakeTombstone(1).Encode();
+      ConstBytes tombstone(bytes.data(), bytes.size());
+      (void)PutObject(k, {&tombstone, 1}, 0, tombstone.size(), replicate_, /*upsert=*/true, deadline);
+      api_->remove(handle_, k.c_str(), /*force=*/0);  // once: our own read leased it
+      RemoveGeneration(k, *now->header, nullptr);
     }
-    std::vector<std::string> chunks = ChunkKeys(k, *now->header);
-    std::vector<const char*> c_keys;
-    for (const std::string& c : chunks) c_keys.push_back(c.c_str());
-    std::vector<int> exist(chunks.size(), 0);
-    if (api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), exist.data()) != 0) break;
-    if (std::all_of(exist.begin(), exist.end(), [](int e) { return e == 1; })) break;
-    RetryTransient(deadline, [&] { return api_->remove(handle_, k.c_str(), /*force=*/0); });
-    RemoveChunkObjects(k, now->header, deadline);
   }
   if (rc == kErrObjectNotFound) return NotFound("key '" + k + "' not found");
   return Status::Ok();

@@ -84,8 +84,11 @@ class MooncakeStore final : public Store {
                    const ReplicateConfig& replicate, Deadline& deadline);
   Status CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
                       const ReplicateConfig& replicate, Deadline& deadline);
-  void SettleHeader(const std::string& key, const ChunkHeader& h,
+  void SettleHeader(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
                     const ReplicateConfig& replicate, Deadline& deadline);
+  // Which of the chunks of `h` exist (all of them when it has too many to
+  // check one by one). Takes read leases on them.
+  Result<bool> AllChunksExist(const std::string& key, const ChunkHeader& h);
 
   const MooncakeConfig config_;
   const Api* api_;

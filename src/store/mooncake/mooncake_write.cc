@@ -9,6 +9,7 @@
 //    bytes it needs.
 // Superseded chunks are removed with plain removes, waiting out readers'
 // leases (deferred_removal_internal.h); nothing is ever force-removed.
+#include <algorithm>
 #include <mutex>
 #include <random>
 
@@ -57,7 +58,12 @@ Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstByt
   TransferArena::Lease slot = arena_->Acquire(1);
   Gather(parts, offset, {slot[0], size});
   auto call = upsert ? api_->upsert_from : api_->put_from;
-  int64_t rc = RetryTransient(deadline, [&] { return call(handle_, key.c_str(), slot[0], size, &replicate); });
+  int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+    int r = call(handle_, key.c_str(), slot[0], size, &replicate);
+    // An upsert whose key a remove() took away mid-way: do it again (it
+    // inserts then).
+    return upsert && r == kErrObjectNotFound ? kErrReplicaNotReady : r;
+  });
   if (rc != 0) {
     return Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
                         std::to_string(size) + " bytes)");
@@ -82,10 +88,13 @@ Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
     }
     for (const std::string& k : keys) c_keys.push_back(k.c_str());
     std::vector<int> results(n, 0);
+    // A retried batch puts every chunk again; those already in are kept.
     int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
       int r = api_->batch_put_from(handle_, c_keys.data(), buffers.data(), sizes.data(), n,
                                    &replicate, results.data());
-      return r;
+      if (r != 0) return r;
+      auto transient = std::find_if(results.begin(), results.end(), IsTransientError);
+      return transient == results.end() ? 0 : *transient;
     });
     for (size_t j = 0; j < n; ++j) {
       int64_t r = rc != 0 ? rc : results[j];
@@ -121,7 +130,7 @@ Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replica
     RemoveGeneration(key, h, &cleanup);
     return s;
   }
-  SettleHeader(key, h, replicate, deadline);
+  SettleHeader(key, h, r.parts, replicate, deadline);
   if (old.header && old.header->generation != h.generation) RemoveGeneration(key, *old.header, nullptr);
   return Status::Ok();
 }
@@ -168,18 +177,28 @@ Status MooncakeStore::CommitHeader(const std::string& key, const ChunkHeader& h,
 }
 
 void MooncakeStore::SettleHeader(const std::string& key, const ChunkHeader& h,
-                                 const ReplicateConfig& replicate, Deadline& deadline) {
-  // Two writers rewriting one header in place at once can leave it torn (its
-  // own checksum fails): the last one to notice writes its header again.
-  // A header of another generation means a later write won: our chunks are
-  // superseded.
+                                 std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
+                                 Deadline& deadline) {
+  // After the commit, three races are settled here:
+  //  - two writers rewriting one header in place at once can leave it torn
+  //    (its own checksum fails): write ours again;
+  //  - a header of another generation means a later write won: our chunks
+  //    are superseded;
+  //  - a remove() racing us can have swept our chunks before our header
+  //    landed: put them again (the remove then linearizes before this write).
   for (int round = 0; round < 3; ++round) {
     Result<ChunkHeader> now = ReadHeader(key, deadline);
+    if (!now.ok() && now.status().code() != StatusCode::kDataLoss) return;  // removed, or unreachable
     if (now.ok()) {
-      if (now->generation != h.generation) RemoveGeneration(key, h, nullptr);
-      return;
+      if (now->generation != h.generation) {
+        RemoveGeneration(key, h, nullptr);
+        return;
+      }
+      Result<bool> complete = AllChunksExist(key, h);
+      if (!complete.ok() || *complete) return;
+      if (!PutChunks(key, h, parts, replicate, deadline).ok()) return;
+      continue;
     }
-    if (now.status().code() != StatusCode::kDataLoss) return;  // removed, or unreachable
     auto bytes = h.Encode();
     ConstBytes header(bytes.data(), bytes.size());
     if (!PutObject(key, {&header, 1}, 0, header.size(), replicate, api_->upsert_from != nullptr,

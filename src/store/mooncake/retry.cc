@@ -17,4 +17,11 @@ bool Deadline::Backoff() {
   return true;
 }
 
+bool Deadline::Pause(std::chrono::milliseconds pause) {
+  auto now = std::chrono::steady_clock::now();
+  if (now >= end_) return false;
+  std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(pause, end_ - now));
+  return true;
+}
+
 }  // namespace mooncake_connector::mooncake

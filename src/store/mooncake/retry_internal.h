@@ -20,6 +20,9 @@ class Deadline {
   // Sleeps before the next attempt: 1 ms doubling to 64 ms, jittered, never
   // past the deadline. False (without sleeping) once the deadline has passed.
   bool Backoff();
+  // Sleeps `pause`, or until the deadline if that comes first. False (without
+  // sleeping) once the deadline has passed.
+  bool Pause(std::chrono::milliseconds pause);
 
  private:
   std::chrono::steady_clock::time_point end_;

@@ -1,0 +1,220 @@
+#include "scripted_mooncake.h"
+
+#include <regex>
+
+namespace mooncake_connector::testing {
+
+using mooncake::Handle;
+using mooncake::ReplicateConfig;
+
+struct ScriptedOps {
+  static ScriptedMooncake* S(Handle h) { return static_cast<ScriptedMooncake*>(h); }
+
+  // Runs the injection hook (outside the lock, so it may use Plant/Find).
+  static int64_t Hook(ScriptedMooncake* s, const char* op, const char* key) {
+    {
+      std::lock_guard lock(s->mu);
+      s->calls[op]++;
+    }
+    return s->inject ? s->inject({op, key ? key : ""}) : 0;
+  }
+
+  static void Lease(ScriptedMooncake* s, const std::string& key) {
+    if (s->lease.count() > 0) s->leases_[key] = std::chrono::steady_clock::now() + s->lease;
+  }
+  static bool Leased(ScriptedMooncake* s, const std::string& key) {
+    auto it = s->leases_.find(key);
+    return it != s->leases_.end() && it->second > std::chrono::steady_clock::now();
+  }
+
+  static int Put(ScriptedMooncake* s, const char* key, const void* buf, size_t size, bool upsert) {
+    if (size == 0) return 0;
+    auto it = s->objects_.find(key);
+    if (it != s->objects_.end()) {
+      if (!upsert) return 0;  // Mooncake keeps the existing object
+      if (it->second.size() == size) {  // in place
+        std::memcpy(it->second.data(), buf, size);
+        return 0;
+      }
+      s->used_ -= it->second.size();  // another size: dropped first
+      s->objects_.erase(it);
+    }
+    if (s->used_ + size > s->capacity) return mooncake::kErrNoAvailableHandle;
+    auto* p = static_cast<const std::byte*>(buf);
+    s->objects_[key] = std::vector<std::byte>(p, p + size);
+    s->used_ += size;
+    return 0;
+  }
+
+  static int64_t Get(ScriptedMooncake* s, const char* key, void* buf, size_t size) {
+    auto it = s->objects_.find(key);
+    if (it == s->objects_.end()) return mooncake::kErrObjectNotFound;
+    if (it->second.size() > size) return mooncake::kErrInvalidParams;
+    std::memcpy(buf, it->second.data(), it->second.size());
+    Lease(s, key);
+    return static_cast<int64_t>(it->second.size());
+  }
+
+  static int Remove(ScriptedMooncake* s, const char* key, int force) {
+    auto it = s->objects_.find(key);
+    if (it == s->objects_.end()) return mooncake::kErrObjectNotFound;
+    if (!force && Leased(s, key)) return mooncake::kErrObjectHasLease;
+    s->used_ -= it->second.size();
+    s->objects_.erase(it);
+    return 0;
+  }
+};
+
+mooncake::Api ScriptedMooncake::api() {
+  using O = ScriptedOps;
+  mooncake::Api a;
+  a.provider = "a scripted in-process Mooncake (tests)";
+  a.create = [] { return Handle(nullptr); };
+  a.destroy = [](Handle) {};
+  a.setup = [](Handle, const char*, const char*, uint64_t, uint64_t, const char*, const char*,
+               const char*) { return 0; };
+  a.register_buffer = [](Handle, void*, size_t) { return 0; };
+  a.unregister_buffer = [](Handle, void*) { return 0; };
+  a.put_from = [](Handle h, const char* key, void* buf, size_t size, const ReplicateConfig*) -> int {
+    auto* s = O::S(h);
+    if (int64_t rc = O::Hook(s, "put_from", key)) return static_cast<int>(rc);
+    std::lock_guard lock(s->mu);
+    return O::Put(s, key, buf, size, false);
+  };
+  a.batch_put_from = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
+                        const ReplicateConfig*, int* out) -> int {
+    auto* s = O::S(h);
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = static_cast<int>(O::Hook(s, "put_from", keys[i]));
+      if (out[i] != 0) continue;
+      std::lock_guard lock(s->mu);
+      out[i] = O::Put(s, keys[i], bufs[i], sizes[i], false);
+    }
+    return 0;
+  };
+  a.get_into = [](Handle h, const char* key, void* buf, size_t size) -> int64_t {
+    auto* s = O::S(h);
+    if (int64_t rc = O::Hook(s, "get_into", key)) return rc;
+    std::lock_guard lock(s->mu);
+    return O::Get(s, key, buf, size);
+  };
+  a.batch_get_into = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
+                        int64_t* out) -> int {
+    auto* s = O::S(h);
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = O::Hook(s, "get_into", keys[i]);
+      if (out[i] != 0) continue;
+      std::lock_guard lock(s->mu);
+      out[i] = O::Get(s, keys[i], bufs[i], sizes[i]);
+    }
+    return 0;
+  };
+  a.is_exist = [](Handle h, const char* key) -> int {
+    auto* s = O::S(h);
+    if (int64_t rc = O::Hook(s, "is_exist", key)) return static_cast<int>(rc);
+    std::lock_guard lock(s->mu);
+    bool has = s->objects_.count(key) != 0;
+    if (has) O::Lease(s, key);
+    return has ? 1 : 0;
+  };
+  a.batch_is_exist = [](Handle h, const char** keys, size_t n, int* out) -> int {
+    auto* s = O::S(h);
+    for (size_t i = 0; i < n; ++i) {
+      out[i] = static_cast<int>(O::Hook(s, "is_exist", keys[i]));
+      if (out[i] != 0) continue;
+      std::lock_guard lock(s->mu);
+      bool has = s->objects_.count(keys[i]) != 0;
+      if (has) O::Lease(s, keys[i]);
+      out[i] = has ? 1 : 0;
+    }
+    return 0;
+  };
+  a.get_size = [](Handle h, const char* key) -> int64_t {
+    auto* s = O::S(h);
+    if (int64_t rc = O::Hook(s, "get_size", key)) return rc;
+    std::lock_guard lock(s->mu);
+    auto it = s->objects_.find(key);
+    if (it == s->objects_.end()) return mooncake::kErrObjectNotFound;
+    O::Lease(s, key);
+    return static_cast<int64_t>(it->second.size());
+  };
+  a.remove = [](Handle h, const char* key, int force) -> int {
+    auto* s = O::S(h);
+    if (int64_t rc = O::Hook(s, "remove", key)) return static_cast<int>(rc);
+    std::lock_guard lock(s->mu);
+    return O::Remove(s, key, force);
+  };
+  a.remove_by_regex = [](Handle h, const char* pattern, int force) -> int64_t {
+    auto* s = O::S(h);
+    if (int64_t rc = O::Hook(s, "remove_by_regex", nullptr)) return rc;
+    std::regex re(pattern, std::regex::ECMAScript);
+    std::lock_guard lock(s->mu);
+    int64_t n = 0;
+    for (const std::string& k : [&] {
+           std::vector<std::string> ks;
+           for (auto& [key, v] : s->objects_) ks.push_back(key);
+           return ks;
+         }()) {
+      if (std::regex_search(k, re) && O::Remove(s, k.c_str(), force) == 0) ++n;
+    }
+    return n;
+  };
+  a.remove_all = [](Handle, int) -> int64_t { return 0; };
+  if (with_extensions) {
+    a.upsert_from = [](Handle h, const char* key, void* buf, size_t size, const ReplicateConfig*) -> int {
+      auto* s = O::S(h);
+      if (int64_t rc = O::Hook(s, "upsert_from", key)) return static_cast<int>(rc);
+      std::lock_guard lock(s->mu);
+      return O::Put(s, key, buf, size, true);
+    };
+    a.batch_upsert_from = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
+                             const ReplicateConfig*, int* out) -> int {
+      auto* s = O::S(h);
+      for (size_t i = 0; i < n; ++i) {
+        out[i] = static_cast<int>(O::Hook(s, "upsert_from", keys[i]));
+        if (out[i] != 0) continue;
+        std::lock_guard lock(s->mu);
+        out[i] = O::Put(s, keys[i], bufs[i], sizes[i], true);
+      }
+      return 0;
+    };
+    a.batch_remove = [](Handle h, const char** keys, size_t n, int force, int* out) -> int {
+      auto* s = O::S(h);
+      for (size_t i = 0; i < n; ++i) {
+        out[i] = static_cast<int>(O::Hook(s, "remove", keys[i]));
+        if (out[i] != 0) continue;
+        std::lock_guard lock(s->mu);
+        out[i] = O::Remove(s, keys[i], force);
+      }
+      return 0;
+    };
+  }
+  return a;
+}
+
+void ScriptedMooncake::Plant(const std::string& key, std::vector<std::byte> bytes) {
+  std::lock_guard lock(mu);
+  auto it = objects_.find(key);
+  if (it != objects_.end()) used_ -= it->second.size();
+  used_ += bytes.size();
+  objects_[key] = std::move(bytes);
+}
+
+bool ScriptedMooncake::Has(const std::string& key) {
+  std::lock_guard lock(mu);
+  return objects_.count(key) != 0;
+}
+
+std::vector<std::byte>* ScriptedMooncake::Find(const std::string& key) {
+  auto it = objects_.find(key);
+  return it == objects_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> ScriptedMooncake::Keys() {
+  std::lock_guard lock(mu);
+  std::vector<std::string> out;
+  for (auto& [k, v] : objects_) out.push_back(k);
+  return out;
+}
+
+}  // namespace mooncake_connector::testing

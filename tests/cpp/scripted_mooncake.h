@@ -1,0 +1,54 @@
+// An in-process Mooncake Store behind the public function table, for driving
+// MooncakeStore (mooncake://) without a cluster: it keeps objects in a map
+// and follows the Mooncake semantics the backend relies on (put keeps an
+// existing object; read leases block plain removes; same-size upsert rewrites
+// in place, another size drops the old object before allocating; a capacity
+// in bytes). `inject` runs before every call and can fail it, or change the
+// objects first (evict a chunk, tear a header), so tests reach exact points.
+// Used by mooncake_scripted_test.cc and fuzz/mooncake_read_fuzz.cc.
+#pragma once
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "mooncake_connector/mooncake_api.h"
+
+namespace mooncake_connector::testing {
+
+class ScriptedMooncake {
+ public:
+  struct Call {
+    std::string op;   // "get_into", "put_from", "upsert_from", "remove", ...
+    std::string key;  // empty for calls without one
+  };
+  // Returns 0 to let the call run, or a Mooncake error code to return instead.
+  std::function<int64_t(const Call&)> inject;
+  uint64_t capacity = uint64_t{1} << 40;
+  std::chrono::milliseconds lease{0};  // read lease per get/exists; 0 = none
+  bool with_extensions = true;         // fill upsert_from, batch_remove, ...
+
+  // The function table; its Handle is this object.
+  mooncake::Api api();
+
+  // Direct access for tests (no injection, no leases).
+  void Plant(const std::string& key, std::vector<std::byte> bytes);
+  bool Has(const std::string& key);
+  std::vector<std::byte>* Find(const std::string& key);  // REQUIRES: caller holds mu
+  std::vector<std::string> Keys();
+  std::map<std::string, int> calls;  // call counts by op
+
+  std::mutex mu;
+
+ private:
+  friend struct ScriptedOps;
+  uint64_t used_ = 0;
+  std::map<std::string, std::vector<std::byte>> objects_;
+  std::map<std::string, std::chrono::steady_clock::time_point> leases_;
+};
+
+}  // namespace mooncake_connector::testing
