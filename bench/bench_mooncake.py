@@ -15,25 +15,14 @@ Prints a table with ratios to raw and writes JSON (``--out``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness import best, write_result
 from mooncake_connector import create_remote_connector, standalone
 
-
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:
@@ -84,17 +73,11 @@ def main() -> None:
     print(f"{'path':<22} {'GiB/s':>8} {'vs raw':>8}")
     for name, secs in rows.items():
         print(f"{name:<22} {total_gib / secs:>8.2f} {base / secs:>8.2f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "benchmark": "mooncake_load_vs_raw_wheel",
-        "command": f"python bench/bench_mooncake.py --tensors {n} --tensor-mib {args.tensor_mib}",
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "total_gib": total_gib,
-        "rows": [{"path": k, "seconds": v, "gib_s": total_gib / v, "vs_raw": base / v}
-                 for k, v in rows.items()],
-    }, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(args.out, "mooncake_load_vs_raw_wheel",
+                 f"python bench/bench_mooncake.py --tensors {n} --tensor-mib {args.tensor_mib}",
+                 total_gib=total_gib,
+                 rows=[{"path": k, "seconds": v, "gib_s": total_gib / v, "vs_raw": base / v}
+                       for k, v in rows.items()])
 
 
 if __name__ == "__main__":

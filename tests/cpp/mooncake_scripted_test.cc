@@ -30,6 +30,13 @@ std::vector<std::byte> Bytes(size_t n, int seed) {
 
 class Scripted : public ::testing::Test {
  protected:
+  // The hooks capture the test body's locals, which are gone by now; the
+  // store's destructor still calls into the table (deferred removals).
+  void TearDown() override {
+    sm_.inject = nullptr;
+    store_.reset();
+  }
+
   void Open(std::chrono::milliseconds op_timeout = std::chrono::milliseconds(2000)) {
     api_ = sm_.api();
     MooncakeConfig c;
@@ -46,7 +53,7 @@ class Scripted : public ::testing::Test {
     Result<Buffer> b = store_->Get(k);
     ASSERT_TRUE(b.ok()) << b.status();
     ASSERT_EQ(b->size(), v.size());
-    EXPECT_EQ(std::memcmp(b->data(), v.data(), v.size()), 0);
+    if (!v.empty()) EXPECT_EQ(std::memcmp(b->data(), v.data(), v.size()), 0);
   }
   // The chunk objects of `k`, by name.
   std::vector<std::string> Chunks(const std::string& k) {
@@ -321,7 +328,7 @@ TEST_F(Scripted, ConcurrentWritersReadersRemoversSeeWholeValues) {
           for (int w = 0; w < 2 && !ok; ++w) {
             for (int seq = 0; seq < 300 && !ok; ++seq) {
               auto v = value(key, w, seq);
-              ok = v.size() == b->size() && std::memcmp(v.data(), b->data(), v.size()) == 0;
+              ok = v.size() == b->size() && (v.empty() || std::memcmp(v.data(), b->data(), v.size()) == 0);
             }
           }
           if (!ok) ++wrong;

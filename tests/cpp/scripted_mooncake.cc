@@ -33,7 +33,7 @@ struct ScriptedOps {
     if (it != s->objects_.end()) {
       if (!upsert) return 0;  // Mooncake keeps the existing object
       if (it->second.size() == size) {  // in place
-        std::memcpy(it->second.data(), buf, size);
+        std::memcpy(it->second.data(), buf, size);  // size > 0 here
         return 0;
       }
       s->used_ -= it->second.size();  // another size: dropped first
@@ -50,7 +50,7 @@ struct ScriptedOps {
     auto it = s->objects_.find(key);
     if (it == s->objects_.end()) return mooncake::kErrObjectNotFound;
     if (it->second.size() > size) return mooncake::kErrInvalidParams;
-    std::memcpy(buf, it->second.data(), it->second.size());
+    if (!it->second.empty()) std::memcpy(buf, it->second.data(), it->second.size());
     Lease(s, key);
     return static_cast<int64_t>(it->second.size());
   }

@@ -2,7 +2,7 @@
 shared and own keys on mooncake:// (small chunk size, so values span several
 chunks) and on memory://. Every read must be one complete write of that key;
 no transient refusal may surface; after a final remove no object of any key
-remains on the master. STRESS_SECONDS sets the length (default 30 s for
+remains on the master. STRESS_SECONDS sets the length (default 60 s for
 mooncake://; run longer on demand)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import stress_worker
 from conftest import clear_mooncake
 from mooncake_connector import create_remote_connector
 
-SECONDS = float(os.environ.get("STRESS_SECONDS", "30"))
+SECONDS = float(os.environ.get("STRESS_SECONDS", "60"))
 SHARED = [f"stress/shared/{i}" for i in range(3)]
 # Raw values (< 64 KiB), header-sized and empty-ish edge sizes, multi-chunk.
 SIZES = [0, 10, 46, 3000, 40_000, 70_000, 300_000, 1_000_000]
