@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 20
-APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev clang libclang-rt-14-dev \
+APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev clang libclang-rt-14-dev \
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
 
 .PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz test-python test-install bench clean
