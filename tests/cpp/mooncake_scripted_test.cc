@@ -343,3 +343,41 @@ TEST_F(Scripted, ConcurrentWritersReadersRemoversSeeWholeValues) {
 
 }  // namespace
 }  // namespace mooncake_connector
+
+namespace mooncake_connector {
+namespace {
+
+// The native provider against libraries that export store_c.h's functions
+// (over the scripted Mooncake): the optional entries are picked up when
+// exported, and overwrite/remove work with and without them.
+TEST(ScriptedNativeLibrary, OptionalEntriesAreUsedWhenExported) {
+  for (const char* path : {MC_SCRIPTED_STORE_FULL, MC_SCRIPTED_STORE_BASIC}) {
+    const bool full = std::string(path) == MC_SCRIPTED_STORE_FULL;
+    Result<mooncake::Api> api = mooncake::LoadNativeMooncakeApi(path);
+    ASSERT_TRUE(api.ok()) << api.status();
+    EXPECT_EQ(api->upsert_from != nullptr, full) << path;
+    EXPECT_EQ(api->batch_upsert_from != nullptr, full) << path;
+    EXPECT_EQ(api->batch_remove != nullptr, full) << path;
+    static std::vector<std::unique_ptr<mooncake::Api>> tables;  // outlive the stores
+    tables.push_back(std::make_unique<mooncake::Api>(*api));
+    MooncakeConfig c;
+    c.master_address = "scripted:1";
+    c.chunk_size = 4096;
+    Result<std::shared_ptr<Store>> store =
+        mooncake::NewMooncakeStore(c, tables.back().get(), tables.back()->create());
+    ASSERT_TRUE(store.ok()) << store.status();
+    for (size_t n : {size_t{100}, size_t{20000}, size_t{7}}) {
+      auto v = Bytes(n, static_cast<int>(n));
+      ASSERT_TRUE((*store)->Put("k", v).ok()) << path << " " << n;
+      Result<Buffer> b = (*store)->Get("k");
+      ASSERT_TRUE(b.ok()) << b.status();
+      ASSERT_EQ(b->size(), n);
+      EXPECT_EQ(std::memcmp(b->data(), v.data(), n), 0);
+    }
+    EXPECT_TRUE((*store)->Remove("k").ok());
+    EXPECT_EQ((*store)->Get("k").status().code(), StatusCode::kNotFound);
+  }
+}
+
+}  // namespace
+}  // namespace mooncake_connector
