@@ -31,11 +31,16 @@ HeaderBytes Reseal(HeaderBytes b) {
   return b;
 }
 
-// A version-1 header as earlier releases wrote it (no checksums).
+// A version-1 header as earlier releases wrote it (no checksums), built
+// byte by byte.
 HeaderBytes V1(uint64_t total, uint64_t chunk, uint64_t generation) {
-  HeaderBytes b = MakeChunkHeader(total, chunk, generation, 0).Encode();
+  HeaderBytes b{};
+  std::memcpy(b.data(), kChunkMagic.data(), kChunkMagic.size());
   b[8] = std::byte{1};
-  for (size_t i = 48; i < kChunkHeaderSize; ++i) b[i] = std::byte{0};
+  Put64(b, 16, total);
+  Put64(b, 24, chunk);
+  Put64(b, 32, total == 0 ? 0 : (total - 1) / chunk + 1);
+  Put64(b, 40, generation);
   return b;
 }
 
@@ -100,6 +105,7 @@ TEST(ChunkHeader, ReadsVersion1) {
   EXPECT_EQ(r->version, 1u);
   EXPECT_FALSE(r->has_checksum());
   EXPECT_EQ(r->num_chunks, 100u);
+  EXPECT_EQ(r->Encode(), V1(100 * kChunk, kChunk, 9));  // written back as it was
   HeaderBytes bad = V1(100, kChunk, 9);
   bad[50] = std::byte{1};
   ExpectCorrupt(bad, "reserved bytes are not zero");

@@ -381,3 +381,28 @@ TEST(ScriptedNativeLibrary, OptionalEntriesAreUsedWhenExported) {
 
 }  // namespace
 }  // namespace mooncake_connector
+
+namespace mooncake_connector {
+namespace {
+
+TEST_F(Scripted, FailedInPlaceCommitPutsTheOldHeaderBack) {
+  Open(std::chrono::milliseconds(200));
+  auto old = Bytes(9000, 1);
+  ASSERT_TRUE(Put("k", old).ok());
+  sm_.inject = [&](const ScriptedMooncake::Call& c) -> int64_t {
+    if (c.op == "upsert_from" && c.key == "k") {
+      // A transfer failing mid-upsert: Mooncake revokes it and erases the key.
+      std::lock_guard lock(sm_.mu);
+      sm_.EraseLocked("k");
+      return -800;
+    }
+    return 0;
+  };
+  Status s = Put("k", Bytes(20000, 2));
+  EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s;
+  sm_.inject = nullptr;
+  ExpectValue("k", old);
+}
+
+}  // namespace
+}  // namespace mooncake_connector

@@ -210,6 +210,13 @@ std::vector<std::byte>* ScriptedMooncake::Find(const std::string& key) {
   return it == objects_.end() ? nullptr : &it->second;
 }
 
+void ScriptedMooncake::EraseLocked(const std::string& key) {
+  auto it = objects_.find(key);
+  if (it == objects_.end()) return;
+  used_ -= it->second.size();
+  objects_.erase(it);
+}
+
 std::vector<std::string> ScriptedMooncake::Keys() {
   std::lock_guard lock(mu);
   std::vector<std::string> out;

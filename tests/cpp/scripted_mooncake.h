@@ -39,6 +39,7 @@ class ScriptedMooncake {
   void Plant(const std::string& key, std::vector<std::byte> bytes);
   bool Has(const std::string& key);
   std::vector<std::byte>* Find(const std::string& key);  // REQUIRES: caller holds mu
+  void EraseLocked(const std::string& key);              // REQUIRES: caller holds mu
   std::vector<std::string> Keys();
   std::map<std::string, int> calls;  // call counts by op
 

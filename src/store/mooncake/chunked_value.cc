@@ -54,12 +54,13 @@ uint64_t ChunkHeader::ChunkLength(uint64_t index) const {
 std::array<std::byte, kChunkHeaderSize> ChunkHeader::Encode() const {
   std::array<std::byte, kChunkHeaderSize> out{};
   std::memcpy(out.data(), kChunkMagic.data(), kChunkMagic.size());
-  Put32(out.data() + 8, kChunkFormatVersion);
-  Put32(out.data() + 12, tombstone ? kTombstoneFlag : 0);
+  Put32(out.data() + 8, version);
   Put64(out.data() + 16, total_size);
   Put64(out.data() + 24, chunk_size);
   Put64(out.data() + 32, num_chunks);
   Put64(out.data() + 40, generation);
+  if (version == 1) return out;  // no flags, no checksums
+  Put32(out.data() + 12, tombstone ? kTombstoneFlag : 0);
   Put64(out.data() + kValueChecksumAt, checksum);
   Put64(out.data() + kHeaderChecksumAt, Xxh3({out.data(), kHeaderChecksumAt}));
   return out;

@@ -43,7 +43,8 @@ struct ChunkHeader {
   bool has_checksum() const { return version >= 2; }
   // Length of chunk `index` (the last one may be short).
   uint64_t ChunkLength(uint64_t index) const;
-  // Version-2 encoding (headers are only ever written as version 2).
+  // The encoding of `version`: new headers are version 2; a version-1
+  // header is only written back to restore it after a failed overwrite.
   std::array<std::byte, kChunkHeaderSize> Encode() const;
   // The object key of chunk `index`.
   std::string ChunkKey(std::string_view key, uint64_t index) const;

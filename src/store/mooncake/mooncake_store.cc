@@ -210,11 +210,7 @@ Status MooncakeStore::Remove(std::string_view key) {
     // leases; readers then see no value), and wait the leases out. A key read
     // without pause for all of op_timeout keeps its 64-byte tombstone until
     // it is written or removed again.
-    if (api_->upsert_from != nullptr) {
-      auto bytes = MakeTombstone(1).Encode();
-      ConstBytes tombstone(bytes.data(), bytes.size());
-      (void)PutObject(k, {&tombstone, 1}, 0, tombstone.size(), replicate_, /*upsert=*/true, deadline);
-    }
+    if (api_->upsert_from != nullptr) (void)WriteTombstone(k, deadline);
     rc = RetryTransient(deadline, [&] { return api_->remove(handle_, k.c_str(), /*force=*/0); });
     if (IsTransientError(rc) && api_->upsert_from != nullptr) rc = 0;  // tombstoned
   }
@@ -234,15 +230,19 @@ Status MooncakeStore::Remove(std::string_view key) {
   if (now.ok() && now->header && !now->header->tombstone) {
     Result<bool> complete = AllChunksExist(k, *now->header);
     if (complete.ok() && !*complete && api_->upsert_from != nullptr) {
-      auto bytes = MakeTombstone(1).Encode();
-      ConstBytes tombstone(bytes.data(), bytes.size());
-      (void)PutObject(k, {&tombstone, 1}, 0, tombstone.size(), replicate_, /*upsert=*/true, deadline);
+      (void)WriteTombstone(k, deadline);
       api_->remove(handle_, k.c_str(), /*force=*/0);  // once: our own read leased it
       RemoveGeneration(k, *now->header, nullptr);
     }
   }
   if (rc == kErrObjectNotFound) return NotFound("key '" + k + "' not found");
   return Status::Ok();
+}
+
+Status MooncakeStore::WriteTombstone(const std::string& key, Deadline& deadline) {
+  auto bytes = MakeTombstone(1).Encode();
+  ConstBytes tombstone(bytes.data(), bytes.size());
+  return PutObject(key, {&tombstone, 1}, 0, tombstone.size(), replicate_, /*upsert=*/true, deadline);
 }
 
 Result<std::vector<std::string>> MooncakeStore::AllKeys(std::string_view prefix) {

@@ -68,6 +68,9 @@ class MooncakeStore final : public Store {
   // chunks than are worth naming one by one.
   void RemoveGeneration(const std::string& key, const ChunkHeader& h, Deadline* deadline);
   std::vector<std::string> ChunkKeys(const std::string& key, const ChunkHeader& h) const;
+  // Marks `key` removed in place (an upsert, which ignores read leases).
+  // REQUIRES: the provider has upsert_from.
+  Status WriteTombstone(const std::string& key, Deadline& deadline);
 
   // mooncake_read.cc
   Result<uint64_t> ReadValue(const std::string& key, const Destination& destination);

@@ -127,6 +127,14 @@ Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replica
   if (s.ok()) s = CommitHeader(key, h, old, replicate, deadline);
   if (!s.ok()) {
     Deadline cleanup = NewDeadline();
+    // A failed in-place upsert makes Mooncake erase the object: put the old
+    // header back (its chunks are untouched). A plain put, so that a value
+    // another writer committed meanwhile is kept rather than replaced.
+    if (old.header) {
+      auto bytes = old.header->Encode();
+      ConstBytes previous(bytes.data(), bytes.size());
+      (void)PutObject(key, {&previous, 1}, 0, previous.size(), replicate, /*upsert=*/false, cleanup);
+    }
     RemoveGeneration(key, h, &cleanup);
     return s;
   }
