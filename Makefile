@@ -10,7 +10,7 @@ FUZZ_SECONDS ?= 20
 APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev clang libclang-rt-14-dev \
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
 
-.PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz test-python test-install bench clean
+.PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz test-python test-install stress bench clean
 
 setup: apt venv python-package
 
@@ -82,6 +82,10 @@ test-install:
 
 test-python: python-package
 	$(PY) -m pytest -q tests/python
+
+# The stress test for longer than make test runs it (STRESS_SECONDS, default 600).
+stress: setup
+	STRESS_SECONDS=$${STRESS_SECONDS:-600} $(PY) -m pytest -q -s tests/python/test_stress.py
 
 bench: setup
 	@mkdir -p $(BUILD)
