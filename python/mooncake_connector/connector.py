@@ -77,6 +77,18 @@ class MooncakeConnector:
         """A private temporary directory, deleted by :meth:`close`."""
         return self._impl.get_local_dir()
 
+    def pull_files(self, allow_pattern: Optional[list[str]] = None,
+                   ignore_pattern: Optional[list[str]] = None) -> list[str]:
+        """SGLang's ``pull_files``: writes the model's files (stored under
+        ``{model}/files/``) into :meth:`get_local_dir`, keeping their relative
+        paths, and returns those paths. ``allow_pattern`` keeps only files
+        matching one of its fnmatch patterns, then ``ignore_pattern`` drops
+        those matching one of its; a pattern counts when it matches the whole
+        key (as in SGLang) or the relative path. A stored name that is
+        absolute or has ``..`` raises ``DataLossError`` before anything is
+        written; symlinks in the directory are never followed."""
+        return self._impl.pull_files(_patterns(allow_pattern), _patterns(ignore_pattern))
+
     def close(self) -> None:
         self._impl.close()
 
@@ -98,6 +110,14 @@ class MooncakeConnector:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"MooncakeConnector({self._impl.url!r}, device={self.device!r}, {state})"
+
+
+def _patterns(patterns: Any) -> Optional[list[str]]:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):  # one pattern given without a list
+        return [patterns]
+    return [str(p) for p in patterns]
 
 
 def _key(key: Any) -> str:

@@ -193,6 +193,12 @@ NB_MODULE(_impl, m) {
            },
            nb::call_guard<nb::gil_scoped_release>())
       .def("get_local_dir", [](PyConnector& s) { return Call<&Connector::GetLocalDir>(s); })
+      .def("pull_files",
+           [](PyConnector& s, std::optional<std::vector<std::string>> allow,
+              std::optional<std::vector<std::string>> ignore) {
+             return Unwrap(s.get().PullFiles(allow, ignore));
+           },
+           nb::arg("allow").none(), nb::arg("ignore").none(), nb::call_guard<nb::gil_scoped_release>())
       .def("close", [](PyConnector& s) { Check(s.get().Close()); },
            nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("closed", [](PyConnector& s) { return s.get().closed(); })

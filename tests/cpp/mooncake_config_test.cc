@@ -138,6 +138,15 @@ TEST(MooncakeConfig, UrlMasterOverridesEnvironment) {
 TEST(MooncakeConfig, UrlHostWithoutPortIsInvalid) {
   ExpectInvalid(Config("mooncake://masterhost/model", kMaster), "port");
   ExpectInvalid(Config("mooncake://masterhost/model", kMaster), "masterhost");
+  // mooncake://MODEL is a common slip for mooncake:///MODEL: the message says so.
+  ExpectInvalid(Config("mooncake://llama-3-8b", kMaster), "mooncake:///llama-3-8b");
+  ExpectInvalid(Config("mooncake://org/model", kMaster), "mooncake:///org/model");
+}
+
+TEST(MooncakeConfig, EmptyAuthorityTakesTheMasterFromTheEnvironment) {
+  MooncakeConfig c = MustConfig("mooncake:///org/model-7b", kMaster);
+  EXPECT_EQ(c.master_address, kMaster.at("MOONCAKE_MASTER"));
+  EXPECT_EQ(ParseUrl("mooncake:///org/model-7b")->path, "org/model-7b");
 }
 
 TEST(MooncakeConfig, OptionsOverrideEnvironmentAndUrl) {

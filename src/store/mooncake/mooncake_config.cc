@@ -132,9 +132,10 @@ Result<MooncakeConfig> MooncakeConfigFrom(const Url& url,
   }
   if (!url.host.empty()) {
     if (!url.port) {
-      return InvalidArgument("mooncake:// URL '" + url.ToString() +
-                             "' names a master host without a port (e.g. mooncake://" + url.host +
-                             ":50051/model)");
+      std::string model = url.host + (url.path.empty() ? "" : "/" + url.path);
+      return InvalidArgument("mooncake:// URL '" + url.ToString() + "' names a host without a port: for the model '" +
+                             model + "' with the master from MOONCAKE_MASTER write mooncake:///" + model +
+                             "; to name the master write mooncake://" + url.host + ":PORT/MODEL");
     }
     config.master_address = url.Authority();
   }
