@@ -89,6 +89,27 @@ void CopyResults(const nb::handle& list, T* out, size_t n) {
   for (size_t i = 0; i < n; ++i) out[i] = nb::cast<T>(list[i]);
 }
 
+// put_from / upsert_from: the same arguments, another method.
+int WriteFrom(Handle h, const char* method, const char* key, void* buffer, size_t size,
+              const ReplicateConfig* c) {
+  return WithGil(kInternalError, [&] {
+    PyStore* s = Self(h);
+    return nb::cast<int>(
+        s->store.attr(method)(key, reinterpret_cast<uintptr_t>(buffer), size, Config(s, c)));
+  });
+}
+
+// batch_put_from / batch_upsert_from.
+int BatchWriteFrom(Handle h, const char* method, const char** keys, void** buffers,
+                   const size_t* sizes, size_t n, const ReplicateConfig* c, int* results) {
+  return WithGil(kInternalError, [&] {
+    PyStore* s = Self(h);
+    nb::object r = s->store.attr(method)(Keys(keys, n), Pointers(buffers, n), Ints(sizes, n), Config(s, c));
+    CopyResults(r, results, n);
+    return 0;
+  });
+}
+
 Handle Create() {
   return WithGil<Handle>(nullptr, []() -> Handle {
     nb::object module = nb::module_::import_("mooncake.store");
@@ -137,39 +158,19 @@ const mooncake::Api kApi = [] {
   };
   api.put_from = [](Handle h, const char* key, void* buffer, size_t size,
                     const ReplicateConfig* c) -> int {
-    return WithGil(kInternalError, [&] {
-      PyStore* s = Self(h);
-      return nb::cast<int>(s->store.attr("put_from")(key, reinterpret_cast<uintptr_t>(buffer), size,
-                                                    Config(s, c)));
-    });
+    return WriteFrom(h, "put_from", key, buffer, size, c);
   };
   api.batch_put_from = [](Handle h, const char** keys, void** buffers, const size_t* sizes, size_t n,
                           const ReplicateConfig* c, int* results) -> int {
-    return WithGil(kInternalError, [&] {
-      PyStore* s = Self(h);
-      nb::object r = s->store.attr("batch_put_from")(Keys(keys, n), Pointers(buffers, n),
-                                                      Ints(sizes, n), Config(s, c));
-      CopyResults(r, results, n);
-      return 0;
-    });
+    return BatchWriteFrom(h, "batch_put_from", keys, buffers, sizes, n, c, results);
   };
   api.upsert_from = [](Handle h, const char* key, void* buffer, size_t size,
                        const ReplicateConfig* c) -> int {
-    return WithGil(kInternalError, [&] {
-      PyStore* s = Self(h);
-      return nb::cast<int>(s->store.attr("upsert_from")(key, reinterpret_cast<uintptr_t>(buffer), size,
-                                                       Config(s, c)));
-    });
+    return WriteFrom(h, "upsert_from", key, buffer, size, c);
   };
   api.batch_upsert_from = [](Handle h, const char** keys, void** buffers, const size_t* sizes,
                              size_t n, const ReplicateConfig* c, int* results) -> int {
-    return WithGil(kInternalError, [&] {
-      PyStore* s = Self(h);
-      nb::object r = s->store.attr("batch_upsert_from")(Keys(keys, n), Pointers(buffers, n),
-                                                         Ints(sizes, n), Config(s, c));
-      CopyResults(r, results, n);
-      return 0;
-    });
+    return BatchWriteFrom(h, "batch_upsert_from", keys, buffers, sizes, n, c, results);
   };
   api.batch_remove = [](Handle h, const char** keys, size_t n, int force, int* results) -> int {
     return WithGil(kInternalError, [&] {

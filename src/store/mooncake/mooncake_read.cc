@@ -137,26 +137,15 @@ Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHe
   Status s = ForEachBatch(h.num_chunks, arena_->slots(), [&](uint64_t first, size_t n) -> Status {
     std::optional<TransferArena::Lease> slots;
     if (via_slots) slots.emplace(arena_->Acquire(n));
-    std::vector<std::string> keys;
-    std::vector<const char*> c_keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> sizes;
-    for (size_t j = 0; j < n; ++j) {
-      keys.push_back(h.ChunkKey(key, first + j));
-      std::byte* at = dst.data() + (first + j) * h.chunk_size;
-      buffers.push_back(via_slots ? (*slots)[j] : at);
-      sizes.push_back(static_cast<size_t>(h.ChunkLength(first + j)));
-    }
-    for (const std::string& k : keys) c_keys.push_back(k.c_str());
+    ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* {
+      return via_slots ? static_cast<void*>((*slots)[j]) : dst.data() + (first + j) * h.chunk_size;
+    });
+    std::vector<const char*> c_keys = CStrings(b.keys);
     std::vector<int64_t> results(n, 0);
     RetryTransient(deadline, [&]() -> int64_t {
-      int rc = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), sizes.data(), n,
+      int rc = api_->batch_get_into(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
                                     results.data());
-      if (rc != 0) return rc;
-      for (int64_t r : results) {
-        if (IsTransientError(r)) return r;
-      }
-      return 0;
+      return rc != 0 ? rc : FirstTransient(results);
     });
     for (size_t j = 0; j < n; ++j) {
       std::string which = "chunk " + std::to_string(first + j) + " of '" + key + "'";
@@ -165,17 +154,17 @@ Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHe
       if (r == kErrInvalidParams || r == kErrBufferOverflow) {
         // Mooncake refuses a buffer smaller than the object: stored data that
         // contradicts its header.
-        return DataLoss(which + " is larger than the " + std::to_string(sizes[j]) +
+        return DataLoss(which + " is larger than the " + std::to_string(b.sizes[j]) +
                         " bytes its header says");
       }
       if (r < 0) return Fail(r, "get_into " + which);
-      if (static_cast<uint64_t>(r) != sizes[j]) {
+      if (static_cast<uint64_t>(r) != b.sizes[j]) {
         return DataLoss(which + " holds " + std::to_string(r) + " bytes, its header says " +
-                        std::to_string(sizes[j]));
+                        std::to_string(b.sizes[j]));
       }
       std::byte* at = dst.data() + (first + j) * h.chunk_size;
-      if (via_slots) std::memcpy(at, buffers[j], sizes[j]);
-      if (h.has_checksum()) hash.Update({at, sizes[j]});
+      if (via_slots) std::memcpy(at, b.buffers[j], b.sizes[j]);
+      if (h.has_checksum()) hash.Update({at, b.sizes[j]});
     }
     return Status::Ok();
   });

@@ -15,6 +15,13 @@ constexpr uint64_t kMaxExplicitChunkRemoves = 4096;
 constexpr std::chrono::minutes kDeferredGiveUp{10};
 }  // namespace
 
+std::vector<const char*> CStrings(const std::vector<std::string>& keys) {
+  std::vector<const char*> out;
+  out.reserve(keys.size());
+  for (const std::string& k : keys) out.push_back(k.c_str());
+  return out;
+}
+
 void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst) {
   size_t written = 0;
   for (ConstBytes part : parts) {
@@ -141,8 +148,7 @@ void MooncakeStore::RemoveChunkObjects(const std::string& key,
 Result<bool> MooncakeStore::AllChunksExist(const std::string& key, const ChunkHeader& h) {
   if (h.num_chunks == 0 || h.num_chunks > kMaxExplicitChunkRemoves) return true;
   std::vector<std::string> chunks = ChunkKeys(key, h);
-  std::vector<const char*> c_keys;
-  for (const std::string& c : chunks) c_keys.push_back(c.c_str());
+  std::vector<const char*> c_keys = CStrings(chunks);
   std::vector<int> exist(chunks.size(), 0);
   int rc = api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), exist.data());
   if (rc != 0) return Fail(rc, "is_exist of the chunks of '" + key + "'");
@@ -163,15 +169,12 @@ std::vector<Result<bool>> MooncakeStore::BatchExists(std::span<const std::string
     index.push_back(i);
   }
   if (owned.empty()) return out;
-  std::vector<const char*> c_keys;
-  for (const std::string& k : owned) c_keys.push_back(k.c_str());
+  std::vector<const char*> c_keys = CStrings(owned);
   std::vector<int> results(owned.size(), 0);
   Deadline deadline = NewDeadline();
   RetryTransient(deadline, [&]() -> int64_t {
     int rc = api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), results.data());
-    if (rc != 0) return rc;
-    auto transient = std::find_if(results.begin(), results.end(), IsTransientError);
-    return transient == results.end() ? 0 : *transient;
+    return rc != 0 ? rc : FirstTransient(results);
   });
   for (size_t j = 0; j < owned.size(); ++j) {
     int r = results[j];

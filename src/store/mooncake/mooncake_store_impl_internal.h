@@ -4,6 +4,7 @@
 // docs/mooncake_layout.md.
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -103,6 +104,37 @@ class MooncakeStore final : public Store {
 
 // Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
 void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst);
+
+// Pointers to the keys' characters, for the C ABI's key arrays (valid while
+// `keys` is alive and unchanged).
+std::vector<const char*> CStrings(const std::vector<std::string>& keys);
+
+// The first transient code among per-key results, or 0: lets RetryTransient
+// retry a whole batch when one of its keys was refused for a moment.
+template <typename T>
+int64_t FirstTransient(const std::vector<T>& results) {
+  auto it = std::find_if(results.begin(), results.end(), [](T r) { return IsTransientError(r); });
+  return it == results.end() ? 0 : *it;
+}
+
+// The chunks [first, first + n) of a value with header `h`: their object
+// keys, the buffers `buffer_at(j)` gives for them, and their exact lengths.
+struct ChunkBatch {
+  std::vector<std::string> keys;
+  std::vector<void*> buffers;
+  std::vector<size_t> sizes;
+};
+template <typename BufferAt>
+ChunkBatch MakeChunkBatch(const std::string& key, const ChunkHeader& h, uint64_t first, size_t n,
+                          BufferAt&& buffer_at) {
+  ChunkBatch b;
+  for (size_t j = 0; j < n; ++j) {
+    b.keys.push_back(h.ChunkKey(key, first + j));
+    b.buffers.push_back(buffer_at(j));
+    b.sizes.push_back(static_cast<size_t>(h.ChunkLength(first + j)));
+  }
+  return b;
+}
 
 // Calls fn(first, n) for consecutive runs of at most `per_batch` of the
 // `count` chunks; stops at the first error.

@@ -9,7 +9,6 @@
 //    bytes it needs.
 // Superseded chunks are removed with plain removes, waiting out readers'
 // leases (deferred_removal_internal.h); nothing is ever force-removed.
-#include <algorithm>
 #include <mutex>
 #include <random>
 
@@ -76,25 +75,15 @@ Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
                                 Deadline& deadline) {
   return ForEachBatch(h.num_chunks, arena_->slots(), [&](uint64_t first, size_t n) -> Status {
     TransferArena::Lease slots = arena_->Acquire(n);
-    std::vector<std::string> keys;
-    std::vector<const char*> c_keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> sizes;
-    for (size_t j = 0; j < n; ++j) {
-      keys.push_back(h.ChunkKey(key, first + j));
-      buffers.push_back(slots[j]);
-      sizes.push_back(static_cast<size_t>(h.ChunkLength(first + j)));
-      Gather(parts, (first + j) * h.chunk_size, {slots[j], sizes[j]});
-    }
-    for (const std::string& k : keys) c_keys.push_back(k.c_str());
+    ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* { return slots[j]; });
+    for (size_t j = 0; j < n; ++j) Gather(parts, (first + j) * h.chunk_size, {slots[j], b.sizes[j]});
+    std::vector<const char*> c_keys = CStrings(b.keys);
     std::vector<int> results(n, 0);
     // A retried batch puts every chunk again; those already in are kept.
     int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
-      int r = api_->batch_put_from(handle_, c_keys.data(), buffers.data(), sizes.data(), n,
+      int r = api_->batch_put_from(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
                                    &replicate, results.data());
-      if (r != 0) return r;
-      auto transient = std::find_if(results.begin(), results.end(), IsTransientError);
-      return transient == results.end() ? 0 : *transient;
+      return r != 0 ? r : FirstTransient(results);
     });
     for (size_t j = 0; j < n; ++j) {
       int64_t r = rc != 0 ? rc : results[j];
