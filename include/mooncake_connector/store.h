@@ -16,7 +16,8 @@
 //    independent, so one failure does not stop the others.
 //  - A missing key is NotFound (Get, GetInto, GetSize, Remove).
 //  - GetInto into a buffer smaller than the value is InvalidArgument and
-//    leaves the value unchanged; the message names the value's size.
+//    leaves the value unchanged; the message names the value's size. With a
+//    `head`, a value shorter than the head is InvalidArgument too.
 //  - List returns the keys that start with `prefix`, sorted.
 //  - All methods are safe to call from many threads at once.
 #pragma once
@@ -51,6 +52,17 @@ struct PutRequest {
 struct GetIntoRequest {
   std::string_view key;
   MutableBytes destination;
+  // Optional scatter: when non-empty, the value's first head.size() bytes go
+  // here and the rest to the start of `destination` (a tensor value's header
+  // to scratch memory, its data straight into the tensor).
+  MutableBytes head = {};
+
+  // Ok if a value of `size` bytes fits; InvalidArgument naming the size (and
+  // the key) otherwise, also when the value is shorter than `head`.
+  Status CheckFits(uint64_t size) const;
+  // Copies the value's bytes [offset, offset + bytes.size()) to where they
+  // belong. REQUIRES: CheckFits(offset + bytes.size()).
+  void CopyAt(uint64_t offset, ConstBytes bytes) const;
 };
 
 class MC_EXPORT Store {

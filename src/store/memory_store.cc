@@ -162,12 +162,8 @@ class MemoryStore final : public Store {
 
   Result<uint64_t> GetIntoOne(const GetIntoRequest& r) {
     MC_ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> value, Find(r.key));
-    if (value->size() > r.destination.size()) {
-      return InvalidArgument("buffer of " + std::to_string(r.destination.size()) +
-                             " bytes is too small for the " + std::to_string(value->size()) +
-                             "-byte value of '" + std::string(r.key) + "'");
-    }
-    if (value->size() > 0) std::memcpy(r.destination.data(), value->data(), value->size());
+    MC_RETURN_IF_ERROR(r.CheckFits(value->size()));
+    r.CopyAt(0, value->bytes());
     return value->size();
   }
 

@@ -1,5 +1,7 @@
 #include "mooncake_connector/store.h"
 
+#include <algorithm>
+#include <cstring>
 #include <string>
 
 namespace mooncake_connector {
@@ -18,6 +20,30 @@ Status ValidateKey(std::string_view key) {
     }
   }
   return Status::Ok();
+}
+
+Status GetIntoRequest::CheckFits(uint64_t size) const {
+  if (size < head.size()) {
+    return InvalidArgument("the " + std::to_string(size) + "-byte value of '" + std::string(key) +
+                           "' is shorter than the " + std::to_string(head.size()) +
+                           " bytes expected before its data");
+  }
+  if (size - head.size() > destination.size()) {
+    return InvalidArgument("buffer of " + std::to_string(head.size() + destination.size()) +
+                           " bytes is too small for the " + std::to_string(size) +
+                           "-byte value of '" + std::string(key) + "'");
+  }
+  return Status::Ok();
+}
+
+void GetIntoRequest::CopyAt(uint64_t offset, ConstBytes bytes) const {
+  if (offset < head.size()) {
+    size_t n = std::min<uint64_t>(bytes.size(), head.size() - offset);
+    if (n > 0) std::memcpy(head.data() + offset, bytes.data(), n);
+    bytes = bytes.subspan(n);
+    offset += n;
+  }
+  if (!bytes.empty()) std::memcpy(destination.data() + (offset - head.size()), bytes.data(), bytes.size());
 }
 
 Result<Buffer> Store::Get(std::string_view key) {

@@ -93,6 +93,37 @@ TEST_P(StoreConformance, GetIntoLargerBufferWritesThePrefix) {
   EXPECT_EQ(buf[3], std::byte{0x7f});
 }
 
+TEST_P(StoreConformance, GetIntoWithHeadScattersTheValue) {
+  // Small values and values spanning several chunks (mooncake:// chunks above
+  // its chunk_size), head boundaries inside and at the end of the value.
+  for (size_t size : {size_t{10}, size_t{5} << 20}) {
+    std::string value(size, '\0');
+    for (size_t i = 0; i < size; ++i) value[i] = static_cast<char>('a' + (i * 7 + i / 251) % 26);
+    std::string key = Key("scatter" + std::to_string(size));
+    ASSERT_TRUE(store_->Put(key, AsBytes(value)).ok());
+    for (size_t head_size : {size_t{1}, size_t{3}, size}) {
+      std::vector<std::byte> head(head_size), rest(size - head_size + 5, std::byte{0x7f});
+      GetIntoRequest r{key, rest, head};
+      Result<uint64_t> got = store_->BatchGetInto({&r, 1})[0];
+      ASSERT_TRUE(got.ok()) << got.status();
+      EXPECT_EQ(*got, size);
+      EXPECT_EQ(std::memcmp(head.data(), value.data(), head_size), 0) << head_size;
+      EXPECT_EQ(std::memcmp(rest.data(), value.data() + head_size, size - head_size), 0) << head_size;
+      EXPECT_EQ(rest[size - head_size], std::byte{0x7f});
+    }
+    // The rest does not fit, or the value is shorter than the head.
+    std::vector<std::byte> head(4), rest(size - 5);
+    GetIntoRequest small{key, rest, head};
+    Result<uint64_t> got = store_->BatchGetInto({&small, 1})[0];
+    EXPECT_EQ(got.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(got.status().message().find(std::to_string(size)), std::string_view::npos);
+    std::vector<std::byte> long_head(size + 1), none;
+    GetIntoRequest shorter{key, none, long_head};
+    EXPECT_EQ(store_->BatchGetInto({&shorter, 1})[0].status().code(), StatusCode::kInvalidArgument);
+    EXPECT_EQ(ReadAll(*store_, key), value);
+  }
+}
+
 TEST_P(StoreConformance, RemoveDeletes) {
   ASSERT_TRUE(store_->Put(Key("r"), AsBytes("x")).ok());
   ASSERT_TRUE(store_->Remove(Key("r")).ok());

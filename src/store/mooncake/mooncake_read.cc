@@ -2,6 +2,7 @@
 // raw objects are single Mooncake objects; a chunked value is read from the
 // generation its header names (chunks are never rewritten), its size taken
 // from the header and its bytes checked against the header's checksum.
+#include <algorithm>
 #include <cstring>
 
 #include "core/hash_internal.h"
@@ -26,14 +27,9 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
       out.emplace_back(s);
       continue;
     }
-    std::string key(r.key);
-    out.push_back(ReadValue(key, [&](uint64_t size) -> Result<MutableBytes> {
-      if (size > r.destination.size()) {
-        return InvalidArgument("buffer of " + std::to_string(r.destination.size()) +
-                               " bytes is too small for the " + std::to_string(size) +
-                               "-byte value of '" + key + "'");
-      }
-      return r.destination.first(size);
+    out.push_back(ReadValue(std::string(r.key), [&](uint64_t size) -> Result<GetIntoRequest> {
+      MC_RETURN_IF_ERROR(r.CheckFits(size));
+      return r;
     }));
   }
   return out;
@@ -43,9 +39,9 @@ Result<Buffer> MooncakeStore::Get(std::string_view key) {
   MC_RETURN_IF_ERROR(ValidateKey(key));
   // Sized once the value's size is known: one round trip for small values.
   Buffer buffer;
-  Result<uint64_t> got = ReadValue(std::string(key), [&](uint64_t size) -> Result<MutableBytes> {
+  Result<uint64_t> got = ReadValue(std::string(key), [&](uint64_t size) -> Result<GetIntoRequest> {
     MC_ASSIGN_OR_RETURN(buffer, Buffer::Allocate(size));
-    return buffer.bytes();
+    return GetIntoRequest{key, buffer.bytes()};
   });
   if (!got.ok()) return got.status();
   return buffer.Slice(0, *got);
@@ -71,8 +67,8 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
       } else {
         ConstBytes object(slot[0], static_cast<size_t>(n));
         if (!LooksLikeChunkHeader(object.size(), object)) {
-          MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(object.size()));
-          if (!object.empty()) std::memcpy(dst.data(), object.data(), object.size());
+          MC_ASSIGN_OR_RETURN(GetIntoRequest target, destination(object.size()));
+          target.CopyAt(0, object);
           return object.size();
         }
         Result<ChunkHeader> parsed = ParseChunkHeader(object);
@@ -91,11 +87,11 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
       int64_t size = RetryTransient(deadline, [&] { return api_->get_size(handle_, key.c_str()); });
       if (size < 0) return Fail(size, "get_size '" + key + "'");
       if (static_cast<uint64_t>(size) <= slot_size()) continue;  // changed under us
-      MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(static_cast<uint64_t>(size)));
-      return ReadLargeObject(key, dst, deadline);
+      MC_ASSIGN_OR_RETURN(GetIntoRequest target, destination(static_cast<uint64_t>(size)));
+      return ReadLargeObject(key, target, static_cast<uint64_t>(size), deadline);
     }
-    MC_ASSIGN_OR_RETURN(MutableBytes dst, destination(header.total_size));
-    Result<uint64_t> got = ReadChunks(key, header, dst, deadline);
+    MC_ASSIGN_OR_RETURN(GetIntoRequest target, destination(header.total_size));
+    Result<uint64_t> got = ReadChunks(key, header, target, deadline);
     if (got.ok()) return got;
     if (got.status().code() == StatusCode::kAborted) {
       // A chunk vanished: the value was replaced or removed meanwhile (a new
@@ -117,28 +113,34 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
 }
 
 Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHeader& h,
-                                           MutableBytes dst, Deadline& deadline) {
+                                           const GetIntoRequest& target, Deadline& deadline) {
   // Chunk lengths come from the header only. Chunks that fit a staging slot
   // go through the slots; larger ones (written with a larger chunk_size) are
-  // read straight into `dst`, registered for the call.
-  const bool via_slots = h.chunk_size <= slot_size();
-  bool registered = false;
-  if (!via_slots && h.num_chunks > 0) {
+  // read straight into registered memory.
+  if (h.chunk_size > slot_size() && h.num_chunks > 0) {
     if (!config_.client_address.empty()) {
       return ResourceExhausted("'" + key + "' was written in chunks of " + std::to_string(h.chunk_size) +
                                " bytes, above this client's chunk_size; in standalone-client mode "
                                "raise chunk_size (MOONCAKE_CHUNK_SIZE) to read it");
     }
-    int rc = api_->register_buffer(handle_, dst.data(), dst.size());
-    if (rc != 0) return Fail(rc, "register_buffer for '" + key + "'");
-    registered = true;
+    return ReadRegistered(key, target, h.total_size, [&](MutableBytes dst) {
+      return ReadChunksInto(key, h, dst, nullptr, deadline);
+    });
   }
+  return ReadChunksInto(key, h, {}, &target, deadline);
+}
+
+Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const ChunkHeader& h,
+                                               MutableBytes registered, const GetIntoRequest* target,
+                                               Deadline& deadline) {
+  const bool via_slots = target != nullptr;
   Xxh3Stream hash;
   Status s = ForEachBatch(h.num_chunks, arena_->slots(), [&](uint64_t first, size_t n) -> Status {
     std::optional<TransferArena::Lease> slots;
     if (via_slots) slots.emplace(arena_->Acquire(n));
     ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* {
-      return via_slots ? static_cast<void*>((*slots)[j]) : dst.data() + (first + j) * h.chunk_size;
+      return via_slots ? static_cast<void*>((*slots)[j])
+                       : registered.data() + (first + j) * h.chunk_size;
     });
     std::vector<const char*> c_keys = CStrings(b.keys);
     std::vector<int64_t> results(n, 0);
@@ -162,13 +164,12 @@ Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHe
         return DataLoss(which + " holds " + std::to_string(r) + " bytes, its header says " +
                         std::to_string(b.sizes[j]));
       }
-      std::byte* at = dst.data() + (first + j) * h.chunk_size;
-      if (via_slots) std::memcpy(at, b.buffers[j], b.sizes[j]);
-      if (h.has_checksum()) hash.Update({at, b.sizes[j]});
+      ConstBytes got(static_cast<const std::byte*>(b.buffers[j]), b.sizes[j]);
+      if (via_slots) target->CopyAt((first + j) * h.chunk_size, got);
+      if (h.has_checksum()) hash.Update(got);
     }
     return Status::Ok();
   });
-  if (registered) api_->unregister_buffer(handle_, dst.data());
   MC_RETURN_IF_ERROR(s);
   if (h.has_checksum() && hash.Digest() != h.checksum) {
     return DataLoss("checksum mismatch in the " + std::to_string(h.total_size) + "-byte value of '" +
@@ -177,21 +178,37 @@ Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHe
   return h.total_size;
 }
 
-Result<uint64_t> MooncakeStore::ReadLargeObject(const std::string& key, MutableBytes dst,
-                                                Deadline& deadline) {
-  if (!config_.client_address.empty()) {
-    return ResourceExhausted("'" + key + "' is one object of " + std::to_string(dst.size()) +
-                             " bytes, above chunk_size; in standalone-client mode raise chunk_size "
-                             "(MOONCAKE_CHUNK_SIZE) to read it");
+Result<uint64_t> MooncakeStore::ReadRegistered(
+    const std::string& key, const GetIntoRequest& target, uint64_t size,
+    const std::function<Result<uint64_t>(MutableBytes)>& read) {
+  Buffer scratch;
+  MutableBytes dst = target.destination.first(std::min<uint64_t>(size, target.destination.size()));
+  if (!target.head.empty()) {
+    MC_ASSIGN_OR_RETURN(scratch, Buffer::Allocate(size));
+    dst = scratch.bytes();
   }
   int rc = api_->register_buffer(handle_, dst.data(), dst.size());
   if (rc != 0) return Fail(rc, "register_buffer for '" + key + "'");
-  int64_t n = RetryTransient(deadline, [&] {
-    return api_->get_into(handle_, key.c_str(), dst.data(), dst.size());
-  });
+  Result<uint64_t> got = read(dst);
   api_->unregister_buffer(handle_, dst.data());
-  if (n < 0) return Fail(n, "get_into '" + key + "'");
-  return static_cast<uint64_t>(n);
+  if (got.ok() && !scratch.bytes().empty()) target.CopyAt(0, scratch.bytes().first(*got));
+  return got;
+}
+
+Result<uint64_t> MooncakeStore::ReadLargeObject(const std::string& key, const GetIntoRequest& target,
+                                                uint64_t size, Deadline& deadline) {
+  if (!config_.client_address.empty()) {
+    return ResourceExhausted("'" + key + "' is one object of " + std::to_string(size) +
+                             " bytes, above chunk_size; in standalone-client mode raise chunk_size "
+                             "(MOONCAKE_CHUNK_SIZE) to read it");
+  }
+  return ReadRegistered(key, target, size, [&](MutableBytes dst) -> Result<uint64_t> {
+    int64_t n = RetryTransient(deadline, [&] {
+      return api_->get_into(handle_, key.c_str(), dst.data(), dst.size());
+    });
+    if (n < 0) return Fail(n, "get_into '" + key + "'");
+    return static_cast<uint64_t>(n);
+  });
 }
 
 }  // namespace mooncake_connector::mooncake

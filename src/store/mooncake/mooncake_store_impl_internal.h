@@ -44,8 +44,9 @@ class MooncakeStore final : public Store {
   Result<Buffer> Get(std::string_view key) override;
 
  private:
-  // Where a value of `size` bytes goes; an error stops the read.
-  using Destination = std::function<Result<MutableBytes>(uint64_t size)>;
+  // Where a value of `size` bytes goes (checked to fit); an error stops the
+  // read.
+  using Destination = std::function<Result<GetIntoRequest>(uint64_t size)>;
 
   uint64_t slot_size() const { return config_.chunk_size; }
   Deadline NewDeadline() const { return Deadline(config_.op_timeout); }
@@ -75,9 +76,20 @@ class MooncakeStore final : public Store {
 
   // mooncake_read.cc
   Result<uint64_t> ReadValue(const std::string& key, const Destination& destination);
-  Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h, MutableBytes dst,
-                              Deadline& deadline);
-  Result<uint64_t> ReadLargeObject(const std::string& key, MutableBytes dst, Deadline& deadline);
+  Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h,
+                              const GetIntoRequest& target, Deadline& deadline);
+  Result<uint64_t> ReadLargeObject(const std::string& key, const GetIntoRequest& target,
+                                   uint64_t size, Deadline& deadline);
+  // Reads the chunks through the staging slots into `target`, or (target
+  // null) straight into `registered`.
+  Result<uint64_t> ReadChunksInto(const std::string& key, const ChunkHeader& h,
+                                  MutableBytes registered, const GetIntoRequest* target,
+                                  Deadline& deadline);
+  // Reads straight into registered memory: the target's destination, or a
+  // temporary buffer when it scatters (then copied to it).
+  Result<uint64_t> ReadRegistered(const std::string& key, const GetIntoRequest& target,
+                                  uint64_t size,
+                                  const std::function<Result<uint64_t>(MutableBytes)>& read);
 
   // mooncake_write.cc
   Status PutOne(const PutRequest& r, const ReplicateConfig& replicate);
