@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "mooncake_connector/buffer.h"
 #include "mooncake_connector/export.h"
@@ -45,6 +46,16 @@ struct TensorLayout {
   uint64_t data_begin;  // absolute offset of the tensor bytes in the value
   uint64_t data_end;
 };
+
+struct NamedTensorLayout {
+  std::string name;
+  TensorLayout layout;
+};
+
+// Validates a safetensors file (a *.safetensors shard, or a value) as the
+// spec demands, but for the rule that it holds "tensor_bytes", and returns
+// its tensors ordered by data offset. DataLoss, with the reason, otherwise.
+MC_EXPORT Result<std::vector<NamedTensorLayout>> ParseSafetensors(ConstBytes file);
 
 // Validates a whole value as the spec demands and locates "tensor_bytes".
 // DataLoss, with the reason, for anything malformed.

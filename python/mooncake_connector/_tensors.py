@@ -52,11 +52,17 @@ def as_cpu_tensor(value: Any) -> torch.Tensor:
     return value.detach().contiguous()
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype (``ValueError`` if it has none)."""
+    name = _TORCH_TO_NAME.get(dtype)
+    if name is None:
+        raise ValueError(f"dtype {dtype} has no safetensors equivalent")
+    return name
+
+
 def to_wire(tensor: torch.Tensor) -> tuple[np.ndarray, str, list[int]]:
     """(bytes as a uint8 array, dtype name, shape) for a contiguous CPU tensor."""
-    name = _TORCH_TO_NAME.get(tensor.dtype)
-    if name is None:
-        raise ValueError(f"dtype {tensor.dtype} has no safetensors equivalent")
+    name = dtype_name(tensor.dtype)
     flat = tensor.reshape(-1).view(torch.uint8)  # zero-copy for contiguous input
     return flat.numpy(), name, list(tensor.shape)
 

@@ -3,12 +3,13 @@ core. Only type conversion happens here."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import os
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
 
-from . import _impl
+from . import _impl, _model
 from ._errors import InvalidArgumentError
 from ._tensors import as_cpu_tensor, from_wire, to_wire
 
@@ -71,6 +72,89 @@ class MooncakeConnector:
     def model_name(self) -> str:
         """The URL path: a model name or key prefix."""
         return self._impl.model_name
+
+    # -- model weights (the URL path names the model) ---------------------
+    def weight_iterator(self, rank: int = 0, *, verify: bool = True,
+                        batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                        progress: Optional[Callable[[int, int], None]] = None,
+                        ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yields ``(name, tensor)`` for every tensor of tensor-parallel rank
+        ``rank`` (keys ``{model}/keys/rank_{rank}/{name}``), on this
+        connector's device, read in batches of up to ``batch_bytes`` straight
+        into the tensors' memory. With a manifest, each tensor is checked
+        against it (dtype, shape and, unless ``verify=False``, its checksum)
+        and a tensor the store lost is ``DataLossError`` naming it; without
+        one (a model SGLang wrote), the keys are listed."""
+        return _model.weight_iterator(self._model(), rank, device=self.device, verify=verify,
+                                      batch_bytes=batch_bytes, progress=progress)
+
+    def load_state_dict(self, rank: int = 0, device: str | torch.device | None = None, *,
+                        verify: bool = True, batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                        progress: Optional[Callable[[int, int], None]] = None,
+                        ) -> dict[str, torch.Tensor]:
+        """The rank's tensors as a dict (tied weights share storage), on
+        ``device`` (default: this connector's)."""
+        return _model.load_state_dict(self._model(), rank, device=device or self.device,
+                                      verify=verify, batch_bytes=batch_bytes, progress=progress)
+
+    def load_into(self, tensors: Mapping[str, torch.Tensor], rank: int = 0, *, verify: bool = True,
+                  strict: bool = True, batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                  progress: Optional[Callable[[int, int], None]] = None) -> list[str]:
+        """Fills tensors the caller allocated (an engine's parameters) in
+        place, without allocating: contiguous CPU tensors are read into
+        directly. Every name must be stored with the same dtype and shape.
+        Returns the stored names not asked for; ``strict`` (default) raises
+        ``KeyError`` if there are any."""
+        return _model.load_into(self._model(), rank, tensors, verify=verify, strict=strict,
+                                batch_bytes=batch_bytes, progress=progress)
+
+    def save_state_dict(self, state_dict: Mapping[str, Any], rank: int = 0, *, world_size: int = 1,
+                        batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                        progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Stores rank ``rank``'s whole state dict in SGLang's layout plus a
+        manifest, in batches. Tensors sharing storage are stored once. Saving
+        again resumes an interrupted save (values already stored with the same
+        checksum are skipped) and removes the rank's tensors ``state_dict``
+        lacks."""
+        _model.save_state_dict(self._model(), rank, state_dict, world_size=world_size,
+                               batch_bytes=batch_bytes, progress=progress)
+
+    def save_files(self, files: Mapping[str, bytes], *,
+                   progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Stores ``{relative path: bytes}`` under ``{model}/files/`` with a
+        manifest (the same resume and cleanup rules as tensors)."""
+        paths = list(files)
+        arrays = [np.frombuffer(memoryview(files[p]).cast("B"), dtype=np.uint8) if len(files[p])
+                  else np.empty(0, dtype=np.uint8) for p in paths]
+        self._model().save_files(paths, arrays, _model.DEFAULT_BATCH_BYTES, progress)
+
+    def save_directory(self, path: str | os.PathLike[str], *,
+                       progress: Optional[Callable[[int, int], None]] = None) -> None:
+        """Stores a Hugging Face style model directory as rank 0: the
+        tensors of its ``*.safetensors`` shards and its other files (configs,
+        tokenizer, templates; not hidden files or other weight formats)."""
+        self._model().save_directory(os.fspath(path), _model.DEFAULT_BATCH_BYTES, progress)
+
+    def inspect_model(self) -> dict[str, Any]:
+        """What is stored of this model: ranks, sizes, manifest parts, and
+        why it is not complete if it is not."""
+        return self._model().inspect()
+
+    def verify_model(self, *, progress: Optional[Callable[[int, int], None]] = None) -> dict[str, Any]:
+        """Reads every tensor and file back and checks it against the
+        manifest; ``problems`` lists what does not match."""
+        return self._model().verify(progress)
+
+    def remove_model(self) -> int:
+        """Removes this model (manifest first); returns the keys removed."""
+        return self._model().remove()
+
+    def list_models(self) -> list[dict[str, Any]]:
+        """The models stored under this URL's path (all when it is empty)."""
+        return _impl.list_models(self._impl)
+
+    def _model(self) -> "_impl.Model":
+        return _impl.Model.open(self._impl)
 
     # -- BaseConnector -----------------------------------------------------
     def get_local_dir(self) -> str:

@@ -4,13 +4,17 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/map.h>
+#include <nanobind/stl/function.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include <cstring>
 
 #include "mooncake_connector/connector.h"
+#include "mooncake_connector/model.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "mooncake_connector/value_format.h"
 #include "mooncake_provider.h"
@@ -76,6 +80,108 @@ class PyConnector {
 
  private:
   std::unique_ptr<Connector> c_;
+};
+
+using WritableBytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+ConstBytes AsConst(const ByteArray& a) {
+  return ConstBytes(reinterpret_cast<const std::byte*>(a.data()), a.size());
+}
+
+// A Python progress callable, called from C++ with the GIL taken; None: none.
+ProgressFn Progress(nb::object callback) {
+  if (callback.is_none()) return {};
+  auto held = std::make_shared<nb::object>(std::move(callback));
+  return [held](uint64_t done, uint64_t total) {
+    nb::gil_scoped_acquire gil;
+    (*held)(done, total);
+  };
+}
+
+nb::dict ManifestDict(const ManifestPart& p) {
+  nb::dict d;
+  d["state"] = p.state == SaveState::kComplete ? "complete" : "saving";
+  d["created"] = p.created;
+  d["tool"] = p.tool;
+  d["format_version"] = p.format_version;
+  d["world_size"] = p.world_size;
+  d["bytes"] = p.StoredBytes();
+  if (p.rank) {
+    d["rank"] = *p.rank;
+    d["tensors"] = p.tensors.size();
+  } else {
+    d["files"] = p.files.size();
+  }
+  return d;
+}
+
+nb::dict InfoDict(const ModelInfo& m) {
+  nb::dict d;
+  d["name"] = m.name;
+  d["has_manifest"] = m.has_manifest;
+  d["complete"] = m.complete;
+  d["world_size"] = m.world_size;
+  d["ranks"] = m.ranks;
+  d["bytes"] = m.bytes;
+  d["tensors"] = m.tensors;
+  d["files"] = m.files;
+  d["created"] = m.created;
+  d["tool"] = m.tool;
+  d["problems"] = m.problems;
+  nb::list parts;
+  for (const ManifestPart& p : m.parts) parts.append(ManifestDict(p));
+  d["parts"] = parts;
+  return d;
+}
+
+class PyModelReader {
+ public:
+  explicit PyModelReader(std::unique_ptr<ModelReader> r) : r_(std::move(r)) {}
+
+  // [(name, dtype name or None, shape or None, nbytes, alias_of)]
+  nb::list Tensors() const {
+    nb::list out;
+    for (const ManifestTensor& t : r_->tensors()) {
+      if (r_->has_manifest()) {
+        out.append(nb::make_tuple(t.name, std::string(DTypeName(t.dtype)), t.shape, t.nbytes, t.alias_of));
+      } else {
+        out.append(nb::make_tuple(t.name, nb::none(), nb::none(), nb::none(), ""));
+      }
+    }
+    return out;
+  }
+
+  // [(name, uint8 array, dtype name, shape)]; empty at the end.
+  nb::list NextBatch() {
+    Result<std::vector<NamedTensor>> r = std::vector<NamedTensor>();
+    {
+      nb::gil_scoped_release release;
+      r = r_->NextBatch();
+    }
+    nb::list out;
+    for (NamedTensor& t : Unwrap(std::move(r))) {
+      out.append(nb::make_tuple(t.name, BytesArray(t.tensor.buffer()), std::string(DTypeName(t.tensor.dtype())),
+                                t.tensor.shape()));
+    }
+    return out;
+  }
+
+  std::vector<std::string> LoadInto(const std::vector<std::string>& names, std::vector<WritableBytes> arrays,
+                                    const std::vector<std::string>& dtypes,
+                                    const std::vector<std::vector<int64_t>>& shapes) {
+    std::vector<TensorDestination> dests;
+    for (size_t i = 0; i < names.size(); ++i) {
+      dests.push_back({names[i], Unwrap(ParseDType(dtypes[i])), shapes[i],
+                       MutableBytes(reinterpret_cast<std::byte*>(arrays[i].data()), arrays[i].size())});
+    }
+    nb::gil_scoped_release release;
+    return Unwrap(r_->LoadInto(dests));
+  }
+
+  ModelReader& get() { return *r_; }
+
+ private:
+  std::unique_ptr<ModelReader> r_;
 };
 
 // Result<T> -> T (or raise) for methods that run without the GIL.
@@ -205,4 +311,111 @@ NB_MODULE(_impl, m) {
       .def_prop_ro("url", [](PyConnector& s) { return s.get().url().ToString(); })
       .def_prop_ro("model_name", [](PyConnector& s) { return s.get().model_name(); })
       .def_prop_ro("device", [](PyConnector& s) { return s.get().device(); });
+
+  m.def("list_models", [](PyConnector& c) {
+    Result<std::vector<ModelInfo>> r = std::vector<ModelInfo>();
+    {
+      nb::gil_scoped_release release;
+      r = ListModels(c.get());
+    }
+    nb::list out;
+    for (const ModelInfo& m : Unwrap(std::move(r))) out.append(InfoDict(m));
+    return out;
+  });
+  m.def("tool_version", &ToolVersion);
+
+  nb::class_<PyModelReader>(m, "ModelReader")
+      .def("tensors", &PyModelReader::Tensors)
+      .def("next_batch", &PyModelReader::NextBatch)
+      .def("load_into", &PyModelReader::LoadInto)
+      .def_prop_ro("has_manifest", [](PyModelReader& r) { return r.get().has_manifest(); })
+      .def_prop_ro("total_bytes", [](PyModelReader& r) { return r.get().total_bytes(); });
+
+  nb::class_<Model>(m, "Model")
+      .def_static("open", [](PyConnector& c) { return Unwrap(Model::Open(c.get())); }, nb::keep_alive<0, 1>())
+      .def_prop_ro("name", &Model::name)
+      .def("tensor_key", &Model::TensorKey)
+      .def("file_key", &Model::FileKey)
+      .def("save_state_dict",
+           [](Model& model, int rank, const std::vector<std::string>& names, std::vector<ByteArray> arrays,
+              const std::vector<std::string>& dtypes, const std::vector<std::vector<int64_t>>& shapes,
+              int world_size, uint64_t batch_bytes, nb::object progress) {
+             std::vector<NamedTensorView> views;
+             for (size_t i = 0; i < names.size(); ++i) {
+               views.push_back({names[i], Unwrap(MakeTensorView(Unwrap(ParseDType(dtypes[i])), shapes[i],
+                                                                AsConst(arrays[i])))});
+             }
+             SaveOptions o;
+             o.world_size = world_size;
+             o.batch_bytes = batch_bytes;
+             o.progress = Progress(std::move(progress));
+             nb::gil_scoped_release release;
+             Check(model.SaveStateDict(rank, views, o));
+           },
+           nb::arg("rank"), nb::arg("names"), nb::arg("arrays"), nb::arg("dtypes"), nb::arg("shapes"),
+           nb::arg("world_size"), nb::arg("batch_bytes"), nb::arg("progress").none())
+      .def("save_files",
+           [](Model& model, const std::vector<std::string>& paths, std::vector<ByteArray> arrays,
+              uint64_t batch_bytes, nb::object progress) {
+             std::vector<FileContent> files;
+             for (size_t i = 0; i < paths.size(); ++i) files.push_back({paths[i], AsConst(arrays[i])});
+             SaveOptions o;
+             o.batch_bytes = batch_bytes;
+             o.progress = Progress(std::move(progress));
+             nb::gil_scoped_release release;
+             Check(model.SaveFiles(files, o));
+           },
+           nb::arg("paths"), nb::arg("arrays"), nb::arg("batch_bytes"), nb::arg("progress").none())
+      .def("save_directory",
+           [](Model& model, const std::string& dir, uint64_t batch_bytes, nb::object progress) {
+             SaveOptions o;
+             o.batch_bytes = batch_bytes;
+             o.progress = Progress(std::move(progress));
+             nb::gil_scoped_release release;
+             Check(model.SaveDirectory(dir, o));
+           },
+           nb::arg("dir"), nb::arg("batch_bytes"), nb::arg("progress").none())
+      .def("inspect",
+           [](Model& model) {
+             Result<ModelInfo> r = ModelInfo();
+             {
+               nb::gil_scoped_release release;
+               r = model.Inspect();
+             }
+             return InfoDict(Unwrap(std::move(r)));
+           })
+      .def("verify",
+           [](Model& model, nb::object progress) {
+             ProgressFn p = Progress(std::move(progress));
+             Result<VerifyReport> r = VerifyReport();
+             {
+               nb::gil_scoped_release release;
+               r = model.Verify(p);
+             }
+             VerifyReport v = Unwrap(std::move(r));
+             nb::dict d;
+             d["tensors"] = v.tensors;
+             d["files"] = v.files;
+             d["bytes"] = v.bytes;
+             d["problems"] = v.problems;
+             return d;
+           },
+           nb::arg("progress").none())
+      .def("remove", [](Model& model) { return Unwrap(model.Remove()); },
+           nb::call_guard<nb::gil_scoped_release>())
+      .def("reader",
+           [](Model& model, int rank, bool verify, uint64_t batch_bytes, nb::object progress) {
+             LoadOptions o;
+             o.verify = verify;
+             o.batch_bytes = batch_bytes;
+             o.progress = Progress(std::move(progress));
+             Result<std::unique_ptr<ModelReader>> r = std::unique_ptr<ModelReader>();
+             {
+               nb::gil_scoped_release release;
+               r = model.OpenReader(rank, o);
+             }
+             return new PyModelReader(Unwrap(std::move(r)));
+           },
+           nb::arg("rank"), nb::arg("verify"), nb::arg("batch_bytes"), nb::arg("progress").none(),
+           nb::keep_alive<0, 1>());
 }

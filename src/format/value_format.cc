@@ -34,10 +34,7 @@ Result<uint64_t> ToUnsigned(const json& j, const char* what) {
   return j.get<uint64_t>();
 }
 
-struct Entry {
-  std::string name;
-  TensorLayout layout;
-};
+using Entry = NamedTensorLayout;
 
 Result<Entry> ParseEntry(const std::string& name, const json& j, uint64_t data_start,
                          uint64_t data_len) {
@@ -99,7 +96,7 @@ Result<EncodedTensor> EncodeTensor(const TensorView& tensor) {
   return out;
 }
 
-Result<TensorLayout> ParseTensorValue(ConstBytes value) {
+Result<std::vector<NamedTensorLayout>> ParseSafetensors(ConstBytes value) {
   if (value.size() < kLengthBytes) return Corrupt("shorter than the 8-byte header length");
   uint64_t header_len = LoadLE64(value.data());
   if (header_len > kMaxHeaderBytes) {
@@ -165,6 +162,11 @@ Result<TensorLayout> ParseTensorValue(ConstBytes value) {
     return Corrupt("tensors cover " + std::to_string(cursor - data_start) + " bytes but the data "
                    "section holds " + std::to_string(data_len) + " (truncated or trailing bytes)");
   }
+  return entries;
+}
+
+Result<TensorLayout> ParseTensorValue(ConstBytes value) {
+  MC_ASSIGN_OR_RETURN(std::vector<NamedTensorLayout> entries, ParseSafetensors(value));
   for (Entry& e : entries) {
     if (e.name == kTensorName) return std::move(e.layout);
   }

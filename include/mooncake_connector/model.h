@@ -1,0 +1,259 @@
+// Model weights and files in a store, in SGLang's layout, with a manifest.
+// Normative description: docs/model_layout.md.
+//
+//   {model}/keys/rank_{r}/{param}   one tensor value per parameter (SGLang's)
+//   {model}/files/{relative path}   raw file bytes (SGLang's)
+//   {model}/manifest/rank_{r}.json  our manifest of rank r's tensors
+//   {model}/manifest/files.json     our manifest of the files
+//
+//   auto c = Connector::Create("mooncake:///org/model");
+//   Model m = Model::Open(**c).value();
+//   m.SaveDirectory("/models/org/model", {});          // rank 0 + files
+//   auto reader = m.OpenReader(0, {});                  // batches of tensors
+//
+// A manifest part is written with state "saving" before the first value and
+// rewritten with state "complete" after the last, so a save that fails or is
+// killed never looks complete; saving again resumes (values already stored
+// with the same checksum are skipped) and finishes it. Models without a
+// manifest (written by SGLang itself, or by hand) load by listing.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mooncake_connector/connector.h"
+#include "mooncake_connector/export.h"
+#include "mooncake_connector/status.h"
+#include "mooncake_connector/store.h"
+#include "mooncake_connector/tensor.h"
+
+namespace mooncake_connector {
+
+inline constexpr int kManifestFormatVersion = 1;
+
+// "mooncake-connector X.Y.Z": written into manifests.
+MC_EXPORT std::string ToolVersion();
+
+struct ManifestTensor {
+  std::string name;
+  DType dtype = DType::kU8;
+  Shape shape;
+  uint64_t nbytes = 0;
+  uint64_t checksum = 0;  // XXH3-64 of the tensor bytes
+  // Non-empty: this tensor shares storage with the named one; only that one
+  // is stored, and loads give both names the same tensor.
+  std::string alias_of;
+};
+
+struct ManifestFile {
+  std::string path;  // relative, '/'-separated
+  uint64_t size = 0;
+  uint64_t checksum = 0;  // XXH3-64 of the bytes
+};
+
+enum class SaveState { kSaving, kComplete };
+
+// One manifest object: a rank's tensors or the model's files.
+struct ManifestPart {
+  int format_version = kManifestFormatVersion;
+  std::string tool;
+  std::string created;  // UTC, ISO 8601 (when this save started)
+  SaveState state = SaveState::kSaving;
+  std::optional<int> rank;  // set for a rank part, unset for the files part
+  int world_size = 1;       // ranks the model was saved for
+  std::vector<ManifestTensor> tensors;
+  std::vector<ManifestFile> files;
+
+  uint64_t StoredBytes() const;  // tensors (aliases once) and files
+};
+
+// JSON text of a part, and its strict parser (the bytes come from the store:
+// untrusted). DataLoss naming what is wrong.
+MC_EXPORT std::string EncodeManifest(const ManifestPart& part);
+MC_EXPORT Result<ManifestPart> ParseManifest(std::string_view json_text);
+
+// Called with (bytes done, bytes in all) as work proceeds; may be called from
+// the thread that runs the operation only.
+using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
+
+struct SaveOptions {
+  int world_size = 1;
+  WriteOptions write;
+  // One batched store call moves at most this many bytes (and at least one
+  // value).
+  uint64_t batch_bytes = uint64_t{256} << 20;
+  ProgressFn progress;
+};
+
+struct LoadOptions {
+  bool verify = true;  // check each tensor's checksum against the manifest
+  uint64_t batch_bytes = uint64_t{256} << 20;
+  ProgressFn progress;
+};
+
+struct NamedTensorView {
+  std::string name;
+  TensorView tensor;
+};
+
+struct NamedTensor {
+  std::string name;
+  Tensor tensor;
+};
+
+// A destination for LoadInto: memory the caller owns, with the dtype and
+// shape it expects.
+struct TensorDestination {
+  std::string name;
+  DType dtype = DType::kU8;
+  Shape shape;
+  MutableBytes bytes;
+};
+
+struct FileContent {
+  std::string path;  // relative
+  ConstBytes bytes;
+};
+
+// What ls/inspect show about a model.
+struct ModelInfo {
+  std::string name;
+  bool has_manifest = false;
+  bool complete = false;  // every part complete and every rank present
+  int world_size = 0;
+  std::vector<int> ranks;  // ranks with stored tensors or a manifest part
+  uint64_t bytes = 0;      // from the manifest; 0 without one
+  uint64_t tensors = 0;
+  uint64_t files = 0;
+  std::string created;
+  std::string tool;
+  std::vector<ManifestPart> parts;  // as stored
+  std::vector<std::string> problems;  // why it is not complete
+};
+
+struct VerifyReport {
+  uint64_t tensors = 0;
+  uint64_t files = 0;
+  uint64_t bytes = 0;
+  std::vector<std::string> problems;  // empty: every value matched
+};
+
+class ModelReader;
+
+class MC_EXPORT Model {
+ public:
+  // The model the connector's URL path names. InvalidArgument when the path
+  // is empty.
+  static Result<Model> Open(Connector& connector);
+
+  const std::string& name() const { return name_; }
+  std::string TensorKey(int rank, std::string_view param) const;
+  std::string FileKey(std::string_view path) const;
+  std::string ManifestKey(std::optional<int> rank) const;
+
+  // Stores rank `rank`'s whole state dict (names unique, valid in a key).
+  // Tensors sharing storage (same data pointer, dtype and shape) are stored
+  // once. Values already stored with the same checksum are not written again;
+  // stored tensors of this rank that `tensors` lacks are removed at the end.
+  Status SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
+                       const SaveOptions& options = {});
+  // Stores files under {model}/files/ (same resume and cleanup rules).
+  Status SaveFiles(std::span<const FileContent> files, const SaveOptions& options = {});
+  // A Hugging Face style directory as rank 0: the tensors of every
+  // *.safetensors shard (checked against model.safetensors.index.json when
+  // present) and every other regular file but hidden ones and other weight
+  // formats (*.bin, *.pt, *.pth, *.ckpt, *.h5, *.msgpack, *.gguf, *.onnx).
+  Status SaveDirectory(const std::string& dir, const SaveOptions& options = {});
+
+  // The manifest part, or nullopt when there is none.
+  Result<std::optional<ManifestPart>> ReadManifest(std::optional<int> rank);
+  Result<ModelInfo> Inspect();
+
+  // Reads every stored tensor and file back and checks it against the
+  // manifest (FailedPrecondition without one).
+  Result<VerifyReport> Verify(const ProgressFn& progress = {});
+
+  // Removes the model's tensors, files and manifest (manifest first, so the
+  // model stops looking complete before anything else goes). Returns the
+  // number of keys removed; NotFound when there was nothing.
+  Result<uint64_t> Remove();
+
+  Result<std::unique_ptr<ModelReader>> OpenReader(int rank, const LoadOptions& options = {});
+
+  Connector& connector() { return *connector_; }
+  // FailedPrecondition once the connector is closed.
+  Status CheckOpen() const;
+
+ private:
+  friend Result<std::vector<ModelInfo>> ListModels(Connector& connector);
+  struct SaveItem;
+  Model(Connector* c, std::string name) : connector_(c), name_(std::move(name)) {}
+  Status SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
+                    const SaveOptions& options);
+  Status WriteManifest(const ManifestPart& part, const WriteOptions& write);
+
+  Connector* connector_;
+  std::string name_;
+};
+
+// The models in a store: every name with a manifest or SGLang-layout keys.
+MC_EXPORT Result<std::vector<ModelInfo>> ListModels(Connector& connector);
+
+// Reads one rank of a model, in batches. Not thread-safe.
+class MC_EXPORT ModelReader {
+ public:
+  // The rank's tensors in stored order. From the manifest when there is one;
+  // otherwise from listing, with dtype and shape unknown until read.
+  const std::vector<ManifestTensor>& tensors() const { return tensors_; }
+  bool has_manifest() const { return has_manifest_; }
+  uint64_t total_bytes() const { return total_bytes_; }
+
+  // The next tensors (at most batch_bytes of them, at least one), read with
+  // one batched store call into new 64-byte aligned storage; empty when all
+  // were returned. Aliases come back sharing their target's storage.
+  Result<std::vector<NamedTensor>> NextBatch();
+
+  // Fills the caller's memory, no allocation for values that match the
+  // manifest. Every destination must name a tensor of the rank with the same
+  // dtype and shape (NotFound / InvalidArgument otherwise). Returns the names
+  // of the rank's tensors no destination asked for.
+  Result<std::vector<std::string>> LoadInto(std::span<const TensorDestination> destinations);
+
+  // Reads every stored tensor into scratch memory, batch by batch, checking
+  // each against the manifest (checksums too). One line per problem; empty
+  // when all is well. FailedPrecondition without a manifest.
+  Result<std::vector<std::string>> Check();
+
+ private:
+  friend class Model;
+  ModelReader(Model model, int rank, LoadOptions options)
+      : model_(model), rank_(rank), options_(std::move(options)) {}
+  // Reads tensors_[items[i]] into targets[i] with one batched store call,
+  // checking each against the manifest; one status per item.
+  std::vector<Status> ReadBatch(std::span<const size_t> items,
+                                std::span<const MutableBytes> targets);
+  // A tensor without a manifest entry: read whole and decoded.
+  Result<Tensor> ReadUnknown(size_t index);
+  size_t Canonical(size_t index) const;
+  void Report(uint64_t bytes);
+
+  Model model_;
+  int rank_;
+  LoadOptions options_;
+  std::vector<ManifestTensor> tensors_;
+  bool has_manifest_ = false;
+  uint64_t total_bytes_ = 0;
+  uint64_t done_bytes_ = 0;
+  size_t next_ = 0;
+  std::map<std::string, size_t> index_;          // name -> position in tensors_
+  std::map<size_t, Tensor> shared_;               // read tensors that aliases share
+};
+
+}  // namespace mooncake_connector

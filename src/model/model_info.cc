@@ -1,0 +1,193 @@
+// What is stored of a model (inspect, ls) and whether it is intact (verify).
+#include <algorithm>
+#include <set>
+
+#include "core/hash_internal.h"
+#include "model/model_internal.h"
+#include "mooncake_connector/model.h"
+
+namespace mooncake_connector {
+namespace {
+
+// "rank_3/..." -> 3; nullopt when `rest` does not start with a rank folder.
+std::optional<int> RankFolder(std::string_view rest) {
+  constexpr std::string_view kRank = "rank_";
+  if (rest.substr(0, kRank.size()) != kRank) return std::nullopt;
+  rest.remove_prefix(kRank.size());
+  size_t digits = 0;
+  int rank = 0;
+  while (digits < rest.size() && digits < 6 && rest[digits] >= '0' && rest[digits] <= '9') {
+    rank = rank * 10 + (rest[digits] - '0');
+    ++digits;
+  }
+  if (digits == 0 || digits >= rest.size() || rest[digits] != '/') return std::nullopt;
+  return rank;
+}
+
+// The model a key belongs to, by the first layout marker in it.
+std::optional<std::string> ModelOfKey(std::string_view key) {
+  size_t best = std::string_view::npos;
+  for (std::string_view marker : {"/keys/rank_", "/files/", "/manifest/"}) {
+    size_t at = key.find(marker);
+    if (at != std::string_view::npos && at > 0 && at < best) best = at;
+  }
+  if (best == std::string_view::npos) return std::nullopt;
+  return std::string(key.substr(0, best));
+}
+
+}  // namespace
+
+std::string ShapeText(const Shape& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+Result<ModelInfo> Model::Inspect() {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  Store& store = connector_->store();
+  ModelInfo info;
+  info.name = name_;
+  std::set<int> ranks;
+  MC_ASSIGN_OR_RETURN(std::vector<std::string> manifest_keys, store.List(name_ + "/manifest/"));
+  std::optional<int> world;
+  bool all_complete = true;
+  for (const std::string& key : manifest_keys) {
+    std::string_view rest = std::string_view(key).substr(name_.size() + std::string_view("/manifest/").size());
+    std::optional<int> rank;
+    if (rest != "files.json") {
+      if (rest.substr(0, 5) != "rank_" || rest.size() < 11 || rest.substr(rest.size() - 5) != ".json") continue;
+      std::string digits(rest.substr(5, rest.size() - 10));
+      if (digits.empty() || digits.size() > 6 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      rank = std::stoi(digits);
+    }
+    Result<std::optional<ManifestPart>> part = ReadManifest(rank);
+    if (!part.ok()) {
+      info.problems.push_back(std::string(part.status().message()));
+      all_complete = false;
+      continue;
+    }
+    if (!part->has_value()) continue;  // removed meanwhile
+    ManifestPart& p = **part;
+    info.has_manifest = true;
+    if (p.state != SaveState::kComplete) {
+      all_complete = false;
+      info.problems.push_back((rank ? "rank " + std::to_string(*rank) : std::string("the files")) +
+                              ": save started " + p.created + " is not complete");
+    }
+    if (rank) {
+      ranks.insert(*rank);
+      if (world && *world != p.world_size) {
+        info.problems.push_back("the ranks disagree on world_size");
+        all_complete = false;
+      }
+      world = p.world_size;
+      info.tensors += p.tensors.size();
+    } else {
+      info.files += p.files.size();
+    }
+    info.bytes += p.StoredBytes();
+    if (info.created.empty() || p.created < info.created) info.created = p.created;
+    info.tool = p.tool;
+    info.parts.push_back(std::move(p));
+  }
+  MC_ASSIGN_OR_RETURN(std::vector<std::string> tensor_keys, store.List(name_ + "/keys/"));
+  std::set<int> stored_ranks;
+  for (const std::string& key : tensor_keys) {
+    if (auto r = RankFolder(std::string_view(key).substr(name_.size() + 6))) stored_ranks.insert(*r);
+  }
+  ranks.insert(stored_ranks.begin(), stored_ranks.end());
+  info.ranks.assign(ranks.begin(), ranks.end());
+  info.world_size = world.value_or(static_cast<int>(ranks.empty() ? 0 : *ranks.rbegin() + 1));
+  if (info.has_manifest) {
+    for (int r = 0; r < info.world_size; ++r) {
+      bool have = std::any_of(info.parts.begin(), info.parts.end(),
+                              [&](const ManifestPart& p) { return p.rank == r; });
+      if (!have) {
+        info.problems.push_back("rank " + std::to_string(r) + " has no manifest");
+        all_complete = false;
+      }
+    }
+    info.complete = all_complete && world.has_value();
+    if (!world) info.problems.push_back("no rank has a manifest");
+  } else {
+    if (!info.ranks.empty()) {
+      MC_ASSIGN_OR_RETURN(std::vector<std::string> file_keys, store.List(name_ + "/files/"));
+      info.files = file_keys.size();
+      info.tensors = tensor_keys.size();
+    }
+    info.problems.push_back("no manifest (written by SGLang or by hand): loads by listing, unverified");
+  }
+  if (info.ranks.empty() && info.parts.empty()) {
+    return NotFound("no model '" + name_ + "' in " + store.url());
+  }
+  return info;
+}
+
+Result<VerifyReport> Model::Verify(const ProgressFn& progress) {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(ModelInfo info, Inspect());
+  if (!info.has_manifest) {
+    return FailedPrecondition("model '" + name_ + "' has no manifest: nothing to verify against");
+  }
+  VerifyReport report;
+  report.problems = info.problems;
+  uint64_t done = 0;
+  for (const ManifestPart& part : info.parts) {
+    if (part.rank) {
+      LoadOptions options;
+      options.verify = true;
+      if (progress) {
+        options.progress = [&, base = done](uint64_t d, uint64_t) { progress(base + d, info.bytes); };
+      }
+      // A part that is not complete is reported above; its tensors are not.
+      if (part.state != SaveState::kComplete) continue;
+      MC_ASSIGN_OR_RETURN(std::unique_ptr<ModelReader> reader, OpenReader(*part.rank, options));
+      MC_ASSIGN_OR_RETURN(std::vector<std::string> problems, reader->Check());
+      report.problems.insert(report.problems.end(), problems.begin(), problems.end());
+      report.tensors += part.tensors.size();
+      report.bytes += reader->total_bytes();
+      done += reader->total_bytes();
+      continue;
+    }
+    for (const ManifestFile& f : part.files) {
+      std::string key = FileKey(f.path);
+      Result<Buffer> got = connector_->store().Get(key);
+      if (got.status().code() == StatusCode::kNotFound) {
+        report.problems.push_back("file '" + f.path + "' is in the manifest but not in the store");
+      } else if (!got.ok()) {
+        return got.status().WithContext("reading file '" + f.path + "'");
+      } else if (got->size() != f.size || Xxh3(got->bytes()) != f.checksum) {
+        report.problems.push_back("file '" + f.path + "' differs from the manifest (" +
+                                  std::to_string(got->size()) + " bytes, manifest says " +
+                                  std::to_string(f.size) + "; or a checksum mismatch)");
+      }
+      ++report.files;
+      report.bytes += f.size;
+      done += f.size;
+      if (progress) progress(done, info.bytes);
+    }
+  }
+  return report;
+}
+
+Result<std::vector<ModelInfo>> ListModels(Connector& connector) {
+  if (connector.closed()) return FailedPrecondition("the connector is closed");
+  std::string prefix = connector.model_name();
+  MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, connector.store().List(prefix));
+  std::set<std::string> names;
+  for (const std::string& key : keys) {
+    if (auto m = ModelOfKey(key)) names.insert(*m);
+  }
+  std::vector<ModelInfo> out;
+  for (const std::string& name : names) {
+    Model model(&connector, name);
+    Result<ModelInfo> info = model.Inspect();
+    if (info.status().code() == StatusCode::kNotFound) continue;  // only stray keys, or removed meanwhile
+    MC_RETURN_IF_ERROR(info.status());
+    out.push_back(std::move(*info));
+  }
+  return out;
+}
+
+}  // namespace mooncake_connector

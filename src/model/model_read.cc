@@ -1,0 +1,281 @@
+// Loading a rank of a model: batched reads straight into tensor memory (the
+// value's header goes to scratch and is checked against the manifest), and
+// checksums verified against the manifest.
+#include <algorithm>
+#include <cstring>
+
+#include "core/hash_internal.h"
+#include "model/model_internal.h"
+#include "mooncake_connector/model.h"
+#include "mooncake_connector/value_format.h"
+
+namespace mooncake_connector {
+
+Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptions& options) {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  if (rank < 0) return InvalidArgument("rank " + std::to_string(rank) + " is negative");
+  std::unique_ptr<ModelReader> r(new ModelReader(*this, rank, options));
+  MC_ASSIGN_OR_RETURN(std::optional<ManifestPart> manifest, ReadManifest(rank));
+  if (manifest) {
+    if (manifest->state != SaveState::kComplete) {
+      return FailedPrecondition("the save of model '" + name_ + "' rank " + std::to_string(rank) +
+                                " (started " + manifest->created +
+                                ") is not complete: it failed or is still running; save again to "
+                                "resume it, or remove the model");
+    }
+    r->tensors_ = std::move(manifest->tensors);
+    r->has_manifest_ = true;
+    for (const ManifestTensor& t : r->tensors_) r->total_bytes_ += t.alias_of.empty() ? t.nbytes : 0;
+  } else {
+    std::string prefix = TensorKey(rank, "");
+    MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, connector_->store().List(prefix));
+    if (keys.empty()) {
+      return NotFound("model '" + name_ + "' has no tensors for rank " + std::to_string(rank) + " in " +
+                      connector_->store().url());
+    }
+    for (const std::string& key : keys) {
+      ManifestTensor t;
+      t.name = key.substr(prefix.size());
+      r->tensors_.push_back(std::move(t));
+    }
+  }
+  for (size_t i = 0; i < r->tensors_.size(); ++i) r->index_.emplace(r->tensors_[i].name, i);
+  return r;
+}
+
+size_t ModelReader::Canonical(size_t index) const {
+  const std::string& target = tensors_[index].alias_of;
+  return target.empty() ? index : index_.at(target);
+}
+
+void ModelReader::Report(uint64_t bytes) {
+  done_bytes_ += bytes;
+  if (options_.progress) options_.progress(done_bytes_, total_bytes_);
+}
+
+std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items,
+                                           std::span<const MutableBytes> targets) {
+  const size_t n = items.size();
+  std::vector<std::string> keys(n), expected(n), heads(n);
+  std::vector<GetIntoRequest> requests(n);
+  std::vector<Status> out(n);
+  for (size_t j = 0; j < n; ++j) {
+    const ManifestTensor& t = tensors_[items[j]];
+    keys[j] = model_.TensorKey(rank_, t.name);
+    Result<EncodedTensor> encoded = EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes});
+    if (!encoded.ok()) {
+      out[j] = encoded.status();
+      continue;
+    }
+    expected[j] = std::move(encoded->header);
+    heads[j].assign(expected[j].size(), '\0');
+    requests[j] = GetIntoRequest{keys[j], targets[j],
+                                 MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size())};
+  }
+  std::vector<Result<uint64_t>> got = model_.connector().store().BatchGetInto(requests);
+  for (size_t j = 0; j < n; ++j) {
+    if (!out[j].ok()) continue;
+    const ManifestTensor& t = tensors_[items[j]];
+    const std::string which = "tensor '" + t.name + "' (rank " + std::to_string(rank_) + " of model '" +
+                              model_.name() + "')";
+    const Result<uint64_t>& r = got[j];
+    if (r.status().code() == StatusCode::kNotFound) {
+      out[j] = DataLoss(which + " is in the manifest but not in the store (evicted under memory "
+                        "pressure, or removed)");
+    } else if (r.status().code() == StatusCode::kInvalidArgument) {
+      out[j] = DataLoss(which + " in the store does not match the manifest: " + std::string(r.status().message()));
+    } else if (!r.ok()) {
+      out[j] = r.status().WithContext("reading " + which);
+    } else if (*r != expected[j].size() + t.nbytes || heads[j] != expected[j]) {
+      out[j] = DataLoss(which + " in the store is not the tensor the manifest lists (another dtype or "
+                        "shape: overwritten?)");
+    } else if (t.dtype == DType::kBool &&
+               std::any_of(targets[j].begin(), targets[j].begin() + t.nbytes,
+                           [](std::byte b) { return b > std::byte{1}; })) {
+      out[j] = DataLoss(which + " has a BOOL element that is neither 0 nor 1");
+    } else if (options_.verify && Xxh3(targets[j].first(t.nbytes)) != t.checksum) {
+      out[j] = DataLoss("checksum mismatch in " + which + ": the stored bytes are corrupted");
+    }
+  }
+  return out;
+}
+
+Result<Tensor> ModelReader::ReadUnknown(size_t index) {
+  const ManifestTensor& t = tensors_[index];
+  std::string key = model_.TensorKey(rank_, t.name);
+  Result<Buffer> value = model_.connector().store().Get(key);
+  if (value.status().code() == StatusCode::kNotFound) {
+    return NotFound("tensor '" + t.name + "' of model '" + model_.name() + "' vanished while loading");
+  }
+  if (!value.ok()) return value.status().WithContext("reading tensor '" + t.name + "'");
+  Result<Tensor> tensor = DecodeTensor(*value);
+  if (!tensor.ok()) return tensor.status().WithContext("tensor '" + t.name + "'");
+  return tensor;
+}
+
+Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
+  MC_RETURN_IF_ERROR(model_.CheckOpen());
+  std::vector<NamedTensor> out;
+  if (!has_manifest_) {
+    uint64_t bytes = 0;
+    while (next_ < tensors_.size() && (out.empty() || bytes < options_.batch_bytes)) {
+      MC_ASSIGN_OR_RETURN(Tensor t, ReadUnknown(next_));
+      bytes += t.nbytes();
+      Report(t.nbytes());
+      out.push_back({tensors_[next_].name, std::move(t)});
+      ++next_;
+    }
+    return out;
+  }
+  // Which tensors are shared (alias targets): kept until the end.
+  if (next_ == 0) {
+    for (const ManifestTensor& t : tensors_) {
+      if (!t.alias_of.empty()) shared_.emplace(index_.at(t.alias_of), Tensor());
+    }
+  }
+  std::vector<size_t> read;  // canonical indices to read in this batch
+  std::vector<MutableBytes> targets;
+  std::map<size_t, Tensor> fresh;
+  uint64_t bytes = 0;
+  size_t end = next_;
+  for (; end < tensors_.size(); ++end) {
+    size_t c = Canonical(end);
+    auto shared = shared_.find(c);
+    bool have = fresh.count(c) != 0 || (shared != shared_.end() && shared->second.data() != nullptr);
+    if (have) continue;
+    const ManifestTensor& t = tensors_[c];
+    if (!read.empty() && bytes + t.nbytes > options_.batch_bytes) break;
+    MC_ASSIGN_OR_RETURN(Tensor tensor, Tensor::Allocate(t.dtype, t.shape));
+    read.push_back(c);
+    targets.push_back(MutableBytes(tensor.data(), tensor.nbytes()));
+    fresh.emplace(c, std::move(tensor));
+    bytes += t.nbytes;
+  }
+  std::vector<Status> results = ReadBatch(read, targets);
+  for (const Status& s : results) MC_RETURN_IF_ERROR(s);
+  for (auto& [c, tensor] : fresh) {
+    auto shared = shared_.find(c);
+    if (shared != shared_.end()) shared->second = tensor;
+  }
+  for (; next_ < end; ++next_) {
+    size_t c = Canonical(next_);
+    auto f = fresh.find(c);
+    out.push_back({tensors_[next_].name, f != fresh.end() ? f->second : shared_.at(c)});
+  }
+  Report(bytes);
+  return out;
+}
+
+Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDestination> destinations) {
+  MC_RETURN_IF_ERROR(model_.CheckOpen());
+  std::vector<size_t> which(destinations.size());
+  std::vector<bool> covered(tensors_.size(), false);
+  for (size_t i = 0; i < destinations.size(); ++i) {
+    const TensorDestination& d = destinations[i];
+    auto it = index_.find(d.name);
+    if (it == index_.end()) {
+      return NotFound("model '" + model_.name() + "' rank " + std::to_string(rank_) + " has no tensor '" +
+                      d.name + "'");
+    }
+    which[i] = it->second;
+    covered[it->second] = true;
+    MC_ASSIGN_OR_RETURN(uint64_t nbytes, NumBytes(d.dtype, d.shape));
+    if (nbytes != d.bytes.size()) {
+      return InvalidArgument("destination of '" + d.name + "' holds " + std::to_string(d.bytes.size()) +
+                             " bytes, its dtype and shape need " + std::to_string(nbytes));
+    }
+    const ManifestTensor& t = tensors_[it->second];
+    if (has_manifest_ && (t.dtype != d.dtype || t.shape != d.shape)) {
+      return InvalidArgument("tensor '" + d.name + "' is stored as " + std::string(DTypeName(t.dtype)) +
+                             ShapeText(t.shape) + " but the destination is " +
+                             std::string(DTypeName(d.dtype)) + ShapeText(d.shape));
+    }
+  }
+  if (!has_manifest_) {
+    for (size_t i = 0; i < destinations.size(); ++i) {
+      const TensorDestination& d = destinations[i];
+      MC_ASSIGN_OR_RETURN(Tensor t, ReadUnknown(which[i]));
+      if (t.dtype() != d.dtype || t.shape() != d.shape) {
+        return InvalidArgument("tensor '" + d.name + "' is stored as " + std::string(DTypeName(t.dtype())) +
+                               ShapeText(t.shape()) + " but the destination is " +
+                               std::string(DTypeName(d.dtype)) + ShapeText(d.shape));
+      }
+      if (t.nbytes() > 0) std::memcpy(d.bytes.data(), t.data(), t.nbytes());
+      Report(t.nbytes());
+    }
+  } else {
+    total_bytes_ = 0;
+    for (const TensorDestination& d : destinations) total_bytes_ += d.bytes.size();
+    // Each stored tensor is read once, into the first destination that wants
+    // it; other destinations of it (aliases) get a copy.
+    std::map<size_t, size_t> first_dest;
+    size_t next = 0;
+    while (next < destinations.size()) {
+      std::vector<size_t> read, dests;
+      std::vector<MutableBytes> targets;
+      uint64_t bytes = 0;
+      for (; next < destinations.size(); ++next) {
+        size_t c = Canonical(which[next]);
+        if (first_dest.count(c) != 0) continue;
+        if (!read.empty() && bytes + tensors_[c].nbytes > options_.batch_bytes) break;
+        first_dest.emplace(c, next);
+        read.push_back(c);
+        dests.push_back(next);
+        targets.push_back(destinations[next].bytes);
+        bytes += tensors_[c].nbytes;
+      }
+      std::vector<Status> results = ReadBatch(read, targets);
+      for (const Status& s : results) MC_RETURN_IF_ERROR(s);
+      Report(bytes);
+    }
+    for (size_t i = 0; i < destinations.size(); ++i) {
+      size_t from = first_dest.at(Canonical(which[i]));
+      if (from != i && destinations[i].bytes.data() != destinations[from].bytes.data() &&
+          !destinations[i].bytes.empty()) {
+        std::memcpy(destinations[i].bytes.data(), destinations[from].bytes.data(), destinations[i].bytes.size());
+        Report(destinations[i].bytes.size());
+      }
+    }
+  }
+  std::vector<std::string> missed;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (!covered[i]) missed.push_back(tensors_[i].name);
+  }
+  return missed;
+}
+
+Result<std::vector<std::string>> ModelReader::Check() {
+  MC_RETURN_IF_ERROR(model_.CheckOpen());
+  if (!has_manifest_) {
+    return FailedPrecondition("model '" + model_.name() + "' rank " + std::to_string(rank_) +
+                              " has no manifest to check against");
+  }
+  std::vector<std::string> problems;
+  size_t next = 0;
+  while (next < tensors_.size()) {
+    std::vector<size_t> read;
+    std::vector<MutableBytes> targets;
+    uint64_t bytes = 0;
+    for (; next < tensors_.size(); ++next) {
+      const ManifestTensor& t = tensors_[next];
+      if (!t.alias_of.empty()) continue;
+      if (!read.empty() && bytes + t.nbytes > options_.batch_bytes) break;
+      read.push_back(next);
+      bytes += t.nbytes;
+    }
+    MC_ASSIGN_OR_RETURN(Buffer scratch, Buffer::Allocate(bytes));
+    uint64_t at = 0;
+    for (size_t i : read) {
+      targets.push_back(scratch.bytes().subspan(at, tensors_[i].nbytes));
+      at += tensors_[i].nbytes;
+    }
+    std::vector<Status> results = ReadBatch(read, targets);
+    for (const Status& s : results) {
+      if (!s.ok()) problems.emplace_back(s.message());
+    }
+    Report(bytes);
+  }
+  return problems;
+}
+
+}  // namespace mooncake_connector

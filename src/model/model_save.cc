@@ -1,0 +1,452 @@
+// Saving a model: tensors per rank, files, a Hugging Face directory; and
+// removing one. The manifest part says "saving" before the first value and
+// "complete" after the last (docs/model_layout.md).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "connector/local_files_internal.h"
+#include "core/hash_internal.h"
+#include "model/model_internal.h"
+#include "mooncake_connector/model.h"
+#include "mooncake_connector/value_format.h"
+
+namespace mooncake_connector {
+
+struct Model::SaveItem {
+  std::string name;  // tensor name or file path
+  std::string key;
+  std::string header;  // the value's header (tensors), empty for files
+  ConstBytes data;
+  ManifestTensor tensor;  // for tensors
+  ManifestFile file;      // for files
+  bool alias = false;
+  uint64_t value_size() const { return header.size() + data.size(); }
+};
+
+namespace {
+
+std::string UtcNow() {
+  std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+bool SameValue(const ManifestTensor& a, const ManifestTensor& b) {
+  return a.alias_of.empty() && b.alias_of.empty() && a.dtype == b.dtype && a.shape == b.shape &&
+         a.nbytes == b.nbytes && a.checksum == b.checksum;
+}
+
+bool SameValue(const ManifestFile& a, const ManifestFile& b) {
+  return a.size == b.size && a.checksum == b.checksum;
+}
+
+// A read-only mapping of a whole file.
+class MappedFile {
+ public:
+  static Result<std::unique_ptr<MappedFile>> Open(const std::string& path) {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NotFound("cannot open '" + path + "': " + std::strerror(errno));
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) {
+      int e = errno;
+      ::close(fd);
+      return Internal("cannot stat '" + path + "': " + std::strerror(e));
+    }
+    auto f = std::unique_ptr<MappedFile>(new MappedFile());
+    f->size_ = static_cast<size_t>(st.st_size);
+    if (f->size_ > 0) {
+      void* p = ::mmap(nullptr, f->size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        int e = errno;
+        ::close(fd);
+        return ResourceExhausted("cannot map '" + path + "': " + std::strerror(e));
+      }
+      f->data_ = static_cast<std::byte*>(p);
+    }
+    ::close(fd);
+    return f;
+  }
+  ~MappedFile() {
+    if (data_ != nullptr) ::munmap(data_, size_);
+  }
+  ConstBytes bytes() const { return {data_, size_}; }
+
+ private:
+  MappedFile() = default;
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+bool IsOtherWeightFormat(const std::string& name) {
+  for (const char* ext : {".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"}) {
+    size_t n = std::strlen(ext);
+    if (name.size() >= n && name.compare(name.size() - n, n, ext) == 0) return true;
+  }
+  return false;
+}
+
+bool EndsWith(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+}  // namespace
+
+Result<Model> Model::Open(Connector& connector) {
+  std::string name = connector.model_name();
+  while (!name.empty() && name.back() == '/') name.pop_back();
+  if (name.empty()) {
+    return InvalidArgument("the URL names no model: give one as its path, e.g. mooncake:///org/model");
+  }
+  return Model(&connector, std::move(name));
+}
+
+Status Model::CheckOpen() const {
+  if (connector_->closed()) return FailedPrecondition("the connector of model '" + name_ + "' is closed");
+  return Status::Ok();
+}
+
+std::string Model::TensorKey(int rank, std::string_view param) const {
+  return name_ + "/keys/rank_" + std::to_string(rank) + "/" + std::string(param);
+}
+
+std::string Model::FileKey(std::string_view path) const { return name_ + "/files/" + std::string(path); }
+
+std::string Model::ManifestKey(std::optional<int> rank) const {
+  return name_ + (rank ? "/manifest/rank_" + std::to_string(*rank) + ".json" : "/manifest/files.json");
+}
+
+Result<std::optional<ManifestPart>> Model::ReadManifest(std::optional<int> rank) {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  std::string key = ManifestKey(rank);
+  Result<Buffer> got = connector_->store().Get(key);
+  if (got.status().code() == StatusCode::kNotFound) return std::optional<ManifestPart>();
+  if (!got.ok()) return got.status().WithContext("reading the manifest '" + key + "'");
+  std::string_view text(reinterpret_cast<const char*>(got->data()), got->size());
+  Result<ManifestPart> part = ParseManifest(text);
+  if (!part.ok()) return part.status().WithContext("'" + key + "'");
+  if (part->rank != rank) return DataLoss("'" + key + "' is the manifest of another part");
+  return std::optional<ManifestPart>(std::move(*part));
+}
+
+Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write) {
+  std::string text = EncodeManifest(part);
+  ConstBytes bytes(reinterpret_cast<const std::byte*>(text.data()), text.size());
+  return connector_->store().Put(ManifestKey(part.rank), bytes, write).WithContext("writing the manifest");
+}
+
+Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
+                         const SaveOptions& options) {
+  Store& store = connector_->store();
+  const std::string prefix = rank ? TensorKey(*rank, "") : FileKey("");
+  // What an earlier save (complete or interrupted) left: values with the
+  // same checksum that are still stored are not written again.
+  Result<std::optional<ManifestPart>> old = ReadManifest(rank);
+  if (!old.ok() && old.status().code() != StatusCode::kDataLoss) return old.status();
+
+  ManifestPart part;
+  part.tool = ToolVersion();
+  part.created = UtcNow();
+  part.rank = rank;
+  part.world_size = options.world_size;
+  if (rank && (*rank < 0 || *rank >= options.world_size)) {
+    return InvalidArgument("rank " + std::to_string(*rank) + " is not below world_size " +
+                           std::to_string(options.world_size));
+  }
+  uint64_t total = 0;
+  for (const SaveItem& it : items) total += it.alias ? 0 : it.value_size();
+
+  std::vector<size_t> candidates;
+  if (old.ok() && old->has_value()) {
+    const ManifestPart& was = **old;
+    std::map<std::string_view, size_t> tensors, files;
+    for (size_t i = 0; i < was.tensors.size(); ++i) tensors.emplace(was.tensors[i].name, i);
+    for (size_t i = 0; i < was.files.size(); ++i) files.emplace(was.files[i].path, i);
+    for (size_t i = 0; i < items.size(); ++i) {
+      const SaveItem& it = items[i];
+      if (it.alias) continue;
+      if (rank) {
+        auto f = tensors.find(it.name);
+        if (f != tensors.end() && SameValue(was.tensors[f->second], it.tensor)) candidates.push_back(i);
+      } else {
+        auto f = files.find(it.name);
+        if (f != files.end() && SameValue(was.files[f->second], it.file)) candidates.push_back(i);
+      }
+    }
+  }
+  std::vector<bool> done(items.size(), false);
+  uint64_t done_bytes = 0;
+  auto record = [&](size_t i) {
+    done[i] = true;
+    if (rank) {
+      part.tensors.push_back(items[i].tensor);
+    } else {
+      part.files.push_back(items[i].file);
+    }
+    done_bytes += items[i].value_size();
+  };
+  if (!candidates.empty()) {
+    std::vector<std::string_view> keys;
+    for (size_t i : candidates) keys.push_back(items[i].key);
+    std::vector<Result<bool>> present = store.BatchExists(keys);
+    for (size_t j = 0; j < candidates.size(); ++j) {
+      if (present[j].ok() && *present[j]) record(candidates[j]);
+    }
+  }
+  MC_RETURN_IF_ERROR(WriteManifest(part, options.write));
+  if (options.progress) options.progress(done_bytes, total);
+
+  // Batches of at most batch_bytes (at least one value), one store call each.
+  size_t next = 0;
+  while (next < items.size()) {
+    std::vector<size_t> batch;
+    std::vector<std::array<ConstBytes, 2>> parts;
+    uint64_t bytes = 0;
+    for (; next < items.size(); ++next) {
+      const SaveItem& it = items[next];
+      if (done[next] || it.alias) continue;
+      if (!batch.empty() && bytes + it.value_size() > options.batch_bytes) break;
+      batch.push_back(next);
+      bytes += it.value_size();
+    }
+    if (batch.empty()) break;
+    parts.reserve(batch.size());
+    std::vector<PutRequest> requests;
+    for (size_t i : batch) {
+      const SaveItem& it = items[i];
+      ConstBytes header(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size());
+      parts.push_back({header, it.data});
+      std::span<const ConstBytes> p(parts.back());
+      if (header.empty()) p = p.subspan(1);
+      requests.push_back(PutRequest{it.key, p});
+    }
+    std::vector<Status> results = store.BatchPut(requests, options.write);
+    for (size_t j = 0; j < batch.size(); ++j) {
+      if (!results[j].ok()) {
+        return results[j].WithContext("saving " + std::string(rank ? "tensor '" : "file '") +
+                                      items[batch[j]].name + "' of model '" + name_ +
+                                      "' (the save can be resumed by running it again)");
+      }
+      record(batch[j]);
+    }
+    MC_RETURN_IF_ERROR(WriteManifest(part, options.write));
+    if (options.progress) options.progress(done_bytes, total);
+  }
+
+  // Values this save does not have are stale: remove them, then publish.
+  std::set<std::string_view> wanted;
+  for (const SaveItem& it : items) {
+    if (!it.alias) wanted.insert(it.key);
+  }
+  MC_ASSIGN_OR_RETURN(std::vector<std::string> stored, store.List(prefix));
+  for (const std::string& key : stored) {
+    if (wanted.count(key) != 0) continue;
+    Status s = store.Remove(key);
+    if (!s.ok() && s.code() != StatusCode::kNotFound) return s.WithContext("removing stale '" + key + "'");
+  }
+  part.tensors.clear();
+  part.files.clear();
+  for (const SaveItem& it : items) {
+    if (rank) {
+      part.tensors.push_back(it.tensor);
+    } else {
+      part.files.push_back(it.file);
+    }
+  }
+  part.state = SaveState::kComplete;
+  return WriteManifest(part, options.write);
+}
+
+Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
+                            const SaveOptions& options) {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  std::vector<SaveItem> items;
+  items.reserve(tensors.size());
+  std::set<std::string_view> names;
+  // Tensors that share storage (same data, dtype and shape) are stored once.
+  std::map<std::tuple<const std::byte*, uint64_t, DType, Shape>, size_t> by_storage;
+  for (const NamedTensorView& t : tensors) {
+    if (t.name.empty()) return InvalidArgument("a tensor has an empty name");
+    if (!names.insert(t.name).second) return InvalidArgument("tensor '" + t.name + "' is given twice");
+    SaveItem it;
+    it.name = t.name;
+    it.key = TensorKey(rank, t.name);
+    MC_RETURN_IF_ERROR(ValidateKey(it.key).WithContext("tensor '" + t.name + "'"));
+    MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(t.tensor));
+    it.header = std::move(encoded.header);
+    it.data = encoded.data;
+    it.tensor = ManifestTensor{t.name, t.tensor.dtype, t.tensor.shape, t.tensor.nbytes, 0, ""};
+    if (t.tensor.nbytes > 0) {
+      auto [found, inserted] = by_storage.try_emplace(
+          std::make_tuple(t.tensor.data, t.tensor.nbytes, t.tensor.dtype, t.tensor.shape), items.size());
+      if (!inserted) {
+        it.alias = true;
+        it.tensor.alias_of = items[found->second].name;
+      }
+    }
+    items.push_back(std::move(it));
+  }
+  for (SaveItem& it : items) {
+    if (!it.alias) it.tensor.checksum = Xxh3(it.data);
+  }
+  for (SaveItem& it : items) {
+    if (it.alias) {
+      for (const SaveItem& target : items) {
+        if (target.name == it.tensor.alias_of) it.tensor.checksum = target.tensor.checksum;
+      }
+    }
+  }
+  return SaveValues(rank, items, options);
+}
+
+Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& options) {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  std::vector<SaveItem> items;
+  std::set<std::string_view> paths;
+  for (const FileContent& f : files) {
+    MC_RETURN_IF_ERROR(CheckStoredFileName(f.path).WithContext("saving files"));
+    if (!paths.insert(f.path).second) return InvalidArgument("file '" + f.path + "' is given twice");
+    SaveItem it;
+    it.name = f.path;
+    it.key = FileKey(f.path);
+    MC_RETURN_IF_ERROR(ValidateKey(it.key).WithContext("file '" + f.path + "'"));
+    it.data = f.bytes;
+    it.file = ManifestFile{f.path, f.bytes.size(), Xxh3(f.bytes)};
+    items.push_back(std::move(it));
+  }
+  return SaveValues(std::nullopt, items, options);
+}
+
+Status Model::SaveDirectory(const std::string& dir, const SaveOptions& options) {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return NotFound("'" + dir + "' is not a directory");
+  std::vector<std::string> shards, others;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec)) {
+    std::string rel = fs::relative(it->path(), dir, ec).generic_string();
+    if (ec) break;
+    std::string base = it->path().filename().string();
+    if (!base.empty() && base[0] == '.') {  // hidden files and folders (.git, .cache)
+      if (it->is_directory()) it.disable_recursion_pending();
+      continue;
+    }
+    if (!it->is_regular_file()) continue;  // follows symlinks (a Hugging Face cache's blobs)
+    if (EndsWith(base, ".safetensors")) {
+      shards.push_back(rel);
+    } else if (!IsOtherWeightFormat(base)) {
+      others.push_back(rel);
+    }
+  }
+  if (ec) return Internal("listing '" + dir + "': " + ec.message());
+  if (shards.empty()) return InvalidArgument("'" + dir + "' has no *.safetensors weights");
+  std::sort(shards.begin(), shards.end());
+  std::sort(others.begin(), others.end());
+
+  std::vector<std::unique_ptr<MappedFile>> mapped;
+  std::vector<NamedTensorView> tensors;
+  std::map<std::string, std::string> shard_of;
+  for (const std::string& rel : shards) {
+    MC_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> f, MappedFile::Open(dir + "/" + rel));
+    Result<std::vector<NamedTensorLayout>> layout = ParseSafetensors(f->bytes());
+    if (!layout.ok()) return layout.status().WithContext("shard '" + rel + "'");
+    for (NamedTensorLayout& e : *layout) {
+      ConstBytes data = f->bytes().subspan(e.layout.data_begin, e.layout.data_end - e.layout.data_begin);
+      MC_ASSIGN_OR_RETURN(TensorView view, MakeTensorView(e.layout.dtype, e.layout.shape, data));
+      if (!shard_of.emplace(e.name, rel).second) {
+        return InvalidArgument("tensor '" + e.name + "' is in both '" + shard_of[e.name] + "' and '" + rel + "'");
+      }
+      tensors.push_back({e.name, view});
+    }
+    mapped.push_back(std::move(f));
+  }
+  // Safetensors orders a file's tensors by name; keep that order overall.
+  std::stable_sort(tensors.begin(), tensors.end(),
+                   [](const NamedTensorView& a, const NamedTensorView& b) { return a.name < b.name; });
+  std::vector<std::unique_ptr<MappedFile>> file_maps;
+  std::vector<FileContent> files;
+  for (const std::string& rel : others) {
+    MC_ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> f, MappedFile::Open(dir + "/" + rel));
+    if (EndsWith(rel, "model.safetensors.index.json")) {
+      MC_RETURN_IF_ERROR(CheckShardIndex(f->bytes(), shard_of, rel));
+    }
+    files.push_back({rel, f->bytes()});
+    file_maps.push_back(std::move(f));
+  }
+  uint64_t tensor_bytes = 0;
+  for (const NamedTensorView& t : tensors) tensor_bytes += t.tensor.nbytes;
+  SaveOptions tensor_options = options;
+  SaveOptions file_options = options;
+  if (options.progress) {
+    // One progress over both parts.
+    uint64_t file_bytes = 0;
+    for (const FileContent& f : files) file_bytes += f.bytes.size();
+    tensor_options.progress = [&, file_bytes](uint64_t done, uint64_t total) {
+      options.progress(done, total + file_bytes);
+    };
+    file_options.progress = [&, tensor_bytes](uint64_t done, uint64_t total) {
+      options.progress(tensor_bytes + done, tensor_bytes + total);
+    };
+  }
+  tensor_options.world_size = 1;
+  file_options.world_size = 1;
+  MC_RETURN_IF_ERROR(SaveStateDict(0, tensors, tensor_options));
+  return SaveFiles(files, file_options);
+}
+
+Result<uint64_t> Model::Remove() {
+  MC_RETURN_IF_ERROR(CheckOpen());
+  Store& store = connector_->store();
+  uint64_t removed = 0;
+  // The manifest first: the model stops looking complete before values go.
+  for (const char* part : {"/manifest/", "/keys/", "/files/"}) {
+    MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, store.List(name_ + part));
+    for (const std::string& key : keys) {
+      Status s = store.Remove(key);
+      if (s.ok()) {
+        ++removed;
+      } else if (s.code() != StatusCode::kNotFound) {
+        return s.WithContext("removing '" + key + "' of model '" + name_ + "'");
+      }
+    }
+  }
+  if (removed == 0) return NotFound("no model '" + name_ + "' in " + store.url());
+  return removed;
+}
+
+Status CheckShardIndex(ConstBytes index, const std::map<std::string, std::string>& shard_of,
+                       const std::string& where) {
+  using nlohmann::json;
+  json j = json::parse(index.begin(), index.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+    return InvalidArgument("'" + where + "' has no weight_map object");
+  }
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    if (shard_of.count(it.key()) == 0) {
+      return InvalidArgument("'" + where + "' names tensor '" + it.key() + "', which no shard holds");
+    }
+  }
+  if (j["weight_map"].size() != shard_of.size()) {
+    return InvalidArgument("the shards hold " + std::to_string(shard_of.size()) + " tensors but '" + where +
+                           "' names " + std::to_string(j["weight_map"].size()));
+  }
+  return Status::Ok();
+}
+
+}  // namespace mooncake_connector
