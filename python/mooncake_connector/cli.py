@@ -1,13 +1,210 @@
-"""The ``mooncake-connector`` command."""
+"""The ``mooncake-connector`` command: save, load, list, inspect, verify and
+remove models in a Mooncake Store (or ``memory://``), move single keys and
+files, and run a local standalone instance.
+
+Exit codes: 0 success; 1 other errors; 2 bad usage; 3 not found; 4 data
+loss or a failed verify; 5 the store is unavailable; 130 interrupted.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import threading
+import time
+from typing import Any, Callable, Optional
 
 from . import standalone
+from ._errors import DataLossError, MooncakeConnectorError, NotFoundError, UnavailableError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DATA_LOSS, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+
+
+class _Progress:
+    """A tqdm byte bar on stderr (bytes, throughput, ETA); silent when stderr
+    is not a terminal or --quiet is given."""
+
+    def __init__(self, desc: str, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+            self._bar = tqdm(desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                             dynamic_ncols=True, disable=None, file=sys.stderr)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            if self._bar.total != total:
+                self._bar.total = total
+            self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _connect(url: str, device: Optional[str] = None):
+    from .connector import create_remote_connector
+    return create_remote_connector(url, device=device or "cpu")
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        print(text)
+
+
+def _run_with_progress(args: argparse.Namespace, desc: str,
+                       work: Callable[[Callable[[int, int], None]], Any]) -> Any:
+    bar = _Progress(desc, enabled=not args.quiet)
+    try:
+        return work(bar)
+    finally:
+        bar.close()
+
+
+def _save(args: argparse.Namespace) -> int:
+    with _connect(args.url) as c:
+        start = time.perf_counter()
+        _run_with_progress(args, "save", lambda p: c.save_directory(args.dir, progress=p))
+        seconds = time.perf_counter() - start
+        info = c.inspect_model()
+    rate = info["bytes"] / seconds / 1e9 if seconds > 0 else 0.0
+    _emit(args, {"model": info["name"], "bytes": info["bytes"], "tensors": info["tensors"],
+                 "files": info["files"], "seconds": seconds, "gb_per_s": rate},
+          f"saved {info['name']}: {info['tensors']} tensors, {info['files']} files, "
+          f"{_human(info['bytes'])} in {seconds:.2f} s ({rate:.2f} GB/s)")
+    return EXIT_OK
+
+
+def _load(args: argparse.Namespace) -> int:
+    with _connect(args.url, args.device) as c:
+        start = time.perf_counter()
+        tensors = _run_with_progress(
+            args, f"load rank {args.rank}",
+            lambda p: c.load_state_dict(args.rank, device=args.device, verify=not args.no_verify,
+                                        progress=p))
+        if args.device and args.device.startswith("cuda"):
+            import torch
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    seen: set[int] = set()
+    nbytes = 0
+    for t in tensors.values():
+        key = t.untyped_storage().data_ptr()
+        if key not in seen or t.numel() == 0:
+            seen.add(key)
+            nbytes += t.numel() * t.element_size()
+    rate = nbytes / seconds / 1e9 if seconds > 0 else 0.0
+    _emit(args, {"url": args.url, "rank": args.rank, "device": args.device or "cpu",
+                 "tensors": len(tensors), "bytes": nbytes, "seconds": seconds, "gb_per_s": rate,
+                 "verified": not args.no_verify},
+          f"loaded {len(tensors)} tensors, {_human(nbytes)} in {seconds:.3f} s "
+          f"({rate:.2f} GB/s) onto {args.device or 'cpu'}"
+          f"{'' if args.no_verify else ', checksums verified'}")
+    return EXIT_OK
+
+
+def _status(info: dict[str, Any]) -> str:
+    if not info["has_manifest"]:
+        return "no manifest"
+    return "complete" if info["complete"] else "incomplete"
+
+
+def _ls(args: argparse.Namespace) -> int:
+    with _connect(args.url) as c:
+        models = c.list_models()
+    rows = [{"name": m["name"], "bytes": m["bytes"], "ranks": m["ranks"], "world_size": m["world_size"],
+             "tensors": m["tensors"], "files": m["files"], "status": _status(m), "created": m["created"]}
+            for m in models]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return EXIT_OK
+    if not rows:
+        print("no models")
+        return EXIT_OK
+    width = max(len("MODEL"), *(len(r["name"]) for r in rows))
+    print(f"{'MODEL':<{width}}  {'SIZE':>11}  {'RANKS':>5}  {'TENSORS':>7}  {'FILES':>5}  STATUS")
+    for r in rows:
+        size = _human(r["bytes"]) if r["status"] != "no manifest" else "?"
+        print(f"{r['name']:<{width}}  {size:>11}  {len(r['ranks']):>5}  {r['tensors']:>7}  "
+              f"{r['files']:>5}  {r['status']}")
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    with _connect(args.url) as c:
+        info = c.inspect_model()
+    lines = [f"model      {info['name']}", f"status     {_status(info)}",
+             f"size       {_human(info['bytes'])}" if info["has_manifest"] else "size       unknown",
+             f"ranks      {info['ranks']} (world size {info['world_size']})",
+             f"tensors    {info['tensors']}", f"files      {info['files']}"]
+    if info["created"]:
+        lines += [f"created    {info['created']}", f"written by {info['tool']}"]
+    lines += [f"problem    {p}" for p in info["problems"]]
+    _emit(args, info, "\n".join(lines))
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    with _connect(args.url) as c:
+        report = _run_with_progress(args, "verify", lambda p: c.verify_model(progress=p))
+    ok = not report["problems"]
+    text = (f"{'OK' if ok else 'FAILED'}: {report['tensors']} tensors, {report['files']} files, "
+            f"{_human(report['bytes'])} read")
+    text += "".join(f"\n  {p}" for p in report["problems"])
+    _emit(args, {**report, "ok": ok}, text)
+    return EXIT_OK if ok else EXIT_DATA_LOSS
+
+
+def _rm(args: argparse.Namespace) -> int:
+    with _connect(args.url) as c:
+        if not args.key:
+            try:
+                removed = c.remove_model()
+                _emit(args, {"model": c.model_name, "removed_keys": removed},
+                      f"removed model {c.model_name} ({removed} keys)")
+                return EXIT_OK
+            except NotFoundError:
+                pass  # not a model: a key
+        if not c.remove(c.model_name):
+            raise NotFoundError(f"no model or key '{c.model_name}'")
+        _emit(args, {"key": c.model_name, "removed_keys": 1}, f"removed key {c.model_name}")
+    return EXIT_OK
+
+
+def _put(args: argparse.Namespace) -> int:
+    data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
+    with _connect(args.url) as c:
+        c.setbytes(c.model_name, data)
+        _emit(args, {"key": c.model_name, "bytes": len(data)}, f"stored {len(data)} bytes at {c.model_name}")
+    return EXIT_OK
+
+
+def _get(args: argparse.Namespace) -> int:
+    with _connect(args.url) as c:
+        data = c.getbytes(c.model_name)
+        if data is None:
+            raise NotFoundError(f"no key '{c.model_name}'")
+    if args.output in (None, "-"):
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        with open(args.output, "wb") as f:
+            f.write(data)
+        print(f"wrote {len(data)} bytes to {args.output}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _standalone(args: argparse.Namespace) -> int:
@@ -17,7 +214,7 @@ def _standalone(args: argparse.Namespace) -> int:
                                 lease_ttl_ms=args.lease_ttl_ms, log_dir=args.log_dir)
     except standalone.StandaloneError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -31,16 +228,56 @@ def _standalone(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             if not inst.alive():
                 print(f"error: a Mooncake process exited; see {inst.log_dir}", file=sys.stderr)
-                return 1
+                return EXIT_ERROR
     finally:
         inst.stop()
         print("stopped", flush=True)
-    return 0
+    return EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mooncake-connector", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print the result as JSON")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser = argparse.ArgumentParser(
+        prog="mooncake-connector", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="URLs: mooncake:///MODEL (master from MOONCAKE_MASTER), mooncake://HOST:PORT/MODEL, "
+               "memory://NAME/MODEL.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("save", parents=[common], help="store a Hugging Face model directory (rank 0)")
+    p.add_argument("dir")
+    p.add_argument("url")
+    p.set_defaults(func=_save)
+    p = sub.add_parser("load", parents=[common], help="load a model's rank and print the throughput")
+    p.add_argument("url")
+    p.add_argument("--rank", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")
+    p.add_argument("--no-verify", action="store_true", help="skip checksum verification")
+    p.set_defaults(func=_load)
+    p = sub.add_parser("ls", parents=[common], help="list models with size, ranks and status")
+    p.add_argument("url", nargs="?", default="mooncake://")
+    p.set_defaults(func=_ls)
+    p = sub.add_parser("inspect", parents=[common], help="show a model's manifest summary")
+    p.add_argument("url")
+    p.set_defaults(func=_inspect)
+    p = sub.add_parser("verify", parents=[common],
+                       help="read every tensor and file back and check it (exit 4 on a mismatch)")
+    p.add_argument("url")
+    p.set_defaults(func=_verify)
+    p = sub.add_parser("rm", parents=[common], help="remove a model (or, if none, the key)")
+    p.add_argument("url")
+    p.add_argument("--key", action="store_true", help="remove the key the URL path names, not a model")
+    p.set_defaults(func=_rm)
+    p = sub.add_parser("put", parents=[common], help="store a file's bytes at the key the URL path names")
+    p.add_argument("url")
+    p.add_argument("file", help="a file, or - for stdin")
+    p.set_defaults(func=_put)
+    p = sub.add_parser("get", parents=[common], help="write the value at the URL's key to stdout or a file")
+    p.add_argument("url")
+    p.add_argument("-o", "--output", default=None)
+    p.set_defaults(func=_get)
     p = sub.add_parser("standalone",
                        help="run a local mooncake_master + storage process on loopback until Ctrl-C")
     p.add_argument("--segment-size", default="1gb",
@@ -50,8 +287,28 @@ def main(argv: list[str] | None = None) -> int:
                    help="master's read lease in ms (default 1000; removes wait it out)")
     p.add_argument("--log-dir", default=None, help="where the processes log (default: a temp dir)")
     p.set_defaults(func=_standalone)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except DataLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DATA_LOSS
+    except UnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except (MooncakeConnectorError, OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":
