@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -149,7 +150,9 @@ Result<std::vector<NamedTensorLayout>> ParseSafetensors(ConstBytes value) {
   }
   // The data section must be covered exactly: no holes, no overlaps.
   std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
-    return a.layout.data_begin < b.layout.data_begin;
+    // Empty tensors sit at the offset where the next one begins.
+    return std::tie(a.layout.data_begin, a.layout.data_end) <
+           std::tie(b.layout.data_begin, b.layout.data_end);
   });
   uint64_t cursor = data_start;
   for (const Entry& e : entries) {

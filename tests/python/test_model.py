@@ -1,0 +1,333 @@
+"""Model weights: save (state dict, Hugging Face directory), load
+(weight_iterator, load_state_dict, load_into), the manifest, verify, remove,
+and what happens when the stored model is incomplete, corrupted or hostile.
+Each test runs on memory:// and on a real Mooncake (store_url)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import assert_bit_exact, random_tensor
+from model_fixtures import (EXPECTED_FILES, generated_state_dict, model_url, silero_vad_safetensors,
+                            write_hf_directory)
+from mooncake_connector import (DataLossError, FailedPreconditionError, InvalidArgumentError,
+                                NotFoundError, create_remote_connector)
+
+
+def assert_same_state_dict(actual: dict, expected: dict) -> None:
+    assert sorted(actual) == sorted(expected)
+    for name, t in expected.items():
+        assert_bit_exact(actual[name], t)
+
+
+@pytest.fixture
+def model(store_url):
+    c = create_remote_connector(model_url(store_url, "org/gen-model", chunked=True))
+    yield c
+    c.close()
+
+
+def test_state_dict_round_trip_every_load_path(model):
+    sd = generated_state_dict()
+    model.save_state_dict(sd)
+    info = model.inspect_model()
+    assert info["complete"] and info["has_manifest"] and info["ranks"] == [0]
+    assert info["tensors"] == len(sd)
+    assert info["bytes"] == sum(t.numel() * t.element_size() for t in sd.values())
+
+    pairs = list(model.weight_iterator(0))
+    assert [n for n, _ in pairs] == list(sd)  # the saved order
+    assert_same_state_dict(dict(pairs), sd)
+    assert_same_state_dict(model.load_state_dict(0), sd)
+
+    dest = {n: torch.empty_like(t) for n, t in sd.items()}
+    ptrs = {n: t.data_ptr() for n, t in dest.items()}
+    assert model.load_into(dest) == []
+    assert_same_state_dict(dest, sd)
+    assert {n: t.data_ptr() for n, t in dest.items()} == ptrs  # filled in place
+    assert model.verify_model()["problems"] == []
+
+
+def test_keys_are_sglangs_layout_and_tensors_are_ordinary_values(model, store_url):
+    sd = {"a.weight": random_tensor(torch.bfloat16, (4, 4)), "b": random_tensor(torch.int8, (3,))}
+    model.save_state_dict(sd, rank=1, world_size=2)
+    with create_remote_connector(store_url) as plain:
+        keys = plain.list("org/gen-model/keys/")
+        assert keys == ["org/gen-model/keys/rank_1/a.weight", "org/gen-model/keys/rank_1/b"]
+        assert_bit_exact(plain.get("org/gen-model/keys/rank_1/a.weight"), sd["a.weight"])
+        assert plain.list("org/gen-model/manifest/") == ["org/gen-model/manifest/rank_1.json"]
+        manifest = json.loads(plain.getstr("org/gen-model/manifest/rank_1.json"))
+    assert manifest["state"] == "complete" and manifest["rank"] == 1 and manifest["world_size"] == 2
+    assert [t["name"] for t in manifest["tensors"]] == ["a.weight", "b"]
+    assert manifest["tensors"][0] | {"xxh3": None} == {
+        "name": "a.weight", "dtype": "BF16", "shape": [4, 4], "nbytes": 32, "xxh3": None}
+    assert manifest["tool"].startswith("mooncake-connector ")
+    # Rank 0 of a world of 2 is missing: the model is not complete.
+    info = model.inspect_model()
+    assert not info["complete"] and any("rank 0" in p for p in info["problems"])
+
+
+def test_shared_storage_is_stored_once_and_loads_shared(model, store_url):
+    embed = random_tensor(torch.float32, (50, 8))
+    sd = {"embed.weight": embed, "lm_head.weight": embed, "other": embed.clone()}
+    model.save_state_dict(sd)
+    with create_remote_connector(store_url) as plain:
+        assert plain.list("org/gen-model/keys/rank_0/") == [
+            "org/gen-model/keys/rank_0/embed.weight", "org/gen-model/keys/rank_0/other"]
+    loaded = model.load_state_dict()
+    assert_same_state_dict(loaded, sd)
+    assert loaded["embed.weight"].data_ptr() == loaded["lm_head.weight"].data_ptr()
+    assert loaded["embed.weight"].data_ptr() != loaded["other"].data_ptr()
+    # Both names can be filled, and an alias alone too.
+    dest = {"lm_head.weight": torch.zeros(50, 8)}
+    assert model.load_into(dest, strict=False) == ["embed.weight", "other"]
+    assert_bit_exact(dest["lm_head.weight"], embed)
+
+
+def test_hf_directory_save_load_and_pull_files(model, tmp_path):
+    sd = generated_state_dict(seed=3, small=30)
+    root = write_hf_directory(tmp_path / "hf", sd)
+    model.save_directory(root)
+    expected = {}
+    for shard in sorted(root.glob("*.safetensors")):
+        expected.update(load_file(str(shard)))
+    assert_same_state_dict(model.load_state_dict(), expected)
+    info = model.inspect_model()
+    assert info["complete"] and info["files"] == len(EXPECTED_FILES)
+    written = model.pull_files()
+    assert set(written) == EXPECTED_FILES
+    local = Path(model.get_local_dir())
+    for rel in EXPECTED_FILES:
+        assert (local / rel).read_bytes() == (root / rel).read_bytes(), rel
+    # SGLang's config pull.
+    with create_remote_connector(model.url) as other:
+        assert other.pull_files(allow_pattern=["*config.json"]) == ["config.json",
+                                                                    "generation_config.json"]
+
+
+def test_hf_directory_index_must_match_the_shards(model, tmp_path):
+    root = write_hf_directory(tmp_path / "hf", {"a": torch.ones(2), "b": torch.zeros(3)}, shards=2)
+    index = json.loads((root / "model.safetensors.index.json").read_text())
+    index["weight_map"]["ghost"] = "model-00001-of-00002.safetensors"
+    (root / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(InvalidArgumentError, match="ghost"):
+        model.save_directory(root)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InvalidArgumentError, match="no \\*.safetensors"):
+        model.save_directory(tmp_path / "empty")
+
+
+def test_real_model_from_a_pypi_package_is_bit_exact(model, tmp_path):
+    weights = silero_vad_safetensors()
+    root = tmp_path / "silero"
+    root.mkdir()
+    (root / "model.safetensors").write_bytes(weights.read_bytes())
+    (root / "config.json").write_text('{"model_type": "silero_vad"}')
+    model.save_directory(root)
+    expected = load_file(str(weights))
+    assert len(expected) == 15
+    assert_same_state_dict(model.load_state_dict(), expected)
+    assert_same_state_dict(dict(model.weight_iterator()), expected)
+    assert model.verify_model() == {"tensors": 15, "files": 1,
+                                    "bytes": model.inspect_model()["bytes"], "problems": []}
+
+
+def test_resave_skips_unchanged_values_and_removes_stale_ones(model, store_url):
+    sd = {"keep": random_tensor(torch.float32, (100,)), "gone": random_tensor(torch.int8, (5,))}
+    model.save_state_dict(sd)
+    seen = []
+    sd2 = {"keep": sd["keep"], "new": random_tensor(torch.bfloat16, (7,))}
+    model.save_state_dict(sd2, progress=lambda done, total: seen.append((done, total)))
+    # "keep" was skipped: the first progress report already counts it done.
+    assert seen[0][0] >= 400 and seen[-1][0] == seen[-1][1]
+    with create_remote_connector(store_url) as plain:
+        assert sorted(plain.list("org/gen-model/keys/rank_0/")) == [
+            "org/gen-model/keys/rank_0/keep", "org/gen-model/keys/rank_0/new"]
+    assert_same_state_dict(model.load_state_dict(), sd2)
+
+
+def test_corrupted_tensor_is_caught_by_verify_and_by_a_verifying_load(model, store_url):
+    sd = generated_state_dict(seed=5, small=10)
+    model.save_state_dict(sd)
+    victim = "embed_tokens.weight"
+    bad = sd[victim].clone()
+    bad.view(torch.uint8).reshape(-1)[12345] ^= 0x40  # one flipped bit, same size and header
+    with create_remote_connector(store_url) as plain:
+        plain.set(f"org/gen-model/keys/rank_0/{victim}", bad)
+    report = model.verify_model()
+    assert len(report["problems"]) == 1 and victim in report["problems"][0]
+    with pytest.raises(DataLossError, match=f"checksum mismatch in tensor '{victim}'"):
+        model.load_state_dict()
+    with pytest.raises(DataLossError, match=victim):
+        model.load_into({n: torch.empty_like(t) for n, t in sd.items()})
+    # verify=False trusts the store.
+    assert_bit_exact(model.load_state_dict(verify=False)[victim], bad)
+
+
+def test_lost_or_replaced_tensor_is_data_loss_naming_it(model, store_url):
+    sd = {"a": random_tensor(torch.float32, (10,)), "b": random_tensor(torch.float32, (10,))}
+    model.save_state_dict(sd)
+    with create_remote_connector(store_url) as plain:
+        assert plain.remove("org/gen-model/keys/rank_0/b")
+        with pytest.raises(DataLossError, match="'b'.*not in the store"):
+            list(model.weight_iterator())
+        plain.set("org/gen-model/keys/rank_0/b", torch.zeros(5, 2))  # same bytes, other shape
+        with pytest.raises(DataLossError, match="'b'.*not the tensor the manifest lists"):
+            model.load_state_dict()
+        plain.set("org/gen-model/keys/rank_0/b", torch.zeros(11))  # other size
+        with pytest.raises(DataLossError, match="'b'.*does not match the manifest"):
+            model.load_state_dict()
+    assert "b" in " ".join(model.verify_model()["problems"])
+
+
+def test_load_into_checks_what_it_is_given(model):
+    model.save_state_dict({"w": torch.ones(4, 4), "v": torch.ones(3)})
+    with pytest.raises(NotFoundError, match="no tensor 'nope'"):
+        model.load_into({"nope": torch.empty(4, 4)})
+    with pytest.raises(InvalidArgumentError, match="F32\\[4, 4\\].*F32\\[16\\]"):
+        model.load_into({"w": torch.empty(16)})
+    with pytest.raises(InvalidArgumentError, match="BF16"):
+        model.load_into({"w": torch.empty(4, 4, dtype=torch.bfloat16)})
+    with pytest.raises(KeyError, match="'v'|v"):
+        model.load_into({"w": torch.empty(4, 4)})
+    # A non-contiguous destination is filled through a staging copy.
+    big = torch.zeros(4, 8)
+    dest = big[:, ::2]
+    assert model.load_into({"w": dest}, strict=False) == ["v"]
+    assert torch.equal(dest, torch.ones(4, 4)) and torch.equal(big[:, 1::2], torch.zeros(4, 4))
+
+
+def test_model_without_manifest_loads_by_listing(model, store_url):
+    # What SGLang's RemoteModelLoader.save_model writes: set() per tensor.
+    sd = {"x.weight": random_tensor(torch.bfloat16, (8, 8)), "y": random_tensor(torch.int64, (3,))}
+    with create_remote_connector(store_url) as plain:
+        for n, t in sd.items():
+            plain.set(f"org/gen-model/keys/rank_0/{n}", t)
+    assert_same_state_dict(dict(model.weight_iterator(0)), sd)
+    dest = {n: torch.empty_like(t) for n, t in sd.items()}
+    model.load_into(dest)
+    assert_same_state_dict(dest, sd)
+    info = model.inspect_model()
+    assert not info["has_manifest"] and info["ranks"] == [0] and info["tensors"] == 2
+    with pytest.raises(FailedPreconditionError, match="no manifest"):
+        model.verify_model()
+
+
+def test_incomplete_save_never_looks_complete(model, store_url):
+    sd = {"a": torch.ones(3)}
+    model.save_state_dict(sd)
+    with create_remote_connector(store_url) as plain:
+        manifest = json.loads(plain.getstr("org/gen-model/manifest/rank_0.json"))
+        manifest["state"] = "saving"
+        plain.setstr("org/gen-model/manifest/rank_0.json", json.dumps(manifest))
+    assert not model.inspect_model()["complete"]
+    with pytest.raises(FailedPreconditionError, match="not complete.*save again to resume"):
+        list(model.weight_iterator())
+    model.save_state_dict(sd)  # resumes: nothing to write, publishes
+    assert model.inspect_model()["complete"]
+
+
+@pytest.mark.parametrize("manifest", [
+    "not json", "[]", '{"format": "other"}',
+    '{"format": "mooncake-connector-model-manifest", "format_version": 1, "tool": "t", "created": "c",'
+    ' "state": "complete", "world_size": 1, "rank": 0, "tensors": [{"name": "a", "dtype": "F32",'
+    ' "shape": [1000000000000], "nbytes": 4, "xxh3": "0000000000000000"}]}',
+    '{"format": "mooncake-connector-model-manifest", "format_version": 1, "tool": "t", "created": "c",'
+    ' "state": "complete", "world_size": 1, "rank": 0, "tensors": [{"name": "a", "dtype": "F32",'
+    ' "shape": [1], "nbytes": 4, "xxh3": "0", "alias_of": "a"}]}',
+    '{"format": "mooncake-connector-model-manifest", "format_version": 1, "tool": "t", "created": "c",'
+    ' "state": "complete", "world_size": 1, "rank": 0, "tensors": [[[[[[[]]]]]]]}',
+])
+def test_hostile_manifest_is_data_loss(model, store_url, manifest):
+    model.save_state_dict({"a": torch.ones(1)})
+    with create_remote_connector(store_url) as plain:
+        plain.setstr("org/gen-model/manifest/rank_0.json", manifest)
+    with pytest.raises(DataLossError, match="manifest"):
+        list(model.weight_iterator())
+
+
+def test_newer_manifest_version_is_refused_clearly(model, store_url):
+    model.save_state_dict({"a": torch.ones(1)})
+    with create_remote_connector(store_url) as plain:
+        m = json.loads(plain.getstr("org/gen-model/manifest/rank_0.json"))
+        m["format_version"] = 99
+        plain.setstr("org/gen-model/manifest/rank_0.json", json.dumps(m))
+    with pytest.raises(Exception, match="version 99 is not supported"):
+        model.load_state_dict()
+
+
+def test_save_refuses_bad_names_and_files(model):
+    with pytest.raises(InvalidArgumentError, match="control character"):
+        model.save_state_dict({"bad\nname": torch.ones(1)})
+    with pytest.raises(InvalidArgumentError, match="empty name"):
+        model.save_state_dict({"": torch.ones(1)})
+    for path in ["../evil", "/etc/passwd", "a/../../b", "a//b", ""]:
+        with pytest.raises(Exception):
+            model.save_files({path: b"x"})
+    model.save_files({"config.json": b"{}", "sub/t.model": b"\x00\x01"})
+    assert sorted(model.pull_files()) == ["config.json", "sub/t.model"]
+
+
+def test_remove_model_removes_everything_and_only_it(model, store_url):
+    model.save_state_dict(generated_state_dict(small=5))
+    model.save_files({"config.json": b"{}"})
+    with create_remote_connector(model_url(store_url, "org/gen-model/nested")) as nested:
+        nested.save_state_dict({"z": torch.ones(2)})
+    with create_remote_connector(store_url) as plain:
+        plain.setstr("org/gen-model-not-this", "x")
+        assert model.remove_model() == 9 + 2 + 1  # tensors, manifest parts, files
+        remaining = plain.list("org/")
+    assert remaining == ["org/gen-model-not-this", "org/gen-model/nested/keys/rank_0/z",
+                         "org/gen-model/nested/manifest/rank_0.json"]
+    with pytest.raises(NotFoundError):
+        model.remove_model()
+    with pytest.raises(NotFoundError):
+        model.inspect_model()
+
+
+def test_list_models(store_url):
+    with create_remote_connector(model_url(store_url, "m1")) as a, \
+            create_remote_connector(model_url(store_url, "team/m2")) as b, \
+            create_remote_connector(store_url) as plain:
+        a.save_state_dict({"w": torch.ones(4)})
+        b.save_state_dict({"w": torch.ones(2)}, rank=0, world_size=2)
+        plain.set("sglang-made/keys/rank_0/w", torch.ones(1))
+        plain.setstr("unrelated", "x")
+        models = {m["name"]: m for m in plain.list_models()}
+    assert sorted(models) == ["m1", "sglang-made", "team/m2"]
+    assert models["m1"]["complete"] and models["m1"]["bytes"] == 16
+    assert not models["team/m2"]["complete"] and models["team/m2"]["world_size"] == 2
+    assert not models["sglang-made"]["has_manifest"]
+
+
+def test_device_cuda_when_available(model):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to torch on this machine (GPU runs: bench/results/)")
+    sd = generated_state_dict(small=10)
+    model.save_state_dict(sd)
+    loaded = model.load_state_dict(device="cuda")
+    assert all(t.device.type == "cuda" for t in loaded.values())
+    assert_same_state_dict({n: t.cpu() for n, t in loaded.items()}, sd)
+
+
+def test_closed_connector_fails_cleanly(model):
+    model.save_state_dict({"a": torch.ones(1)})
+    it = model.weight_iterator()
+    model.close()
+    with pytest.raises(FailedPreconditionError):
+        next(it)
+    with pytest.raises(FailedPreconditionError):
+        model.inspect_model()
+
+
+def test_url_must_name_a_model(store_url):
+    with create_remote_connector(store_url) as c:
+        with pytest.raises(InvalidArgumentError, match="names no model"):
+            c.save_state_dict({"a": torch.ones(1)})
