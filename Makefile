@@ -1,16 +1,20 @@
 # make setup  - Debian packages, .venv with pinned deps, the package built into it (idempotent)
 # make demo   - the main job: a standalone Mooncake, the seed's example over mooncake://, a model save/load
-# make test   - every test: C++ (GoogleTest, plus ASan/UBSan and TSan builds), fuzz smoke, Python
+# make test   - every test: C++ (GoogleTest, plus ASan/UBSan and TSan builds), fuzz smoke, Python, SGLang's loader
+# make test-sglang - SGLang's real model loader over mooncake:// through our plugin (own venv, ~2.5 GB)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
+SGLANG_VENV ?= .venv-sglang
+SGLANG_PY := $(SGLANG_VENV)/bin/python
 BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 20
 APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev clang libclang-rt-14-dev \
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
 
-.PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz test-python test-install stress bench clean
+.PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz test-python test-install stress bench clean \
+	sglang-venv test-sglang
 
 setup: apt venv python-package
 
@@ -22,10 +26,11 @@ apt:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.deps: requirements-dev.txt
+$(VENV)/.deps: requirements-dev.txt requirements-nodeps.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 venv: $(VENV)/.deps
@@ -46,7 +51,7 @@ demo: setup
 	@$(PY) examples/seed_example.py 2> $(BUILD)/demo.stderr.log || { tail -n 40 $(BUILD)/demo.stderr.log; exit 1; }
 	@echo "(Mooncake's own log lines: $(BUILD)/demo.stderr.log)"
 
-test: setup test-cpp test-sanitize test-fuzz test-install test-python
+test: setup test-cpp test-sanitize test-fuzz test-install test-python test-sglang
 
 test-cpp: cpp python-package
 	ctest --test-dir $(BUILD)/cpp --output-on-failure -j $(JOBS)
@@ -82,6 +87,21 @@ test-install:
 
 test-python: python-package
 	$(PY) -m pytest -q tests/python
+
+# A venv of its own for SGLang's real code on the CPU: requirements-sglang.txt
+# is a complete lock installed with --no-deps (sglang's own requirements would
+# pull its CUDA stack). This package goes in with a build dir of its own.
+$(SGLANG_VENV)/.deps: requirements-sglang.txt
+	python3 -m venv $(SGLANG_VENV)
+	$(SGLANG_PY) -m pip install -q pip==26.3
+	$(SGLANG_PY) -m pip install -q --no-deps -r requirements-sglang.txt
+	touch $@
+
+sglang-venv: $(SGLANG_VENV)/.deps
+	$(SGLANG_PY) -m pip install -q --no-build-isolation --no-deps -C build-dir=$(BUILD)/python-sglang .
+
+test-sglang: sglang-venv
+	$(SGLANG_PY) -m pytest -q tests/sglang
 
 # The stress test for longer than make test runs it (STRESS_SECONDS, default 600).
 stress: setup

@@ -1,0 +1,51 @@
+"""A separate process for the model tests: saves or loads one rank of a
+generated model over mooncake:// (the parent exported MOONCAKE_* for it).
+
+  model_worker.py save URL RANK WORLD N_TENSORS TENSOR_KIB BATCH_KIB
+      prints "progress DONE TOTAL" lines as the save goes, then "saved"
+  model_worker.py load URL RANK
+      prints {name: sha256 of the tensor's bytes} as JSON
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+
+import torch
+
+from mooncake_connector import create_remote_connector
+
+
+def rank_state_dict(rank: int, n: int, kib: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + rank)
+    return {f"layers.{i}.weight": torch.randint(0, 256, (kib * 1024,), generator=g,
+                                                 dtype=torch.uint8).view(torch.bfloat16)
+            for i in range(n)}
+
+
+def digests(sd: dict[str, torch.Tensor]) -> dict[str, str]:
+    return {n: hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+            for n, t in sd.items()}
+
+
+def main() -> None:
+    mode, url = sys.argv[1], sys.argv[2]
+    with create_remote_connector(url) as c:
+        if mode == "save":
+            rank, world, n, kib, batch_kib = map(int, sys.argv[3:8])
+
+            def progress(done: int, total: int) -> None:
+                print(f"progress {done} {total}", flush=True)
+
+            c.save_state_dict(rank_state_dict(rank, n, kib), rank=rank, world_size=world,
+                              batch_bytes=batch_kib * 1024, progress=progress)
+            print("saved", flush=True)
+        else:
+            rank = int(sys.argv[3])
+            print(json.dumps(digests(c.load_state_dict(rank))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
