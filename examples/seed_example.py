@@ -3,18 +3,26 @@
 By default it starts a local standalone Mooncake instance (a mooncake_master
 and a storage process from the wheel, on loopback), exports its environment,
 runs the seed's example against it (only the import differs from SGLang's
-doc), stores a small generated model and reads it back printing throughput
-(also on the embedded ``memory://`` store, for comparison), and stops the
-instance. With ``--url`` it uses the store you name instead.
+doc), saves a generated Hugging Face style model into it with the
+``mooncake-connector`` CLI and loads it back printing throughput, lists and
+verifies it, stops the instance, and loads the same model from the embedded
+``memory://`` store for comparison. With ``--url`` it uses the store you name
+instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from mooncake_connector import create_remote_connector, standalone
 
@@ -45,29 +53,54 @@ def seed_example(url: str) -> None:
     connector.close()
 
 
-def model_round_trip(url: str, layers: int, hidden: int) -> None:
-    """Stores a generated bf16 model tensor by tensor and loads it back."""
+def generated_model_dir(root: Path, layers: int, hidden: int) -> Path:
+    """A Hugging Face style folder of a generated Llama-like bf16 model:
+    two safetensors shards with an index, a config and a tokenizer file."""
     torch.manual_seed(0)
-    model = {}
+    model = {"model.embed_tokens.weight": torch.randn(4096, hidden, dtype=torch.bfloat16)}
     for i in range(layers):
-        model[f"layers.{i}.attn.qkv.weight"] = torch.randn(3 * hidden, hidden, dtype=torch.bfloat16)
-        model[f"layers.{i}.mlp.up.weight"] = torch.randn(4 * hidden, hidden, dtype=torch.bfloat16)
-        model[f"layers.{i}.norm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
-    total = sum(t.numel() * t.element_size() for t in model.values())
-    with create_remote_connector(url) as c:
-        for name in model:  # a fresh start: nothing left from an earlier run
-            c.remove(f"demo-model/keys/rank_0/{name}")
-        start = time.perf_counter()
-        for name, t in model.items():
-            c.set(f"demo-model/keys/rank_0/{name}", t)
-        saved = time.perf_counter() - start
-        start = time.perf_counter()
-        loaded = {name: c.get(f"demo-model/keys/rank_0/{name}") for name in model}
-        took = time.perf_counter() - start
-        assert all(torch.equal(model[n], loaded[n]) for n in model)
-        mib = total / 2**20
-        print(f"{url:<12} model: {len(model)} tensors, {mib:.1f} MiB; "
-              f"saved at {mib / saved:.0f} MiB/s, loaded at {mib / took:.0f} MiB/s, bit-exact")
+        p = f"model.layers.{i}"
+        model[f"{p}.self_attn.qkv_proj.weight"] = torch.randn(3 * hidden, hidden, dtype=torch.bfloat16)
+        model[f"{p}.self_attn.o_proj.weight"] = torch.randn(hidden, hidden, dtype=torch.bfloat16)
+        model[f"{p}.mlp.gate_up_proj.weight"] = torch.randn(4 * hidden, hidden, dtype=torch.bfloat16)
+        model[f"{p}.mlp.down_proj.weight"] = torch.randn(hidden, 2 * hidden, dtype=torch.bfloat16)
+        model[f"{p}.input_layernorm.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
+    names = sorted(model)
+    weight_map = {}
+    for s, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
+        fname = f"model-{s + 1:05d}-of-00002.safetensors"
+        save_file({n: model[n] for n in part}, str(root / fname))
+        weight_map.update({n: fname for n in part})
+    (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (root / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": hidden,
+                                                  "num_hidden_layers": layers}))
+    (root / "tokenizer.model").write_bytes(bytes(range(256)) * 64)
+    return root
+
+
+def model_via_cli(url: str, layers: int, hidden: int) -> None:
+    """Saves a generated model with the CLI and loads it back with the CLI
+    (printing bytes, seconds and GB/s), then lists and verifies it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generated_model_dir(Path(tmp), layers, hidden)
+        for args in (["save", str(root), url], ["load", url], ["ls"], ["verify", url]):
+            print(f"$ mooncake-connector {' '.join(args[:1] + [a if a != str(root) else 'DIR' for a in args[1:]])}",
+                  flush=True)
+            subprocess.run([sys.executable, "-m", "mooncake_connector.cli", *args, "--quiet"], check=True)
+
+
+def model_in_memory(layers: int, hidden: int) -> None:
+    """The same model through the Python API on the embedded memory:// store."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generated_model_dir(Path(tmp), layers, hidden)
+        with create_remote_connector("memory://demo/model") as c:
+            c.save_directory(root)
+            start = time.perf_counter()
+            tensors = c.load_state_dict()
+            took = time.perf_counter() - start
+        nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
+        print(f"memory://   loaded {len(tensors)} tensors, {nbytes / 2**20:.2f} MiB in {took:.3f} s "
+              f"({nbytes / took / 1e9:.2f} GB/s), checksums verified")
 
 
 def main() -> None:
@@ -79,7 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.url:
         seed_example(args.url)
-        model_round_trip(args.url, args.layers, args.hidden)
+        model_via_cli(args.url.rstrip("/") + "/demo/model", args.layers, args.hidden)
         return
     print("starting a standalone Mooncake instance (mooncake_master + storage process) ...")
     with standalone.start(segment_size="2gb") as inst:
@@ -87,9 +120,9 @@ def main() -> None:
         print(f"  master {inst.master_address}, metadata {inst.metadata_server}, "
               f"storage process {inst.client_address} (2gb), logs in {inst.log_dir}")
         seed_example("mooncake://")
-        model_round_trip("mooncake://", args.layers, args.hidden)
-        model_round_trip("memory://", args.layers, args.hidden)
+        model_via_cli("mooncake:///demo/model", args.layers, args.hidden)
     print("standalone instance stopped")
+    model_in_memory(args.layers, args.hidden)
 
 
 if __name__ == "__main__":
