@@ -112,6 +112,7 @@ bench: setup
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_mooncake.py 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
 	$(PY) bench/bench_integrity.py 2>> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
+	$(PY) bench/bench_model.py 2>> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
 
 clean:
 	rm -rf $(BUILD)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 
-import numpy as np
 import torch
 
-from harness import best, write_result
+from harness import best, raw_wheel_client, write_result
 from mooncake_connector import create_remote_connector, standalone
 
 
@@ -33,7 +32,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/mooncake.json")
     args = parser.parse_args()
     os.environ.setdefault("GLOG_minloglevel", "3")
-    from mooncake.store import MooncakeDistributedStore  # noqa: PLC0415
 
     n, size = args.tensors, args.tensor_mib << 20
     torch.manual_seed(0)
@@ -41,11 +39,7 @@ def main() -> None:
     total_gib = n * size / 2**30
     with standalone.start(segment_size=f"{4 * n * size >> 20}mb") as inst:
         os.environ.update(inst.env())
-        raw = MooncakeDistributedStore()
-        assert raw.setup("127.0.0.1", inst.metadata_server, 0, 64 << 20, "tcp", "",
-                         inst.master_address) == 0
-        buf = np.empty(n * size, dtype=np.uint8)
-        assert raw.register_buffer(buf.ctypes.data, buf.nbytes) == 0
+        raw, buf = raw_wheel_client(inst, n * size)
         keys = [f"raw/{name}" for name in model]
         ptrs = [buf.ctypes.data + i * size for i in range(n)]
         for i, t in enumerate(model.values()):
