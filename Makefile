@@ -70,7 +70,7 @@ test-sanitize:
 test-fuzz:
 	CC=clang CXX=clang++ cmake -S . -B $(BUILD)/fuzz -G Ninja -DMC_BUILD_FUZZ=ON -DMC_SANITIZE=address,undefined
 	cmake --build $(BUILD)/fuzz -j $(JOBS)
-	for t in value_format url chunk_header mooncake_read; do \
+	for t in value_format url chunk_header mooncake_read manifest; do \
 	  mkdir -p $(BUILD)/fuzz/corpus_$$t; \
 	  $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
 	    $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t || exit 1; \

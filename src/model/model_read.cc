@@ -162,7 +162,7 @@ Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
     auto f = fresh.find(c);
     out.push_back({tensors_[next_].name, f != fresh.end() ? f->second : shared_.at(c)});
   }
-  Report(bytes);
+  if (!out.empty()) Report(bytes);
   return out;
 }
 

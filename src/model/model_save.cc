@@ -93,6 +93,14 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// A caller's file name: relative, safe, UTF-8 (the manifest is JSON).
+Status CheckFileToSave(const std::string& path) {
+  Status safe = CheckStoredFileName(path);
+  if (!safe.ok()) return InvalidArgument("cannot save file '" + path + "': " + std::string(safe.message()));
+  if (!IsValidUtf8(path)) return InvalidArgument("file name '" + path + "' is not valid UTF-8");
+  return Status::Ok();
+}
+
 bool IsOtherWeightFormat(const std::string& name) {
   for (const char* ext : {".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx"}) {
     size_t n = std::strlen(ext);
@@ -168,8 +176,9 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
     return InvalidArgument("rank " + std::to_string(*rank) + " is not below world_size " +
                            std::to_string(options.world_size));
   }
+  // Progress counts the tensors' (files') bytes, not their value headers.
   uint64_t total = 0;
-  for (const SaveItem& it : items) total += it.alias ? 0 : it.value_size();
+  for (const SaveItem& it : items) total += it.alias ? 0 : it.data.size();
 
   std::vector<size_t> candidates;
   if (old.ok() && old->has_value()) {
@@ -198,7 +207,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
     } else {
       part.files.push_back(items[i].file);
     }
-    done_bytes += items[i].value_size();
+    done_bytes += items[i].data.size();
   };
   if (!candidates.empty()) {
     std::vector<std::string_view> keys;
@@ -282,6 +291,7 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
   std::map<std::tuple<const std::byte*, uint64_t, DType, Shape>, size_t> by_storage;
   for (const NamedTensorView& t : tensors) {
     if (t.name.empty()) return InvalidArgument("a tensor has an empty name");
+    if (!IsValidUtf8(t.name)) return InvalidArgument("tensor name '" + t.name + "' is not valid UTF-8");
     if (!names.insert(t.name).second) return InvalidArgument("tensor '" + t.name + "' is given twice");
     SaveItem it;
     it.name = t.name;
@@ -319,7 +329,7 @@ Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& o
   std::vector<SaveItem> items;
   std::set<std::string_view> paths;
   for (const FileContent& f : files) {
-    MC_RETURN_IF_ERROR(CheckStoredFileName(f.path).WithContext("saving files"));
+    MC_RETURN_IF_ERROR(CheckFileToSave(f.path));
     if (!paths.insert(f.path).second) return InvalidArgument("file '" + f.path + "' is given twice");
     SaveItem it;
     it.name = f.path;
@@ -356,6 +366,8 @@ Status Model::SaveDirectory(const std::string& dir, const SaveOptions& options) 
   }
   if (ec) return Internal("listing '" + dir + "': " + ec.message());
   if (shards.empty()) return InvalidArgument("'" + dir + "' has no *.safetensors weights");
+  // Every name is checked before anything is written.
+  for (const std::string& rel : others) MC_RETURN_IF_ERROR(CheckFileToSave(rel));
   std::sort(shards.begin(), shards.end());
   std::sort(others.begin(), others.end());
 
