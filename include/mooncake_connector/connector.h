@@ -25,7 +25,8 @@
 namespace mooncake_connector {
 
 struct ConnectorOptions {
-  // Where Get places tensors. Only "cpu" for now.
+  // Where loaded tensors go: "cpu", "cuda" or "cuda:N". The C++ core reads
+  // into host memory; the Python layer moves tensors to a CUDA device.
   std::string device = "cpu";
   // Backend options; they override the URL's query options of the same name.
   std::map<std::string, std::string> options;
@@ -105,6 +106,9 @@ class MC_EXPORT Connector {
   std::mutex local_dir_mutex_;
   std::string local_dir_;
 };
+
+// "cpu", "cpu:N", "cuda" or "cuda:N" (N up to 3 digits).
+MC_EXPORT bool IsSupportedDevice(std::string_view device);
 
 // True if `text` is well-formed UTF-8 (no overlong forms, no surrogates).
 MC_EXPORT bool IsValidUtf8(std::string_view text);

@@ -41,38 +41,41 @@ def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, An
     model.save_state_dict(rank, names, arrays, dtypes, shapes, world_size, batch_bytes, progress)
 
 
-def weight_iterator(model: "_impl.Model", rank: int, *, device: Any = "cpu", verify: bool = True,
-                    batch_bytes: int = DEFAULT_BATCH_BYTES,
-                    progress: Progress = None) -> Iterator[tuple[str, torch.Tensor]]:
-    reader = model.reader(rank, verify, batch_bytes, progress)
-    target = _device(device)
+def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:
     while True:
         batch = reader.next_batch()
         if not batch:
             return
         for name, data, dtype, shape in batch:
-            tensor = from_wire(data, dtype, shape)
-            yield name, (tensor if target.type == "cpu" else tensor.to(target, non_blocking=False))
+            yield name, from_wire(data, dtype, shape)
+
+
+def weight_iterator(model: "_impl.Model", rank: int, *, device: Any = "cpu", verify: bool = True,
+                    batch_bytes: int = DEFAULT_BATCH_BYTES,
+                    progress: Progress = None) -> Iterator[tuple[str, torch.Tensor]]:
+    reader = model.reader(rank, verify, batch_bytes, progress)
+    target = _device(device)
+    for name, tensor in _batches(reader):
+        yield name, (tensor if target.type == "cpu" else tensor.to(target))
 
 
 def load_state_dict(model: "_impl.Model", rank: int, *, device: Any = "cpu", verify: bool = True,
                     batch_bytes: int = DEFAULT_BATCH_BYTES,
                     progress: Progress = None) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    by_storage: dict[int, torch.Tensor] = {}
+    reader = model.reader(rank, verify, batch_bytes, progress)
     target = _device(device)
-    for name, tensor in weight_iterator(model, rank, verify=verify, batch_bytes=batch_bytes,
-                                        progress=progress):
-        if target.type != "cpu":
-            # Tensors that share storage (tied weights) stay shared on the device.
-            key = tensor.data_ptr()
-            moved = by_storage.get(key) if tensor.numel() else None
-            if moved is None:
-                moved = tensor.to(target)
-                if tensor.numel():
-                    by_storage[key] = moved
-            tensor = moved
-        out[name] = tensor
+    if target.type == "cpu":  # aliases already share storage
+        return dict(_batches(reader))
+    # Tensors the manifest lists as aliases (tied weights) stay shared on the
+    # device: each stored tensor is moved once.
+    canonical = {name: alias for name, _, _, _, alias in reader.tensors() if alias}
+    moved: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in _batches(reader):
+        key = canonical.get(name, name)
+        if key not in moved:
+            moved[key] = tensor.to(target)
+        out[name] = moved[key]
     return out
 
 

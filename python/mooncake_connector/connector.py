@@ -32,12 +32,17 @@ class MooncakeConnector:
     # -- BaseKVConnector -------------------------------------------------
     def get(self, key: str) -> Optional[torch.Tensor]:
         wire = self._impl.get_tensor(_key(key))
-        return None if wire is None else from_wire(*wire)
+        if wire is None:
+            return None
+        tensor = from_wire(*wire)
+        return tensor if self.device.startswith("cpu") else tensor.to(self.device)
 
     def getstr(self, key: str) -> Optional[str]:
         return self._impl.getstr(_key(key))
 
     def set(self, key: str, tensor: Any) -> None:
+        if isinstance(tensor, torch.Tensor) and tensor.device.type != "cpu":
+            tensor = tensor.detach().to("cpu")
         tensor = as_cpu_tensor(tensor)
         self._impl.set_tensor(_key(key), *to_wire(tensor))
 

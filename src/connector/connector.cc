@@ -62,11 +62,23 @@ std::vector<std::string> SupportedSchemes() {
   return out;
 }
 
+bool IsSupportedDevice(std::string_view device) {
+  for (std::string_view kind : {"cpu", "cuda"}) {
+    if (device == kind) return true;
+    if (device.starts_with(kind) && device.size() > kind.size() + 1 && device[kind.size()] == ':' &&
+        device.size() <= kind.size() + 4 &&
+        device.substr(kind.size() + 1).find_first_not_of("0123456789") == std::string_view::npos) {
+      return true;
+    }
+  }
+  return false;
+}
+
 Result<std::unique_ptr<Connector>> Connector::Create(std::string_view text,
                                                      const ConnectorOptions& options) {
   MC_ASSIGN_OR_RETURN(Url url, ParseUrl(text));
-  if (options.device != "cpu" && !options.device.starts_with("cpu:")) {
-    return InvalidArgument("device '" + options.device + "' is not supported yet; use \"cpu\"");
+  if (!IsSupportedDevice(options.device)) {
+    return InvalidArgument("device '" + options.device + "' is not supported; use \"cpu\" or \"cuda[:N]\"");
   }
   Options merged = url.query;
   for (const auto& [k, v] : options.options) merged[k] = v;

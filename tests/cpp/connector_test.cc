@@ -83,8 +83,13 @@ TEST(Connector, OptionsAreCheckedAndApplied) {
   Status unknown = Connector::Create("memory://opts?colour=red").status();
   EXPECT_EQ(unknown.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(unknown.message().find("colour"), std::string_view::npos);
-  EXPECT_EQ(Connector::Create("memory://", {.device = "cuda:0"}).status().code(),
-            StatusCode::kInvalidArgument);
+  for (const char* device : {"tpu", "cuda:", "cuda:x", "cuda0", "cuda:12345", ""}) {
+    EXPECT_EQ(Connector::Create("memory://", {.device = device}).status().code(),
+              StatusCode::kInvalidArgument) << device;
+  }
+  for (const char* device : {"cpu", "cpu:0", "cuda", "cuda:0", "cuda:7"}) {
+    EXPECT_TRUE(Connector::Create("memory://", {.device = device}).ok()) << device;
+  }
   EXPECT_EQ(Connector::Create("memory://x?capacity=lots").status().code(), StatusCode::kInvalidArgument);
 
   // Keyword options override the URL's.

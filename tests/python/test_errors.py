@@ -74,7 +74,7 @@ def test_capacity_via_query_string():
         c.close()
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:0", torch.device("meta")])
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", torch.device("meta")])
 def test_unsupported_device(device):
     with pytest.raises(ValueError) as info:
         create_remote_connector(f"memory://{uuid.uuid4().hex}", device=device)

@@ -311,10 +311,23 @@ def test_device_cuda_when_available(model):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device visible to torch on this machine (GPU runs: bench/results/)")
     sd = generated_state_dict(small=10)
+    # Many same-sized tensors: host buffers freed after each copy get reused,
+    # which must not make two names share one device tensor.
+    sd.update({f"same.{i}": random_tensor(torch.bfloat16, (256, 256), seed=50 + i) for i in range(8)})
+    sd["tied"] = sd["same.3"]
     model.save_state_dict(sd)
     loaded = model.load_state_dict(device="cuda")
     assert all(t.device.type == "cuda" for t in loaded.values())
     assert_same_state_dict({n: t.cpu() for n, t in loaded.items()}, sd)
+    assert loaded["tied"].data_ptr() == loaded["same.3"].data_ptr()
+    assert loaded["same.2"].data_ptr() != loaded["same.3"].data_ptr()
+    with create_remote_connector(model.url, device="cuda") as on_gpu:
+        pairs = dict(on_gpu.weight_iterator())
+        assert all(t.device.type == "cuda" for t in pairs.values())
+        assert_same_state_dict({n: t.cpu() for n, t in pairs.items()}, sd)
+    dest = {n: torch.empty_like(t, device="cuda") for n, t in sd.items()}
+    model.load_into(dest)
+    assert_same_state_dict({n: t.cpu() for n, t in dest.items()}, sd)
 
 
 def test_closed_connector_fails_cleanly(model):
