@@ -406,3 +406,54 @@ TEST_F(Scripted, FailedInPlaceCommitPutsTheOldHeaderBack) {
 
 }  // namespace
 }  // namespace mooncake_connector
+
+namespace mooncake_connector {
+namespace {
+
+TEST_F(Scripted, BatchGetIntoReadsManyKeysWithFewCalls) {
+  Open();  // 2 slots of 4096 bytes
+  std::vector<std::vector<std::byte>> small;
+  for (int i = 0; i < 20; ++i) {
+    small.push_back(Bytes(100, i));
+    ASSERT_TRUE(Put("s" + std::to_string(i), small.back()).ok());
+  }
+  auto big = Bytes(10000, 99);  // chunked: a header and three chunks
+  ASSERT_TRUE(Put("big", big).ok());
+  auto raw300 = Bytes(300, 5);
+  ASSERT_TRUE(Put("raw300", raw300).ok());
+
+  std::vector<std::vector<std::byte>> dest(20, std::vector<std::byte>(100));
+  std::vector<std::byte> big_head(16), big_rest(10000 - 16), tiny(200), none(16);
+  std::vector<GetIntoRequest> requests;
+  std::vector<std::string> keys;
+  for (int i = 0; i < 20; ++i) keys.push_back("s" + std::to_string(i));
+  for (int i = 0; i < 20; ++i) requests.push_back({keys[i], dest[i]});
+  requests.push_back({"big", big_rest, big_head});
+  requests.push_back({"missing", none});
+  requests.push_back({"", none});
+  requests.push_back({"raw300", tiny});
+  int gets_before = sm_.calls["native get_into"], batches_before = sm_.calls["native batch_get_into"];
+  std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+  ASSERT_EQ(got.size(), 24u);
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
+    EXPECT_EQ(*got[i], 100u);
+    EXPECT_EQ(dest[i], small[i]) << i;
+  }
+  ASSERT_TRUE(got[20].ok()) << got[20].status();
+  EXPECT_EQ(std::memcmp(big_head.data(), big.data(), 16), 0);
+  EXPECT_EQ(std::memcmp(big_rest.data(), big.data() + 16, big.size() - 16), 0);
+  EXPECT_EQ(got[21].status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(got[22].status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(got[23].status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(got[23].status().message().find("300"), std::string_view::npos) << got[23].status();
+  // The 20 small values in one native call (plus the second pass's and the
+  // chunks'); single gets only for the large value's header (large requests
+  // are read one by one), the missing key and the value too large for its
+  // destination.
+  EXPECT_LE(sm_.calls["native get_into"] - gets_before, 3);
+  EXPECT_LE(sm_.calls["native batch_get_into"] - batches_before, 4);
+}
+
+}  // namespace
+}  // namespace mooncake_connector

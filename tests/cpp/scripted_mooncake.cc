@@ -96,11 +96,17 @@ mooncake::Api ScriptedMooncake::api() {
     auto* s = O::S(h);
     if (int64_t rc = O::Hook(s, "get_into", key)) return rc;
     std::lock_guard lock(s->mu);
+    s->calls["native get_into"]++;
     return O::Get(s, key, buf, size);
   };
   a.batch_get_into = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
                         int64_t* out) -> int {
     auto* s = O::S(h);
+    {
+      std::lock_guard lock(s->mu);
+      s->calls["native batch_get_into"]++;
+    }
+    // Injection sees each key as a get_into.
     for (size_t i = 0; i < n; ++i) {
       out[i] = O::Hook(s, "get_into", keys[i]);
       if (out[i] != 0) continue;

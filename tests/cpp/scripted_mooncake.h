@@ -41,7 +41,9 @@ class ScriptedMooncake {
   std::vector<std::byte>* Find(const std::string& key);  // REQUIRES: caller holds mu
   void EraseLocked(const std::string& key);              // REQUIRES: caller holds mu
   std::vector<std::string> Keys();
-  std::map<std::string, int> calls;  // call counts by op
+  // Call counts by op as injection sees them (a batch call counts each key),
+  // and by native entry ("native get_into", "native batch_get_into").
+  std::map<std::string, int> calls;
 
   std::mutex mu;
 

@@ -19,20 +19,86 @@ constexpr int kChecksumChecks = 2;
 }  // namespace
 
 std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetIntoRequest> requests) {
-  std::vector<Result<uint64_t>> out;
-  out.reserve(requests.size());
-  for (const GetIntoRequest& r : requests) {
-    Status s = ValidateKey(r.key);
-    if (!s.ok()) {
-      out.emplace_back(s);
+  // One native batch call reads many keys: each request that accepts at most
+  // a quarter slot gets a piece of the staging slots that large (values
+  // larger than their piece are refused by Mooncake and read one by one
+  // below, as are requests for more).
+  // Raw values are done then; a chunk header is kept and the value's chunks
+  // read after the slots are given back; anything else (a missing key, an
+  // error, a transient refusal) is read again by ReadValue, which retries.
+  std::vector<std::optional<Result<uint64_t>>> out(requests.size());
+  std::vector<std::optional<HeaderBytes>> headers(requests.size());
+  size_t next = 0;
+  while (next < requests.size()) {
+    std::vector<size_t> batch;
+    std::vector<uint64_t> offsets, sizes;
+    uint64_t used = 0;  // bytes of the slots taken, pieces 64-byte aligned
+    const uint64_t space = static_cast<uint64_t>(slot_size()) * arena_->slots();
+    for (; next < requests.size(); ++next) {
+      const GetIntoRequest& r = requests[next];
+      Status valid = ValidateKey(r.key);
+      if (!valid.ok()) {
+        out[next] = valid;
+        continue;
+      }
+      uint64_t want = std::max<uint64_t>(r.head.size() + r.destination.size(), kChunkHeaderSize);
+      // Large values gain nothing from sharing a call (the transfer
+      // dominates) and copy out of cache-warm staging when read one by one.
+      if (want > slot_size() / 4) continue;
+      // A piece never straddles two slots (they need not be contiguous).
+      uint64_t at = used;
+      if (at / slot_size() != (at + want - 1) / slot_size()) at = (at / slot_size() + 1) * slot_size();
+      if (at + want > space) break;
+      batch.push_back(next);
+      offsets.push_back(at);
+      sizes.push_back(want);
+      used = (at + want + 63) / 64 * 64;
+    }
+    if (batch.empty()) continue;
+    const size_t n = batch.size();
+    const size_t slots_needed = static_cast<size_t>((used + slot_size() - 1) / slot_size());
+    TransferArena::Lease slots = arena_->Acquire(std::max<size_t>(slots_needed, 1));
+    std::vector<std::string> keys(n);
+    std::vector<void*> buffers(n);
+    for (size_t j = 0; j < n; ++j) {
+      keys[j] = std::string(requests[batch[j]].key);
+      buffers[j] = slots[offsets[j] / slot_size()] + offsets[j] % slot_size();
+    }
+    std::vector<const char*> c_keys = CStrings(keys);
+    std::vector<int64_t> results(n, 0);
+    int rc = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), sizes.data(), n, results.data());
+    for (size_t j = 0; rc == 0 && j < n; ++j) {
+      if (results[j] < 0) continue;  // read again below
+      const GetIntoRequest& r = requests[batch[j]];
+      ConstBytes object(static_cast<const std::byte*>(buffers[j]), static_cast<size_t>(results[j]));
+      if (LooksLikeChunkHeader(object.size(), object)) {
+        HeaderBytes h;
+        std::copy(object.begin(), object.end(), h.begin());
+        headers[batch[j]] = h;
+        continue;
+      }
+      Status fits = r.CheckFits(object.size());
+      if (fits.ok()) r.CopyAt(0, object);
+      out[batch[j]] = fits.ok() ? Result<uint64_t>(object.size()) : Result<uint64_t>(fits);
+    }
+  }
+  std::vector<Result<uint64_t>> done;
+  done.reserve(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (out[i]) {
+      done.push_back(std::move(*out[i]));
       continue;
     }
-    out.push_back(ReadValue(std::string(r.key), [&](uint64_t size) -> Result<GetIntoRequest> {
-      MC_RETURN_IF_ERROR(r.CheckFits(size));
-      return r;
-    }));
+    const GetIntoRequest& r = requests[i];
+    done.push_back(ReadValue(
+        std::string(r.key),
+        [&](uint64_t size) -> Result<GetIntoRequest> {
+          MC_RETURN_IF_ERROR(r.CheckFits(size));
+          return r;
+        },
+        headers[i] ? &*headers[i] : nullptr));
   }
-  return out;
+  return done;
 }
 
 Result<Buffer> MooncakeStore::Get(std::string_view key) {
@@ -47,7 +113,8 @@ Result<Buffer> MooncakeStore::Get(std::string_view key) {
   return buffer.Slice(0, *got);
 }
 
-Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destination& destination) {
+Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destination& destination,
+                                          const HeaderBytes* first_header) {
   Deadline deadline = NewDeadline();
   std::optional<uint64_t> vanished_generation;
   int vanished = 0;
@@ -56,16 +123,27 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
     ChunkHeader header;
     bool large = false;
     {
-      TransferArena::Lease slot = arena_->Acquire(1);
-      int64_t n = RetryTransient(deadline, [&] {
-        return api_->get_into(handle_, key.c_str(), slot[0], slot_size());
-      });
+      // The header a batched read already fetched is used once; a re-read
+      // (a vanished chunk, a checksum mismatch) fetches it again.
+      std::optional<TransferArena::Lease> lease;
+      const std::byte* object_data;
+      int64_t n;
+      if (first_header != nullptr) {
+        object_data = first_header->data();
+        n = static_cast<int64_t>(first_header->size());
+        first_header = nullptr;
+      } else {
+        lease.emplace(arena_->Acquire(1));
+        std::byte* slot = (*lease)[0];
+        object_data = slot;
+        n = RetryTransient(deadline, [&] { return api_->get_into(handle_, key.c_str(), slot, slot_size()); });
+      }
       if (n == kErrInvalidParams || n == kErrBufferOverflow) {
         large = true;
       } else if (n < 0) {
         return Fail(n, "get_into '" + key + "'");
       } else {
-        ConstBytes object(slot[0], static_cast<size_t>(n));
+        ConstBytes object(object_data, static_cast<size_t>(n));
         if (!LooksLikeChunkHeader(object.size(), object)) {
           MC_ASSIGN_OR_RETURN(GetIntoRequest target, destination(object.size()));
           target.CopyAt(0, object);

@@ -75,7 +75,11 @@ class MooncakeStore final : public Store {
   Status WriteTombstone(const std::string& key, Deadline& deadline);
 
   // mooncake_read.cc
-  Result<uint64_t> ReadValue(const std::string& key, const Destination& destination);
+  using HeaderBytes = std::array<std::byte, kChunkHeaderSize>;
+  // Reads one value. `first_header`: a chunk header a batched read already
+  // fetched for this key (used instead of the first get).
+  Result<uint64_t> ReadValue(const std::string& key, const Destination& destination,
+                             const HeaderBytes* first_header = nullptr);
   Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h,
                               const GetIntoRequest& target, Deadline& deadline);
   Result<uint64_t> ReadLargeObject(const std::string& key, const GetIntoRequest& target,
