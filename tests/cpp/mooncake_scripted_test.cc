@@ -455,5 +455,61 @@ TEST_F(Scripted, BatchGetIntoReadsManyKeysWithFewCalls) {
   EXPECT_LE(sm_.calls["native batch_get_into"] - batches_before, 4);
 }
 
+
+TEST_F(Scripted, BatchPutWritesNewSmallValuesWithFewCalls) {
+  Open();  // 2 slots of 4096 bytes: small = at most 1024 bytes
+  auto old = Bytes(100, 7);
+  ASSERT_TRUE(Put("s3", old).ok());  // an overwrite among first writes
+  std::vector<std::vector<std::byte>> values;
+  std::vector<std::string> keys;
+  for (int i = 0; i < 20; ++i) {
+    values.push_back(Bytes(100 + i, 40 + i));
+    keys.push_back("s" + std::to_string(i));
+  }
+  values.push_back(Bytes(10000, 3));  // large: chunked, one by one
+  keys.push_back("big");
+  values.push_back({});  // empty: chunked
+  keys.push_back("empty");
+  std::vector<ConstBytes> parts;
+  for (const auto& v : values) parts.emplace_back(v);
+  std::vector<PutRequest> requests;
+  for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], {&parts[i], 1}});
+  requests.push_back({"", {&parts[0], 1}});
+  int singles = sm_.calls["native put_from"], batches = sm_.calls["native batch_put_from"];
+  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+  ASSERT_EQ(got.size(), keys.size() + 1);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
+    ExpectValue(keys[i], values[i]);
+  }
+  EXPECT_EQ(got.back().code(), StatusCode::kInvalidArgument);
+  // 19 new small values in one batch put; the overwrite and the large and
+  // empty values take their own calls (chunks in batches, headers single).
+  EXPECT_LE(sm_.calls["native put_from"] - singles, 2);
+  EXPECT_LE(sm_.calls["native batch_put_from"] - batches, 8);
+}
+
+TEST_F(Scripted, BatchPutFallsBackWhenTheBatchCallIsRefused) {
+  Open(std::chrono::milliseconds(300));
+  sm_.inject = [](const ScriptedMooncake::Call& c) -> int64_t {
+    return c.op == "put_from" && c.key == "s1" ? mooncake::kErrReplicaNotReady : 0;
+  };
+  std::vector<std::vector<std::byte>> values = {Bytes(50, 1), Bytes(60, 2), Bytes(70, 3)};
+  std::vector<ConstBytes> parts(values.begin(), values.end());
+  std::vector<std::string> keys = {"s0", "s1", "s2"};
+  std::vector<PutRequest> requests;
+  for (size_t i = 0; i < 3; ++i) requests.push_back({keys[i], {&parts[i], 1}});
+  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+  // s1 was refused in the batch (transiently, for good): PutOne retried it
+  // until the deadline and reports the code; the others are in.
+  EXPECT_TRUE(got[0].ok()) << got[0];
+  EXPECT_FALSE(got[1].ok());
+  EXPECT_TRUE(got[2].ok()) << got[2];
+  sm_.inject = nullptr;
+  ExpectValue("s0", values[0]);
+  ExpectValue("s2", values[2]);
+  EXPECT_FALSE(sm_.Has("s1"));
+}
+
 }  // namespace
 }  // namespace mooncake_connector

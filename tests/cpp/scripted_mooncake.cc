@@ -79,11 +79,16 @@ mooncake::Api ScriptedMooncake::api() {
     auto* s = O::S(h);
     if (int64_t rc = O::Hook(s, "put_from", key)) return static_cast<int>(rc);
     std::lock_guard lock(s->mu);
+    s->calls["native put_from"]++;
     return O::Put(s, key, buf, size, false);
   };
   a.batch_put_from = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
                         const ReplicateConfig*, int* out) -> int {
     auto* s = O::S(h);
+    {
+      std::lock_guard lock(s->mu);
+      s->calls["native batch_put_from"]++;
+    }
     for (size_t i = 0; i < n; ++i) {
       out[i] = static_cast<int>(O::Hook(s, "put_from", keys[i]));
       if (out[i] != 0) continue;

@@ -42,7 +42,8 @@ class ScriptedMooncake {
   void EraseLocked(const std::string& key);              // REQUIRES: caller holds mu
   std::vector<std::string> Keys();
   // Call counts by op as injection sees them (a batch call counts each key),
-  // and by native entry ("native get_into", "native batch_get_into").
+  // and by native entry ("native get_into", "native batch_get_into",
+  // "native put_from", "native batch_put_from").
   std::map<std::string, int> calls;
 
   std::mutex mu;

@@ -10,6 +10,7 @@
 // Superseded chunks are removed with plain removes, waiting out readers'
 // leases (deferred_removal_internal.h); nothing is ever force-removed.
 #include <mutex>
+#include <optional>
 #include <random>
 
 #include "core/hash_internal.h"
@@ -42,13 +43,86 @@ std::vector<Status> MooncakeStore::BatchPut(std::span<const PutRequest> requests
   replicate.replica_num = std::max<size_t>(replicate.replica_num, options.replica_num);
   replicate.with_soft_pin |= options.soft_pin;
   replicate.with_hard_pin |= options.hard_pin;
+  std::vector<std::optional<Status>> done = PutNewSmallValues(requests, replicate);
   std::vector<Status> out;
   out.reserve(requests.size());
-  for (const PutRequest& r : requests) {
-    Status s = ValidateKey(r.key);
-    out.push_back(s.ok() ? PutOne(r, replicate) : s);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (done[i]) {
+      out.push_back(*done[i]);
+      continue;
+    }
+    Status s = ValidateKey(requests[i].key);
+    out.push_back(s.ok() ? PutOne(requests[i], replicate) : s);
   }
   return out;
+}
+
+std::vector<std::optional<Status>> MooncakeStore::PutNewSmallValues(std::span<const PutRequest> requests,
+                                                                    const ReplicateConfig& replicate) {
+  // First writes of small values (raw objects, at most a quarter slot) go in
+  // with one batch_is_exist and one batch_put_from per slots' worth: exactly
+  // what PutOne does for them one by one (is the key free? then put; a put
+  // over a key a concurrent writer just created keeps theirs, which simply
+  // won). Everything else, and anything this pass cannot finish (the key
+  // exists, an error, a transient refusal), is left to PutOne.
+  std::vector<std::optional<Status>> done(requests.size());
+  const uint64_t space = static_cast<uint64_t>(slot_size()) * arena_->slots();
+  size_t next = 0;
+  while (next < requests.size()) {
+    std::vector<size_t> batch;
+    std::vector<uint64_t> offsets, sizes;
+    uint64_t used = 0;
+    for (; next < requests.size(); ++next) {
+      const PutRequest& r = requests[next];
+      uint64_t size = 0;
+      for (ConstBytes p : r.parts) size += p.size();
+      std::byte first[8] = {};
+      size_t first_len = static_cast<size_t>(std::min<uint64_t>(size, sizeof first));
+      Gather(r.parts, 0, {first, first_len});
+      if (size > slot_size() / 4 || NeedsChunking(size, {first, first_len}, slot_size()) ||
+          !ValidateKey(r.key).ok()) {
+        continue;
+      }
+      uint64_t at = used;
+      if (size > 0 && at / slot_size() != (at + size - 1) / slot_size()) at = (at / slot_size() + 1) * slot_size();
+      if (at + size > space) break;
+      batch.push_back(next);
+      offsets.push_back(at);
+      sizes.push_back(size);
+      used = (at + size + 63) / 64 * 64;
+    }
+    if (batch.size() < 2) continue;  // nothing to share a call with: PutOne
+    const size_t n = batch.size();
+    std::vector<std::string> keys(n);
+    for (size_t j = 0; j < n; ++j) keys[j] = std::string(requests[batch[j]].key);
+    std::vector<const char*> c_keys = CStrings(keys);
+    std::vector<int> exist(n, 0);
+    if (api_->batch_is_exist(handle_, c_keys.data(), n, exist.data()) != 0) continue;
+    std::vector<size_t> fresh;  // positions in `batch` of keys with no value
+    for (size_t j = 0; j < n; ++j) {
+      if (exist[j] == 0) fresh.push_back(j);
+    }
+    if (fresh.empty()) continue;
+    const size_t slots_needed = static_cast<size_t>((used + slot_size() - 1) / slot_size());
+    TransferArena::Lease slots = arena_->Acquire(std::max<size_t>(slots_needed, 1));
+    std::vector<const char*> put_keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> put_sizes;
+    for (size_t j : fresh) {
+      std::byte* at = slots[offsets[j] / slot_size()] + offsets[j] % slot_size();
+      Gather(requests[batch[j]].parts, 0, {at, sizes[j]});
+      put_keys.push_back(c_keys[j]);
+      buffers.push_back(at);
+      put_sizes.push_back(sizes[j]);
+    }
+    std::vector<int> results(fresh.size(), -1);
+    int rc = api_->batch_put_from(handle_, put_keys.data(), buffers.data(), put_sizes.data(), fresh.size(),
+                                  &replicate, results.data());
+    for (size_t f = 0; rc == 0 && f < fresh.size(); ++f) {
+      if (results[f] == 0) done[batch[fresh[f]]] = Status::Ok();
+    }
+  }
+  return done;
 }
 
 Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstBytes> parts,
