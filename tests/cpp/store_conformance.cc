@@ -216,3 +216,77 @@ TEST_P(StoreConformance, ControlCharactersInKeysAreInvalid) {
 }
 
 }  // namespace mooncake_connector::testing
+
+namespace mooncake_connector::testing {
+namespace {
+
+// A value that names its key, writer and sequence number, with a body that
+// follows from them: a read can prove it is one whole write of that key.
+std::vector<std::byte> Tagged(uint32_t key, uint32_t writer, uint32_t seq) {
+  size_t n = (seq % 7 == 0) ? 5000 + seq : 12 + (seq * 37 + writer * 11) % 1000;
+  std::vector<std::byte> v(n);
+  uint32_t head[3] = {key, writer, seq};
+  std::memcpy(v.data(), head, sizeof head);
+  for (size_t i = sizeof head; i < n; ++i) v[i] = std::byte((i * 131 + writer * 7 + seq * 13 + key) & 0xff);
+  return v;
+}
+
+bool IsTaggedValueOf(uint32_t key, ConstBytes got) {
+  if (got.size() < 12) return false;
+  uint32_t head[3];
+  std::memcpy(head, got.data(), sizeof head);
+  if (head[0] != key) return false;
+  std::vector<std::byte> expected = Tagged(key, head[1], head[2]);
+  return expected.size() == got.size() && std::memcmp(expected.data(), got.data(), got.size()) == 0;
+}
+
+}  // namespace
+
+TEST_P(StoreConformance, ConcurrentBatchCallsOnSharedKeysReturnWholeValues) {
+  // Batched puts and gets of shared keys (mostly small values, which
+  // mooncake:// moves with one native call) against each other and removes.
+  constexpr uint32_t kKeys = 6, kRounds = 40;
+  std::vector<std::string> keys;
+  for (uint32_t k = 0; k < kKeys; ++k) keys.push_back(Key("shared" + std::to_string(k)));
+  std::atomic<int> wrong{0}, errors{0}, reads{0};
+  std::vector<std::thread> threads;
+  for (uint32_t t = 0; t < 5; ++t) {
+    threads.emplace_back([&, t] {
+      for (uint32_t i = 0; i < kRounds; ++i) {
+        if (t < 2) {
+          std::vector<std::vector<std::byte>> values;
+          for (uint32_t k = 0; k < kKeys; ++k) values.push_back(Tagged(k, t, i));
+          std::vector<ConstBytes> parts(values.begin(), values.end());
+          std::vector<PutRequest> requests;
+          for (uint32_t k = 0; k < kKeys; ++k) requests.push_back({keys[k], {&parts[k], 1}});
+          for (const Status& s : store_->BatchPut(requests, WriteOptions{})) {
+            if (!s.ok()) ++errors;
+          }
+        } else if (t == 2) {
+          if (i % 8 != 7) continue;
+          Status s = store_->Remove(keys[i % kKeys]);
+          if (!s.ok() && s.code() != StatusCode::kNotFound) ++errors;
+        } else {
+          std::vector<std::vector<std::byte>> dest(kKeys, std::vector<std::byte>(6000));
+          std::vector<GetIntoRequest> requests;
+          for (uint32_t k = 0; k < kKeys; ++k) requests.push_back({keys[k], dest[k]});
+          std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+          for (uint32_t k = 0; k < kKeys; ++k) {
+            if (!got[k].ok()) {
+              if (got[k].status().code() != StatusCode::kNotFound) ++errors;
+              continue;
+            }
+            ++reads;
+            if (!IsTaggedValueOf(k, ConstBytes(dest[k]).first(*got[k]))) ++wrong;
+          }
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_GT(reads.load(), 0);
+}
+
+}  // namespace mooncake_connector::testing
