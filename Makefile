@@ -13,7 +13,8 @@ FUZZ_SECONDS ?= 20
 APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev clang libclang-rt-14-dev \
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
 
-.PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz test-python test-install stress bench clean \
+.PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz fuzz-long fuzz-build fuzz-run \
+	test-python test-install stress bench clean \
 	sglang-venv test-sglang
 
 setup: apt venv python-package
@@ -66,14 +67,29 @@ test-sanitize:
 	cmake --build $(BUILD)/tsan -j $(JOBS)
 	$(BUILD)/tsan/mooncake_connector_tests --gtest_brief=1 --gtest_filter='*Concurrent*'
 
+FUZZ_TARGETS := value_format url chunk_header mooncake_read manifest
+FUZZ_LONG_SECONDS ?= 3600
+
 # A bounded libFuzzer run of every parser of untrusted bytes, seeded from fuzz/corpus.
-test-fuzz:
+test-fuzz: fuzz-build
+	$(MAKE) --no-print-directory fuzz-run FUZZ_RUN_SECONDS=$(FUZZ_SECONDS)
+
+# The same for FUZZ_LONG_SECONDS (1 hour) per target; each prints its exec count
+# (libFuzzer's "Done N runs"). New inputs go to build/fuzz/corpus_*: merge the
+# useful ones into fuzz/corpus with -merge=1.
+fuzz-long: fuzz-build
+	$(MAKE) --no-print-directory fuzz-run FUZZ_RUN_SECONDS=$(FUZZ_LONG_SECONDS)
+
+fuzz-build:
 	CC=clang CXX=clang++ cmake -S . -B $(BUILD)/fuzz -G Ninja -DMC_BUILD_FUZZ=ON -DMC_SANITIZE=address,undefined
 	cmake --build $(BUILD)/fuzz -j $(JOBS)
-	for t in value_format url chunk_header mooncake_read manifest; do \
+
+fuzz-run:
+	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(BUILD)/fuzz/corpus_$$t; \
-	  $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_SECONDS) -max_len=4096 \
-	    $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t || exit 1; \
+	  $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_RUN_SECONDS) -max_len=4096 -print_final_stats=1 \
+	    $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t 2>&1 | grep -E "^(Done|stat::number_of_executed_units)|ERROR|SUMMARY|Test unit written" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
 
 # The installed library works from another CMake project (find_package).
