@@ -215,6 +215,15 @@ TEST_P(StoreConformance, ControlCharactersInKeysAreInvalid) {
   EXPECT_TRUE(store_->Put(Key("ünïcode ok"), AsBytes("x")).ok());
 }
 
+TEST_P(StoreConformance, EmptyAndOverlongKeysAreInvalid) {
+  std::string overlong(kMaxKeyBytes + 1, 'k');
+  for (const std::string& bad : {std::string(), overlong}) {
+    EXPECT_EQ(store_->Put(bad, AsBytes("x")).code(), StatusCode::kInvalidArgument) << bad.size();
+    EXPECT_EQ(store_->Get(bad).status().code(), StatusCode::kInvalidArgument) << bad.size();
+    EXPECT_EQ(store_->Exists(bad).status().code(), StatusCode::kInvalidArgument) << bad.size();
+  }
+}
+
 }  // namespace mooncake_connector::testing
 
 namespace mooncake_connector::testing {
