@@ -11,6 +11,7 @@
 
 #include "mooncake_connector/mooncake_store.h"
 #include "scripted_mooncake.h"
+#include "store_conformance.h"
 #include "store/mooncake/chunked_value_internal.h"
 #include "store/mooncake/mooncake_store_internal.h"
 
@@ -457,66 +458,16 @@ TEST_F(Scripted, BatchGetIntoReadsManyKeysWithFewCalls) {
 
 
 TEST_F(Scripted, ConcurrentBatchWritersReadersRemoversSeeWholeValues) {
-  // The batched paths (one native call for many small keys) under the same
-  // attack: every value tagged with its key, writer and sequence number.
+  // The batched paths (one native call for many small keys) under the
+  // conformance suite's attack, here with read leases and under TSan.
   sm_.lease = std::chrono::milliseconds(5);
   Open();
-  constexpr int kKeys = 6, kRounds = 150;
-  auto value = [](int key, int writer, int seq) {
-    // Mostly small (batched), sometimes above a quarter slot or chunked.
-    size_t n = (seq % 7 == 0) ? static_cast<size_t>(5000 + seq) : static_cast<size_t>(8 + (seq * 37 + writer * 11) % 1000);
-    auto v = Bytes(n, writer * 1000 + seq);
-    std::memcpy(v.data(), &key, sizeof key);
-    return v;
-  };
   std::vector<std::string> keys;
-  for (int k = 0; k < kKeys; ++k) keys.push_back("b" + std::to_string(k));
-  std::atomic<int> wrong = 0, errors = 0, reads = 0;
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 5; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < kRounds; ++i) {
-        if (t < 2) {
-          std::vector<std::vector<std::byte>> values;
-          for (int k = 0; k < kKeys; ++k) values.push_back(value(k, t, i));
-          std::vector<ConstBytes> parts(values.begin(), values.end());
-          std::vector<PutRequest> requests;
-          for (int k = 0; k < kKeys; ++k) requests.push_back({keys[k], {&parts[k], 1}});
-          for (const Status& s : store_->BatchPut(requests, WriteOptions{})) {
-            if (!s.ok()) ++errors;
-          }
-        } else if (t == 2) {
-          if (i % 5 != 0) continue;
-          Status s = store_->Remove(keys[i % kKeys]);
-          if (!s.ok() && s.code() != StatusCode::kNotFound) ++errors;
-        } else {
-          std::vector<std::vector<std::byte>> dest(kKeys, std::vector<std::byte>(6000));
-          std::vector<GetIntoRequest> requests;
-          for (int k = 0; k < kKeys; ++k) requests.push_back({keys[k], dest[k]});
-          std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
-          for (int k = 0; k < kKeys; ++k) {
-            if (!got[k].ok()) {
-              if (got[k].status().code() != StatusCode::kNotFound) ++errors;
-              continue;
-            }
-            ++reads;
-            bool ok = false;
-            for (int w = 0; w < 2 && !ok; ++w) {
-              for (int seq = 0; seq < kRounds && !ok; ++seq) {
-                auto v = value(k, w, seq);
-                ok = v.size() == *got[k] && std::memcmp(v.data(), dest[k].data(), v.size()) == 0;
-              }
-            }
-            if (!ok) ++wrong;
-          }
-        }
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(wrong.load(), 0);
-  EXPECT_EQ(errors.load(), 0);
-  EXPECT_GT(reads.load(), 0);
+  for (int k = 0; k < 6; ++k) keys.push_back("b" + std::to_string(k));
+  testing::BatchAttackResult r = testing::ConcurrentBatchAttack(*store_, keys, 150);
+  EXPECT_EQ(r.wrong, 0);
+  EXPECT_EQ(r.errors, 0);
+  EXPECT_GT(r.reads, 0);
 }
 
 TEST_F(Scripted, BatchPutWritesNewSmallValuesWithFewCalls) {

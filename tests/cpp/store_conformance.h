@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "mooncake_connector/store.h"
 
@@ -31,5 +32,16 @@ class StoreConformance : public ::testing::TestWithParam<StoreFactory> {
   std::shared_ptr<Store> store_;
   std::string prefix_;
 };
+
+// Two threads BatchPut `keys` (values naming their key, writer and sequence;
+// mostly small, some a few KB), one removes them now and then, two
+// BatchGetInto them. Counts of reads, reads that were not one whole write of
+// their key, and unexpected errors.
+struct BatchAttackResult {
+  int reads = 0;
+  int wrong = 0;
+  int errors = 0;
+};
+BatchAttackResult ConcurrentBatchAttack(Store& store, const std::vector<std::string>& keys, int rounds);
 
 }  // namespace mooncake_connector::testing
