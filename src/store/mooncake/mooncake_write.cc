@@ -14,6 +14,7 @@
 #include <random>
 
 #include "core/hash_internal.h"
+#include "store/mooncake/key_write_locks_internal.h"
 #include "store/mooncake/mooncake_store_impl_internal.h"
 
 namespace mooncake_connector::mooncake {
@@ -116,6 +117,7 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewSmallValues(std::span<co
       put_sizes.push_back(sizes[j]);
     }
     std::vector<int> results(fresh.size(), -1);
+    auto locks = LockKeysForWrite(put_keys);
     int rc = api_->batch_put_from(handle_, put_keys.data(), buffers.data(), put_sizes.data(), fresh.size(),
                                   &replicate, results.data());
     for (size_t f = 0; rc == 0 && f < fresh.size(); ++f) {
@@ -132,6 +134,7 @@ Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstByt
   Gather(parts, offset, {slot[0], size});
   auto call = upsert ? api_->upsert_from : api_->put_from;
   int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+    auto lock = LockKeyForWrite(key);
     int r = call(handle_, key.c_str(), slot[0], size, &replicate);
     // An upsert whose key a remove() took away mid-way: do it again (it
     // inserts then).
@@ -154,6 +157,7 @@ Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
     std::vector<const char*> c_keys = CStrings(b.keys);
     std::vector<int> results(n, 0);
     // A retried batch puts every chunk again; those already in are kept.
+    // No key locks: chunk keys carry this write's own generation.
     int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
       int r = api_->batch_put_from(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
                                    &replicate, results.data());
