@@ -1,6 +1,7 @@
 #include "scripted_mooncake.h"
 
 #include <regex>
+#include <thread>
 
 namespace mooncake_connector::testing {
 
@@ -27,28 +28,65 @@ struct ScriptedOps {
     return it != s->leases_.end() && it->second > std::chrono::steady_clock::now();
   }
 
+  // A write as Mooncake does it: Start (allocate, or take the object over
+  // for an in-place upsert; the key is unreadable meanwhile), the transfer,
+  // then End. Each step takes the lock on its own, with a yield in between,
+  // so other threads' calls interleave with it as they do with the real one.
+  // As in Mooncake's master, End is checked by client only: any write of
+  // this client ends whatever write of the key is in progress, and an upsert
+  // preempts a write in progress at once.
   static int Put(ScriptedMooncake* s, const char* key, const void* buf, size_t size, bool upsert) {
     if (size == 0) return 0;
-    auto it = s->objects_.find(key);
-    if (it != s->objects_.end()) {
-      if (!upsert) return 0;  // Mooncake keeps the existing object
-      if (it->second.size() == size) {  // in place
-        std::memcpy(it->second.data(), buf, size);  // size > 0 here
-        return 0;
+    uint64_t ticket;
+    {
+      std::lock_guard lock(s->mu);
+      auto pending = s->pending_.find(key);
+      auto it = s->objects_.find(key);
+      if (!upsert && (pending != s->pending_.end() || it != s->objects_.end())) {
+        return 0;  // Mooncake keeps the existing object
       }
-      s->used_ -= it->second.size();  // another size: dropped first
-      s->objects_.erase(it);
+      ticket = ++s->tickets_;
+      if (pending != s->pending_.end()) {  // preempted: its buffer is discarded
+        s->used_ -= pending->second.bytes.size();
+        s->pending_.erase(pending);
+      }
+      if (it != s->objects_.end() && it->second.size() == size) {  // in place
+        s->pending_[key] = {ticket, std::move(it->second)};
+        s->objects_.erase(it);
+      } else {
+        if (it != s->objects_.end()) {  // another size: dropped first
+          s->used_ -= it->second.size();
+          s->objects_.erase(it);
+        }
+        if (s->used_ + size > s->capacity) return mooncake::kErrNoAvailableHandle;
+        // Fresh memory holds whatever was there before.
+        s->pending_[key] = {ticket, std::vector<std::byte>(size, std::byte{0xEE})};
+        s->used_ += size;
+      }
     }
-    if (s->used_ + size > s->capacity) return mooncake::kErrNoAvailableHandle;
-    auto* p = static_cast<const std::byte*>(buf);
-    s->objects_[key] = std::vector<std::byte>(p, p + size);
-    s->used_ += size;
+    std::this_thread::sleep_for(std::chrono::microseconds(20));  // the transfer
+    {
+      std::lock_guard lock(s->mu);
+      auto pending = s->pending_.find(key);
+      if (pending != s->pending_.end() && pending->second.ticket == ticket) {
+        std::memcpy(pending->second.bytes.data(), buf, size);
+      }
+    }
+    std::this_thread::yield();
+    std::lock_guard lock(s->mu);
+    auto pending = s->pending_.find(key);
+    if (pending != s->pending_.end()) {
+      s->objects_[key] = std::move(pending->second.bytes);
+      s->pending_.erase(pending);
+    }
     return 0;
   }
 
   static int64_t Get(ScriptedMooncake* s, const char* key, void* buf, size_t size) {
     auto it = s->objects_.find(key);
-    if (it == s->objects_.end()) return mooncake::kErrObjectNotFound;
+    if (it == s->objects_.end()) {
+      return s->pending_.count(key) != 0 ? mooncake::kErrReplicaNotReady : mooncake::kErrObjectNotFound;
+    }
     if (it->second.size() > size) return mooncake::kErrInvalidParams;
     if (!it->second.empty()) std::memcpy(buf, it->second.data(), it->second.size());
     Lease(s, key);
@@ -57,7 +95,9 @@ struct ScriptedOps {
 
   static int Remove(ScriptedMooncake* s, const char* key, int force) {
     auto it = s->objects_.find(key);
-    if (it == s->objects_.end()) return mooncake::kErrObjectNotFound;
+    if (it == s->objects_.end()) {
+      return s->pending_.count(key) != 0 ? mooncake::kErrReplicaNotReady : mooncake::kErrObjectNotFound;
+    }
     if (!force && Leased(s, key)) return mooncake::kErrObjectHasLease;
     s->used_ -= it->second.size();
     s->objects_.erase(it);
@@ -78,8 +118,10 @@ mooncake::Api ScriptedMooncake::api() {
   a.put_from = [](Handle h, const char* key, void* buf, size_t size, const ReplicateConfig*) -> int {
     auto* s = O::S(h);
     if (int64_t rc = O::Hook(s, "put_from", key)) return static_cast<int>(rc);
-    std::lock_guard lock(s->mu);
-    s->calls["native put_from"]++;
+    {
+      std::lock_guard lock(s->mu);
+      s->calls["native put_from"]++;
+    }
     return O::Put(s, key, buf, size, false);
   };
   a.batch_put_from = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
@@ -92,7 +134,6 @@ mooncake::Api ScriptedMooncake::api() {
     for (size_t i = 0; i < n; ++i) {
       out[i] = static_cast<int>(O::Hook(s, "put_from", keys[i]));
       if (out[i] != 0) continue;
-      std::lock_guard lock(s->mu);
       out[i] = O::Put(s, keys[i], bufs[i], sizes[i], false);
     }
     return 0;
@@ -145,7 +186,9 @@ mooncake::Api ScriptedMooncake::api() {
     if (int64_t rc = O::Hook(s, "get_size", key)) return rc;
     std::lock_guard lock(s->mu);
     auto it = s->objects_.find(key);
-    if (it == s->objects_.end()) return mooncake::kErrObjectNotFound;
+    if (it == s->objects_.end()) {
+      return s->pending_.count(key) != 0 ? mooncake::kErrReplicaNotReady : mooncake::kErrObjectNotFound;
+    }
     O::Lease(s, key);
     return static_cast<int64_t>(it->second.size());
   };
@@ -175,7 +218,6 @@ mooncake::Api ScriptedMooncake::api() {
     a.upsert_from = [](Handle h, const char* key, void* buf, size_t size, const ReplicateConfig*) -> int {
       auto* s = O::S(h);
       if (int64_t rc = O::Hook(s, "upsert_from", key)) return static_cast<int>(rc);
-      std::lock_guard lock(s->mu);
       return O::Put(s, key, buf, size, true);
     };
     a.batch_upsert_from = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
@@ -184,7 +226,6 @@ mooncake::Api ScriptedMooncake::api() {
       for (size_t i = 0; i < n; ++i) {
         out[i] = static_cast<int>(O::Hook(s, "upsert_from", keys[i]));
         if (out[i] != 0) continue;
-        std::lock_guard lock(s->mu);
         out[i] = O::Put(s, keys[i], bufs[i], sizes[i], true);
       }
       return 0;

@@ -2,8 +2,9 @@
 // MooncakeStore (mooncake://) without a cluster: it keeps objects in a map
 // and follows the Mooncake semantics the backend relies on (put keeps an
 // existing object; read leases block plain removes; same-size upsert rewrites
-// in place, another size drops the old object before allocating; a capacity
-// in bytes). `inject` runs before every call and can fail it, or change the
+// in place, another size drops the old object before allocating; a write is
+// Start, transfer, End, and End is checked by client only; a capacity in
+// bytes). `inject` runs before every call and can fail it, or change the
 // objects first (evict a chunk, tear a header), so tests reach exact points.
 // Used by mooncake_scripted_test.cc and fuzz/mooncake_read_fuzz.cc.
 #pragma once
@@ -50,8 +51,14 @@ class ScriptedMooncake {
 
  private:
   friend struct ScriptedOps;
+  struct Pending {
+    uint64_t ticket;  // which write allocated it
+    std::vector<std::byte> bytes;
+  };
   uint64_t used_ = 0;
-  std::map<std::string, std::vector<std::byte>> objects_;
+  uint64_t tickets_ = 0;
+  std::map<std::string, std::vector<std::byte>> objects_;  // complete objects
+  std::map<std::string, Pending> pending_;                 // writes between Start and End
   std::map<std::string, std::chrono::steady_clock::time_point> leases_;
 };
 

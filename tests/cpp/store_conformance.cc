@@ -318,18 +318,9 @@ BatchAttackResult ConcurrentBatchAttack(Store& store, const std::vector<std::str
 TEST_P(StoreConformance, ConcurrentBatchCallsOnSharedKeysReturnWholeValues) {
   // Batched puts and gets of shared keys (mostly small values, which
   // mooncake:// moves with one native call) against each other and removes.
-  if (GetParam().name == "Real" && std::getenv("MC_ATTACK_REAL") == nullptr) {
-    // OPEN FINDING (2026-11-28): against the real Mooncake this attack sees,
-    // rarely and under machine load (2 failing runs of 14 x 4 repeats with two
-    // CPU burners), reads that are not one whole write of their key: a 64-byte
-    // value holding the start of another key's data, 5000-byte values of
-    // garbage. The per-key read path of before the batched calls shows it too.
-    // Suspected: Mooncake's size-changing upserts (tombstone, header commit
-    // over a raw value) ignore read leases, so a reader can copy a buffer that
-    // was dropped and reused, or a new one not yet written. See the stop note.
-    // Run it anyway with MC_ATTACK_REAL=1.
-    GTEST_SKIP() << "open finding: rare wrong reads under load on the real Mooncake (MC_ATTACK_REAL=1 runs it)";
-  }
+  // Against the real Mooncake this found threads of one client ending each
+  // other's writes of a key (docs/mooncake_layout.md, guarantee 6): rare
+  // reads of zeros or of older values' bytes, mostly under machine load.
   std::vector<std::string> keys;
   for (int k = 0; k < 6; ++k) keys.push_back(Key("shared" + std::to_string(k)));
   BatchAttackResult r = ConcurrentBatchAttack(*store_, keys, 40);
