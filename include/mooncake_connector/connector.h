@@ -35,6 +35,8 @@ struct ConnectorOptions {
 // The URL schemes Create accepts, e.g. {"memory"}.
 MC_EXPORT std::vector<std::string> SupportedSchemes();
 
+struct ManifestPart;
+
 class MC_EXPORT Connector {
  public:
   // Opens the store the URL names. InvalidArgument for a malformed URL, an
@@ -95,6 +97,16 @@ class MC_EXPORT Connector {
   // REQUIRES: !closed().
   Store& store() { return *store_; }
 
+  // Complete model manifest parts this connector has read or written, by
+  // key. A model that vanishes from the store afterwards (the master
+  // restarted, it was evicted, another client removed it) is then reported
+  // as lost, naming its tensors, rather than as never saved
+  // (Model::OpenReader).
+  void RememberManifest(const std::string& key, const ManifestPart& part);
+  std::shared_ptr<const ManifestPart> RecalledManifest(const std::string& key);
+  // Forgets every remembered part whose key starts with `prefix`.
+  void ForgetManifests(std::string_view prefix);
+
  private:
   Connector(Url url, std::string device, std::shared_ptr<Store> store);
   Status CheckOpen() const;
@@ -105,6 +117,8 @@ class MC_EXPORT Connector {
   std::atomic<bool> closed_{false};
   std::mutex local_dir_mutex_;
   std::string local_dir_;
+  std::mutex manifests_mutex_;
+  std::map<std::string, std::shared_ptr<const ManifestPart>, std::less<>> manifests_;
 };
 
 // "cpu", "cpu:N", "cuda" or "cuda:N" (N up to 3 digits).

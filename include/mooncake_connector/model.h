@@ -198,6 +198,9 @@ class MC_EXPORT Model {
   Status SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
                     const SaveOptions& options);
   Status WriteManifest(const ManifestPart& part, const WriteOptions& write);
+  // DataLoss naming the tensors of a remembered part that the store no
+  // longer has.
+  Status CheckRecalledTensors(int rank, const ManifestPart& part);
 
   Connector* connector_;
   std::string name_;

@@ -6,6 +6,7 @@
 #include <system_error>
 
 #include "mooncake_connector/memory_store.h"
+#include "mooncake_connector/model.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "mooncake_connector/value_format.h"
 
@@ -182,6 +183,24 @@ Result<bool> Connector::Remove(std::string_view key) {
   if (s.ok()) return true;
   if (s.code() == StatusCode::kNotFound) return false;
   return s;
+}
+
+void Connector::RememberManifest(const std::string& key, const ManifestPart& part) {
+  auto copy = std::make_shared<const ManifestPart>(part);
+  std::lock_guard lock(manifests_mutex_);
+  manifests_[key] = std::move(copy);
+}
+
+std::shared_ptr<const ManifestPart> Connector::RecalledManifest(const std::string& key) {
+  std::lock_guard lock(manifests_mutex_);
+  auto it = manifests_.find(key);
+  return it == manifests_.end() ? nullptr : it->second;
+}
+
+void Connector::ForgetManifests(std::string_view prefix) {
+  std::lock_guard lock(manifests_mutex_);
+  auto it = manifests_.lower_bound(prefix);
+  while (it != manifests_.end() && std::string_view(it->first).starts_with(prefix)) it = manifests_.erase(it);
 }
 
 Result<std::string> Connector::GetLocalDir() {

@@ -16,6 +16,15 @@ Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptio
   if (rank < 0) return InvalidArgument("rank " + std::to_string(rank) + " is negative");
   std::unique_ptr<ModelReader> r(new ModelReader(*this, rank, options));
   MC_ASSIGN_OR_RETURN(std::optional<ManifestPart> manifest, ReadManifest(rank));
+  if (!manifest) {
+    // Seen complete by this connector, now gone from the store: lost, not
+    // never saved. Loaded by the remembered manifest if its tensors are all
+    // still there (their checksums are checked as ever).
+    if (std::shared_ptr<const ManifestPart> seen = connector_->RecalledManifest(ManifestKey(rank))) {
+      MC_RETURN_IF_ERROR(CheckRecalledTensors(rank, *seen));
+      manifest = *seen;
+    }
+  }
   if (manifest) {
     if (manifest->state != SaveState::kComplete) {
       return FailedPrecondition("the save of model '" + name_ + "' rank " + std::to_string(rank) +
@@ -41,6 +50,32 @@ Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptio
   }
   for (size_t i = 0; i < r->tensors_.size(); ++i) r->index_.emplace(r->tensors_[i].name, i);
   return r;
+}
+
+Status Model::CheckRecalledTensors(int rank, const ManifestPart& part) {
+  std::vector<std::string> keys;
+  std::vector<const ManifestTensor*> stored;
+  for (const ManifestTensor& t : part.tensors) {
+    if (!t.alias_of.empty()) continue;
+    keys.push_back(TensorKey(rank, t.name));
+    stored.push_back(&t);
+  }
+  std::vector<std::string_view> views(keys.begin(), keys.end());
+  std::vector<Result<bool>> exists = connector_->store().BatchExists(views);
+  std::vector<std::string> lost;
+  for (size_t i = 0; i < exists.size(); ++i) {
+    if (!exists[i].ok()) return exists[i].status().WithContext("checking what is left of model '" + name_ + "'");
+    if (!*exists[i]) lost.push_back(stored[i]->name);
+  }
+  if (lost.empty()) return Status::Ok();
+  std::string names;
+  for (size_t i = 0; i < lost.size() && i < 8; ++i) names += (i ? ", '" : "'") + lost[i] + "'";
+  if (lost.size() > 8) names += ", ...";
+  return DataLoss("model '" + name_ + "' rank " + std::to_string(rank) + " (saved complete " + part.created +
+                  ") has lost its manifest and " + std::to_string(lost.size()) + " of its " + std::to_string(keys.size()) +
+                  " tensors since this connector saw it (" + names + ") in " + connector_->store().url() +
+                  ": the master restarted, the values were evicted, or another client removed the model; "
+                  "save it again");
 }
 
 size_t ModelReader::Canonical(size_t index) const {

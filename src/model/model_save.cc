@@ -149,13 +149,18 @@ Result<std::optional<ManifestPart>> Model::ReadManifest(std::optional<int> rank)
   Result<ManifestPart> part = ParseManifest(text);
   if (!part.ok()) return part.status().WithContext("'" + key + "'");
   if (part->rank != rank) return DataLoss("'" + key + "' is the manifest of another part");
+  if (part->state == SaveState::kComplete) connector_->RememberManifest(key, *part);
   return std::optional<ManifestPart>(std::move(*part));
 }
 
 Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write) {
   std::string text = EncodeManifest(part);
   ConstBytes bytes(reinterpret_cast<const std::byte*>(text.data()), text.size());
-  return connector_->store().Put(ManifestKey(part.rank), bytes, write).WithContext("writing the manifest");
+  const std::string key = ManifestKey(part.rank);
+  connector_->ForgetManifests(key);  // a new save supersedes what was seen
+  MC_RETURN_IF_ERROR(connector_->store().Put(key, bytes, write).WithContext("writing the manifest"));
+  if (part.state == SaveState::kComplete) connector_->RememberManifest(key, part);
+  return Status::Ok();
 }
 
 Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
@@ -426,6 +431,7 @@ Result<uint64_t> Model::Remove() {
   MC_RETURN_IF_ERROR(CheckOpen());
   Store& store = connector_->store();
   uint64_t removed = 0;
+  connector_->ForgetManifests(name_ + "/manifest/");
   // The manifest first: the model stops looking complete before values go.
   for (const char* part : {"/manifest/", "/keys/", "/files/"}) {
     MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, store.List(name_ + part));

@@ -301,6 +301,51 @@ TEST(Model, OpenNeedsAModelName) {
   EXPECT_EQ(m.ManifestKey(std::nullopt), "org/model/manifest/files.json");
 }
 
+TEST(Model, AModelThatVanishesAfterItWasSeenIsLostNotMissing) {
+  // What a master restart does to a model this process saved: the manifest
+  // and the values are gone from the store.
+  const std::string url = UniqueUrl();
+  auto c = Open(url);
+  Model m = *Model::Open(*c);
+  Sample s = MakeSample();
+  ASSERT_TRUE(m.SaveStateDict(0, s.views).ok());
+  Store& store = c->store();
+
+  // Only the manifest lost: loaded by the remembered one, checksums checked.
+  ASSERT_TRUE(store.Remove(m.ManifestKey(0)).ok());
+  std::unique_ptr<ModelReader> reader = *m.OpenReader(0);
+  EXPECT_TRUE(reader->has_manifest());
+  EXPECT_EQ(ReadAll(*reader).size(), s.views.size());
+
+  // Tensors lost too: DataLoss naming them (aliases are not stored values).
+  ASSERT_TRUE(store.Remove(m.TensorKey(0, "b")).ok());
+  ASSERT_TRUE(store.Remove(m.TensorKey(0, "d")).ok());
+  Status lost = m.OpenReader(0).status();
+  EXPECT_STATUS(lost, kDataLoss, "has lost its manifest and 2 of its 5 tensors");
+  EXPECT_STATUS(lost, kDataLoss, "'b', 'd'");
+  EXPECT_STATUS(lost, kDataLoss, "the master restarted");
+
+  // Another connector never saw it: to that one the model was never saved
+  // (b and d are gone, the rest loads by listing).
+  auto other = Open(url);
+  Model fresh = *Model::Open(*other);
+  std::unique_ptr<ModelReader> listed = *fresh.OpenReader(0);
+  EXPECT_FALSE(listed->has_manifest());
+
+  // Removing the model forgets it; saving again loads as ever.
+  ASSERT_TRUE(m.Remove().ok());
+  EXPECT_EQ(m.OpenReader(0).status().code(), StatusCode::kNotFound);
+  ASSERT_TRUE(m.SaveStateDict(0, s.views).ok());
+  ASSERT_TRUE(store.Remove(m.ManifestKey(0)).ok());
+  EXPECT_EQ(ReadAll(**m.OpenReader(0)).size(), s.views.size());
+  // A manifest seen by reading (not by saving) is remembered as well.
+  ASSERT_TRUE(m.SaveStateDict(0, s.views).ok());
+  ASSERT_TRUE(fresh.ReadManifest(0).ok());
+  ASSERT_TRUE(store.Remove(m.ManifestKey(0)).ok());
+  ASSERT_TRUE(store.Remove(m.TensorKey(0, "a")).ok());
+  EXPECT_STATUS(fresh.OpenReader(0).status(), kDataLoss, "1 of its 5 tensors");
+}
+
 TEST(Model, SaveAndReadBackInBatches) {
   auto c = Open(UniqueUrl());
   Model m = *Model::Open(*c);

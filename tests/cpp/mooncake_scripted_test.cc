@@ -13,6 +13,7 @@
 #include "scripted_mooncake.h"
 #include "store_conformance.h"
 #include "store/mooncake/chunked_value_internal.h"
+#include "store/mooncake/retry_internal.h"
 #include "store/mooncake/mooncake_store_internal.h"
 
 namespace mooncake_connector {
@@ -523,6 +524,59 @@ TEST_F(Scripted, BatchPutFallsBackWhenTheBatchCallIsRefused) {
   ExpectValue("s0", values[0]);
   ExpectValue("s2", values[2]);
   EXPECT_FALSE(sm_.Has("s1"));
+}
+
+}  // namespace
+}  // namespace mooncake_connector
+
+namespace mooncake_connector {
+namespace {
+
+TEST_F(Scripted, AMasterThatDoesNotAnswerFailsABatchInOneTimeout) {
+  // The master gone: every call waits out Mooncake's RPC timeout, then -900.
+  // A batch of large values (read one by one) must not wait once per key,
+  // and a slow failure is not tried again.
+  Open(std::chrono::milliseconds(20000));
+  std::vector<std::vector<std::byte>> values;
+  std::vector<std::string> keys;
+  for (int i = 0; i < 6; ++i) {
+    keys.push_back("big" + std::to_string(i));
+    values.push_back(Bytes(3000, i));  // over a quarter slot: read one by one
+    ASSERT_TRUE(Put(keys.back(), values.back()).ok());
+  }
+  std::atomic<int> attempts{0};
+  sm_.inject = [&](const ScriptedMooncake::Call& c) -> int64_t {
+    if (c.op != "get_into") return 0;
+    ++attempts;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+    return -900;
+  };
+  std::vector<std::vector<std::byte>> dest(6, std::vector<std::byte>(3000));
+  std::vector<GetIntoRequest> requests;
+  for (int i = 0; i < 6; ++i) requests.push_back({keys[i], dest[i]});
+  auto start = std::chrono::steady_clock::now();
+  std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+  auto took = std::chrono::steady_clock::now() - start;
+  for (const auto& r : got) {
+    EXPECT_EQ(r.status().code(), StatusCode::kUnavailable) << r.status();
+    EXPECT_NE(r.status().message().find("scripted:1"), std::string_view::npos) << r.status();
+  }
+  EXPECT_EQ(attempts.load(), 1);
+  EXPECT_LT(took, std::chrono::milliseconds(1100 + mooncake::MasterBreaker::kHold.count()));
+
+  // Once the hold is over, calls go to Mooncake again: back, it answers.
+  sm_.inject = nullptr;
+  std::this_thread::sleep_for(mooncake::MasterBreaker::kHold);
+  ExpectValue("big0", values[0]);
+
+  // A failure that comes fast (a hiccup) is tried twice more and trips nothing.
+  attempts = 0;
+  sm_.inject = [&](const ScriptedMooncake::Call& c) -> int64_t {
+    if (c.op != "get_into") return 0;
+    return ++attempts <= 2 ? -900 : 0;
+  };
+  ExpectValue("big1", values[1]);
+  EXPECT_EQ(attempts.load(), 3);
 }
 
 }  // namespace

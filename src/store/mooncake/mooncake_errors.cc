@@ -11,7 +11,8 @@ Status FromMooncakeError(int64_t code, const std::string& what) {
       return Unavailable(msg + " (object is leased by a recent read; retry after the lease TTL)");
     case kErrInvalidParams: return InvalidArgument(msg + " (invalid parameters)");
     case kErrNoAvailableHandle:
-      return ResourceExhausted(msg + " (no space left in the store's segments)");
+      return ResourceExhausted(msg + " (no space left in the store's segments, or no segment mounted: after "
+                                     "a master restart, storage processes take a few seconds to mount theirs again)");
     case kErrReplicaNotReady: return Unavailable(msg + " (replica not ready yet)");
     case kErrLeaseExpired: return Aborted(msg + " (lease expired during the transfer; retry)");
     case kErrReplicaBusy: return Unavailable(msg + " (replica busy)");

@@ -66,7 +66,11 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
     }
     std::vector<const char*> c_keys = CStrings(keys);
     std::vector<int64_t> results(n, 0);
+    if (breaker_.Refusal() != 0) continue;  // ReadValue fails them at once
+    auto start = std::chrono::steady_clock::now();
     int rc = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), sizes.data(), n, results.data());
+    auto took = std::chrono::steady_clock::now() - start;
+    breaker_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()), took);
     for (size_t j = 0; rc == 0 && j < n; ++j) {
       if (results[j] < 0) continue;  // read again below
       const GetIntoRequest& r = requests[batch[j]];
@@ -222,11 +226,16 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     });
     std::vector<const char*> c_keys = CStrings(b.keys);
     std::vector<int64_t> results(n, 0);
-    RetryTransient(deadline, [&]() -> int64_t {
-      int rc = api_->batch_get_into(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
-                                    results.data());
-      return rc != 0 ? rc : FirstTransient(results);
+    int call = -1;  // the batch call's own code; stays -1 if it was never made
+    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+      call = api_->batch_get_into(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
+                                  results.data());
+      return call != 0 ? call : FirstTransient(results);
     });
+    if (call != 0) {
+      return Fail(rc, "batch_get_into of chunks " + std::to_string(first) + "-" + std::to_string(first + n - 1) +
+                          " of '" + key + "'");
+    }
     for (size_t j = 0; j < n; ++j) {
       std::string which = "chunk " + std::to_string(first + j) + " of '" + key + "'";
       int64_t r = results[j];

@@ -172,10 +172,15 @@ std::vector<Result<bool>> MooncakeStore::BatchExists(std::span<const std::string
   std::vector<const char*> c_keys = CStrings(owned);
   std::vector<int> results(owned.size(), 0);
   Deadline deadline = NewDeadline();
-  RetryTransient(deadline, [&]() -> int64_t {
-    int rc = api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), results.data());
-    return rc != 0 ? rc : FirstTransient(results);
+  int call = -1;  // the batch call's own code; stays -1 if it was never made
+  int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+    call = api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), results.data());
+    return call != 0 ? call : FirstTransient(results);
   });
+  if (call != 0) {
+    for (size_t j = 0; j < owned.size(); ++j) out[index[j]] = Fail(rc, "is_exist '" + owned[j] + "'");
+    return out;
+  }
   for (size_t j = 0; j < owned.size(); ++j) {
     int r = results[j];
     if (r == 1) {
@@ -258,7 +263,8 @@ Result<std::vector<std::string>> MooncakeStore::AllKeys(std::string_view prefix)
   admin += ":" + std::to_string(config_.metrics_port);
   Result<std::string> body = HttpGet(admin, "/get_all_keys", config_.connect_timeout);
   if (!body.ok()) {
-    return body.status().WithContext("listing keys (master admin port: MOONCAKE_MASTER_METRICS_PORT=" +
+    return body.status().WithContext("listing keys on master " + config_.master_address +
+                                     " (its admin port: MOONCAKE_MASTER_METRICS_PORT=" +
                                      std::to_string(config_.metrics_port) + ")");
   }
   std::vector<std::string> keys;

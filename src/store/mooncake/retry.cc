@@ -6,6 +6,24 @@
 
 namespace mooncake_connector::mooncake {
 
+namespace {
+int64_t NowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+int64_t MasterBreaker::Refusal() const {
+  return NowNs() < until_ns_.load(std::memory_order_acquire) ? code_.load(std::memory_order_relaxed) : 0;
+}
+
+void MasterBreaker::Note(int64_t rc, std::chrono::steady_clock::duration took) {
+  if (rc > -900 || rc <= -1000 || took < kSlowNetworkFailure) return;
+  code_.store(rc, std::memory_order_relaxed);
+  until_ns_.store(NowNs() + std::chrono::duration_cast<std::chrono::nanoseconds>(kHold).count(),
+                  std::memory_order_release);
+}
+
 bool Deadline::Backoff() {
   using namespace std::chrono;
   auto now = steady_clock::now();
