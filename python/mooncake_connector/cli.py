@@ -211,14 +211,16 @@ def _standalone(args: argparse.Namespace) -> int:
     try:
         inst = standalone.start(segment_size=args.segment_size,
                                 local_buffer_size=args.local_buffer_size,
-                                lease_ttl_ms=args.lease_ttl_ms, log_dir=args.log_dir)
-    except standalone.StandaloneError as e:
+                                lease_ttl_ms=args.lease_ttl_ms, log_dir=args.log_dir,
+                                storage_processes=args.storage_processes)
+    except (standalone.StandaloneError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    print(f"Mooncake standalone instance running ({args.segment_size} of storage); "
+    print(f"Mooncake standalone instance running ({args.storage_processes} storage process(es) "
+          f"of {args.segment_size} each); "
           f"logs in {inst.log_dir}", flush=True)
     print("# export these in the shell that runs your program:")
     for k, v in inst.env().items():
@@ -286,6 +288,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-ttl-ms", type=int, default=1000,
                    help="master's read lease in ms (default 1000; removes wait it out)")
     p.add_argument("--log-dir", default=None, help="where the processes log (default: a temp dir)")
+    p.add_argument("--storage-processes", type=int, default=1,
+                   help="storage processes, each contributing --segment-size (default 1; 2 or more "
+                        "give replica_num=2 distinct segments)")
     p.set_defaults(func=_standalone)
     return parser
 

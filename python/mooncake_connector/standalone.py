@@ -75,6 +75,8 @@ class StandaloneInstance:
     client_port: int
     segment_size: str
     log_dir: Path
+    storage_ports: list[int] = field(default_factory=list)
+    # The master first, then one mooncake_client per storage port.
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     @property
@@ -152,18 +154,24 @@ def _master_healthy(port: int) -> bool:
 
 def start(segment_size: str = "1gb", local_buffer_size: str = "64mb",
           lease_ttl_ms: Optional[int] = 1000, log_dir: Optional[str] = None,
-          ready_timeout: float = 60.0) -> StandaloneInstance:
-    """Starts a master and a storage process; returns once both serve.
+          ready_timeout: float = 60.0, storage_processes: int = 1) -> StandaloneInstance:
+    """Starts a master and ``storage_processes`` storage processes (each
+    contributing ``segment_size``); returns once all serve.
 
     ``lease_ttl_ms`` is the master's read lease (Mooncake's default is 10 s).
     A key read within it cannot be removed (mooncake:// never force-removes),
     so a single-machine instance uses a short one; ``None`` keeps Mooncake's.
+    More than one storage process gives ``replica_num`` > 1 distinct segments
+    to put copies on.
     """
+    if storage_processes < 1:
+        raise ValueError(f"storage_processes must be at least 1, got {storage_processes}")
     logs = Path(log_dir or tempfile.mkdtemp(prefix="mooncake-standalone-"))
     logs.mkdir(parents=True, exist_ok=True)
-    master, metrics, metadata, client = free_ports(4)
+    master, metrics, metadata, *clients = free_ports(3 + storage_processes)
     inst = StandaloneInstance(master_port=master, metrics_port=metrics, metadata_port=metadata,
-                              client_port=client, segment_size=segment_size, log_dir=logs)
+                              client_port=clients[0], segment_size=segment_size, log_dir=logs,
+                              storage_ports=clients)
     master_cmd = [
         find_binary("mooncake_master"),
         f"--rpc_port={inst.master_port}", f"--rpc_address={LOOPBACK}",
@@ -174,20 +182,23 @@ def start(segment_size: str = "1gb", local_buffer_size: str = "64mb",
     ]
     if lease_ttl_ms is not None:
         master_cmd.append(f"--default_kv_lease_ttl={lease_ttl_ms}")
-    client_cmd = [
-        find_binary("mooncake_client"),
-        f"--master_server_address={inst.master_address}",
-        f"--metadata_server={inst.metadata_server}",
-        f"--global_segment_size={segment_size}",
-        f"--local_buffer_size={local_buffer_size}",
-        f"--host={LOOPBACK}", f"--port={inst.client_port}", "--protocol=tcp",
-    ]
+    def client_cmd(port: int) -> list[str]:
+        return [
+            find_binary("mooncake_client"),
+            f"--master_server_address={inst.master_address}",
+            f"--metadata_server={inst.metadata_server}",
+            f"--global_segment_size={segment_size}",
+            f"--local_buffer_size={local_buffer_size}",
+            f"--host={LOOPBACK}", f"--port={port}", "--protocol=tcp",
+        ]
+
+    steps = [("mooncake_master", master_cmd,
+              lambda: _master_healthy(inst.metrics_port) and _port_open(inst.master_port))]
+    for i, port in enumerate(inst.storage_ports):
+        steps.append(("mooncake_client" if i == 0 else f"mooncake_client{i + 1}", client_cmd(port),
+                      lambda port=port: _port_open(port)))
     try:
-        for name, cmd, ready in (
-            ("mooncake_master", master_cmd,
-             lambda: _master_healthy(inst.metrics_port) and _port_open(inst.master_port)),
-            ("mooncake_client", client_cmd, lambda: _port_open(inst.client_port)),
-        ):
+        for name, cmd, ready in steps:
             log = logs / f"{name}.log"
             with open(log, "wb") as out:
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,

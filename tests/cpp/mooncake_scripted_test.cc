@@ -562,14 +562,15 @@ TEST_F(Scripted, AMasterThatDoesNotAnswerFailsABatchInOneTimeout) {
     EXPECT_NE(r.status().message().find("scripted:1"), std::string_view::npos) << r.status();
   }
   EXPECT_EQ(attempts.load(), 1);
-  EXPECT_LT(took, std::chrono::milliseconds(1100 + mooncake::MasterBreaker::kHold.count()));
+  EXPECT_LT(took, std::chrono::milliseconds(1100 + mooncake::NetworkHealth::kHold.count()));
 
   // Once the hold is over, calls go to Mooncake again: back, it answers.
   sm_.inject = nullptr;
-  std::this_thread::sleep_for(mooncake::MasterBreaker::kHold);
+  std::this_thread::sleep_for(mooncake::NetworkHealth::kHold);
   ExpectValue("big0", values[0]);
 
-  // A failure that comes fast (a hiccup) is tried twice more and trips nothing.
+  // A failure that comes fast (a hiccup, a storage process the master has not
+  // dropped yet) is tried again and trips nothing.
   attempts = 0;
   sm_.inject = [&](const ScriptedMooncake::Call& c) -> int64_t {
     if (c.op != "get_into") return 0;

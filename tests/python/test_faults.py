@@ -1,5 +1,6 @@
 """Faults against a real Mooncake: the master killed in the middle of a load
-and started again. Each test runs its own master and storage process (the
+and started again; a storage process killed under a model saved with one or
+two replicas. Each test runs its own master and storage processes (the
 session's instance is left alone)."""
 
 from __future__ import annotations
@@ -20,10 +21,23 @@ ERROR_WITHIN_S = 10.0
 RECOVER_WITHIN_S = 30.0
 
 
+# The master drops a dead storage process's replicas after its client_ttl
+# (10 s by default); reads keep trying until op_timeout, which must cover it.
+STORAGE_URL_OPTIONS = "op_timeout=30s"
+
+
 @pytest.fixture
 def instance(tmp_path, monkeypatch):
     with standalone.start(segment_size="256mb", local_buffer_size="32mb", lease_ttl_ms=500,
                           log_dir=str(tmp_path / "logs")) as inst:
+        export(monkeypatch, inst)
+        yield inst
+
+
+@pytest.fixture
+def two_storage(tmp_path, monkeypatch):
+    with standalone.start(segment_size="256mb", local_buffer_size="32mb", lease_ttl_ms=500,
+                          log_dir=str(tmp_path / "logs"), storage_processes=2) as inst:
         export(monkeypatch, inst)
         yield inst
 
@@ -129,3 +143,74 @@ def test_operations_while_the_master_is_down_fail_fast(instance):
         restart_master(instance, args)
         until_works(lambda: c.setstr("k3", "v3"), RECOVER_WITHIN_S)
         assert c.getstr("k3") == "v3"
+
+
+def test_storage_killed_two_replicas_the_load_completes(two_storage):
+    url = f"mooncake://{two_storage.master_address}/org/replicated?replica_num=2&{STORAGE_URL_OPTIONS}"
+    sd = state_dict()
+    with create_remote_connector(url) as c:
+        c.save_state_dict(sd)
+        storage = two_storage.processes[1]
+        storage.kill()
+        storage.wait()
+        start = time.monotonic()
+        back = c.load_state_dict()
+        took = time.monotonic() - start
+        assert set(back) == set(sd)
+        assert all(torch.equal(back[k], v) for k, v in sd.items())
+        # Reads failed over once the master dropped the dead replicas: the
+        # first waits for that (client_ttl), the next loads at full speed.
+        assert took < 25, f"{took:.1f}s"
+        start = time.monotonic()
+        again = c.load_state_dict()
+        assert time.monotonic() - start < 5
+        assert all(torch.equal(again[k], v) for k, v in sd.items())
+
+
+def test_storage_killed_one_replica_the_load_names_what_was_lost(two_storage):
+    url = f"mooncake://{two_storage.master_address}/org/single?{STORAGE_URL_OPTIONS}"
+    sd = state_dict(n=32)
+    with create_remote_connector(url) as c:
+        c.save_state_dict(sd)
+        storage = two_storage.processes[1]
+        storage.kill()
+        storage.wait()
+        # About half of the values lived on the dead process. Whether or not
+        # the manifest did, the load is DataLoss naming a lost tensor, not a
+        # missing model and not a shorter state dict.
+        with pytest.raises(DataLossError) as lost:
+            c.load_state_dict()
+        message = str(lost.value)
+        assert "layers." in message and "org/single" in message
+        # The survivors are still there, and a new save makes it whole.
+        c.save_state_dict(sd)
+        back = c.load_state_dict()
+        assert all(torch.equal(back[k], v) for k, v in sd.items())
+
+
+def test_memory_pressure_evicts_the_unpinned_model_and_its_load_says_so(instance):
+    """Fill the 256 MB pool far past its size with other keys: the model saved
+    with pin=hard loads bit-exact, the unpinned one is DataLoss naming what
+    was evicted."""
+    sd = state_dict(n=16, kib=1024)  # 16 x 4 MiB
+    base = f"mooncake://{instance.master_address}"
+    with create_remote_connector(f"{base}/org/pinned?pin=hard") as pinned, \
+            create_remote_connector(f"{base}/org/unpinned") as unpinned, \
+            create_remote_connector(f"{base}/filler") as filler:
+        pinned.save_state_dict(sd)
+        unpinned.save_state_dict(sd)
+        written = 0
+        for i in range(30):  # 30 x 16 MiB through a 256 MB segment
+            for _ in range(20):  # eviction runs in the background
+                try:
+                    filler.set(f"filler/{i}", torch.zeros(4 << 20))
+                    written += 1
+                    break
+                except ResourceExhaustedError:
+                    time.sleep(0.1)
+        assert written == 30
+        with pytest.raises(DataLossError) as evicted:
+            unpinned.load_state_dict()
+        assert "org/unpinned" in str(evicted.value) and "layers." in str(evicted.value)
+        back = pinned.load_state_dict()
+        assert all(torch.equal(back[k], v) for k, v in sd.items())

@@ -66,11 +66,11 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
     }
     std::vector<const char*> c_keys = CStrings(keys);
     std::vector<int64_t> results(n, 0);
-    if (breaker_.Refusal() != 0) continue;  // ReadValue fails them at once
+    if (health_.Refusal() != 0) continue;  // ReadValue fails them at once
     auto start = std::chrono::steady_clock::now();
     int rc = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), sizes.data(), n, results.data());
     auto took = std::chrono::steady_clock::now() - start;
-    breaker_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()), took);
+    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()), took);
     for (size_t j = 0; rc == 0 && j < n; ++j) {
       if (results[j] < 0) continue;  // read again below
       const GetIntoRequest& r = requests[batch[j]];

@@ -49,7 +49,7 @@ class MooncakeStore final : public Store {
   using Destination = std::function<Result<GetIntoRequest>(uint64_t size)>;
 
   uint64_t slot_size() const { return config_.chunk_size; }
-  Deadline NewDeadline() const { return Deadline(config_.op_timeout, &breaker_); }
+  Deadline NewDeadline() const { return Deadline(config_.op_timeout, &health_); }
   // A status for a Mooncake error code; connection failures name the peer.
   Status Fail(int64_t code, const std::string& what) const;
 
@@ -115,7 +115,7 @@ class MooncakeStore final : public Store {
   Result<bool> AllChunksExist(const std::string& key, const ChunkHeader& h);
 
   const MooncakeConfig config_;
-  mutable MasterBreaker breaker_;
+  mutable NetworkHealth health_;
   const Api* api_;
   Handle handle_;
   ReplicateConfig replicate_;

@@ -98,7 +98,7 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewSmallValues(std::span<co
     for (size_t j = 0; j < n; ++j) keys[j] = std::string(requests[batch[j]].key);
     std::vector<const char*> c_keys = CStrings(keys);
     std::vector<int> exist(n, 0);
-    if (breaker_.Refusal() != 0) continue;  // PutOne fails them at once
+    if (health_.Refusal() != 0) continue;  // PutOne fails them at once
     if (api_->batch_is_exist(handle_, c_keys.data(), n, exist.data()) != 0) continue;
     std::vector<size_t> fresh;  // positions in `batch` of keys with no value
     for (size_t j = 0; j < n; ++j) {
@@ -122,7 +122,7 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewSmallValues(std::span<co
     auto start = std::chrono::steady_clock::now();
     int rc = api_->batch_put_from(handle_, put_keys.data(), buffers.data(), put_sizes.data(), fresh.size(),
                                   &replicate, results.data());
-    breaker_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
+    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
                   std::chrono::steady_clock::now() - start);
     for (size_t f = 0; rc == 0 && f < fresh.size(); ++f) {
       if (results[f] == 0) done[batch[fresh[f]]] = Status::Ok();

@@ -13,15 +13,24 @@ int64_t NowNs() {
 }
 }  // namespace
 
-int64_t MasterBreaker::Refusal() const {
-  return NowNs() < until_ns_.load(std::memory_order_acquire) ? code_.load(std::memory_order_relaxed) : 0;
+int64_t NetworkHealth::Refusal() const {
+  return NowNs() < refuse_until_ns_.load(std::memory_order_acquire) ? code_.load(std::memory_order_relaxed) : 0;
 }
 
-void MasterBreaker::Note(int64_t rc, std::chrono::steady_clock::duration took) {
+void NetworkHealth::Note(int64_t rc, std::chrono::steady_clock::duration took) {
   if (rc > -900 || rc <= -1000 || took < kSlowNetworkFailure) return;
   code_.store(rc, std::memory_order_relaxed);
-  until_ns_.store(NowNs() + std::chrono::duration_cast<std::chrono::nanoseconds>(kHold).count(),
-                  std::memory_order_release);
+  refuse_until_ns_.store(NowNs() + std::chrono::duration_cast<std::chrono::nanoseconds>(kHold).count(),
+                         std::memory_order_release);
+}
+
+bool NetworkHealth::Impatient() const {
+  return NowNs() < impatient_until_ns_.load(std::memory_order_relaxed);
+}
+
+void NetworkHealth::NoteGaveUp() {
+  impatient_until_ns_.store(NowNs() + std::chrono::duration_cast<std::chrono::nanoseconds>(kImpatience).count(),
+                            std::memory_order_relaxed);
 }
 
 bool Deadline::Backoff() {

@@ -15,29 +15,36 @@ namespace mooncake_connector::mooncake {
 // already waited out Mooncake's own RPC timeout: the peer is not answering.
 inline constexpr std::chrono::milliseconds kSlowNetworkFailure{1000};
 
-// Remembers for a moment that the master did not answer: a slow RPC failure
-// (-9xx) means every other call of the store would wait the same timeout.
-// Meanwhile calls fail at once with that code, so an operation over many
-// keys (a model load) fails in one timeout rather than one per key. After
-// kHold, calls go to Mooncake again (it may be back).
-class MasterBreaker {
+// What a store has lately seen of the network, so that an unreachable peer
+// costs one wait rather than one per key:
+//  - the master did not answer: a slow RPC failure (-9xx) means every other
+//    call would wait the same RPC timeout. For kHold, calls fail at once with
+//    that code (then they go to Mooncake again: it may be back);
+//  - an operation spent its whole deadline on fast transfer failures (a peer
+//    that refuses, and that the master does not drop): for kImpatience, others
+//    try such failures only twice more instead of until their deadline.
+class NetworkHealth {
  public:
   static constexpr std::chrono::milliseconds kHold{2000};
+  static constexpr std::chrono::milliseconds kImpatience{10000};
   // The code to fail with now instead of calling Mooncake, or 0.
   int64_t Refusal() const;
   // Records how a call ended and how long it took.
   void Note(int64_t rc, std::chrono::steady_clock::duration took);
+  bool Impatient() const;
+  void NoteGaveUp();
 
  private:
-  std::atomic<int64_t> until_ns_{0};
+  std::atomic<int64_t> refuse_until_ns_{0};
   std::atomic<int64_t> code_{0};
+  std::atomic<int64_t> impatient_until_ns_{0};
 };
 
 // The time one operation may spend, and the pauses between its attempts.
 class Deadline {
  public:
-  explicit Deadline(std::chrono::milliseconds budget, MasterBreaker* breaker = nullptr)
-      : end_(std::chrono::steady_clock::now() + budget), breaker_(breaker) {}
+  explicit Deadline(std::chrono::milliseconds budget, NetworkHealth* health = nullptr)
+      : end_(std::chrono::steady_clock::now() + budget), health_(health) {}
 
   bool Expired() const { return std::chrono::steady_clock::now() >= end_; }
   // Sleeps before the next attempt: 1 ms doubling to 64 ms, jittered, never
@@ -47,35 +54,46 @@ class Deadline {
   // sleeping) once the deadline has passed.
   bool Pause(std::chrono::milliseconds pause);
 
-  int64_t Refusal() const { return breaker_ != nullptr ? breaker_->Refusal() : 0; }
+  int64_t Refusal() const { return health_ != nullptr ? health_->Refusal() : 0; }
   void Note(int64_t rc, std::chrono::steady_clock::duration took) {
-    if (breaker_ != nullptr) breaker_->Note(rc, took);
+    if (health_ != nullptr) health_->Note(rc, took);
+  }
+  bool Impatient() const { return health_ == nullptr || health_->Impatient(); }
+  void NoteGaveUp() {
+    if (health_ != nullptr) health_->NoteGaveUp();
   }
 
  private:
   std::chrono::steady_clock::time_point end_;
-  MasterBreaker* breaker_;
+  NetworkHealth* health_;
   int attempt_ = 0;
 };
 
 // Calls `fn` (returning a Mooncake result code) until it returns a code that
 // is not transient or the deadline passes. Transfer and RPC failures
-// (-8xx/-9xx: maybe a hiccup, maybe a dead peer) get two more tries, but only
-// while they fail fast (a slow one already waited out Mooncake's RPC timeout;
-// trying again would only multiply the wait). Returns the last code.
+// (-8xx/-9xx) that come fast are tried again until the deadline: a storage
+// process that died fails its transfers at once until the master drops its
+// replicas (its client_ttl, 10 s by default), after which another replica
+// answers, or none (NotFound). Unless the store is impatient (NetworkHealth),
+// then twice more only. A slow failure already waited out Mooncake's RPC
+// timeout and is not tried again. Returns the last code.
 template <typename Fn>
 int64_t RetryTransient(Deadline& deadline, Fn&& fn) {
-  int network_retries = 2;
+  int quick_retries = 2;
   for (;;) {
     if (int64_t refused = deadline.Refusal()) return refused;
     auto start = std::chrono::steady_clock::now();
     int64_t rc = fn();
     auto took = std::chrono::steady_clock::now() - start;
     deadline.Note(rc, took);
-    bool network = rc <= -800 && rc > -1000;
-    bool fast = took < kSlowNetworkFailure;
-    if (IsTransientError(rc) || (network && fast && network_retries-- > 0)) {
+    if (IsTransientError(rc)) {
       if (deadline.Backoff()) continue;
+      return rc;
+    }
+    if (rc <= -800 && rc > -1000 && took < kSlowNetworkFailure) {
+      const bool patient = !deadline.Impatient();
+      if ((quick_retries-- > 0 || patient) && deadline.Backoff()) continue;
+      if (patient) deadline.NoteGaveUp();
     }
     return rc;
   }
