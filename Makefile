@@ -14,7 +14,7 @@ APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-de
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
 
 .PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz fuzz-long fuzz-build fuzz-run \
-	test-python test-install stress bench clean \
+	test-python test-install stress soak bench clean \
 	sglang-venv test-sglang
 
 setup: apt venv python-package
@@ -122,6 +122,10 @@ test-sglang: sglang-venv
 # The stress test for longer than make test runs it (STRESS_SECONDS, default 600).
 stress: setup
 	STRESS_SECONDS=$${STRESS_SECONDS:-600} $(PY) -m pytest -q -s tests/python/test_stress.py
+
+# The soak with faults for longer than make test runs it (SOAK_SECONDS, default 3600).
+soak: setup
+	SOAK_SECONDS=$${SOAK_SECONDS:-3600} $(PY) -m pytest -q -s tests/python/test_soak.py
 
 bench: setup
 	@mkdir -p $(BUILD)

@@ -5,15 +5,17 @@ session's instance is left alone)."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 import torch
 
 from conftest import export
-from mooncake_connector import (DataLossError, NotFoundError, ResourceExhaustedError,
-                                UnavailableError, create_remote_connector, standalone)
+from faults import fill_pool, kill, restart, until_works
+from mooncake_connector import (DataLossError, NotFoundError, UnavailableError,
+                                create_remote_connector, standalone)
+
+MASTER = 0  # index in StandaloneInstance.processes
 
 # A clear error must come within this long of the master going away.
 ERROR_WITHIN_S = 10.0
@@ -42,37 +44,9 @@ def two_storage(tmp_path, monkeypatch):
         yield inst
 
 
-def kill_master(inst: standalone.StandaloneInstance) -> list[str]:
-    master = inst.processes[0]
-    master.kill()
-    master.wait()
-    return list(master.args)
-
-
-def restart_master(inst: standalone.StandaloneInstance, args: list[str]) -> None:
-    """The same master command (same ports), as an operator would restart it."""
-    log = open(inst.log_dir / "mooncake_master.restarted.log", "wb")
-    inst.processes[0] = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-
-
 def state_dict(n: int = 24, kib: int = 256) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     return {f"layers.{i}.weight": torch.randn(kib * 256, generator=g) for i in range(n)}
-
-
-def until_works(fn, within: float):
-    """fn() once the store serves again, and how long that took: first the
-    master is unreachable, then it has no segment until the storage process
-    has mounted its own again."""
-    start = time.monotonic()
-    while True:
-        try:
-            return fn(), time.monotonic() - start
-        except (UnavailableError, ResourceExhaustedError):
-            if time.monotonic() - start > within:
-                raise
-            time.sleep(0.5)
 
 
 def test_master_killed_during_a_load_then_restarted(instance):
@@ -88,9 +62,8 @@ def test_master_killed_during_a_load_then_restarted(instance):
         def on_progress(done: int, total: int) -> None:
             if not killed_at:
                 killed_at.append(time.monotonic())
-                master_args.extend(kill_master(instance))
+                kill(instance, MASTER)
 
-        master_args: list[str] = []
         got = {}
         with pytest.raises(UnavailableError) as err:
             for name, t in c.weight_iterator(batch_bytes=1 << 20, progress=on_progress):
@@ -102,7 +75,7 @@ def test_master_killed_during_a_load_then_restarted(instance):
 
         # The same connector works again once the master is back: no restart
         # of this process, no new connector.
-        restart_master(instance, master_args)
+        restart(instance, MASTER)
         _, took = until_works(lambda: c.setstr("org/after", "again"), RECOVER_WITHIN_S)
         assert c.getstr("org/after") == "again"
 
@@ -130,7 +103,7 @@ def test_operations_while_the_master_is_down_fail_fast(instance):
     url = f"mooncake://{instance.master_address}/org/down"
     with create_remote_connector(url) as c:
         c.setstr("k", "v")
-        args = kill_master(instance)
+        kill(instance, MASTER)
         for name, op in (("get", lambda: c.getstr("k")), ("set", lambda: c.setstr("k2", "v")),
                          ("exists", lambda: c.exists("k")), ("remove", lambda: c.remove("k")),
                          ("list", lambda: c.list("")), ("load", lambda: c.load_state_dict())):
@@ -140,7 +113,7 @@ def test_operations_while_the_master_is_down_fail_fast(instance):
                 pytest.fail(f"{name} succeeded with the master down")
             took = time.monotonic() - start
             assert took < ERROR_WITHIN_S, f"{name} took {took:.1f}s to fail"
-        restart_master(instance, args)
+        restart(instance, MASTER)
         until_works(lambda: c.setstr("k3", "v3"), RECOVER_WITHIN_S)
         assert c.getstr("k3") == "v3"
 
@@ -150,9 +123,7 @@ def test_storage_killed_two_replicas_the_load_completes(two_storage):
     sd = state_dict()
     with create_remote_connector(url) as c:
         c.save_state_dict(sd)
-        storage = two_storage.processes[1]
-        storage.kill()
-        storage.wait()
+        kill(two_storage, 1)
         start = time.monotonic()
         back = c.load_state_dict()
         took = time.monotonic() - start
@@ -172,9 +143,7 @@ def test_storage_killed_one_replica_the_load_names_what_was_lost(two_storage):
     sd = state_dict(n=32)
     with create_remote_connector(url) as c:
         c.save_state_dict(sd)
-        storage = two_storage.processes[1]
-        storage.kill()
-        storage.wait()
+        kill(two_storage, 1)
         # About half of the values lived on the dead process. Whether or not
         # the manifest did, the load is DataLoss naming a lost tensor, not a
         # missing model and not a shorter state dict.
@@ -199,16 +168,7 @@ def test_memory_pressure_evicts_the_unpinned_model_and_its_load_says_so(instance
             create_remote_connector(f"{base}/filler") as filler:
         pinned.save_state_dict(sd)
         unpinned.save_state_dict(sd)
-        written = 0
-        for i in range(30):  # 30 x 16 MiB through a 256 MB segment
-            for _ in range(20):  # eviction runs in the background
-                try:
-                    filler.set(f"filler/{i}", torch.zeros(4 << 20))
-                    written += 1
-                    break
-                except ResourceExhaustedError:
-                    time.sleep(0.1)
-        assert written == 30
+        assert fill_pool(filler, 30) == 30  # 30 x 16 MiB through a 256 MB segment
         with pytest.raises(DataLossError) as evicted:
             unpinned.load_state_dict()
         assert "org/unpinned" in str(evicted.value) and "layers." in str(evicted.value)

@@ -20,10 +20,10 @@ import safetensors.torch
 import torch
 
 from conftest import LEASE_TTL_MS, assert_bit_exact, clear_mooncake, export, random_tensor
+from faults import fill_pool
 from mooncake_connector import (
     DataLossError,
     InvalidArgumentError,
-    ResourceExhaustedError,
     UnavailableError,
     create_remote_connector,
     standalone,
@@ -272,18 +272,9 @@ def test_hard_pinned_values_survive_eviction(tmp_path, monkeypatch):
             c.set("weights/pinned", w)
         with create_remote_connector("mooncake://") as c:
             c.set("weights/unpinned", w)
-            written = 0
-            for i in range(30):  # 30 x 16 MB through a 256 MB segment
-                for attempt in range(20):  # eviction runs in the background
-                    try:
-                        c.set(f"filler/{i}", torch.zeros(4 << 20))
-                        written += 1
-                        break
-                    except ResourceExhaustedError:
-                        time.sleep(0.1)
             # 480 MB went into 256 MB, and what was written is no longer all
             # there: eviction really happened.
-            assert written == 30
+            assert fill_pool(c, 30) == 30
             assert sum(readable(c, f"filler/{i}") for i in range(30)) < 30
             assert not readable(c, "weights/unpinned")
             assert_bit_exact(c.get("weights/pinned"), w)
