@@ -180,9 +180,11 @@ class MC_EXPORT Model {
   // manifest (FailedPrecondition without one).
   Result<VerifyReport> Verify(const ProgressFn& progress = {});
 
-  // Removes the model's tensors, files and manifest (manifest first, so the
-  // model stops looking complete before anything else goes). Returns the
-  // number of keys removed; NotFound when there was nothing.
+  // Removes the model's tensors, files and manifest: the manifest parts are
+  // first marked not complete (so the model stops looking complete, and a
+  // load meanwhile is refused rather than listing what is left), the
+  // manifest goes last. Returns the number of keys removed; NotFound when
+  // there was nothing.
   Result<uint64_t> Remove();
 
   Result<std::unique_ptr<ModelReader>> OpenReader(int rank, const LoadOptions& options = {});

@@ -151,7 +151,8 @@ class MooncakeConnector:
         return self._model().verify(progress)
 
     def remove_model(self) -> int:
-        """Removes this model (manifest first); returns the keys removed."""
+        """Removes this model (marked not complete first, its manifest last);
+        returns the keys removed."""
         return self._model().remove()
 
     def list_models(self) -> list[dict[str, Any]]:

@@ -37,6 +37,25 @@ std::optional<std::string> ModelOfKey(std::string_view key) {
 
 }  // namespace
 
+bool ManifestPartOf(std::string_view model, std::string_view key, std::optional<int>* rank) {
+  const std::string prefix = std::string(model) + "/manifest/";
+  if (!key.starts_with(prefix)) return false;
+  std::string_view rest = key.substr(prefix.size());
+  if (rest == "files.json") {
+    *rank = std::nullopt;
+    return true;
+  }
+  if (rest.substr(0, 5) != "rank_" || rest.size() < 11 || rest.substr(rest.size() - 5) != ".json") return false;
+  std::string_view digits = rest.substr(5, rest.size() - 10);
+  if (digits.empty() || digits.size() > 6 || digits.find_first_not_of("0123456789") != std::string_view::npos) {
+    return false;
+  }
+  int r = 0;
+  for (char c : digits) r = r * 10 + (c - '0');
+  *rank = r;
+  return true;
+}
+
 std::string ShapeText(const Shape& shape) {
   std::string out = "[";
   for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
@@ -53,14 +72,8 @@ Result<ModelInfo> Model::Inspect() {
   std::optional<int> world;
   bool all_complete = true;
   for (const std::string& key : manifest_keys) {
-    std::string_view rest = std::string_view(key).substr(name_.size() + std::string_view("/manifest/").size());
     std::optional<int> rank;
-    if (rest != "files.json") {
-      if (rest.substr(0, 5) != "rank_" || rest.size() < 11 || rest.substr(rest.size() - 5) != ".json") continue;
-      std::string digits(rest.substr(5, rest.size() - 10));
-      if (digits.empty() || digits.size() > 6 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
-      rank = std::stoi(digits);
-    }
+    if (!ManifestPartOf(name_, key, &rank)) continue;
     Result<std::optional<ManifestPart>> part = ReadManifest(rank);
     if (!part.ok()) {
       info.problems.push_back(std::string(part.status().message()));

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "mooncake_connector/buffer.h"
 #include "mooncake_connector/status.h"
@@ -18,5 +20,10 @@ Status CheckShardIndex(ConstBytes index, const std::map<std::string, std::string
 
 // "[2, 3]"
 std::string ShapeText(const Shape& shape);
+
+// Which manifest part `key` is of `model`: true with *rank set for
+// "MODEL/manifest/rank_R.json", true with nullopt for ".../files.json",
+// false for anything else.
+bool ManifestPartOf(std::string_view model, std::string_view key, std::optional<int>* rank);
 
 }  // namespace mooncake_connector

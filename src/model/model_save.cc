@@ -250,15 +250,23 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
       requests.push_back(PutRequest{it.key, p});
     }
     std::vector<Status> results = store.BatchPut(requests, options.write);
+    std::optional<Status> failed;
     for (size_t j = 0; j < batch.size(); ++j) {
-      if (!results[j].ok()) {
-        return results[j].WithContext("saving " + std::string(rank ? "tensor '" : "file '") +
-                                      items[batch[j]].name + "' of model '" + name_ +
-                                      "' (the save can be resumed by running it again)");
+      if (results[j].ok()) {
+        record(batch[j]);
+      } else if (!failed) {
+        failed = results[j].WithContext("saving " + std::string(rank ? "tensor '" : "file '") +
+                                        items[batch[j]].name + "' of model '" + name_ +
+                                        "' (the save can be resumed by running it again)");
       }
-      record(batch[j]);
     }
-    MC_RETURN_IF_ERROR(WriteManifest(part, options.write));
+    // Written after every batch, failed or not: values of this save are then
+    // never in the store without a manifest that says the save is not
+    // complete (the first one can have gone, e.g. with a master restart), so
+    // no load takes what is there for a whole model.
+    Status manifest = WriteManifest(part, options.write);
+    if (failed) return *failed;
+    MC_RETURN_IF_ERROR(manifest);
     if (options.progress) options.progress(done_bytes, total);
   }
 
@@ -432,8 +440,23 @@ Result<uint64_t> Model::Remove() {
   Store& store = connector_->store();
   uint64_t removed = 0;
   connector_->ForgetManifests(name_ + "/manifest/");
-  // The manifest first: the model stops looking complete before values go.
-  for (const char* part : {"/manifest/", "/keys/", "/files/"}) {
+  // First every manifest part is marked not complete: the model stops
+  // looking complete before its values go, yet keeps a manifest, so a load
+  // meanwhile (or after a remove that fails half-way) is refused instead of
+  // listing what is left and returning a shorter model. The manifest goes
+  // last.
+  MC_ASSIGN_OR_RETURN(std::vector<std::string> parts, store.List(name_ + "/manifest/"));
+  for (const std::string& key : parts) {
+    std::optional<int> rank;
+    if (!ManifestPartOf(name_, key, &rank)) continue;
+    Result<std::optional<ManifestPart>> part = ReadManifest(rank);
+    if (!part.ok() || !part->has_value() || (*part)->state != SaveState::kComplete) continue;
+    (*part)->state = SaveState::kSaving;
+    MC_RETURN_IF_ERROR(WriteManifest(**part, WriteOptions{}).WithContext("marking model '" + name_ +
+                                                                         "' as being removed"));
+  }
+  connector_->ForgetManifests(name_ + "/manifest/");
+  for (const char* part : {"/keys/", "/files/", "/manifest/"}) {
     MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, store.List(name_ + part));
     for (const std::string& key : keys) {
       Status s = store.Remove(key);

@@ -849,6 +849,55 @@ TEST(Model, RemoveLeavesNestedModels) {
 
 // ---------------------------------------------------------------- threads
 
+TEST(Model, ALoadDuringARemoveIsWholeOrAnErrorNeverShorter) {
+  // One thread saves and removes the model again and again; another loads it
+  // through a second connector (which never saw it, so it cannot rely on a
+  // remembered manifest). Every load is the whole model or an error: never
+  // what a listing finds of a model being removed.
+  const std::string url = UniqueUrl();
+  auto writer_connector = Open(url);
+  auto reader_connector = Open(url);
+  Model writer = *Model::Open(*writer_connector);
+  Model reader = *Model::Open(*reader_connector);
+  std::vector<Tensor> storage;
+  std::vector<NamedTensorView> views;
+  for (int i = 0; i < 12; ++i) storage.push_back(Filled(DType::kF32, {4, 4}, i));
+  for (int i = 0; i < 12; ++i) views.push_back({"w" + std::to_string(i / 10) + std::to_string(i % 10), storage[i].view()});
+  std::atomic<bool> stop{false};
+  std::atomic<int> whole{0}, shorter{0}, errors{0};
+  std::thread churn([&] {
+    for (int round = 0; round < 150; ++round) {
+      EXPECT_TRUE(writer.SaveStateDict(0, views).ok());
+      EXPECT_TRUE(writer.Remove().ok());
+    }
+    stop = true;
+  });
+  while (!stop) {
+    Result<std::unique_ptr<ModelReader>> r = reader.OpenReader(0);
+    if (!r.ok()) {
+      ++errors;
+      continue;
+    }
+    size_t n = 0;
+    bool failed = false;
+    while (true) {
+      Result<std::vector<NamedTensor>> batch = (*r)->NextBatch();
+      if (!batch.ok()) {
+        failed = true;
+        break;
+      }
+      if (batch->empty()) break;
+      n += batch->size();
+    }
+    if (failed) ++errors;
+    else if (n == views.size()) ++whole;
+    else ++shorter;
+  }
+  churn.join();
+  EXPECT_EQ(shorter.load(), 0) << whole.load() << " whole loads, " << errors.load() << " errors";
+  EXPECT_GT(whole.load() + errors.load(), 0);
+}
+
 TEST(Model, ConcurrentReadersAndInspect) {
   auto c = Open(UniqueUrl());
   Model m = *Model::Open(*c);

@@ -274,19 +274,23 @@ bool IsTaggedValueOf(uint32_t key, ConstBytes got) {
 BatchAttackResult ConcurrentBatchAttack(Store& store, const std::vector<std::string>& keys, int rounds) {
   const uint32_t n = static_cast<uint32_t>(keys.size());
   std::atomic<int> wrong{0}, errors{0}, reads{0};
+  auto put_round = [&](uint32_t writer, uint32_t seq) {
+    std::vector<std::vector<std::byte>> values;
+    for (uint32_t k = 0; k < n; ++k) values.push_back(Tagged(k, writer, seq));
+    std::vector<ConstBytes> parts(values.begin(), values.end());
+    std::vector<PutRequest> requests;
+    for (uint32_t k = 0; k < n; ++k) requests.push_back({keys[k], {&parts[k], 1}});
+    for (const Status& s : store.BatchPut(requests, WriteOptions{})) {
+      if (!s.ok()) ++errors;
+    }
+  };
+  put_round(0, 0);  // readers that run first find values, not only misses
   std::vector<std::thread> threads;
   for (uint32_t t = 0; t < 5; ++t) {
     threads.emplace_back([&, t] {
       for (uint32_t i = 0; i < static_cast<uint32_t>(rounds); ++i) {
         if (t < 2) {
-          std::vector<std::vector<std::byte>> values;
-          for (uint32_t k = 0; k < n; ++k) values.push_back(Tagged(k, t, i));
-          std::vector<ConstBytes> parts(values.begin(), values.end());
-          std::vector<PutRequest> requests;
-          for (uint32_t k = 0; k < n; ++k) requests.push_back({keys[k], {&parts[k], 1}});
-          for (const Status& s : store.BatchPut(requests, WriteOptions{})) {
-            if (!s.ok()) ++errors;
-          }
+          put_round(t, i);
         } else if (t == 2) {
           if (i % 8 != 7) continue;
           Status s = store.Remove(keys[i % n]);
