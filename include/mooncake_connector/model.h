@@ -36,7 +36,13 @@
 
 namespace mooncake_connector {
 
-inline constexpr int kManifestFormatVersion = 1;
+// Version 2: every tensor value of the part carries kManifestMarker in its
+// safetensors "__metadata__". Version 1 (still read) did not.
+inline constexpr int kManifestFormatVersion = 2;
+// The "__metadata__" entry of a tensor value saved with a manifest; its value
+// is the manifest part's key. A load that finds no manifest refuses such a
+// value: the model is incomplete or lost in part, not an SGLang model.
+inline constexpr const char* kManifestMarker = "mooncake_connector.manifest";
 
 // "mooncake-connector X.Y.Z": written into manifests.
 MC_EXPORT std::string ToolVersion();
@@ -157,6 +163,8 @@ class MC_EXPORT Model {
   std::string TensorKey(int rank, std::string_view param) const;
   std::string FileKey(std::string_view path) const;
   std::string ManifestKey(std::optional<int> rank) const;
+  // The "__metadata__" of rank `rank`'s tensor values (kManifestMarker).
+  std::map<std::string, std::string> ValueMetadata(int rank) const;
 
   // Stores rank `rank`'s whole state dict (names unique, valid in a key).
   // Tensors sharing storage (same data pointer, dtype and shape) are stored
@@ -254,6 +262,7 @@ class MC_EXPORT ModelReader {
   LoadOptions options_;
   std::vector<ManifestTensor> tensors_;
   bool has_manifest_ = false;
+  int format_version_ = 0;  // of the manifest; its values' headers depend on it
   uint64_t total_bytes_ = 0;
   uint64_t done_bytes_ = 0;
   size_t next_ = 0;

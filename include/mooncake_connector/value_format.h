@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,7 +38,9 @@ struct EncodedTensor {
   uint64_t size() const { return header.size() + data.size(); }
 };
 
-MC_EXPORT Result<EncodedTensor> EncodeTensor(const TensorView& tensor);
+// `metadata` (optional) goes into the header's "__metadata__" object.
+MC_EXPORT Result<EncodedTensor> EncodeTensor(const TensorView& tensor,
+                                             const std::map<std::string, std::string>& metadata = {});
 
 // Where the tensor lies in a value.
 struct TensorLayout {
@@ -55,11 +58,14 @@ struct NamedTensorLayout {
 // Validates a safetensors file (a *.safetensors shard, or a value) as the
 // spec demands, but for the rule that it holds "tensor_bytes", and returns
 // its tensors ordered by data offset. DataLoss, with the reason, otherwise.
-MC_EXPORT Result<std::vector<NamedTensorLayout>> ParseSafetensors(ConstBytes file);
+// With `metadata`, its "__metadata__" entries are stored there.
+MC_EXPORT Result<std::vector<NamedTensorLayout>> ParseSafetensors(
+    ConstBytes file, std::map<std::string, std::string>* metadata = nullptr);
 
 // Validates a whole value as the spec demands and locates "tensor_bytes".
 // DataLoss, with the reason, for anything malformed.
-MC_EXPORT Result<TensorLayout> ParseTensorValue(ConstBytes value);
+MC_EXPORT Result<TensorLayout> ParseTensorValue(ConstBytes value,
+                                                std::map<std::string, std::string>* metadata = nullptr);
 
 // Decodes a value held in `value`. The result shares `value`'s storage when
 // the tensor bytes are aligned to the item size, and is a copy otherwise.

@@ -79,13 +79,15 @@ Result<Entry> ParseEntry(const std::string& name, const json& j, uint64_t data_s
 
 }  // namespace
 
-Result<EncodedTensor> EncodeTensor(const TensorView& tensor) {
+Result<EncodedTensor> EncodeTensor(const TensorView& tensor, const std::map<std::string, std::string>& metadata) {
   MC_ASSIGN_OR_RETURN(uint64_t nbytes, NumBytes(tensor.dtype, tensor.shape));
   if (nbytes != tensor.nbytes) return InvalidArgument("view byte size does not match its shape");
   json entry = {{"dtype", DTypeName(tensor.dtype)},
                 {"shape", tensor.shape},
                 {"data_offsets", {0, nbytes}}};
-  std::string body = json{{std::string(kTensorName), std::move(entry)}}.dump();
+  json header = {{std::string(kTensorName), std::move(entry)}};
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::string body = header.dump();
   // Pad with spaces so that the data starts on a kDataAlignment boundary.
   size_t total = kLengthBytes + body.size();
   body.append((kDataAlignment - total % kDataAlignment) % kDataAlignment, ' ');
@@ -97,7 +99,8 @@ Result<EncodedTensor> EncodeTensor(const TensorView& tensor) {
   return out;
 }
 
-Result<std::vector<NamedTensorLayout>> ParseSafetensors(ConstBytes value) {
+Result<std::vector<NamedTensorLayout>> ParseSafetensors(ConstBytes value,
+                                                        std::map<std::string, std::string>* metadata) {
   if (value.size() < kLengthBytes) return Corrupt("shorter than the 8-byte header length");
   uint64_t header_len = LoadLE64(value.data());
   if (header_len > kMaxHeaderBytes) {
@@ -140,8 +143,9 @@ Result<std::vector<NamedTensorLayout>> ParseSafetensors(ConstBytes value) {
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
       if (!it->is_object()) return Corrupt("__metadata__ is not an object");
-      for (const json& v : *it) {
-        if (!v.is_string()) return Corrupt("__metadata__ values must be strings");
+      for (auto m = it->begin(); m != it->end(); ++m) {
+        if (!m->is_string()) return Corrupt("__metadata__ values must be strings");
+        if (metadata != nullptr) (*metadata)[m.key()] = m->get<std::string>();
       }
       continue;
     }
@@ -168,8 +172,8 @@ Result<std::vector<NamedTensorLayout>> ParseSafetensors(ConstBytes value) {
   return entries;
 }
 
-Result<TensorLayout> ParseTensorValue(ConstBytes value) {
-  MC_ASSIGN_OR_RETURN(std::vector<NamedTensorLayout> entries, ParseSafetensors(value));
+Result<TensorLayout> ParseTensorValue(ConstBytes value, std::map<std::string, std::string>* metadata) {
+  MC_ASSIGN_OR_RETURN(std::vector<NamedTensorLayout> entries, ParseSafetensors(value, metadata));
   for (Entry& e : entries) {
     if (e.name == kTensorName) return std::move(e.layout);
   }

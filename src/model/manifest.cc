@@ -185,11 +185,13 @@ Result<ManifestPart> ParseManifest(std::string_view text) {
   MC_ASSIGN_OR_RETURN(std::string format, Text(j, "format", "the manifest"));
   if (format != "mooncake-connector-model-manifest") return Bad("unknown format '" + format + "'");
   MC_ASSIGN_OR_RETURN(uint64_t version, Unsigned(j, "format_version", "the manifest"));
-  if (version != static_cast<uint64_t>(kManifestFormatVersion)) {
+  if (version == 0) return Bad("format_version 0 does not exist");
+  if (version > static_cast<uint64_t>(kManifestFormatVersion)) {
     return Unimplemented("model manifest format version " + std::to_string(version) +
-                         " is not supported by " + ToolVersion() + " (it reads version " +
+                         " is not supported by " + ToolVersion() + " (it reads versions 1 to " +
                          std::to_string(kManifestFormatVersion) + ")");
   }
+  part.format_version = static_cast<int>(version);
   MC_ASSIGN_OR_RETURN(part.tool, Text(j, "tool", "the manifest"));
   MC_ASSIGN_OR_RETURN(part.created, Text(j, "created", "the manifest"));
   MC_ASSIGN_OR_RETURN(std::string state, Text(j, "state", "the manifest"));

@@ -34,6 +34,7 @@ Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptio
     }
     r->tensors_ = std::move(manifest->tensors);
     r->has_manifest_ = true;
+    r->format_version_ = manifest->format_version;
     for (const ManifestTensor& t : r->tensors_) r->total_bytes_ += t.alias_of.empty() ? t.nbytes : 0;
   } else {
     std::string prefix = TensorKey(rank, "");
@@ -97,7 +98,9 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items,
   for (size_t j = 0; j < n; ++j) {
     const ManifestTensor& t = tensors_[items[j]];
     keys[j] = model_.TensorKey(rank_, t.name);
-    Result<EncodedTensor> encoded = EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes});
+    Result<EncodedTensor> encoded =
+        EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes},
+                     format_version_ >= 2 ? model_.ValueMetadata(rank_) : std::map<std::string, std::string>{});
     if (!encoded.ok()) {
       out[j] = encoded.status();
       continue;
@@ -143,6 +146,16 @@ Result<Tensor> ModelReader::ReadUnknown(size_t index) {
     return NotFound("tensor '" + t.name + "' of model '" + model_.name() + "' vanished while loading");
   }
   if (!value.ok()) return value.status().WithContext("reading tensor '" + t.name + "'");
+  std::map<std::string, std::string> metadata;
+  if (ParseTensorValue(value->bytes(), &metadata).ok()) {
+    auto marker = metadata.find(kManifestMarker);
+    if (marker != metadata.end()) {
+      return DataLoss("tensor '" + t.name + "' of model '" + model_.name() + "' was saved with a manifest ('" +
+                      marker->second + "') that is not in " + model_.connector().store().url() +
+                      ": the save did not finish, the model is being removed, or it was lost in part (a master "
+                      "restart, eviction); not loading what is left as a whole model. Save it again");
+    }
+  }
   Result<Tensor> tensor = DecodeTensor(*value);
   if (!tensor.ok()) return tensor.status().WithContext("tensor '" + t.name + "'");
   return tensor;

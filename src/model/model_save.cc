@@ -153,6 +153,10 @@ Result<std::optional<ManifestPart>> Model::ReadManifest(std::optional<int> rank)
   return std::optional<ManifestPart>(std::move(*part));
 }
 
+std::map<std::string, std::string> Model::ValueMetadata(int rank) const {
+  return {{kManifestMarker, ManifestKey(rank)}};
+}
+
 Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write) {
   std::string text = EncodeManifest(part);
   ConstBytes bytes(reinterpret_cast<const std::byte*>(text.data()), text.size());
@@ -186,7 +190,8 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
   for (const SaveItem& it : items) total += it.alias ? 0 : it.data.size();
 
   std::vector<size_t> candidates;
-  if (old.ok() && old->has_value()) {
+  // Values of an older format version have other headers: written again.
+  if (old.ok() && old->has_value() && (*old)->format_version == kManifestFormatVersion) {
     const ManifestPart& was = **old;
     std::map<std::string_view, size_t> tensors, files;
     for (size_t i = 0; i < was.tensors.size(); ++i) tensors.emplace(was.tensors[i].name, i);
@@ -310,7 +315,7 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
     it.name = t.name;
     it.key = TensorKey(rank, t.name);
     MC_RETURN_IF_ERROR(ValidateKey(it.key).WithContext("tensor '" + t.name + "'"));
-    MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(t.tensor));
+    MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(t.tensor, ValueMetadata(rank)));
     it.header = std::move(encoded.header);
     it.data = encoded.data;
     it.tensor = ManifestTensor{t.name, t.tensor.dtype, t.tensor.shape, t.tensor.nbytes, 0, ""};

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "mooncake_connector/connector.h"
+#include "mooncake_connector/value_format.h"
 
 namespace mooncake_connector {
 namespace {
@@ -254,10 +255,15 @@ TEST(ModelManifest, RejectsMalformed) {
 
 TEST(ModelManifest, NewerFormatVersionIsUnimplemented) {
   std::string text = Manifest("\"world_size\": 1, \"files\": []", "complete",
-                              "mooncake-connector-model-manifest", 2);
+                              "mooncake-connector-model-manifest", 3);
   Status s = ParseManifest(text).status();
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s;
-  EXPECT_TRUE(Contains(s.message(), "version 2")) << s;
+  EXPECT_TRUE(Contains(s.message(), "version 3")) << s;
+  // Version 1 (values without the marker) is still read.
+  Result<ManifestPart> v1 = ParseManifest(Manifest("\"world_size\": 1, \"files\": []", "complete",
+                                                   "mooncake-connector-model-manifest", 1));
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  EXPECT_EQ(v1->format_version, 1);
 }
 
 // ---------------------------------------------------------------- save and load
@@ -529,6 +535,14 @@ TEST(Model, ResaveRewritesChangesAndDropsStaleKeys) {
 
 // ---------------------------------------------------------------- corruption
 
+// Stores `t` under rank 0's key for `name` as a save of `m` would (with the
+// manifest marker), so that only the bytes differ from what was saved.
+void PutAsSaved(Connector& c, Model& m, const std::string& name, const TensorView& t) {
+  EncodedTensor e = *EncodeTensor(t, m.ValueMetadata(0));
+  auto parts = e.parts();
+  ASSERT_TRUE(c.store().Put(m.TensorKey(0, name), parts).ok());
+}
+
 TEST(Model, CorruptedAndMissingValuesAreDataLoss) {
   auto c = Open(UniqueUrl());
   Model m = *Model::Open(*c);
@@ -539,7 +553,7 @@ TEST(Model, CorruptedAndMissingValuesAreDataLoss) {
   // Same dtype and shape, one bit flipped.
   Tensor bad = *Tensor::Copy(*Find(s, "b"));
   bad.data()[7] ^= std::byte{0x10};
-  ASSERT_TRUE(c->Set(m.TensorKey(0, "b"), bad.view()).ok());
+  PutAsSaved(*c, m, "b", bad.view());
   LoadOptions small;
   small.batch_bytes = 64;
   EXPECT_STATUS(DrainError(**m.OpenReader(0, small)), kDataLoss, "checksum mismatch");
@@ -563,11 +577,14 @@ TEST(Model, CorruptedAndMissingValuesAreDataLoss) {
 
   // Another dtype under the same key.
   Tensor other = Filled(DType::kI16, {3, 5}, 1);
-  ASSERT_TRUE(c->Set(m.TensorKey(0, "b"), other.view()).ok());
+  PutAsSaved(*c, m, "b", other.view());
   EXPECT_STATUS(DrainError(**m.OpenReader(0, unverified)), kDataLoss, "not the tensor the manifest lists");
+  // A value another writer put there (no marker: another header size).
+  ASSERT_TRUE(c->Set(m.TensorKey(0, "b"), other.view()).ok());
+  EXPECT_STATUS(DrainError(**m.OpenReader(0, unverified)), kDataLoss, "does not match the manifest");
 
   // Restored, then a value removed.
-  ASSERT_TRUE(c->Set(m.TensorKey(0, "b"), *Find(s, "b")).ok());
+  PutAsSaved(*c, m, "b", *Find(s, "b"));
   EXPECT_TRUE(DrainError(**m.OpenReader(0)).ok());
   ASSERT_TRUE(c->store().Remove(m.TensorKey(0, "d")).ok());
   EXPECT_STATUS(DrainError(**m.OpenReader(0)), kDataLoss, "not in the store");
@@ -848,6 +865,53 @@ TEST(Model, RemoveLeavesNestedModels) {
 }
 
 // ---------------------------------------------------------------- threads
+
+TEST(Model, ValuesSavedWithAManifestAreNotLoadedWithoutIt) {
+  // What a master restart in the middle of a save, or a remove cut short,
+  // leaves: some values, no manifest. A connector that never saw the model
+  // must not take them for a whole (manifest-less, SGLang-style) model.
+  const std::string url = UniqueUrl();
+  auto c = Open(url);
+  Model m = *Model::Open(*c);
+  Sample s = MakeSample();
+  ASSERT_TRUE(m.SaveStateDict(0, s.views).ok());
+  ASSERT_TRUE(c->store().Remove(m.ManifestKey(0)).ok());
+  ASSERT_TRUE(c->store().Remove(m.TensorKey(0, "c")).ok());
+  auto other = Open(url);
+  Model fresh = *Model::Open(*other);
+  std::unique_ptr<ModelReader> reader = *fresh.OpenReader(0);
+  EXPECT_FALSE(reader->has_manifest());
+  Status st = DrainError(*reader);
+  EXPECT_STATUS(st, kDataLoss, "was saved with a manifest ('org/model/manifest/rank_0.json') that is not in");
+  EXPECT_STATUS(st, kDataLoss, "not loading what is left as a whole model");
+}
+
+TEST(Model, ModelsOfManifestFormatVersion1StillLoadAndAreRewrittenOnResave) {
+  // Version 1 values carry no marker. Rebuilt here from a save: values set
+  // plainly, the manifest part written back as version 1.
+  auto c = Open(UniqueUrl());
+  Model m = *Model::Open(*c);
+  Sample s = MakeSample();
+  ASSERT_TRUE(m.SaveStateDict(0, s.views).ok());
+  ManifestPart part = **m.ReadManifest(0);
+  for (const NamedTensorView& v : s.views) {
+    if (v.name != "a_tied") ASSERT_TRUE(c->Set(m.TensorKey(0, v.name), v.tensor).ok());
+  }
+  part.format_version = 1;
+  const std::string v1 = EncodeManifest(part);
+  ASSERT_TRUE(c->store().Put(m.ManifestKey(0), ConstBytes(reinterpret_cast<const std::byte*>(v1.data()), v1.size()))
+                  .ok());
+  std::vector<NamedTensor> got = ReadAll(**m.OpenReader(0));
+  ASSERT_EQ(got.size(), s.views.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(SameTensor(got[i].tensor, s.views[i].tensor));
+  EXPECT_TRUE(m.Verify()->problems.empty());
+  // Saved again: every value is written anew with the marker (none skipped),
+  // and the part is the current version.
+  ASSERT_TRUE(m.SaveStateDict(0, s.views).ok());
+  EXPECT_EQ((*m.ReadManifest(0))->format_version, kManifestFormatVersion);
+  EXPECT_EQ(ReadAll(**m.OpenReader(0)).size(), s.views.size());
+  EXPECT_TRUE(m.Verify()->problems.empty());
+}
 
 TEST(Model, ALoadDuringARemoveIsWholeOrAnErrorNeverShorter) {
   // One thread saves and removes the model again and again; another loads it
