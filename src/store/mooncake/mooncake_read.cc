@@ -230,7 +230,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
       call = api_->batch_get_into(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
                                   results.data());
-      return call != 0 ? call : FirstTransient(results);
+      return call != 0 ? call : FirstRetryable(results);
     });
     if (call != 0) {
       return Fail(rc, "batch_get_into of chunks " + std::to_string(first) + "-" + std::to_string(first + n - 1) +

@@ -175,7 +175,7 @@ std::vector<Result<bool>> MooncakeStore::BatchExists(std::span<const std::string
   int call = -1;  // the batch call's own code; stays -1 if it was never made
   int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
     call = api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), results.data());
-    return call != 0 ? call : FirstTransient(results);
+    return call != 0 ? call : FirstRetryable(results);
   });
   if (call != 0) {
     for (size_t j = 0; j < owned.size(); ++j) out[index[j]] = Fail(rc, "is_exist '" + owned[j] + "'");

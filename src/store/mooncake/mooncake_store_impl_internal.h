@@ -130,11 +130,13 @@ void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst
 // `keys` is alive and unchanged).
 std::vector<const char*> CStrings(const std::vector<std::string>& keys);
 
-// The first transient code among per-key results, or 0: lets RetryTransient
-// retry a whole batch when one of its keys was refused for a moment.
+// The first transient or transfer/RPC failure code among per-key results, or
+// 0: lets RetryTransient retry a whole batch when one of its keys was refused
+// for a moment or could not be moved (a storage peer gone).
 template <typename T>
-int64_t FirstTransient(const std::vector<T>& results) {
-  auto it = std::find_if(results.begin(), results.end(), [](T r) { return IsTransientError(r); });
+int64_t FirstRetryable(const std::vector<T>& results) {
+  auto it = std::find_if(results.begin(), results.end(),
+                         [](T r) { return IsTransientError(r) || (r <= -800 && r > -1000); });
   return it == results.end() ? 0 : *it;
 }
 

@@ -165,7 +165,7 @@ Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
     int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
       int r = api_->batch_put_from(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
                                    &replicate, results.data());
-      return r != 0 ? r : FirstTransient(results);
+      return r != 0 ? r : FirstRetryable(results);
     });
     for (size_t j = 0; j < n; ++j) {
       int64_t r = rc != 0 ? rc : results[j];

@@ -71,12 +71,14 @@ class Deadline {
 
 // Calls `fn` (returning a Mooncake result code) until it returns a code that
 // is not transient or the deadline passes. Transfer and RPC failures
-// (-8xx/-9xx) that come fast are tried again until the deadline: a storage
-// process that died fails its transfers at once until the master drops its
-// replicas (its client_ttl, 10 s by default), after which another replica
-// answers, or none (NotFound). Unless the store is impatient (NetworkHealth),
-// then twice more only. A slow failure already waited out Mooncake's RPC
-// timeout and is not tried again. Returns the last code.
+// (-8xx/-9xx) are tried again until the deadline: a storage process that died
+// or was cut off fails its transfers (at once, or after a connect timeout)
+// until the master drops its replicas (its client_ttl, 10 s by default),
+// after which another replica answers, or none (NotFound). Unless the store
+// is impatient (NetworkHealth): then fast failures twice more, slow ones not
+// again. A slow RPC failure (-9xx) is the master not answering: not tried
+// again (NetworkHealth refuses the store's other calls for a moment).
+// Returns the last code.
 template <typename Fn>
 int64_t RetryTransient(Deadline& deadline, Fn&& fn) {
   int quick_retries = 2;
@@ -90,9 +92,13 @@ int64_t RetryTransient(Deadline& deadline, Fn&& fn) {
       if (deadline.Backoff()) continue;
       return rc;
     }
-    if (rc <= -800 && rc > -1000 && took < kSlowNetworkFailure) {
+    const bool network = rc <= -800 && rc > -1000;
+    const bool slow = took >= kSlowNetworkFailure;
+    // A slow RPC failure: the master is not answering (NetworkHealth holds
+    // the others off). Anything else may be a storage peer that is gone.
+    if (network && !(slow && rc <= -900)) {
       const bool patient = !deadline.Impatient();
-      if ((quick_retries-- > 0 || patient) && deadline.Backoff()) continue;
+      if (((!slow && quick_retries-- > 0) || patient) && deadline.Backoff()) continue;
       if (patient) deadline.NoteGaveUp();
     }
     return rc;
