@@ -9,7 +9,7 @@ SGLANG_VENV ?= .venv-sglang
 SGLANG_PY := $(SGLANG_VENV)/bin/python
 BUILD ?= build
 JOBS ?= $(shell nproc)
-FUZZ_SECONDS ?= 20
+FUZZ_SECONDS ?= 60
 APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev clang libclang-rt-14-dev \
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
 
