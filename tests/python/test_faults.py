@@ -5,6 +5,7 @@ session's instance is left alone)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -174,3 +175,41 @@ def test_memory_pressure_evicts_the_unpinned_model_and_its_load_says_so(instance
         assert "org/unpinned" in str(evicted.value) and "layers." in str(evicted.value)
         back = pinned.load_state_dict()
         assert all(torch.equal(back[k], v) for k, v in sd.items())
+
+
+def test_remove_of_a_leased_key(tmp_path, monkeypatch):
+    """As docs/mooncake.md says: remove never force-removes. It marks the key
+    removed at once (readers see None); a raw value is replaced by the
+    tombstone (Mooncake keeps the leased bytes for readers in flight), so the
+    remove is done at once; a chunked value's header is marked in place and
+    its lease waited out, up to op_timeout, past which the 64-byte tombstone
+    stays (listed) until the key is removed again."""
+    with standalone.start(segment_size="128mb", local_buffer_size="16mb", lease_ttl_ms=3000,
+                          log_dir=str(tmp_path / "logs")) as inst:
+        export(monkeypatch, inst)
+        base = f"mooncake://{inst.master_address}/x"
+        with create_remote_connector(base) as c:
+            for key, writes, waits in (("raw", 1, False), ("chunked", 2, True)):
+                for _ in range(writes):  # a second write is an overwrite: chunked
+                    c.setbytes(key, b"v" * 1000)
+                assert c.getbytes(key) is not None  # a 3 s read lease
+                seen = []
+                t = threading.Thread(target=lambda: (time.sleep(0.3), seen.append(c.getbytes(key))))
+                t.start()
+                start = time.monotonic()
+                c.remove(key)
+                took = time.monotonic() - start
+                t.join()
+                assert seen == [None], key
+                assert (2.0 < took < 8) if waits else took < 1.5, f"{key}: {took:.1f}s"
+                assert c.list("") == [], key
+        with create_remote_connector(base + "?op_timeout=1s") as c:
+            c.setbytes("k", b"v" * 1000)
+            c.setbytes("k", b"w" * 1000)
+            assert c.getbytes("k") is not None
+            c.remove("k")  # gives up waiting after 1 s
+            assert c.getbytes("k") is None and not c.exists("k")
+            assert c.list("") == ["k"]  # the tombstone object
+            time.sleep(3.2)  # leases over
+            c.remove("k")
+            assert c.list("") == []
