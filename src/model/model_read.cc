@@ -95,12 +95,13 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items,
   std::vector<std::string> keys(n), expected(n), heads(n);
   std::vector<GetIntoRequest> requests(n);
   std::vector<Status> out(n);
+  // The "__metadata__" every value of this part carries (none before version 2).
+  const std::map<std::string, std::string> metadata =
+      format_version_ >= 2 ? model_.ValueMetadata(rank_) : std::map<std::string, std::string>{};
   for (size_t j = 0; j < n; ++j) {
     const ManifestTensor& t = tensors_[items[j]];
     keys[j] = model_.TensorKey(rank_, t.name);
-    Result<EncodedTensor> encoded =
-        EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes},
-                     format_version_ >= 2 ? model_.ValueMetadata(rank_) : std::map<std::string, std::string>{});
+    Result<EncodedTensor> encoded = EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, metadata);
     if (!encoded.ok()) {
       out[j] = encoded.status();
       continue;
