@@ -10,7 +10,7 @@ SGLANG_PY := $(SGLANG_VENV)/bin/python
 BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
-APT_PACKAGES := build-essential cmake ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev clang libclang-rt-14-dev \
+APT_PACKAGES := build-essential cmake iptables ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev clang libclang-rt-14-dev \
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
 
 .PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz fuzz-long fuzz-build fuzz-run \
