@@ -15,7 +15,7 @@ APT_PACKAGES := build-essential cmake iptables ninja-build libgtest-dev nlohmann
 
 .PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz fuzz-long fuzz-build fuzz-run \
 	test-python test-install stress soak bench clean \
-	sglang-venv test-sglang
+	sglang-venv test-sglang bench-more
 
 setup: apt venv python-package
 
@@ -127,12 +127,17 @@ stress: setup
 soak: setup
 	SOAK_SECONDS=$${SOAK_SECONDS:-3600} $(PY) -m pytest -q -s tests/python/test_soak.py
 
+# The performance harness: every load and save path side by side, in the three
+# deployment modes (bench/bench.py; table, bench/results/bench.json and charts).
+# The quick size by default; BENCH_ARGS=--full for a model of at least 1 GiB.
 bench: setup
 	@mkdir -p $(BUILD)
+	$(PY) bench/bench.py $(BENCH_ARGS) 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
+
+# The narrower benchmarks: memory:// against memcpy by size, checksum costs.
+bench-more: setup
 	$(PY) bench/bench_memory.py
-	$(PY) bench/bench_mooncake.py 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
-	$(PY) bench/bench_integrity.py 2>> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
-	$(PY) bench/bench_model.py 2>> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
+	$(PY) bench/bench_integrity.py 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
 
 clean:
 	rm -rf $(BUILD)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def best(fn: Callable[[], Any], repeat: int) -> float:
+def best(fn: Callable[[], Any], repeat: int, setup: Callable[[], Any] = lambda: None) -> float:
     """The fastest of `repeat` runs of `fn`, in seconds (the least disturbed
-    one on a noisy machine)."""
+    one on a noisy machine); `setup` runs, untimed, before each."""
     times = []
     for _ in range(repeat):
+        setup()
+        gc.collect()
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -33,17 +36,3 @@ def write_result(path: str, benchmark: str, command: str, **fields: Any) -> None
         **fields,
     }, indent=2) + "\n")
     print(f"wrote {out}")
-
-
-def raw_wheel_client(inst: Any, buffer_bytes: int):
-    """The Mooncake wheel's own client for a standalone instance, with one
-    registered numpy buffer of `buffer_bytes` (the raw-wheel baseline rows)."""
-    import numpy as np
-    from mooncake.store import MooncakeDistributedStore
-
-    raw = MooncakeDistributedStore()
-    assert raw.setup("127.0.0.1", inst.metadata_server, 0, 64 << 20, "tcp", "",
-                     inst.master_address) == 0
-    buf = np.empty(buffer_bytes, dtype=np.uint8)
-    assert raw.register_buffer(buf.ctypes.data, buf.nbytes) == 0
-    return raw, buf

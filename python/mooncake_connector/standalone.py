@@ -162,15 +162,16 @@ def start(segment_size: str = "1gb", local_buffer_size: str = "64mb",
     A key read within it cannot be removed (mooncake:// never force-removes),
     so a single-machine instance uses a short one; ``None`` keeps Mooncake's.
     More than one storage process gives ``replica_num`` > 1 distinct segments
-    to put copies on.
+    to put copies on; none leaves the memory to clients that contribute
+    their own segments (``MOONCAKE_GLOBAL_SEGMENT_SIZE``).
     """
-    if storage_processes < 1:
-        raise ValueError(f"storage_processes must be at least 1, got {storage_processes}")
+    if storage_processes < 0:
+        raise ValueError(f"storage_processes must not be negative, got {storage_processes}")
     logs = Path(log_dir or tempfile.mkdtemp(prefix="mooncake-standalone-"))
     logs.mkdir(parents=True, exist_ok=True)
     master, metrics, metadata, *clients = free_ports(3 + storage_processes)
     inst = StandaloneInstance(master_port=master, metrics_port=metrics, metadata_port=metadata,
-                              client_port=clients[0], segment_size=segment_size, log_dir=logs,
+                              client_port=clients[0] if clients else 0, segment_size=segment_size, log_dir=logs,
                               storage_ports=clients)
     master_cmd = [
         find_binary("mooncake_master"),
