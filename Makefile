@@ -10,12 +10,12 @@ SGLANG_PY := $(SGLANG_VENV)/bin/python
 BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
-APT_PACKAGES := build-essential cmake iptables ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev clang libclang-rt-14-dev \
+APT_PACKAGES := build-essential cmake iptables ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev libbenchmark-dev clang libclang-rt-14-dev \
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
 
 .PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz fuzz-long fuzz-build fuzz-run \
 	test-python test-install stress soak bench clean \
-	sglang-venv test-sglang bench-more
+	sglang-venv test-sglang bench-more bench-micro
 
 setup: apt venv python-package
 
@@ -41,7 +41,7 @@ python-package: $(VENV)/.deps
 	$(PY) -m pip install -q --no-build-isolation --no-deps .
 
 cpp: $(VENV)/.deps
-	cmake -S . -B $(BUILD)/cpp -G Ninja -DMC_BUILD_TESTS=ON -DMC_BUILD_MOONCAKE_TESTS=ON \
+	cmake -S . -B $(BUILD)/cpp -G Ninja -DMC_BUILD_TESTS=ON -DMC_BUILD_MOONCAKE_TESTS=ON -DMC_BUILD_BENCH=ON \
 	  -DPython_EXECUTABLE=$(CURDIR)/$(PY) -DCMAKE_MAKE_PROGRAM=$$(command -v ninja)
 	cmake --build $(BUILD)/cpp -j $(JOBS)
 
@@ -133,6 +133,10 @@ soak: setup
 bench: setup
 	@mkdir -p $(BUILD)
 	$(PY) bench/bench.py $(BENCH_ARGS) 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
+
+# Google Benchmark micro-benchmarks of the format, checksum and copy path.
+bench-micro: cpp
+	$(BUILD)/cpp/micro_bench --benchmark_out=bench/results/micro_bench.json --benchmark_out_format=json
 
 # The narrower benchmarks: memory:// against memcpy by size, checksum costs.
 bench-more: setup
