@@ -88,6 +88,7 @@ fuzz-run:
 	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(BUILD)/fuzz/corpus_$$t; \
 	  $(BUILD)/fuzz/$${t}_fuzz -max_total_time=$(FUZZ_RUN_SECONDS) -max_len=4096 -print_final_stats=1 \
+	    -artifact_prefix=$(BUILD)/fuzz/ \
 	    $(BUILD)/fuzz/corpus_$$t fuzz/corpus/$$t 2>&1 | grep -E "^(Done|stat::number_of_executed_units)|ERROR|SUMMARY|Test unit written" ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done

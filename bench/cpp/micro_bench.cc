@@ -98,9 +98,10 @@ void BM_Xxh3(benchmark::State& state) {
 BENCHMARK(BM_Xxh3)->Arg(1 << 16)->Arg(1 << 20)->Arg(16 << 20);
 
 // The copy out of a staging slot: into memory touched before, into fresh pages
-// (each first touch a page fault), and into fresh pages mapped with
-// MAP_POPULATE (the faults taken up front, in the kernel, in one go).
-enum class Destination { kReused, kFresh, kPopulated };
+// (each first touch a page fault), into fresh pages mapped with MAP_POPULATE
+// (the faults taken up front, in the kernel, in one go), and into fresh
+// memory advised to use transparent huge pages (one fault per 2 MiB).
+enum class Destination { kReused, kFresh, kPopulated, kHugePages };
 
 void CopyOut(benchmark::State& state, Destination where) {
   const size_t n = static_cast<size_t>(state.range(0));
@@ -116,6 +117,8 @@ void CopyOut(benchmark::State& state, Destination where) {
         state.SkipWithError("mmap failed");
         break;
       }
+      // Transparent huge pages where the kernel offers them (madvise mode).
+      if (where == Destination::kHugePages) madvise(mapped, n, MADV_HUGEPAGE);
       dst = static_cast<std::byte*>(mapped);
     }
     mc::GetIntoRequest r{"k", mc::MutableBytes(dst, n)};
@@ -129,9 +132,11 @@ void CopyOut(benchmark::State& state, Destination where) {
 void BM_CopyIntoReused(benchmark::State& s) { CopyOut(s, Destination::kReused); }
 void BM_CopyIntoFresh(benchmark::State& s) { CopyOut(s, Destination::kFresh); }
 void BM_CopyIntoPopulated(benchmark::State& s) { CopyOut(s, Destination::kPopulated); }
+void BM_CopyIntoHugePages(benchmark::State& s) { CopyOut(s, Destination::kHugePages); }
 BENCHMARK(BM_CopyIntoReused)->Arg(16 << 20);
 BENCHMARK(BM_CopyIntoFresh)->Arg(16 << 20);
 BENCHMARK(BM_CopyIntoPopulated)->Arg(16 << 20);
+BENCHMARK(BM_CopyIntoHugePages)->Arg(16 << 20);
 
 // memory:// put and get of a value, through the Store interface.
 void BM_MemoryStorePutGet(benchmark::State& state) {

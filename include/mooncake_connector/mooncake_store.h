@@ -51,6 +51,11 @@ struct MooncakeConfig {
   int metrics_port = 9003;                      // MOONCAKE_MASTER_METRICS_PORT (admin HTTP)
   uint64_t chunk_size = uint64_t{16} << 20;     // MOONCAKE_CHUNK_SIZE: largest single object
   int transfer_slots = 4;                       // registered staging buffers of chunk_size each
+  // MOONCAKE_READ_THREADS: values one batch read fetches side by side (their
+  // transfers take turns; one copies while another transfers). 0 = automatic:
+  // 2 in standalone-client mode (transfers are shared-memory copies), 1 over
+  // a network (TCP transfers compete with a second reader for the CPU).
+  int read_threads = 0;
   std::chrono::milliseconds connect_timeout{5000};  // MOONCAKE_CONNECT_TIMEOUT
   // MOONCAKE_OP_TIMEOUT: how long one operation retries Mooncake's transient
   // refusals (replica not ready, read lease held, lease expired) before it
@@ -65,7 +70,7 @@ struct MooncakeConfig {
 // options and keyword arguments, named like the fields above: master, client,
 // protocol, device, metadata_server, local_hostname, global_segment_size,
 // local_buffer_size, replica_num, pin, metrics_port, chunk_size,
-// transfer_slots, connect_timeout, op_timeout, library). InvalidArgument for a bad value
+// transfer_slots, read_threads, connect_timeout, op_timeout, library). InvalidArgument for a bad value
 // or unknown option, and when neither a master nor a client is configured (the
 // message names MOONCAKE_MASTER and the command that starts a local instance).
 // `getenv` defaults to the process environment.

@@ -56,6 +56,11 @@ struct GetIntoRequest {
   // here and the rest to the start of `destination` (a tensor value's header
   // to scratch memory, its data straight into the tensor).
   MutableBytes head = {};
+  // Optional: receives the XXH3-64 of the bytes the read put in `destination`
+  // (the value after `head`), hashed as they are copied, while they are in
+  // cache, so that a caller verifying a checksum makes no second pass over
+  // the memory. Every store sets it on success when it is given.
+  uint64_t* data_xxh3 = nullptr;
 
   // Ok if a value of `size` bytes fits; InvalidArgument naming the size (and
   // the key) otherwise, also when the value is shorter than `head`.

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "store/deliver_internal.h"
+
 namespace mooncake_connector {
 
 Status ValidateKey(std::string_view key) {
@@ -44,6 +46,45 @@ void GetIntoRequest::CopyAt(uint64_t offset, ConstBytes bytes) const {
     offset += n;
   }
   if (!bytes.empty()) std::memcpy(destination.data() + (offset - head.size()), bytes.data(), bytes.size());
+}
+
+namespace {
+// Half of a core's L2 on the machines we know: a copied block is still in
+// cache when it is hashed.
+constexpr size_t kDeliverBlock = 256 << 10;
+}  // namespace
+
+void DeliverAt(const GetIntoRequest& r, uint64_t offset, ConstBytes bytes, Xxh3Stream* data,
+               Xxh3Stream* value) {
+  if (data == nullptr && value == nullptr) {
+    r.CopyAt(offset, bytes);
+    return;
+  }
+  while (!bytes.empty()) {
+    ConstBytes block = bytes.first(std::min(bytes.size(), kDeliverBlock));
+    r.CopyAt(offset, block);
+    if (value != nullptr) value->Update(block);
+    if (data != nullptr && offset + block.size() > r.head.size()) {
+      uint64_t skip = offset < r.head.size() ? r.head.size() - offset : 0;
+      data->Update(block.subspan(static_cast<size_t>(skip)));
+    }
+    offset += block.size();
+    bytes = bytes.subspan(block.size());
+  }
+}
+
+void Deliver(const GetIntoRequest& r, ConstBytes value) {
+  if (r.data_xxh3 == nullptr) {
+    r.CopyAt(0, value);
+    return;
+  }
+  Xxh3Stream data;
+  DeliverAt(r, 0, value, &data);
+  *r.data_xxh3 = data.Digest();
+}
+
+void HashDelivered(const GetIntoRequest& r, uint64_t n) {
+  if (r.data_xxh3 != nullptr) *r.data_xxh3 = Xxh3(r.destination.first(static_cast<size_t>(n)));
 }
 
 Result<Buffer> Store::Get(std::string_view key) {

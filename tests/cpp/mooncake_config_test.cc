@@ -57,6 +57,7 @@ TEST(MooncakeConfig, Defaults) {
   EXPECT_EQ(c.metrics_port, 9003);
   EXPECT_EQ(c.chunk_size, uint64_t{16} << 20);
   EXPECT_EQ(c.transfer_slots, 4);
+  EXPECT_EQ(c.read_threads, 0);  // automatic
   EXPECT_EQ(c.connect_timeout, 5000ms);
   EXPECT_EQ(c.library, "");
 }
@@ -162,6 +163,7 @@ TEST(MooncakeConfig, OptionsOverrideEnvironmentAndUrl) {
                                  {"connect_timeout", "300ms"},
                                  {"chunk_size", "1mb"},
                                  {"transfer_slots", "8"},
+                                 {"read_threads", "3"},
                                  {"metrics_port", "9200"},
                                  {"global_segment_size", "1gb"},
                                  {"local_buffer_size", "32mb"},
@@ -176,6 +178,7 @@ TEST(MooncakeConfig, OptionsOverrideEnvironmentAndUrl) {
   EXPECT_EQ(c.connect_timeout, 300ms);
   EXPECT_EQ(c.chunk_size, uint64_t{1} << 20);
   EXPECT_EQ(c.transfer_slots, 8);
+  EXPECT_EQ(c.read_threads, 3);
   EXPECT_EQ(c.metrics_port, 9200);
   EXPECT_EQ(c.global_segment_size, uint64_t{1} << 30);
   EXPECT_EQ(c.local_buffer_size, uint64_t{32} << 20);
@@ -199,7 +202,8 @@ TEST(MooncakeConfig, BadOptionValuesNameTheOption) {
                              std::pair{"connect_timeout", "5h"}, std::pair{"connect_timeout", "-1s"},
                              std::pair{"global_segment_size", "lots"},
                              std::pair{"local_buffer_size", "-1"}, std::pair{"metrics_port", "0"},
-                             std::pair{"metrics_port", "65536"}, std::pair{"transfer_slots", "0"}}) {
+                             std::pair{"metrics_port", "65536"}, std::pair{"transfer_slots", "0"},
+                             std::pair{"read_threads", "-1"}, std::pair{"read_threads", "17"}}) {
     SCOPED_TRACE(std::string(name) + "=" + value);
     ExpectInvalid(Config("mooncake://", kMaster, {{name, value}}), name);
   }

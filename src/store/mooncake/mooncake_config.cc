@@ -84,6 +84,12 @@ const Setting kSettings[] = {
        c.transfer_slots = static_cast<int>(n);
        return Status::Ok();
      }},
+    {"read_threads", "MOONCAKE_READ_THREADS",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "read_threads", 0, 16));
+       c.read_threads = static_cast<int>(n);
+       return Status::Ok();
+     }},
     {"metrics_port", "MOONCAKE_MASTER_METRICS_PORT",
      [](MooncakeConfig& c, const std::string& v) {
        MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "metrics_port", 1, 65535));

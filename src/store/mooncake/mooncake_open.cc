@@ -52,7 +52,7 @@ std::string ClientIdentity(const MooncakeConfig& c, const Api* api) {
          '\n' + c.local_hostname + '\n' + std::to_string(c.global_segment_size) + '\n' +
          std::to_string(c.local_buffer_size) + '\n' + std::to_string(c.replica_num) + '\n' +
          std::to_string(static_cast<int>(c.pin)) + '\n' + std::to_string(c.metrics_port) + '\n' +
-         std::to_string(c.chunk_size) + '\n' + std::to_string(c.transfer_slots) + '\n' +
+         std::to_string(c.chunk_size) + '\n' + std::to_string(c.transfer_slots) + '\n' + std::to_string(c.read_threads) + '\n' +
          std::to_string(c.connect_timeout.count()) + '\n' + std::to_string(c.op_timeout.count());
 }
 

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/hash_internal.h"
+#include "store/deliver_internal.h"
 #include "store/mooncake/mooncake_store_impl_internal.h"
 
 namespace mooncake_connector::mooncake {
@@ -28,6 +29,7 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
   // error, a transient refusal) is read again by ReadValue, which retries.
   std::vector<std::optional<Result<uint64_t>>> out(requests.size());
   std::vector<std::optional<HeaderBytes>> headers(requests.size());
+  const std::vector<bool> repeated = RepeatedKeys(requests);
   size_t next = 0;
   while (next < requests.size()) {
     std::vector<size_t> batch;
@@ -41,6 +43,7 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
         out[next] = valid;
         continue;
       }
+      if (repeated[next]) continue;
       uint64_t want = std::max<uint64_t>(r.head.size() + r.destination.size(), kChunkHeaderSize);
       // Large values gain nothing from sharing a call (the transfer
       // dominates) and copy out of cache-warm staging when read one by one.
@@ -82,26 +85,31 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
         continue;
       }
       Status fits = r.CheckFits(object.size());
-      if (fits.ok()) r.CopyAt(0, object);
+      if (fits.ok()) Deliver(r, object);
       out[batch[j]] = fits.ok() ? Result<uint64_t>(object.size()) : Result<uint64_t>(fits);
     }
   }
-  std::vector<Result<uint64_t>> done;
-  done.reserve(requests.size());
+  // The rest one by one, read_threads() at a time: one value's transfer
+  // overlaps another's copy out of the slots and checksum.
+  std::vector<size_t> rest;
   for (size_t i = 0; i < requests.size(); ++i) {
-    if (out[i]) {
-      done.push_back(std::move(*out[i]));
-      continue;
-    }
+    if (!out[i]) rest.push_back(i);
+  }
+  std::mutex turn;
+  ParallelFor(rest.size(), read_threads(), [&](size_t k) {
+    const size_t i = rest[k];
     const GetIntoRequest& r = requests[i];
-    done.push_back(ReadValue(
+    out[i] = ReadValue(
         std::string(r.key),
         [&](uint64_t size) -> Result<GetIntoRequest> {
           MC_RETURN_IF_ERROR(r.CheckFits(size));
           return r;
         },
-        headers[i] ? &*headers[i] : nullptr));
-  }
+        headers[i] ? &*headers[i] : nullptr, &turn);
+  });
+  std::vector<Result<uint64_t>> done;
+  done.reserve(requests.size());
+  for (std::optional<Result<uint64_t>>& r : out) done.push_back(std::move(*r));
   return done;
 }
 
@@ -118,7 +126,7 @@ Result<Buffer> MooncakeStore::Get(std::string_view key) {
 }
 
 Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destination& destination,
-                                          const HeaderBytes* first_header) {
+                                          const HeaderBytes* first_header, std::mutex* turn) {
   Deadline deadline = NewDeadline();
   std::optional<uint64_t> vanished_generation;
   int vanished = 0;
@@ -150,7 +158,7 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
         ConstBytes object(object_data, static_cast<size_t>(n));
         if (!LooksLikeChunkHeader(object.size(), object)) {
           MC_ASSIGN_OR_RETURN(GetIntoRequest target, destination(object.size()));
-          target.CopyAt(0, object);
+          Deliver(target, object);
           return object.size();
         }
         Result<ChunkHeader> parsed = ParseChunkHeader(object);
@@ -173,7 +181,7 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
       return ReadLargeObject(key, target, static_cast<uint64_t>(size), deadline);
     }
     MC_ASSIGN_OR_RETURN(GetIntoRequest target, destination(header.total_size));
-    Result<uint64_t> got = ReadChunks(key, header, target, deadline);
+    Result<uint64_t> got = ReadChunks(key, header, target, deadline, turn);
     if (got.ok()) return got;
     if (got.status().code() == StatusCode::kAborted) {
       // A chunk vanished: the value was replaced or removed meanwhile (a new
@@ -195,7 +203,8 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
 }
 
 Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHeader& h,
-                                           const GetIntoRequest& target, Deadline& deadline) {
+                                           const GetIntoRequest& target, Deadline& deadline,
+                                           std::mutex* turn) {
   // Chunk lengths come from the header only. Chunks that fit a staging slot
   // go through the slots; larger ones (written with a larger chunk_size) are
   // read straight into registered memory.
@@ -206,18 +215,22 @@ Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHe
                                "raise chunk_size (MOONCAKE_CHUNK_SIZE) to read it");
     }
     return ReadRegistered(key, target, h.total_size, [&](MutableBytes dst) {
-      return ReadChunksInto(key, h, dst, nullptr, deadline);
+      return ReadChunksInto(key, h, dst, nullptr, deadline, turn);
     });
   }
-  return ReadChunksInto(key, h, {}, &target, deadline);
+  return ReadChunksInto(key, h, {}, &target, deadline, turn);
 }
 
 Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const ChunkHeader& h,
                                                MutableBytes registered, const GetIntoRequest* target,
-                                               Deadline& deadline) {
+                                               Deadline& deadline, std::mutex* turn) {
   const bool via_slots = target != nullptr;
   Xxh3Stream hash;
-  Status s = ForEachBatch(h.num_chunks, arena_->slots(), [&](uint64_t first, size_t n) -> Status {
+  Xxh3Stream data;  // of what goes to target->destination, if asked for
+  Xxh3Stream* data_hash = via_slots && target->data_xxh3 != nullptr ? &data : nullptr;
+  // A share of the slots per call, so that read_threads() reads run at once.
+  const size_t per_call = std::max<size_t>(1, arena_->slots() / read_threads());
+  Status s = ForEachBatch(h.num_chunks, per_call, [&](uint64_t first, size_t n) -> Status {
     std::optional<TransferArena::Lease> slots;
     if (via_slots) slots.emplace(arena_->Acquire(n));
     ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* {
@@ -228,6 +241,8 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     std::vector<int64_t> results(n, 0);
     int call = -1;  // the batch call's own code; stays -1 if it was never made
     int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+      std::unique_lock<std::mutex> my_turn;
+      if (turn != nullptr) my_turn = std::unique_lock(*turn);
       call = api_->batch_get_into(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
                                   results.data());
       return call != 0 ? call : FirstRetryable(results);
@@ -252,8 +267,11 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
                         std::to_string(b.sizes[j]));
       }
       ConstBytes got(static_cast<const std::byte*>(b.buffers[j]), b.sizes[j]);
-      if (via_slots) target->CopyAt((first + j) * h.chunk_size, got);
-      if (h.has_checksum()) hash.Update(got);
+      if (via_slots) {
+        DeliverAt(*target, (first + j) * h.chunk_size, got, data_hash, h.has_checksum() ? &hash : nullptr);
+      } else if (h.has_checksum()) {
+        hash.Update(got);
+      }
     }
     return Status::Ok();
   });
@@ -262,6 +280,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     return DataLoss("checksum mismatch in the " + std::to_string(h.total_size) + "-byte value of '" +
                     key + "' (corrupted or mixed chunks)");
   }
+  if (data_hash != nullptr) *target->data_xxh3 = data.Digest();
   return h.total_size;
 }
 
@@ -278,7 +297,13 @@ Result<uint64_t> MooncakeStore::ReadRegistered(
   if (rc != 0) return Fail(rc, "register_buffer for '" + key + "'");
   Result<uint64_t> got = read(dst);
   api_->unregister_buffer(handle_, dst.data());
-  if (got.ok() && !scratch.bytes().empty()) target.CopyAt(0, scratch.bytes().first(*got));
+  if (got.ok()) {
+    if (!scratch.bytes().empty()) {
+      Deliver(target, scratch.bytes().first(*got));
+    } else {
+      HashDelivered(target, *got);
+    }
+  }
   return got;
 }
 

@@ -7,10 +7,14 @@
 #include <algorithm>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
+#include "core/parallel_internal.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "store/mooncake/chunked_value_internal.h"
 #include "store/mooncake/deferred_removal_internal.h"
@@ -49,6 +53,11 @@ class MooncakeStore final : public Store {
   using Destination = std::function<Result<GetIntoRequest>(uint64_t size)>;
 
   uint64_t slot_size() const { return config_.chunk_size; }
+  // MooncakeConfig::read_threads, resolved (see there).
+  size_t read_threads() const {
+    if (config_.read_threads > 0) return static_cast<size_t>(config_.read_threads);
+    return config_.client_address.empty() ? 1 : ReadThreads();
+  }
   Deadline NewDeadline() const { return Deadline(config_.op_timeout, &health_); }
   // A status for a Mooncake error code; connection failures name the peer.
   Status Fail(int64_t code, const std::string& what) const;
@@ -77,18 +86,21 @@ class MooncakeStore final : public Store {
   // mooncake_read.cc
   using HeaderBytes = std::array<std::byte, kChunkHeaderSize>;
   // Reads one value. `first_header`: a chunk header a batched read already
-  // fetched for this key (used instead of the first get).
+  // fetched for this key (used instead of the first get). `turn`: reads of
+  // one call running side by side take it for each transfer of chunks, so
+  // that one transfer is in flight at a time (concurrent transfers over TCP
+  // are slower, not faster) while the other read copies and hashes.
   Result<uint64_t> ReadValue(const std::string& key, const Destination& destination,
-                             const HeaderBytes* first_header = nullptr);
+                             const HeaderBytes* first_header = nullptr, std::mutex* turn = nullptr);
   Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h,
-                              const GetIntoRequest& target, Deadline& deadline);
+                              const GetIntoRequest& target, Deadline& deadline, std::mutex* turn);
   Result<uint64_t> ReadLargeObject(const std::string& key, const GetIntoRequest& target,
                                    uint64_t size, Deadline& deadline);
   // Reads the chunks through the staging slots into `target`, or (target
   // null) straight into `registered`.
   Result<uint64_t> ReadChunksInto(const std::string& key, const ChunkHeader& h,
                                   MutableBytes registered, const GetIntoRequest* target,
-                                  Deadline& deadline);
+                                  Deadline& deadline, std::mutex* turn);
   // Reads straight into registered memory: the target's destination, or a
   // temporary buffer when it scatters (then copied to it).
   Result<uint64_t> ReadRegistered(const std::string& key, const GetIntoRequest& target,
@@ -125,6 +137,18 @@ class MooncakeStore final : public Store {
 
 // Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
 void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst);
+
+// Which requests name a key that another request of the same call names too.
+// Those stay out of native batch calls (Mooncake mixes up a key given twice
+// in one batch) and are done one by one, in request order.
+template <typename Request>
+std::vector<bool> RepeatedKeys(std::span<const Request> requests) {
+  std::unordered_map<std::string_view, size_t> seen;
+  for (const Request& r : requests) ++seen[r.key];
+  std::vector<bool> out(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) out[i] = seen[requests[i].key] > 1;
+  return out;
+}
 
 // Pointers to the keys' characters, for the C ABI's key arrays (valid while
 // `keys` is alive and unchanged).

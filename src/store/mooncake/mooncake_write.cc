@@ -67,6 +67,7 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewSmallValues(std::span<co
   // won). Everything else, and anything this pass cannot finish (the key
   // exists, an error, a transient refusal), is left to PutOne.
   std::vector<std::optional<Status>> done(requests.size());
+  const std::vector<bool> repeated = RepeatedKeys(requests);
   const uint64_t space = static_cast<uint64_t>(slot_size()) * arena_->slots();
   size_t next = 0;
   while (next < requests.size()) {
@@ -80,7 +81,7 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewSmallValues(std::span<co
       std::byte first[8] = {};
       size_t first_len = static_cast<size_t>(std::min<uint64_t>(size, sizeof first));
       Gather(r.parts, 0, {first, first_len});
-      if (size > slot_size() / 4 || NeedsChunking(size, {first, first_len}, slot_size()) ||
+      if (repeated[next] || size > slot_size() / 4 || NeedsChunking(size, {first, first_len}, slot_size()) ||
           !ValidateKey(r.key).ok()) {
         continue;
       }

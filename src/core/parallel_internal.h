@@ -1,0 +1,40 @@
+// Running independent pieces of one call on a few threads.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <thread>
+#include <vector>
+
+namespace mooncake_connector {
+
+// How many threads a large read uses (the caller's included): two, or one
+// on a single-core machine. Two overlap one value's transfer with another's
+// copy and checksum; more would compete for the same cores and links.
+inline size_t ReadThreads() {
+  return std::min<size_t>(2, std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// Calls fn(i) for every i in [0, count), on up to `threads` threads (the
+// caller's one of them), each taking the next index as it finishes one.
+// Returns when all calls have returned. fn must not throw.
+template <typename Fn>
+void ParallelFor(size_t count, size_t threads, Fn&& fn) {
+  threads = std::min(threads, count);
+  if (threads <= 1) {
+    for (size_t i = 0; i < count; ++i) fn(i);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  auto work = [&] {
+    for (size_t i; (i = next.fetch_add(1)) < count;) fn(i);
+  };
+  std::vector<std::thread> helpers;
+  helpers.reserve(threads - 1);
+  for (size_t t = 1; t < threads; ++t) helpers.emplace_back(work);
+  work();
+  for (std::thread& t : helpers) t.join();
+}
+
+}  // namespace mooncake_connector
