@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from harness import best, write_result
-from mooncake_connector import NotFoundError, create_remote_connector, standalone
+from mooncake_connector import create_remote_connector, standalone
 
 GiB = 2**30
 _libc = ctypes.CDLL("libc.so.6")
@@ -168,11 +168,12 @@ def run_mode(mode: str, models: dict[str, dict[str, torch.Tensor]], repeat: int,
 def run_instance(mode: str, models: dict[str, dict[str, torch.Tensor]], repeat: int, small_ops: int,
                  rows: list[dict], log: Callable[[str], None], ours: bool, raw: bool) -> None:
     biggest = max(nbytes(sd) for sd in models.values())
-    segment_mib = max(1024, (8 * biggest) >> 20)
+    segment_mib = max(1024, (10 * biggest) >> 20)
     # Mooncake's own read lease (10 s): a first load into fresh memory can
     # outlast a short one, and the raw wheel does not read again when it
-    # expires. The segment holds every copy the run writes (only unread save
-    # copies are removed as it goes: a read key waits out its lease).
+    # expires. The segment holds every copy the run writes (only the raw
+    # wheel's save copies, never read, are removed as it goes: a read key
+    # waits out its lease).
     with standalone.start(segment_size=f"{segment_mib}mb", local_buffer_size="256mb", lease_ttl_ms=None,
                           storage_processes=0 if mode == "own" else 1) as inst:
         env = inst.env()
@@ -286,16 +287,14 @@ def run_ours(mode: str, case: str, sd: dict[str, torch.Tensor], repeat: int, row
             c.set(f"keys/{case}/{n}", t)
         dest = {n: torch.empty_like(t) for n, t in sd.items()}
 
-        def save_ours():
-            with create_remote_connector(f"{url}-save") as s:
-                s.save_state_dict(sd)
+        saves = [0]
 
-        def drop_ours():
-            with create_remote_connector(f"{url}-save") as s:
-                try:
-                    s.remove_model()
-                except NotFoundError:
-                    pass
+        def save_ours():
+            # A new model each time: removing the last one would wait out the
+            # read lease its save took on the manifest (Mooncake's 10 s).
+            saves[0] += 1
+            with create_remote_connector(f"{url}-save{saves[0]}") as s:
+                s.save_state_dict(sd)
 
         if mode != "own":  # another process would read this one's segment over TCP
             first = in_new_process("ours", {"url": url})
@@ -306,7 +305,7 @@ def run_ours(mode: str, case: str, sd: dict[str, torch.Tensor], repeat: int, row
                    "ours load_state_dict": c.load_state_dict,
                    "ours weight_iterator": lambda: list(c.weight_iterator()),
                    "ours get per key": lambda: [c.get(f"keys/{case}/{n}") for n in sd]},
-                  {"ours save_state_dict": (save_ours, drop_ours)})
+                  {"ours save_state_dict": (save_ours, lambda: None)})
         assert all(torch.equal(dest[n].view(torch.uint8), t.view(torch.uint8)) for n, t in sd.items())
 
 
@@ -552,6 +551,7 @@ def chart(rows: list[dict], case: str, path: Path, title: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="a model of at least 1 GiB (default: ~190 MiB)")
+    parser.add_argument("--tiny", action="store_true", help="a few MiB: checks that every row runs (tests)")
     parser.add_argument("--modes", default="tcp,own,client")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--small-ops", type=int, default=1000)
@@ -567,8 +567,12 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown modes {sorted(unknown)}: choose from tcp, own, client")
 
-    llama = llama_like(11, 2048, 16384) if args.full else llama_like(3, 1536, 8192)
-    small = many_small(2048 if args.full else 512, 16)
+    if args.full:
+        llama, small = llama_like(11, 2048, 16384), many_small(2048, 16)
+    elif args.tiny:
+        llama, small = llama_like(1, 512, 2048), many_small(32, 16)
+    else:
+        llama, small = llama_like(3, 1536, 8192), many_small(512, 16)
     models = {"llama": llama, "small": small}
     sizes = {case: nbytes(sd) for case, sd in models.items()}
     start = time.monotonic()
@@ -583,7 +587,7 @@ def main() -> None:
     print_table(rows, sizes)
     print_targets(checks)
     out = Path(args.out)
-    command = "python bench/bench.py" + (" --full" if args.full else "") + \
+    command = "python bench/bench.py" + (" --full" if args.full else " --tiny" if args.tiny else "") + \
         (f" --modes {args.modes}" if args.modes != "tcp,own,client" else "")
     write_result(str(out), "bench", command, seconds=time.monotonic() - start, sizes=sizes, rows=rows,
                  targets=checks)

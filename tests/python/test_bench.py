@@ -1,0 +1,40 @@
+"""The benchmark harness runs end to end (a tiny size, every deployment mode),
+so that `make bench` cannot rot unnoticed: every row is measured, every
+target is evaluated, and the JSON and charts are written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+
+
+def test_the_benchmark_runs_every_row_in_every_mode(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONCAKE_")}
+    env["GLOG_minloglevel"] = "3"
+    run = subprocess.run([sys.executable, str(BENCH), "--tiny", "--repeat", "1", "--small-ops", "20",
+                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["mode"], r["case"], r["row"]) for r in result["rows"]}
+    for mode in ("tcp", "own", "client"):
+        for case in ("llama", "small"):
+            for row in ("raw batch_get_into", "raw batch_put_from", "seed per-key get + load",
+                        "ours load_into (preallocated)", "ours load_state_dict", "ours weight_iterator",
+                        "ours get per key", "ours save_state_dict"):
+                assert (mode, case, row) in rows, (mode, case, row)
+        for op in ("ours setstr", "ours getstr", "raw put", "raw get"):
+            assert (mode, "small-value", op) in rows
+    for mode in ("tcp", "client"):
+        assert (mode, "llama", "ours load_state_dict (first in a process)") in rows
+    assert ("memory", "llama", "memcpy 2 threads into reused") in rows
+    assert all(r["seconds"] > 0 for r in result["rows"] if "seconds" in r)
+    assert result["targets"] and all(t["ratio"] == t["ratio"] for t in result["targets"])  # no NaN
+    assert "target" in run.stdout and "vs raw" in run.stdout  # the table and the targets are printed
+    for case in ("llama", "small"):
+        assert (tmp_path / f"bench_{case}.png").stat().st_size > 1000
