@@ -123,6 +123,14 @@ struct TensorDestination {
   MutableBytes bytes;
 };
 
+// Where LoadIntoCuda puts tensors: a CUDA device, and the stream its copies
+// are queued on (a CUstream / cudaStream_t such as a torch stream's
+// cuda_stream; 0 is the legacy default stream).
+struct CudaTarget {
+  int device = 0;
+  uintptr_t stream = 0;
+};
+
 struct FileContent {
   std::string path;  // relative
   ConstBytes bytes;
@@ -239,6 +247,18 @@ class MC_EXPORT ModelReader {
   // of the rank's tensors no destination asked for.
   Result<std::vector<std::string>> LoadInto(std::span<const TensorDestination> destinations);
 
+  // LoadInto for memory of a CUDA device: each destination's bytes are device
+  // addresses of target.device (checked; never touched by the CPU). Values are
+  // read into pinned host buffers, a batch at a time, and copied to the
+  // device on target.stream while the next batches are fetched; checksums
+  // are computed off that path, on other threads. Returns when every copy has
+  // finished and every checksum matched. Needs the CUDA driver at run time
+  // (FailedPrecondition without one). The pinned buffers (up to four, each
+  // the size of the largest batch: batch_bytes, or one larger tensor) are
+  // kept for the next load.
+  Result<std::vector<std::string>> LoadIntoCuda(std::span<const TensorDestination> destinations,
+                                                const CudaTarget& target);
+
   // Reads every stored tensor into scratch memory, batch by batch, checking
   // each against the manifest (checksums too). One line per problem; empty
   // when all is well. FailedPrecondition without a manifest.
@@ -249,12 +269,30 @@ class MC_EXPORT ModelReader {
   ModelReader(Model model, int rank, LoadOptions options)
       : model_(model), rank_(rank), options_(std::move(options)) {}
   // Reads tensors_[items[i]] into targets[i] with one batched store call,
-  // checking each against the manifest; one status per item.
-  std::vector<Status> ReadBatch(std::span<const size_t> items,
-                                std::span<const MutableBytes> targets);
+  // checking each against the manifest (checksums too when `checksums`);
+  // one status per item.
+  std::vector<Status> ReadBatch(std::span<const size_t> items, std::span<const MutableBytes> targets,
+                                bool checksums);
+  // DataLoss unless `data` (what was read for tensors_[item]) has the
+  // manifest's checksum.
+  Status CheckChecksum(size_t item, ConstBytes data) const;
+  std::string Describe(size_t item) const;  // "tensor 'name' (rank R of model 'M')"
   // A tensor without a manifest entry: read whole and decoded.
   Result<Tensor> ReadUnknown(size_t index);
   size_t Canonical(size_t index) const;
+  // Each destination's tensor index, checked against the manifest.
+  Result<std::vector<size_t>> Resolve(std::span<const TensorDestination> destinations) const;
+  // The rank's tensors that no index in `which` names.
+  std::vector<std::string> Missed(std::span<const size_t> which) const;
+  // Splits the destinations into batches of at most batch_bytes (at least one
+  // tensor each) so that each stored tensor is read once, into the first
+  // destination that wants it. `first` maps each canonical tensor to that
+  // destination.
+  struct Plan {
+    std::vector<std::vector<size_t>> batches;  // destination indices to read
+    std::map<size_t, size_t> first;
+  };
+  Plan PlanReads(std::span<const size_t> which, uint64_t batch_bytes) const;
   void Report(uint64_t bytes);
 
   Model model_;

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 
 from . import _impl
-from ._tensors import as_cpu_tensor, dtype_name, from_wire, to_wire
+from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name, from_wire, to_wire
 
 #: One batched store call moves at most this many bytes by default.
 DEFAULT_BATCH_BYTES = 256 << 20
@@ -50,13 +50,98 @@ def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:
             yield name, from_wire(data, dtype, shape)
 
 
+def _cuda_target(device: torch.device) -> tuple[int, int]:
+    """(device index, the address of torch's current stream on it): the C++
+    core queues its copies on that stream, so they are ordered with torch's
+    own work there."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return index, torch.cuda.current_stream(index).cuda_stream
+
+
+def _stored(reader: "_impl.ModelReader") -> list[tuple[str, str, list[int], int, str]]:
+    """The manifest's (name, dtype, shape, nbytes, alias_of), or [] for a model
+    without one (SGLang-written: dtypes unknown until read)."""
+    entries = reader.tensors()
+    return [] if any(dtype is None for _, dtype, _, _, _ in entries) else entries
+
+
+def _load_cuda(reader: "_impl.ModelReader", entries, device: torch.device) -> dict[str, torch.Tensor]:
+    """Allocates the stored tensors of ``entries`` on ``device`` (aliases share
+    their target) and fills them in one pipelined C++ call."""
+    out: dict[str, torch.Tensor] = {}
+    names, pointers, sizes, dtypes, shapes = [], [], [], [], []
+    for name, dtype, shape, nbytes, alias in entries:
+        if alias or name in out:
+            continue
+        tensor = torch.empty(shape, dtype=_NAME_TO_TORCH[dtype], device=device)
+        out[name] = tensor
+        names.append(name)
+        pointers.append(tensor.data_ptr())
+        sizes.append(nbytes)
+        dtypes.append(dtype)
+        shapes.append(list(shape))
+    index, stream = _cuda_target(device)
+    reader.load_into_cuda(names, pointers, sizes, dtypes, shapes, index, stream)
+    return out
+
+
 def weight_iterator(model: "_impl.Model", rank: int, *, device: Any = "cpu", verify: bool = True,
                     batch_bytes: int = DEFAULT_BATCH_BYTES,
                     progress: Progress = None) -> Iterator[tuple[str, torch.Tensor]]:
-    reader = model.reader(rank, verify, batch_bytes, progress)
     target = _device(device)
+    if target.type == "cuda":
+        # Groups of batch_bytes go to the GPU through the C++ pipeline, whose
+        # own batches (a quarter of a group) overlap fetching with copying.
+        reader = model.reader(rank, verify, max(1, batch_bytes // 4), None)
+        entries = _stored(reader)
+        if entries:
+            yield from _cuda_groups(reader, entries, target, batch_bytes, progress)
+            return
+        reader = model.reader(rank, verify, batch_bytes, progress)
+    else:
+        reader = model.reader(rank, verify, batch_bytes, progress)
     for name, tensor in _batches(reader):
         yield name, (tensor if target.type == "cpu" else tensor.to(target))
+
+
+def _cuda_groups(reader, entries, device: torch.device, batch_bytes: int,
+                 progress: Progress) -> Iterator[tuple[str, torch.Tensor]]:
+    by_name = {e[0]: e for e in entries}
+    total = sum(e[3] for e in entries if not e[4])
+    loaded: dict[str, torch.Tensor] = {}  # stored tensors that aliases still need
+    needed_later = {e[4] for e in entries if e[4]}
+    done = 0
+    pending: list[str] = []
+    group: list = []
+    group_bytes = 0
+
+    def flush():
+        nonlocal done, group, group_bytes
+        if group:
+            fresh = _load_cuda(reader, group, device)
+            done += group_bytes
+            if progress is not None:
+                progress(done, total)
+            loaded.update(fresh)
+        group, group_bytes = [], 0
+
+    for name, _, _, _, alias in entries:
+        stored = alias or name
+        if stored not in loaded and all(g[0] != stored for g in group):
+            group.append(by_name[stored])
+            group_bytes += by_name[stored][3]
+        pending.append(name)
+        if group_bytes >= batch_bytes:
+            flush()
+            for n in pending:
+                s = by_name[n][4] or n
+                yield n, loaded[s]
+                if s not in needed_later:
+                    loaded.pop(s, None)
+            pending = []
+    flush()
+    for n in pending:
+        yield n, loaded[by_name[n][4] or n]
 
 
 def load_state_dict(model: "_impl.Model", rank: int, *, device: Any = "cpu", verify: bool = True,
@@ -66,6 +151,10 @@ def load_state_dict(model: "_impl.Model", rank: int, *, device: Any = "cpu", ver
     target = _device(device)
     if target.type == "cpu":  # aliases already share storage
         return dict(_batches(reader))
+    entries = _stored(reader)
+    if target.type == "cuda" and entries:
+        stored = _load_cuda(reader, entries, target)
+        return {name: stored[alias or name] for name, _, _, _, alias in entries}
     # Tensors the manifest lists as aliases (tied weights) stay shared on the
     # device: each stored tensor is moved once.
     canonical = {name: alias for name, _, _, _, alias in reader.tensors() if alias}
@@ -83,13 +172,20 @@ def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tenso
               verify: bool = True, strict: bool = True, batch_bytes: int = DEFAULT_BATCH_BYTES,
               progress: Progress = None) -> list[str]:
     """Fills ``tensors`` in place; returns the stored names not asked for
-    (``strict`` raises ``KeyError`` listing them instead)."""
+    (``strict`` raises ``KeyError`` listing them instead). Contiguous CUDA
+    destinations are filled by the C++ pipeline through pinned buffers; other
+    non-CPU or strided ones through a CPU copy."""
     names, arrays, dtypes, shapes = [], [], [], []
+    on_cuda: dict[int, list] = {}  # device index -> [(name, tensor)]
     copy_back = []  # (destination, CPU staging) for tensors we cannot fill directly
     for name, dest in tensors.items():
         if not isinstance(dest, torch.Tensor):
             raise TypeError(f"load_into expects torch tensors, got {type(dest).__name__} for {name!r}")
-        direct = dest.device.type == "cpu" and dest.is_contiguous() and dest.layout == torch.strided
+        dense = dest.is_contiguous() and dest.layout == torch.strided
+        if dense and dest.device.type == "cuda":
+            on_cuda.setdefault(dest.device.index, []).append((name, dest))
+            continue
+        direct = dest.device.type == "cpu" and dense
         staging = dest if direct else torch.empty(dest.shape, dtype=dest.dtype, device="cpu",
                                                   pin_memory=dest.device.type == "cuda")
         if not direct:
@@ -100,10 +196,20 @@ def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tenso
         dtypes.append(dtype_name(dest.dtype))
         shapes.append(list(dest.shape))
     reader = model.reader(rank, verify, batch_bytes, progress)
+    missed_sets = []
     with torch.no_grad():
-        missed = reader.load_into(names, arrays, dtypes, shapes)
+        if names or not on_cuda:
+            missed_sets.append(set(reader.load_into(names, arrays, dtypes, shapes)))
+        for index, items in on_cuda.items():
+            _, stream = _cuda_target(torch.device("cuda", index))
+            missed_sets.append(set(reader.load_into_cuda(
+                [n for n, _ in items], [t.data_ptr() for _, t in items],
+                [t.numel() * t.element_size() for _, t in items],
+                [dtype_name(t.dtype) for _, t in items], [list(t.shape) for _, t in items],
+                index, stream)))
         for dest, staging in copy_back:
             dest.copy_(staging, non_blocking=False)
+    missed = [n for n, *_ in reader.tensors() if all(n in m for m in missed_sets)]
     if strict and missed:
         shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
         raise KeyError(f"the stored model has tensors that were not asked for: {shown} "

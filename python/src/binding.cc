@@ -178,6 +178,21 @@ class PyModelReader {
     return Unwrap(r_->LoadInto(dests));
   }
 
+  // Destinations in CUDA device memory, given as addresses (a torch tensor's
+  // data_ptr()), all of device `device`; copies queued on `stream`.
+  std::vector<std::string> LoadIntoCuda(const std::vector<std::string>& names, const std::vector<uintptr_t>& pointers,
+                                        const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
+                                        const std::vector<std::vector<int64_t>>& shapes, int device,
+                                        uintptr_t stream) {
+    std::vector<TensorDestination> dests;
+    for (size_t i = 0; i < names.size(); ++i) {
+      dests.push_back({names[i], Unwrap(ParseDType(dtypes[i])), shapes[i],
+                       MutableBytes(reinterpret_cast<std::byte*>(pointers[i]), sizes[i])});
+    }
+    nb::gil_scoped_release release;
+    return Unwrap(r_->LoadIntoCuda(dests, CudaTarget{device, stream}));
+  }
+
   ModelReader& get() { return *r_; }
 
  private:
@@ -328,6 +343,7 @@ NB_MODULE(_impl, m) {
       .def("tensors", &PyModelReader::Tensors)
       .def("next_batch", &PyModelReader::NextBatch)
       .def("load_into", &PyModelReader::LoadInto)
+      .def("load_into_cuda", &PyModelReader::LoadIntoCuda)
       .def_prop_ro("has_manifest", [](PyModelReader& r) { return r.get().has_manifest(); })
       .def_prop_ro("total_bytes", [](PyModelReader& r) { return r.get().total_bytes(); });
 

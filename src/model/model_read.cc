@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/hash_internal.h"
 #include "model/model_internal.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/value_format.h"
@@ -88,8 +89,17 @@ void ModelReader::Report(uint64_t bytes) {
   if (options_.progress) options_.progress(done_bytes_, total_bytes_);
 }
 
-std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items,
-                                           std::span<const MutableBytes> targets) {
+std::string ModelReader::Describe(size_t item) const {
+  return "tensor '" + tensors_[item].name + "' (rank " + std::to_string(rank_) + " of model '" + model_.name() + "')";
+}
+
+Status ModelReader::CheckChecksum(size_t item, ConstBytes data) const {
+  if (Xxh3(data) == tensors_[item].checksum) return Status::Ok();
+  return DataLoss("checksum mismatch in " + Describe(item) + ": the stored bytes are corrupted");
+}
+
+std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::span<const MutableBytes> targets,
+                                           bool checksums) {
   const size_t n = items.size();
   std::vector<std::string> keys(n), expected(n), heads(n);
   std::vector<GetIntoRequest> requests(n);
@@ -110,14 +120,13 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items,
     heads[j].assign(expected[j].size(), '\0');
     requests[j] = GetIntoRequest{keys[j], targets[j],
                                  MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size()),
-                                 options_.verify ? &hashes[j] : nullptr};
+                                 checksums ? &hashes[j] : nullptr};
   }
   std::vector<Result<uint64_t>> got = model_.connector().store().BatchGetInto(requests);
   for (size_t j = 0; j < n; ++j) {
     if (!out[j].ok()) continue;
     const ManifestTensor& t = tensors_[items[j]];
-    const std::string which = "tensor '" + t.name + "' (rank " + std::to_string(rank_) + " of model '" +
-                              model_.name() + "')";
+    const std::string which = Describe(items[j]);
     const Result<uint64_t>& r = got[j];
     if (r.status().code() == StatusCode::kNotFound) {
       out[j] = DataLoss(which + " is in the manifest but not in the store (evicted under memory "
@@ -133,7 +142,7 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items,
                std::any_of(targets[j].begin(), targets[j].begin() + t.nbytes,
                            [](std::byte b) { return b > std::byte{1}; })) {
       out[j] = DataLoss(which + " has a BOOL element that is neither 0 nor 1");
-    } else if (options_.verify && hashes[j] != t.checksum) {
+    } else if (checksums && hashes[j] != t.checksum) {
       out[j] = DataLoss("checksum mismatch in " + which + ": the stored bytes are corrupted");
     }
   }
@@ -201,7 +210,7 @@ Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
     fresh.emplace(c, std::move(tensor));
     bytes += t.nbytes;
   }
-  std::vector<Status> results = ReadBatch(read, targets);
+  std::vector<Status> results = ReadBatch(read, targets, options_.verify);
   for (const Status& s : results) MC_RETURN_IF_ERROR(s);
   for (auto& [c, tensor] : fresh) {
     auto shared = shared_.find(c);
@@ -216,10 +225,8 @@ Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
   return out;
 }
 
-Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDestination> destinations) {
-  MC_RETURN_IF_ERROR(model_.CheckOpen());
+Result<std::vector<size_t>> ModelReader::Resolve(std::span<const TensorDestination> destinations) const {
   std::vector<size_t> which(destinations.size());
-  std::vector<bool> covered(tensors_.size(), false);
   for (size_t i = 0; i < destinations.size(); ++i) {
     const TensorDestination& d = destinations[i];
     auto it = index_.find(d.name);
@@ -228,7 +235,6 @@ Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDes
                       d.name + "'");
     }
     which[i] = it->second;
-    covered[it->second] = true;
     MC_ASSIGN_OR_RETURN(uint64_t nbytes, NumBytes(d.dtype, d.shape));
     if (nbytes != d.bytes.size()) {
       return InvalidArgument("destination of '" + d.name + "' holds " + std::to_string(d.bytes.size()) +
@@ -241,6 +247,42 @@ Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDes
                              std::string(DTypeName(d.dtype)) + ShapeText(d.shape));
     }
   }
+  return which;
+}
+
+std::vector<std::string> ModelReader::Missed(std::span<const size_t> which) const {
+  std::vector<bool> covered(tensors_.size(), false);
+  for (size_t i : which) covered[i] = true;
+  std::vector<std::string> missed;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (!covered[i]) missed.push_back(tensors_[i].name);
+  }
+  return missed;
+}
+
+ModelReader::Plan ModelReader::PlanReads(std::span<const size_t> which, uint64_t batch_bytes) const {
+  Plan plan;
+  std::vector<size_t> batch;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < which.size(); ++i) {
+    size_t c = Canonical(which[i]);
+    if (plan.first.count(c) != 0) continue;
+    if (!batch.empty() && bytes + tensors_[c].nbytes > batch_bytes) {
+      plan.batches.push_back(std::move(batch));
+      batch.clear();
+      bytes = 0;
+    }
+    plan.first.emplace(c, i);
+    batch.push_back(i);
+    bytes += tensors_[c].nbytes;
+  }
+  if (!batch.empty()) plan.batches.push_back(std::move(batch));
+  return plan;
+}
+
+Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDestination> destinations) {
+  MC_RETURN_IF_ERROR(model_.CheckOpen());
+  MC_ASSIGN_OR_RETURN(std::vector<size_t> which, Resolve(destinations));
   if (!has_manifest_) {
     for (size_t i = 0; i < destinations.size(); ++i) {
       const TensorDestination& d = destinations[i];
@@ -253,45 +295,35 @@ Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDes
       if (t.nbytes() > 0) std::memcpy(d.bytes.data(), t.data(), t.nbytes());
       Report(t.nbytes());
     }
-  } else {
-    total_bytes_ = 0;
-    for (const TensorDestination& d : destinations) total_bytes_ += d.bytes.size();
-    // Each stored tensor is read once, into the first destination that wants
-    // it; other destinations of it (aliases) get a copy.
-    std::map<size_t, size_t> first_dest;
-    size_t next = 0;
-    while (next < destinations.size()) {
-      std::vector<size_t> read, dests;
-      std::vector<MutableBytes> targets;
-      uint64_t bytes = 0;
-      for (; next < destinations.size(); ++next) {
-        size_t c = Canonical(which[next]);
-        if (first_dest.count(c) != 0) continue;
-        if (!read.empty() && bytes + tensors_[c].nbytes > options_.batch_bytes) break;
-        first_dest.emplace(c, next);
-        read.push_back(c);
-        dests.push_back(next);
-        targets.push_back(destinations[next].bytes);
-        bytes += tensors_[c].nbytes;
-      }
-      std::vector<Status> results = ReadBatch(read, targets);
-      for (const Status& s : results) MC_RETURN_IF_ERROR(s);
-      Report(bytes);
+    return Missed(which);
+  }
+  total_bytes_ = 0;
+  for (const TensorDestination& d : destinations) total_bytes_ += d.bytes.size();
+  // Each stored tensor is read once, into the first destination that wants
+  // it; other destinations of it (aliases) get a copy.
+  Plan plan = PlanReads(which, options_.batch_bytes);
+  for (const std::vector<size_t>& batch : plan.batches) {
+    std::vector<size_t> read;
+    std::vector<MutableBytes> targets;
+    uint64_t bytes = 0;
+    for (size_t i : batch) {
+      read.push_back(Canonical(which[i]));
+      targets.push_back(destinations[i].bytes);
+      bytes += destinations[i].bytes.size();
     }
-    for (size_t i = 0; i < destinations.size(); ++i) {
-      size_t from = first_dest.at(Canonical(which[i]));
-      if (from != i && destinations[i].bytes.data() != destinations[from].bytes.data() &&
-          !destinations[i].bytes.empty()) {
-        std::memcpy(destinations[i].bytes.data(), destinations[from].bytes.data(), destinations[i].bytes.size());
-        Report(destinations[i].bytes.size());
-      }
+    std::vector<Status> results = ReadBatch(read, targets, options_.verify);
+    for (const Status& s : results) MC_RETURN_IF_ERROR(s);
+    Report(bytes);
+  }
+  for (size_t i = 0; i < destinations.size(); ++i) {
+    size_t from = plan.first.at(Canonical(which[i]));
+    if (from != i && destinations[i].bytes.data() != destinations[from].bytes.data() &&
+        !destinations[i].bytes.empty()) {
+      std::memcpy(destinations[i].bytes.data(), destinations[from].bytes.data(), destinations[i].bytes.size());
+      Report(destinations[i].bytes.size());
     }
   }
-  std::vector<std::string> missed;
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    if (!covered[i]) missed.push_back(tensors_[i].name);
-  }
-  return missed;
+  return Missed(which);
 }
 
 Result<std::vector<std::string>> ModelReader::Check() {
@@ -319,7 +351,7 @@ Result<std::vector<std::string>> ModelReader::Check() {
       targets.push_back(scratch.bytes().subspan(at, tensors_[i].nbytes));
       at += tensors_[i].nbytes;
     }
-    std::vector<Status> results = ReadBatch(read, targets);
+    std::vector<Status> results = ReadBatch(read, targets, options_.verify);
     for (const Status& s : results) {
       if (!s.ok()) problems.emplace_back(s.message());
     }

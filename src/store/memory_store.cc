@@ -18,6 +18,7 @@ namespace mooncake_connector {
 namespace {
 
 // A batch reading at least this much is copied on more than one thread.
+constexpr uint64_t kPieceBytes = uint64_t{4} << 20;  // a thread's share of a large value
 constexpr uint64_t kParallelBytes = 8 << 20;
 
 class MemoryStore final : public Store {
@@ -38,16 +39,45 @@ class MemoryStore final : public Store {
   }
 
   std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) override {
-    // Large batches are copied on two threads (ReadThreads): one core's
-    // memcpy does not saturate memory bandwidth.
-    uint64_t bytes = 0;
-    for (const GetIntoRequest& r : requests) bytes += r.destination.size();
-    std::vector<std::optional<Result<uint64_t>>> got(requests.size());
-    ParallelFor(requests.size(), bytes >= kParallelBytes ? ReadThreads() : 1,
-                [&](size_t i) { got[i] = GetIntoOne(requests[i]); });
+    // Large batches are copied on a few threads (CopyThreads): one core's
+    // memcpy does not saturate memory bandwidth. A value whose bytes are
+    // hashed on the way is one piece (its hash runs in order); the others are
+    // cut into pieces, so that even one large value is copied in parallel.
     std::vector<Result<uint64_t>> out;
     out.reserve(requests.size());
-    for (std::optional<Result<uint64_t>>& r : got) out.push_back(std::move(*r));
+    struct Piece {
+      size_t request;
+      uint64_t offset, size;
+    };
+    std::vector<std::shared_ptr<const Buffer>> values(requests.size());
+    std::vector<Piece> pieces;
+    uint64_t bytes = 0;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      Result<std::shared_ptr<const Buffer>> value = Find(requests[i].key);
+      Status fits = value.ok() ? requests[i].CheckFits((*value)->size()) : value.status();
+      if (!fits.ok()) {
+        out.emplace_back(fits);
+        continue;
+      }
+      values[i] = std::move(*value);
+      uint64_t size = values[i]->size();
+      out.emplace_back(size);
+      bytes += size;
+      uint64_t step = requests[i].data_xxh3 != nullptr ? std::max<uint64_t>(size, 1) : kPieceBytes;
+      for (uint64_t at = 0; at < size || at == 0; at += step) {
+        pieces.push_back({i, at, std::min(step, size - at)});
+        if (size == 0) break;
+      }
+    }
+    ParallelFor(pieces.size(), bytes >= kParallelBytes ? CopyThreads() : 1, [&](size_t k) {
+      const Piece& p = pieces[k];
+      const GetIntoRequest& r = requests[p.request];
+      if (r.data_xxh3 != nullptr) {
+        Deliver(r, values[p.request]->bytes());
+      } else if (p.size > 0) {
+        r.CopyAt(p.offset, values[p.request]->bytes().subspan(p.offset, p.size));
+      }
+    });
     return out;
   }
 

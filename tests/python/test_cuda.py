@@ -1,0 +1,170 @@
+"""Loads onto a CUDA device through the C++ pipeline: pinned host buffers, the
+fetch of one batch overlapped with the asynchronous copy of the last one, on
+torch's current stream. Skipped, saying so, where torch sees no GPU (as in
+CI); the GPU runs are recorded in bench/results/gpu_*.txt. Without a GPU the
+one test here that runs checks that a CUDA load says there is no driver."""
+
+from __future__ import annotations
+
+import ctypes
+
+import pytest
+import torch
+
+from conftest import assert_bit_exact, random_tensor
+from model_fixtures import generated_state_dict, model_url
+from mooncake_connector import (DataLossError, FailedPreconditionError, InvalidArgumentError,
+                                create_remote_connector)
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="no CUDA device visible to torch on this machine "
+                                      "(GPU runs are recorded in bench/results/gpu_*.txt)")
+
+
+def has_driver() -> bool:
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def model(store_url):
+    c = create_remote_connector(model_url(store_url, "org/gpu-model", chunked=True))
+    yield c
+    c.close()
+
+
+def state_dict() -> dict[str, torch.Tensor]:
+    sd = generated_state_dict(seed=3, small=25)  # every dtype, 0-d and empty tensors
+    sd.update({f"same.{i}": random_tensor(torch.bfloat16, (256, 256), seed=60 + i) for i in range(12)})
+    sd["big"] = random_tensor(torch.float16, (1024, 700), seed=99)  # larger than the small batches below
+    sd["tied"] = sd["same.3"]
+    return sd
+
+
+def on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    assert all(t.device.type == "cuda" for t in tensors.values())
+    return {n: t.cpu() for n, t in tensors.items()}
+
+
+def assert_same(actual: dict, expected: dict) -> None:
+    assert list(actual) == list(expected) or sorted(actual) == sorted(expected)
+    for name, t in expected.items():
+        assert_bit_exact(actual[name], t)
+
+
+def test_without_a_driver_a_cuda_load_says_so(model):
+    if has_driver():
+        pytest.skip("this machine has a CUDA driver: the GPU tests below cover the CUDA path")
+    model.save_state_dict({"w": torch.arange(6, dtype=torch.float32)})
+    reader = model._model().reader(0, True, 1 << 20, None)
+    with pytest.raises(FailedPreconditionError, match=r"no CUDA driver.*libcuda\.so\.1"):
+        reader.load_into_cuda(["w"], [1 << 20], [24], ["F32"], [[6]], 0, 0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch_bytes", [64 << 10, 256 << 20])
+def test_every_load_path_is_bit_exact_on_the_gpu(model, batch_bytes):
+    # 64 KiB batches: dozens of pipeline rounds, both pinned buffers reused
+    # many times, and tensors larger than a batch.
+    sd = state_dict()
+    model.save_state_dict(sd)
+    loaded = model.load_state_dict(device="cuda", batch_bytes=batch_bytes)
+    assert list(loaded) == list(sd)
+    assert_same(on_cpu(loaded), sd)
+    assert loaded["tied"].data_ptr() == loaded["same.3"].data_ptr()
+    assert len({loaded[f"same.{i}"].data_ptr() for i in range(12)}) == 12
+
+    with create_remote_connector(model.url, device="cuda") as on_gpu:
+        seen = []
+        pairs = {}
+        for name, t in on_gpu.weight_iterator(batch_bytes=batch_bytes, progress=lambda d, t: seen.append((d, t))):
+            pairs[name] = t
+        assert list(pairs) == [n for n, _ in model.weight_iterator()]  # the CPU order
+        assert_same(on_cpu(pairs), sd)
+        assert seen and seen[-1][0] == seen[-1][1]  # progress reaches the total
+
+    # load_into: contiguous CUDA tensors directly, a transposed CUDA view and
+    # CPU tensors through the host.
+    dest = {n: torch.full_like(t, 0, device="cuda") if t.dtype != torch.bool else
+            torch.zeros_like(t, device="cuda") for n, t in sd.items()}
+    dest["big"] = torch.empty(700, 1024, dtype=torch.float16, device="cuda").t()
+    dest["norm.weight"] = torch.empty_like(sd["norm.weight"])
+    assert model.load_into(dest, batch_bytes=batch_bytes) == []
+    for name, t in sd.items():
+        assert_bit_exact(dest[name].cpu(), t)
+    assert dest["norm.weight"].device.type == "cpu"
+
+
+@needs_gpu
+def test_load_into_a_subset_reports_what_it_left(model):
+    sd = state_dict()
+    model.save_state_dict(sd)
+    want = {n: torch.empty_like(sd[n], device="cuda") for n in ("big", "same.0")}
+    with pytest.raises(KeyError, match="not asked for"):
+        model.load_into(want)
+    missed = model.load_into(want, strict=False)
+    assert sorted(missed) == sorted(set(sd) - set(want))
+    assert_bit_exact(want["big"].cpu(), sd["big"])
+
+
+@needs_gpu
+def test_copies_are_ordered_on_the_callers_stream(model):
+    sd = {f"w{i}": random_tensor(torch.float32, (512, 512), seed=i) for i in range(16)}
+    model.save_state_dict(sd)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        loaded = model.load_state_dict(device="cuda", batch_bytes=1 << 20)
+        # Integer sums of the raw bits (random bits make NaNs), queued on `side`.
+        sums = torch.stack([t.view(torch.int32).long().sum() for t in loaded.values()])
+    side.synchronize()
+    expected = torch.stack([t.view(torch.int32).long().sum() for t in sd.values()])
+    assert torch.equal(sums.cpu(), expected)
+
+
+@needs_gpu
+def test_corrupted_value_is_data_loss_on_the_gpu(model, store_url):
+    sd = state_dict()
+    model.save_state_dict(sd)
+    victim = "big"
+    with create_remote_connector(store_url) as plain:
+        key = f"org/gpu-model/keys/rank_0/{victim}"
+        raw = bytearray(plain.getbytes(key))
+        raw[-777] ^= 0x10
+        plain.setbytes(key, bytes(raw))
+    with pytest.raises(DataLossError, match=f"checksum mismatch in tensor '{victim}'"):
+        model.load_state_dict(device="cuda", batch_bytes=64 << 10)
+    with pytest.raises(DataLossError, match=victim):
+        model.load_into({n: torch.empty_like(t, device="cuda") for n, t in sd.items()})
+    with pytest.raises(DataLossError, match=victim):
+        with create_remote_connector(model.url, device="cuda") as on_gpu:
+            list(on_gpu.weight_iterator())
+    # The pipeline recovers: the next load works, and verify=False trusts the store.
+    bad = model.load_state_dict(device="cuda", verify=False)[victim].cpu()
+    assert not torch.equal(bad, sd[victim])
+    one = {"same.0": torch.empty_like(sd["same.0"], device="cuda")}
+    model.load_into(one, strict=False)
+    assert_bit_exact(one["same.0"].cpu(), sd["same.0"])
+
+
+@needs_gpu
+def test_destinations_that_are_not_device_memory_are_refused(model):
+    model.save_state_dict({"w": torch.arange(1024, dtype=torch.float32)})
+    reader = model._model().reader(0, True, 1 << 20, None)
+    host = torch.empty(1024, dtype=torch.float32)
+    small = torch.empty(16, dtype=torch.uint8, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    with pytest.raises(InvalidArgumentError, match="'w'.*not CUDA device memory"):
+        reader.load_into_cuda(["w"], [host.data_ptr()], [4096], ["F32"], [[1024]], 0, stream)
+    # The last 8 bytes of the allocation torch took from the driver for `small`.
+    segment = next(s for s in torch.cuda.memory_snapshot()
+                   if s["address"] <= small.data_ptr() < s["address"] + s["total_size"])
+    end = segment["address"] + segment["total_size"]
+    with pytest.raises(InvalidArgumentError, match="'w'.*holds 8 bytes, not 4096"):
+        reader.load_into_cuda(["w"], [end - 8], [4096], ["F32"], [[1024]], 0, stream)
+    with pytest.raises(InvalidArgumentError, match="device 99 does not exist"):
+        reader.load_into_cuda(["w"], [small.data_ptr()], [4096], ["F32"], [[1024]], 99, stream)
+    with pytest.raises(InvalidArgumentError, match="stored as F32"):
+        model.load_into({"w": torch.empty(1024, dtype=torch.float16, device="cuda")})
