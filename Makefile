@@ -11,11 +11,11 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 FUZZ_SECONDS ?= 60
 APT_PACKAGES := build-essential cmake iptables ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev libbenchmark-dev clang libclang-rt-14-dev \
-	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4
+	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4 linux-perf
 
 .PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz fuzz-long fuzz-build fuzz-run \
 	test-python test-install stress soak bench clean \
-	sglang-venv test-sglang bench-more bench-micro
+	sglang-venv test-sglang bench-more bench-micro bench-profile
 
 setup: apt venv python-package
 
@@ -143,6 +143,14 @@ bench-micro: cpp
 bench-more: setup
 	$(PY) bench/bench_memory.py
 	$(PY) bench/bench_integrity.py 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
+
+# Where a load's time goes (perf record on our load_into and on the raw wheel's
+# batch_get_into, in each deployment mode): bench/results/profile_*.txt.
+PROFILE_MODES ?= own tcp client
+bench-profile: setup
+	@mkdir -p $(BUILD)
+	for mode in $(PROFILE_MODES); do for row in load_into raw; do \
+	  $(PY) bench/profile_load.py --mode $$mode --row $$row 2>> $(BUILD)/bench.stderr.log || exit 1; done; done
 
 clean:
 	rm -rf $(BUILD)

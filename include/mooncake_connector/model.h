@@ -26,6 +26,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "mooncake_connector/connector.h"
@@ -236,9 +237,14 @@ class MC_EXPORT ModelReader {
   bool has_manifest() const { return has_manifest_; }
   uint64_t total_bytes() const { return total_bytes_; }
 
+  ~ModelReader();
+
   // The next tensors (at most batch_bytes of them, at least one), read with
   // one batched store call into new 64-byte aligned storage; empty when all
-  // were returned. Aliases come back sharing their target's storage.
+  // were returned. Aliases come back sharing their target's storage. While a
+  // batch is fetched, the next one's storage is allocated and its pages
+  // touched on another thread (first-touch page faults off the fetch's path;
+  // at most one batch more memory).
   Result<std::vector<NamedTensor>> NextBatch();
 
   // Fills the caller's memory, no allocation for values that match the
@@ -280,6 +286,18 @@ class MC_EXPORT ModelReader {
   // A tensor without a manifest entry: read whole and decoded.
   Result<Tensor> ReadUnknown(size_t index);
   size_t Canonical(size_t index) const;
+  // The batch of NextBatch that starts at tensors_[from]: where it ends and
+  // the canonical tensors it reads. `pending`: read by the batch before it.
+  struct BatchPlan {
+    size_t end;
+    std::vector<size_t> read;
+  };
+  BatchPlan PlanBatch(size_t from, const std::vector<size_t>& pending) const;
+  // Allocates storage for `read` (the batch at `from`) on preparer_ and
+  // touches its pages; TakePrepared(from) waits for it and hands it over
+  // (empty if it was for another batch or an allocation failed).
+  void Prepare(size_t from, std::vector<size_t> read);
+  std::vector<Tensor> TakePrepared(size_t from);
   // Each destination's tensor index, checked against the manifest.
   Result<std::vector<size_t>> Resolve(std::span<const TensorDestination> destinations) const;
   // The rank's tensors that no index in `which` names.
@@ -306,6 +324,9 @@ class MC_EXPORT ModelReader {
   size_t next_ = 0;
   std::map<std::string, size_t> index_;          // name -> position in tensors_
   std::map<size_t, Tensor> shared_;               // read tensors that aliases share
+  std::thread preparer_;
+  size_t prepared_from_ = SIZE_MAX;
+  std::vector<Tensor> prepared_;  // written by preparer_, read after joining it
 };
 
 }  // namespace mooncake_connector

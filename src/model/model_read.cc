@@ -3,6 +3,9 @@
 // checksums verified against the manifest.
 #include <algorithm>
 #include <cstring>
+#include <set>
+
+#include <unistd.h>
 
 #include "core/hash_internal.h"
 #include "model/model_internal.h"
@@ -172,6 +175,52 @@ Result<Tensor> ModelReader::ReadUnknown(size_t index) {
   return tensor;
 }
 
+ModelReader::~ModelReader() {
+  if (preparer_.joinable()) preparer_.join();
+}
+
+ModelReader::BatchPlan ModelReader::PlanBatch(size_t from, const std::vector<size_t>& pending) const {
+  BatchPlan plan{from, {}};
+  std::set<size_t> have(pending.begin(), pending.end());
+  uint64_t bytes = 0;
+  for (; plan.end < tensors_.size(); ++plan.end) {
+    size_t c = Canonical(plan.end);
+    auto shared = shared_.find(c);
+    if (have.count(c) != 0 || (shared != shared_.end() && shared->second.data() != nullptr)) continue;
+    if (!plan.read.empty() && bytes + tensors_[c].nbytes > options_.batch_bytes) break;
+    plan.read.push_back(c);
+    have.insert(c);
+    bytes += tensors_[c].nbytes;
+  }
+  return plan;
+}
+
+void ModelReader::Prepare(size_t from, std::vector<size_t> read) {
+  if (preparer_.joinable()) preparer_.join();
+  prepared_from_ = from;
+  preparer_ = std::thread([this, read = std::move(read)] {
+    static const size_t page = static_cast<size_t>(std::max(4096L, sysconf(_SC_PAGESIZE)));
+    std::vector<Tensor> out;
+    for (size_t c : read) {
+      Result<Tensor> t = Tensor::Allocate(tensors_[c].dtype, tensors_[c].shape);
+      if (!t.ok()) break;  // NextBatch allocates the rest itself, and reports a failure
+      auto* bytes = reinterpret_cast<volatile char*>(t->data());
+      for (size_t at = 0; at < t->nbytes(); at += page) bytes[at] = 0;
+      out.push_back(std::move(*t));
+    }
+    prepared_ = std::move(out);
+  });
+}
+
+std::vector<Tensor> ModelReader::TakePrepared(size_t from) {
+  if (preparer_.joinable()) preparer_.join();
+  std::vector<Tensor> out;
+  if (prepared_from_ == from) out = std::move(prepared_);
+  prepared_.clear();
+  prepared_from_ = SIZE_MAX;
+  return out;
+}
+
 Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
   MC_RETURN_IF_ERROR(model_.CheckOpen());
   std::vector<NamedTensor> out;
@@ -192,24 +241,26 @@ Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
       if (!t.alias_of.empty()) shared_.emplace(index_.at(t.alias_of), Tensor());
     }
   }
-  std::vector<size_t> read;  // canonical indices to read in this batch
+  BatchPlan plan = PlanBatch(next_, {});
+  std::vector<Tensor> prepared = TakePrepared(next_);
+  const std::vector<size_t>& read = plan.read;  // canonical indices to read in this batch
+  const size_t end = plan.end;
   std::vector<MutableBytes> targets;
   std::map<size_t, Tensor> fresh;
   uint64_t bytes = 0;
-  size_t end = next_;
-  for (; end < tensors_.size(); ++end) {
-    size_t c = Canonical(end);
-    auto shared = shared_.find(c);
-    bool have = fresh.count(c) != 0 || (shared != shared_.end() && shared->second.data() != nullptr);
-    if (have) continue;
-    const ManifestTensor& t = tensors_[c];
-    if (!read.empty() && bytes + t.nbytes > options_.batch_bytes) break;
-    MC_ASSIGN_OR_RETURN(Tensor tensor, Tensor::Allocate(t.dtype, t.shape));
-    read.push_back(c);
+  for (size_t k = 0; k < read.size(); ++k) {
+    const ManifestTensor& t = tensors_[read[k]];
+    Tensor tensor;
+    if (k < prepared.size() && prepared[k].dtype() == t.dtype && prepared[k].shape() == t.shape) {
+      tensor = std::move(prepared[k]);
+    } else {
+      MC_ASSIGN_OR_RETURN(tensor, Tensor::Allocate(t.dtype, t.shape));
+    }
     targets.push_back(MutableBytes(tensor.data(), tensor.nbytes()));
-    fresh.emplace(c, std::move(tensor));
+    fresh.emplace(read[k], std::move(tensor));
     bytes += t.nbytes;
   }
+  if (end < tensors_.size()) Prepare(end, PlanBatch(end, read).read);
   std::vector<Status> results = ReadBatch(read, targets, options_.verify);
   for (const Status& s : results) MC_RETURN_IF_ERROR(s);
   for (auto& [c, tensor] : fresh) {

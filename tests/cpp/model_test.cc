@@ -393,6 +393,45 @@ TEST(Model, SaveAndReadBackInBatches) {
   EXPECT_TRUE(reader->NextBatch()->empty());
 }
 
+// NextBatch allocates the next batch's storage on another thread while it
+// fetches: every tensor must still get storage of its own (aliases share
+// their target's, across batches too), and a reader dropped mid-way must
+// wait for that thread.
+TEST(Model, ConcurrentPreparationOfTheNextBatchKeepsTensorsApart) {
+  auto c = Open(UniqueUrl());
+  Model m = *Model::Open(*c);
+  std::vector<Tensor> owned;
+  std::vector<NamedTensorView> views;
+  for (int i = 0; i < 24; ++i) {
+    owned.push_back(Filled(i % 3 == 0 ? DType::kF32 : DType::kBF16, {static_cast<int64_t>(16 + 8 * (i % 5)), 4}, i));
+  }
+  for (int i = 0; i < 24; ++i) views.push_back({"t" + std::to_string(i), owned[i].view()});
+  for (int i : {2, 11, 19}) views.push_back({"tied_to_" + std::to_string(i), owned[i].view()});
+  ASSERT_TRUE(m.SaveStateDict(0, views).ok());
+  for (uint64_t batch_bytes : {uint64_t{1}, uint64_t{300}, uint64_t{1000}, uint64_t{1} << 20}) {
+    LoadOptions options;
+    options.batch_bytes = batch_bytes;
+    std::unique_ptr<ModelReader> reader = *m.OpenReader(0, options);
+    std::vector<NamedTensor> got = ReadAll(*reader);
+    ASSERT_EQ(got.size(), views.size());
+    std::map<const std::byte*, std::string> storage;
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].name, views[i].name);
+      EXPECT_TRUE(SameTensor(got[i].tensor, views[i].tensor)) << got[i].name << " at batch_bytes " << batch_bytes;
+      if (i < 24) EXPECT_TRUE(storage.emplace(got[i].tensor.data(), got[i].name).second) << got[i].name;
+    }
+    for (size_t i = 24; i < got.size(); ++i) {
+      EXPECT_TRUE(storage.count(got[i].tensor.data()) == 1) << got[i].name << " shares no stored tensor";
+    }
+  }
+  for (int taken = 0; taken < 3; ++taken) {  // dropped while the next batch is being prepared
+    LoadOptions options;
+    options.batch_bytes = 200;
+    std::unique_ptr<ModelReader> reader = *m.OpenReader(0, options);
+    for (int i = 0; i < taken; ++i) ASSERT_TRUE(reader->NextBatch().ok());
+  }
+}
+
 TEST(Model, LoadIntoCallerBuffers) {
   auto c = Open(UniqueUrl());
   Model m = *Model::Open(*c);
