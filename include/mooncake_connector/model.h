@@ -18,6 +18,7 @@
 // manifest (written by SGLang itself, or by hand) load by listing.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -102,6 +103,10 @@ struct SaveOptions {
 struct LoadOptions {
   bool verify = true;  // check each tensor's checksum against the manifest
   uint64_t batch_bytes = uint64_t{256} << 20;
+  // Whether NextBatch prepares the next batch's storage on another thread
+  // while it fetches (one batch more memory). Unset: on machines of four or
+  // more cores (on two, the fetch keeps both busy and it only slowed loads).
+  std::optional<bool> prepare_next_batch;
   ProgressFn progress;
 };
 
@@ -293,9 +298,9 @@ class MC_EXPORT ModelReader {
     std::vector<size_t> read;
   };
   BatchPlan PlanBatch(size_t from, const std::vector<size_t>& pending) const;
-  // Allocates storage for `read` (the batch at `from`) on preparer_ and
-  // touches its pages; TakePrepared(from) waits for it and hands it over
-  // (empty if it was for another batch or an allocation failed).
+  // Allocates storage for `read` (the batch at `from`) and touches its pages
+  // on preparer_; TakePrepared(from) stops that and hands the storage over
+  // (empty if it was for another batch).
   void Prepare(size_t from, std::vector<size_t> read);
   std::vector<Tensor> TakePrepared(size_t from);
   // Each destination's tensor index, checked against the manifest.
@@ -326,7 +331,8 @@ class MC_EXPORT ModelReader {
   std::map<size_t, Tensor> shared_;               // read tensors that aliases share
   std::thread preparer_;
   size_t prepared_from_ = SIZE_MAX;
-  std::vector<Tensor> prepared_;  // written by preparer_, read after joining it
+  std::vector<Tensor> prepared_;  // its pages are touched by preparer_ until joined
+  std::atomic<bool> stop_preparing_{false};
 };
 
 }  // namespace mooncake_connector

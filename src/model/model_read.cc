@@ -176,6 +176,7 @@ Result<Tensor> ModelReader::ReadUnknown(size_t index) {
 }
 
 ModelReader::~ModelReader() {
+  stop_preparing_.store(true);
   if (preparer_.joinable()) preparer_.join();
 }
 
@@ -198,21 +199,34 @@ ModelReader::BatchPlan ModelReader::PlanBatch(size_t from, const std::vector<siz
 void ModelReader::Prepare(size_t from, std::vector<size_t> read) {
   if (preparer_.joinable()) preparer_.join();
   prepared_from_ = from;
-  preparer_ = std::thread([this, read = std::move(read)] {
+  prepared_.clear();
+  // Allocated here, on the caller's thread: memory from another thread's
+  // malloc arena is returned to the system when freed, so every later batch
+  // and save would fault it in afresh. Only the touching runs beside the fetch.
+  for (size_t c : read) {
+    Result<Tensor> t = Tensor::Allocate(tensors_[c].dtype, tensors_[c].shape);
+    if (!t.ok()) break;  // NextBatch allocates the rest itself, and reports a failure
+    prepared_.push_back(std::move(*t));
+  }
+  std::vector<MutableBytes> pages;
+  for (const Tensor& t : prepared_) pages.push_back(MutableBytes(t.data(), t.nbytes()));
+  // Stopped as soon as the fetch wants the memory: whatever it has not
+  // touched by then the fetch's own copy threads fault in, as without it.
+  stop_preparing_.store(false);
+  preparer_ = std::thread([this, pages = std::move(pages)] {
     static const size_t page = static_cast<size_t>(std::max(4096L, sysconf(_SC_PAGESIZE)));
-    std::vector<Tensor> out;
-    for (size_t c : read) {
-      Result<Tensor> t = Tensor::Allocate(tensors_[c].dtype, tensors_[c].shape);
-      if (!t.ok()) break;  // NextBatch allocates the rest itself, and reports a failure
-      auto* bytes = reinterpret_cast<volatile char*>(t->data());
-      for (size_t at = 0; at < t->nbytes(); at += page) bytes[at] = 0;
-      out.push_back(std::move(*t));
+    for (MutableBytes b : pages) {
+      auto* bytes = reinterpret_cast<volatile char*>(b.data());
+      for (size_t at = 0; at < b.size(); at += page) {
+        if (at % (64 * page) == 0 && stop_preparing_.load(std::memory_order_relaxed)) return;
+        bytes[at] = 0;
+      }
     }
-    prepared_ = std::move(out);
   });
 }
 
 std::vector<Tensor> ModelReader::TakePrepared(size_t from) {
+  stop_preparing_.store(true);
   if (preparer_.joinable()) preparer_.join();
   std::vector<Tensor> out;
   if (prepared_from_ == from) out = std::move(prepared_);
@@ -260,7 +274,10 @@ Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
     fresh.emplace(read[k], std::move(tensor));
     bytes += t.nbytes;
   }
-  if (end < tensors_.size()) Prepare(end, PlanBatch(end, read).read);
+  if (end < tensors_.size() &&
+      options_.prepare_next_batch.value_or(std::thread::hardware_concurrency() >= 4)) {
+    Prepare(end, PlanBatch(end, read).read);
+  }
   std::vector<Status> results = ReadBatch(read, targets, options_.verify);
   for (const Status& s : results) MC_RETURN_IF_ERROR(s);
   for (auto& [c, tensor] : fresh) {

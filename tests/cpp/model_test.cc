@@ -411,6 +411,7 @@ TEST(Model, ConcurrentPreparationOfTheNextBatchKeepsTensorsApart) {
   for (uint64_t batch_bytes : {uint64_t{1}, uint64_t{300}, uint64_t{1000}, uint64_t{1} << 20}) {
     LoadOptions options;
     options.batch_bytes = batch_bytes;
+    options.prepare_next_batch = true;  // whatever this machine's cores
     std::unique_ptr<ModelReader> reader = *m.OpenReader(0, options);
     std::vector<NamedTensor> got = ReadAll(*reader);
     ASSERT_EQ(got.size(), views.size());
@@ -427,6 +428,7 @@ TEST(Model, ConcurrentPreparationOfTheNextBatchKeepsTensorsApart) {
   for (int taken = 0; taken < 3; ++taken) {  // dropped while the next batch is being prepared
     LoadOptions options;
     options.batch_bytes = 200;
+    options.prepare_next_batch = true;
     std::unique_ptr<ModelReader> reader = *m.OpenReader(0, options);
     for (int i = 0; i < taken; ++i) ASSERT_TRUE(reader->NextBatch().ok());
   }
