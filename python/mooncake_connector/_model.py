@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 
 from . import _impl
-from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name, from_wire, to_wire
+from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name, from_wire
 
 #: One batched store call moves at most this many bytes by default.
 DEFAULT_BATCH_BYTES = 256 << 20
@@ -24,8 +24,8 @@ def _device(device: Any) -> torch.device:
 def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, Any], *,
                     world_size: int = 1, batch_bytes: int = DEFAULT_BATCH_BYTES,
                     progress: Progress = None) -> None:
-    names, arrays, dtypes, shapes = [], [], [], []
-    keep = []  # CPU copies of GPU tensors live until the save returns
+    names, pointers, sizes, dtypes, shapes = [], [], [], [], []
+    keep = []  # the tensors whose addresses go to C++ (CPU copies of GPU ones) live until the save returns
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"state dict keys must be str, got {type(name).__name__}")
@@ -33,12 +33,12 @@ def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, An
             value = value.detach().to("cpu")
         tensor = as_cpu_tensor(value)
         keep.append(tensor)
-        data, dtype, shape = to_wire(tensor)
         names.append(name)
-        arrays.append(data)
-        dtypes.append(dtype)
-        shapes.append(shape)
-    model.save_state_dict(rank, names, arrays, dtypes, shapes, world_size, batch_bytes, progress)
+        pointers.append(tensor.data_ptr())
+        sizes.append(tensor.numel() * tensor.element_size())
+        dtypes.append(dtype_name(tensor.dtype))
+        shapes.append(list(tensor.shape))
+    model.save_state_dict(rank, names, pointers, sizes, dtypes, shapes, world_size, batch_bytes, progress)
 
 
 def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:
@@ -175,7 +175,7 @@ def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tenso
     (``strict`` raises ``KeyError`` listing them instead). Contiguous CUDA
     destinations are filled by the C++ pipeline through pinned buffers; other
     non-CPU or strided ones through a CPU copy."""
-    names, arrays, dtypes, shapes = [], [], [], []
+    names, pointers, sizes, dtypes, shapes = [], [], [], [], []
     on_cuda: dict[int, list] = {}  # device index -> [(name, tensor)]
     copy_back = []  # (destination, CPU staging) for tensors we cannot fill directly
     for name, dest in tensors.items():
@@ -185,31 +185,34 @@ def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tenso
         if dense and dest.device.type == "cuda":
             on_cuda.setdefault(dest.device.index, []).append((name, dest))
             continue
-        direct = dest.device.type == "cpu" and dense
+        direct = dense and dest.device.type == "cpu"
         staging = dest if direct else torch.empty(dest.shape, dtype=dest.dtype, device="cpu",
                                                   pin_memory=dest.device.type == "cuda")
         if not direct:
             copy_back.append((dest, staging))
-        flat = staging.detach().reshape(-1).view(torch.uint8)
+        # The C++ core writes at the tensor's address: `tensors` (and
+        # copy_back) keep every destination alive until it returns.
         names.append(name)
-        arrays.append(flat.numpy())
+        pointers.append(staging.data_ptr())
+        sizes.append(staging.numel() * staging.element_size())
         dtypes.append(dtype_name(dest.dtype))
         shapes.append(list(dest.shape))
     reader = model.reader(rank, verify, batch_bytes, progress)
-    missed_sets = []
+    missed = None  # the stored tensors that no call so far filled, in stored order
     with torch.no_grad():
         if names or not on_cuda:
-            missed_sets.append(set(reader.load_into(names, arrays, dtypes, shapes)))
+            missed = reader.load_into(names, pointers, sizes, dtypes, shapes)
         for index, items in on_cuda.items():
             _, stream = _cuda_target(torch.device("cuda", index))
-            missed_sets.append(set(reader.load_into_cuda(
+            left = set(reader.load_into_cuda(
                 [n for n, _ in items], [t.data_ptr() for _, t in items],
                 [t.numel() * t.element_size() for _, t in items],
                 [dtype_name(t.dtype) for _, t in items], [list(t.shape) for _, t in items],
-                index, stream)))
+                index, stream))
+            stored = missed if missed is not None else [entry[0] for entry in reader.tensors()]
+            missed = [n for n in stored if n in left]
         for dest, staging in copy_back:
             dest.copy_(staging, non_blocking=False)
-    missed = [n for n, *_ in reader.tensors() if all(n in m for m in missed_sets)]
     if strict and missed:
         shown = ", ".join(missed[:5]) + (f" and {len(missed) - 5} more" if len(missed) > 5 else "")
         raise KeyError(f"the stored model has tensors that were not asked for: {shown} "

@@ -166,14 +166,12 @@ class PyModelReader {
     return out;
   }
 
-  std::vector<std::string> LoadInto(const std::vector<std::string>& names, std::vector<WritableBytes> arrays,
-                                    const std::vector<std::string>& dtypes,
+  // Destinations in this process's memory, given as addresses (a contiguous
+  // CPU tensor's data_ptr()) and sizes: no array object per tensor.
+  std::vector<std::string> LoadInto(const std::vector<std::string>& names, const std::vector<uintptr_t>& pointers,
+                                    const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
                                     const std::vector<std::vector<int64_t>>& shapes) {
-    std::vector<TensorDestination> dests;
-    for (size_t i = 0; i < names.size(); ++i) {
-      dests.push_back({names[i], Unwrap(ParseDType(dtypes[i])), shapes[i],
-                       MutableBytes(reinterpret_cast<std::byte*>(arrays[i].data()), arrays[i].size())});
-    }
+    std::vector<TensorDestination> dests = Destinations(names, pointers, sizes, dtypes, shapes);
     nb::gil_scoped_release release;
     return Unwrap(r_->LoadInto(dests));
   }
@@ -184,16 +182,33 @@ class PyModelReader {
                                         const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
                                         const std::vector<std::vector<int64_t>>& shapes, int device,
                                         uintptr_t stream) {
-    std::vector<TensorDestination> dests;
-    for (size_t i = 0; i < names.size(); ++i) {
-      dests.push_back({names[i], Unwrap(ParseDType(dtypes[i])), shapes[i],
-                       MutableBytes(reinterpret_cast<std::byte*>(pointers[i]), sizes[i])});
-    }
+    std::vector<TensorDestination> dests = Destinations(names, pointers, sizes, dtypes, shapes);
     nb::gil_scoped_release release;
     return Unwrap(r_->LoadIntoCuda(dests, CudaTarget{device, stream}));
   }
 
   ModelReader& get() { return *r_; }
+
+ private:
+  static std::vector<TensorDestination> Destinations(const std::vector<std::string>& names,
+                                                     const std::vector<uintptr_t>& pointers,
+                                                     const std::vector<uint64_t>& sizes,
+                                                     const std::vector<std::string>& dtypes,
+                                                     const std::vector<std::vector<int64_t>>& shapes) {
+    if (pointers.size() != names.size() || sizes.size() != names.size() || dtypes.size() != names.size() ||
+        shapes.size() != names.size()) {
+      Check(InvalidArgument("load_into: names, pointers, sizes, dtypes and shapes differ in length"));
+    }
+    std::vector<TensorDestination> dests;
+    dests.reserve(names.size());
+    for (size_t i = 0; i < names.size(); ++i) {
+      dests.push_back({names[i], Unwrap(ParseDType(dtypes[i])), shapes[i],
+                       MutableBytes(reinterpret_cast<std::byte*>(pointers[i]), sizes[i])});
+    }
+    return dests;
+  }
+
+ public:
 
  private:
   std::unique_ptr<ModelReader> r_;
@@ -353,13 +368,21 @@ NB_MODULE(_impl, m) {
       .def("tensor_key", &Model::TensorKey)
       .def("file_key", &Model::FileKey)
       .def("save_state_dict",
-           [](Model& model, int rank, const std::vector<std::string>& names, std::vector<ByteArray> arrays,
-              const std::vector<std::string>& dtypes, const std::vector<std::vector<int64_t>>& shapes,
-              int world_size, uint64_t batch_bytes, nb::object progress) {
+           // Tensors given as addresses (contiguous CPU tensors' data_ptr())
+           // and sizes, which the caller keeps alive: no array object each.
+           [](Model& model, int rank, const std::vector<std::string>& names, const std::vector<uintptr_t>& pointers,
+              const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
+              const std::vector<std::vector<int64_t>>& shapes, int world_size, uint64_t batch_bytes,
+              nb::object progress) {
+             if (pointers.size() != names.size() || sizes.size() != names.size() ||
+                 dtypes.size() != names.size() || shapes.size() != names.size()) {
+               Check(InvalidArgument("save_state_dict: names, pointers, sizes, dtypes and shapes differ in length"));
+             }
              std::vector<NamedTensorView> views;
+             views.reserve(names.size());
              for (size_t i = 0; i < names.size(); ++i) {
-               views.push_back({names[i], Unwrap(MakeTensorView(Unwrap(ParseDType(dtypes[i])), shapes[i],
-                                                                AsConst(arrays[i])))});
+               ConstBytes bytes(reinterpret_cast<const std::byte*>(pointers[i]), sizes[i]);
+               views.push_back({names[i], Unwrap(MakeTensorView(Unwrap(ParseDType(dtypes[i])), shapes[i], bytes))});
              }
              SaveOptions o;
              o.world_size = world_size;
@@ -368,8 +391,8 @@ NB_MODULE(_impl, m) {
              nb::gil_scoped_release release;
              Check(model.SaveStateDict(rank, views, o));
            },
-           nb::arg("rank"), nb::arg("names"), nb::arg("arrays"), nb::arg("dtypes"), nb::arg("shapes"),
-           nb::arg("world_size"), nb::arg("batch_bytes"), nb::arg("progress").none())
+           nb::arg("rank"), nb::arg("names"), nb::arg("pointers"), nb::arg("sizes"), nb::arg("dtypes"),
+           nb::arg("shapes"), nb::arg("world_size"), nb::arg("batch_bytes"), nb::arg("progress").none())
       .def("save_files",
            [](Model& model, const std::vector<std::string>& paths, std::vector<ByteArray> arrays,
               uint64_t batch_bytes, nb::object progress) {
