@@ -403,3 +403,80 @@ TEST_P(StoreConformance, ConcurrentBatchCallsOnSharedKeysReturnWholeValues) {
 }
 
 }  // namespace mooncake_connector::testing
+
+namespace mooncake_connector::testing {
+namespace {
+
+// Byte i of version v of a large value: the first 8 bytes name the version.
+std::string LargeVersion(uint64_t version, size_t size) {
+  std::string value(size, '\0');
+  std::memcpy(value.data(), &version, sizeof version);
+  for (size_t i = sizeof version; i < size; ++i) value[i] = static_cast<char>((version * 131 + i / 4093 + i) & 0xff);
+  return value;
+}
+
+}  // namespace
+
+TEST_P(StoreConformance, ConcurrentLargeBatchReadsAreWholeValuesHashedOrNot) {
+  // One batch of several large values (over 8 MiB in all, each over 4 MiB:
+  // memory:// copies such a batch in pieces on several threads when the
+  // caller does not hash it) read against writers overwriting the same keys
+  // with other versions: every read is one whole version, with and without
+  // the hash, whose hash is that of the bytes delivered.
+  constexpr size_t kSize = (size_t{9} << 20) / 2 + 12345;  // 4.5 MiB and a bit
+  constexpr int kKeys = 3, kWrites = 6, kReads = 6;
+  std::vector<std::string> keys;
+  for (int k = 0; k < kKeys; ++k) {
+    keys.push_back(Key("large" + std::to_string(k)));
+    ASSERT_TRUE(store_->Put(keys.back(), AsBytes(LargeVersion(k, kSize))).ok());
+  }
+  std::atomic<int> wrong{0}, errors{0}, reads{0};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 2; ++w) {
+    threads.emplace_back([&, w] {
+      for (int i = 0; i < kWrites; ++i) {
+        for (int k = 0; k < kKeys; ++k) {
+          uint64_t version = 1000 * (w + 1) + 10 * i + k;
+          if (!store_->Put(keys[k], AsBytes(LargeVersion(version, kSize))).ok()) ++errors;
+        }
+      }
+    });
+  }
+  for (int reader = 0; reader < 2; ++reader) {
+    threads.emplace_back([&, reader] {
+      const bool hashed = reader == 1;
+      std::vector<std::vector<std::byte>> heads(kKeys, std::vector<std::byte>(16)),
+          rests(kKeys, std::vector<std::byte>(kSize - 16));
+      std::vector<uint64_t> hashes(kKeys, 0);
+      for (int i = 0; i < kReads; ++i) {
+        std::vector<GetIntoRequest> requests;
+        for (int k = 0; k < kKeys; ++k) {
+          requests.push_back(GetIntoRequest{keys[k], rests[k], heads[k], hashed ? &hashes[k] : nullptr});
+        }
+        std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+        for (int k = 0; k < kKeys; ++k) {
+          if (!got[k].ok() || *got[k] != kSize) {
+            ++errors;
+            continue;
+          }
+          ++reads;
+          uint64_t version = 0;
+          std::memcpy(&version, heads[k].data(), sizeof version);
+          std::string expected = LargeVersion(version, kSize);
+          if (std::memcmp(heads[k].data(), expected.data(), 16) != 0 ||
+              std::memcmp(rests[k].data(), expected.data() + 16, kSize - 16) != 0) {
+            ++wrong;
+          } else if (hashed && hashes[k] != Xxh3(ConstBytes(rests[k].data(), rests[k].size()))) {
+            ++wrong;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(reads.load(), 2 * kReads * kKeys);
+}
+
+}  // namespace mooncake_connector::testing
