@@ -47,7 +47,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness import best, write_result
+from harness import best, environ, write_result
 from mooncake_connector import create_remote_connector, standalone
 
 GiB = 2**30
@@ -182,9 +182,7 @@ def run_instance(mode: str, models: dict[str, dict[str, torch.Tensor]], repeat: 
             env["MOONCAKE_GLOBAL_SEGMENT_SIZE"] = f"{segment_mib}mb"
         if mode == "client":
             env["MOONCAKE_CLIENT"] = inst.client_address
-        saved_env = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with environ(env):
             raw_client = RawWheel(inst, mode, biggest, segment_mib << 20 if mode == "own" else 0) if raw else None
             try:
                 for case, sd in models.items():
@@ -196,12 +194,6 @@ def run_instance(mode: str, models: dict[str, dict[str, torch.Tensor]], repeat: 
             finally:
                 if raw_client:
                     raw_client.close()
-        finally:
-            for k, v in saved_env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def add(rows: list[dict], mode: str, case: str, row: str, group: str, size: int, secs: float,

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench import llama_like, memcpy, nbytes  # noqa: E402
-from harness import write_result  # noqa: E402
+from harness import environ, write_result  # noqa: E402
 from mooncake_connector import create_remote_connector, standalone  # noqa: E402
 
 GB = 1e9
@@ -126,16 +126,8 @@ def main() -> None:
                 env["MOONCAKE_LOCAL_BUFFER_SIZE"] = "512mb"
                 if mode == "client":
                     env["MOONCAKE_CLIENT"] = inst.client_address
-                saved = {k: os.environ.get(k) for k in env}
-                os.environ.update(env)
-                try:
+                with environ(env):
                     rows[f"mooncake:// {mode}"] = store_rows(f"mooncake:///gpu-bench/{mode}", sd, args.repeat)
-                finally:
-                    for k, v in saved.items():
-                        if v is None:
-                            os.environ.pop(k, None)
-                        else:
-                            os.environ[k] = v
 
     copy = rows["copy"]["h2d pinned"]
     print(f"\n{'store':<20} {'row':<30} {'GB/s':>7} {'x pinned':>9}")

@@ -290,6 +290,9 @@ class MC_EXPORT ModelReader {
   std::string Describe(size_t item) const;  // "tensor 'name' (rank R of model 'M')"
   // A tensor without a manifest entry: read whole and decoded.
   Result<Tensor> ReadUnknown(size_t index);
+  // ReadUnknown for a load into `d`: InvalidArgument unless the stored tensor
+  // has d's dtype and shape.
+  Result<Tensor> ReadUnknownFor(size_t index, const TensorDestination& d);
   size_t Canonical(size_t index) const;
   // The batch of NextBatch that starts at tensors_[from]: where it ends and
   // the canonical tensors it reads. `pending`: read by the batch before it.

@@ -293,6 +293,23 @@ Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
   return out;
 }
 
+namespace {
+
+// InvalidArgument naming both unless a tensor stored as dtype/shape fits `d`.
+Status CheckFitsDestination(DType dtype, const Shape& shape, const TensorDestination& d) {
+  if (dtype == d.dtype && shape == d.shape) return Status::Ok();
+  return InvalidArgument("tensor '" + d.name + "' is stored as " + std::string(DTypeName(dtype)) + ShapeText(shape) +
+                         " but the destination is " + std::string(DTypeName(d.dtype)) + ShapeText(d.shape));
+}
+
+}  // namespace
+
+Result<Tensor> ModelReader::ReadUnknownFor(size_t index, const TensorDestination& d) {
+  MC_ASSIGN_OR_RETURN(Tensor t, ReadUnknown(index));
+  MC_RETURN_IF_ERROR(CheckFitsDestination(t.dtype(), t.shape(), d));
+  return t;
+}
+
 Result<std::vector<size_t>> ModelReader::Resolve(std::span<const TensorDestination> destinations) const {
   std::vector<size_t> which(destinations.size());
   for (size_t i = 0; i < destinations.size(); ++i) {
@@ -309,11 +326,7 @@ Result<std::vector<size_t>> ModelReader::Resolve(std::span<const TensorDestinati
                              " bytes, its dtype and shape need " + std::to_string(nbytes));
     }
     const ManifestTensor& t = tensors_[it->second];
-    if (has_manifest_ && (t.dtype != d.dtype || t.shape != d.shape)) {
-      return InvalidArgument("tensor '" + d.name + "' is stored as " + std::string(DTypeName(t.dtype)) +
-                             ShapeText(t.shape) + " but the destination is " +
-                             std::string(DTypeName(d.dtype)) + ShapeText(d.shape));
-    }
+    if (has_manifest_) MC_RETURN_IF_ERROR(CheckFitsDestination(t.dtype, t.shape, d));
   }
   return which;
 }
@@ -354,12 +367,7 @@ Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDes
   if (!has_manifest_) {
     for (size_t i = 0; i < destinations.size(); ++i) {
       const TensorDestination& d = destinations[i];
-      MC_ASSIGN_OR_RETURN(Tensor t, ReadUnknown(which[i]));
-      if (t.dtype() != d.dtype || t.shape() != d.shape) {
-        return InvalidArgument("tensor '" + d.name + "' is stored as " + std::string(DTypeName(t.dtype())) +
-                               ShapeText(t.shape()) + " but the destination is " +
-                               std::string(DTypeName(d.dtype)) + ShapeText(d.shape));
-      }
+      MC_ASSIGN_OR_RETURN(Tensor t, ReadUnknownFor(which[i], d));
       if (t.nbytes() > 0) std::memcpy(d.bytes.data(), t.data(), t.nbytes());
       Report(t.nbytes());
     }

@@ -101,12 +101,7 @@ Result<std::vector<std::string>> ModelReader::LoadIntoCuda(std::span<const Tenso
   if (!has_manifest_) {  // values SGLang wrote: read whole, one at a time
     for (size_t i = 0; i < destinations.size(); ++i) {
       const TensorDestination& d = destinations[i];
-      MC_ASSIGN_OR_RETURN(Tensor t, ReadUnknown(which[i]));
-      if (t.dtype() != d.dtype || t.shape() != d.shape) {
-        return InvalidArgument("tensor '" + d.name + "' is stored as " + std::string(DTypeName(t.dtype())) +
-                               ShapeText(t.shape()) + " but the destination is " +
-                               std::string(DTypeName(d.dtype)) + ShapeText(d.shape));
-      }
+      MC_ASSIGN_OR_RETURN(Tensor t, ReadUnknownFor(which[i], d));
       MC_RETURN_IF_ERROR(driver->CopyToDeviceAsync(Address(d), t.data(), t.nbytes(), stream));
       MC_RETURN_IF_ERROR(driver->Synchronize(stream));  // before t is freed
       Report(t.nbytes());
