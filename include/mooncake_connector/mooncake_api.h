@@ -73,6 +73,15 @@ struct Api {
                      const ReplicateConfig* config) = nullptr;
   int (*batch_upsert_from)(Handle, const char** keys, void** buffers, const size_t* sizes,
                            size_t count, const ReplicateConfig* config, int* results_out) = nullptr;
+  // Reads each key's object into a scatter list: key i's buffers are the
+  // next pieces[i] entries of buffers/sizes, whose sizes add up to exactly
+  // the object's size (Mooncake refuses another total: -600 when smaller,
+  // -800 when larger). One result per key: the size, or a negative
+  // ErrorCode. Whole call: 0, or kErrNotSupported when the provider cannot.
+  // With a full client over TCP the buffers need not be registered.
+  int (*batch_get_into_multi)(Handle, const char** keys, size_t count, void* const* buffers,
+                              const size_t* sizes, const size_t* pieces,
+                              int64_t* results_out) = nullptr;
   // One result per key (0, or a negative ErrorCode such as -704 or -706).
   int (*batch_remove)(Handle, const char** keys, size_t count, int force,
                       int* results_out) = nullptr;
@@ -89,5 +98,7 @@ inline constexpr int kErrObjectAlreadyExists = -705;
 inline constexpr int kErrObjectHasLease = -706;
 inline constexpr int kErrLeaseExpired = -707;
 inline constexpr int kErrReplicaBusy = -714;
+inline constexpr int kErrTransferFail = -800;
+inline constexpr int kErrNotSupported = -1012;
 
 }  // namespace mooncake_connector::mooncake

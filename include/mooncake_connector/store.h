@@ -61,6 +61,18 @@ struct GetIntoRequest {
   // cache, so that a caller verifying a checksum makes no second pass over
   // the memory. Every store sets it on success when it is given.
   uint64_t* data_xxh3 = nullptr;
+  // Optional: the caller expects a value of exactly head.size() +
+  // destination.size() bytes (a tensor whose size the manifest gives). A
+  // store may then transfer straight into `head` and `destination` without
+  // staging, so that after a failed read (another size included) they hold
+  // unspecified bytes; what is returned and reported is as without it. With
+  // data_xxh3 given too, the caller checks the head's bytes and that hash
+  // itself (against a manifest), so a store may skip checksums of its own
+  // over the same value (a chunked value's).
+  bool exact = false;
+
+  // True when the caller verifies this value itself (see `exact`).
+  bool CallerVerifies() const { return exact && data_xxh3 != nullptr; }
 
   // Ok if a value of `size` bytes fits; InvalidArgument naming the size (and
   // the key) otherwise, also when the value is shorter than `head`.

@@ -193,6 +193,26 @@ const mooncake::Api kApi = [] {
       return 0;
     });
   };
+  api.batch_get_into_multi = [](Handle h, const char** keys, size_t n, void* const* buffers,
+                                const size_t* sizes, const size_t* pieces, int64_t* results) -> int {
+    return WithGil(kInternalError, [&] {
+      nb::object store = Self(h)->store;
+      if (!nb::hasattr(store, "batch_get_into_multi_buffers")) return mooncake::kErrNotSupported;
+      nb::list all_buffers, all_sizes;
+      size_t at = 0;
+      for (size_t i = 0; i < n; ++i) {
+        nb::list b, s;
+        for (size_t j = 0; j < pieces[i]; ++j, ++at) {
+          b.append(reinterpret_cast<uintptr_t>(buffers[at]));
+          s.append(sizes[at]);
+        }
+        all_buffers.append(b);
+        all_sizes.append(s);
+      }
+      CopyResults(store.attr("batch_get_into_multi_buffers")(Keys(keys, n), all_buffers, all_sizes), results, n);
+      return 0;
+    });
+  };
   api.is_exist = [](Handle h, const char* key) -> int {
     return WithGil(kInternalError, [&] { return nb::cast<int>(Self(h)->store.attr("is_exist")(key)); });
   };

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstddef>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace mooncake_connector {
@@ -44,5 +45,28 @@ void ParallelFor(size_t count, size_t threads, Fn&& fn) {
   work();
   for (std::thread& t : helpers) t.join();
 }
+
+// Runs one function at a time on a helper thread beside the caller (the
+// checksums of one piece of a read while the next piece is transferred).
+// Run waits for the previous function first; so does the destructor.
+class Background {
+ public:
+  Background() = default;
+  Background(const Background&) = delete;
+  Background& operator=(const Background&) = delete;
+  ~Background() { Wait(); }
+
+  template <typename Fn>
+  void Run(Fn&& fn) {
+    Wait();
+    thread_ = std::thread(std::forward<Fn>(fn));
+  }
+  void Wait() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::thread thread_;
+};
 
 }  // namespace mooncake_connector

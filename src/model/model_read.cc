@@ -123,7 +123,7 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::s
     heads[j].assign(expected[j].size(), '\0');
     requests[j] = GetIntoRequest{keys[j], targets[j],
                                  MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size()),
-                                 checksums ? &hashes[j] : nullptr};
+                                 checksums ? &hashes[j] : nullptr, /*exact=*/true};
   }
   std::vector<Result<uint64_t>> got = model_.connector().store().BatchGetInto(requests);
   for (size_t j = 0; j < n; ++j) {

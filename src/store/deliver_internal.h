@@ -3,6 +3,7 @@
 // pass over memory.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "core/hash_internal.h"
@@ -18,6 +19,29 @@ void DeliverAt(const GetIntoRequest& r, uint64_t offset, ConstBytes bytes, Xxh3S
 
 // A whole value in one piece: delivered, and *r.data_xxh3 set if asked for.
 void Deliver(const GetIntoRequest& r, ConstBytes value);
+
+// Calls fn(piece, in_destination) for the memory that bytes [offset,
+// offset + size) of the value go to, in order: a part of r.head, then a part
+// of r.destination.
+// REQUIRES: r.CheckFits(offset + size).
+template <typename Fn>
+void ForEachPiece(const GetIntoRequest& r, uint64_t offset, uint64_t size, Fn&& fn) {
+  const uint64_t head = r.head.size();
+  if (offset < head && size > 0) {
+    const uint64_t n = std::min(size, head - offset);
+    fn(r.head.subspan(static_cast<size_t>(offset), static_cast<size_t>(n)), false);
+    offset += n;
+    size -= n;
+  }
+  if (size > 0) fn(r.destination.subspan(static_cast<size_t>(offset - head), static_cast<size_t>(size)), true);
+}
+
+// For bytes [offset, offset + size) of the value already in place (read
+// straight into r's memory): feeds those in r.destination to `data` and all
+// of them to `value` (either may be null), block by block so the second
+// hash reads from cache. Pieces of one value must come in order.
+void HashInPlaceAt(const GetIntoRequest& r, uint64_t offset, uint64_t size, Xxh3Stream* data,
+                   Xxh3Stream* value);
 
 // Sets *r.data_xxh3 (if asked for) from the first `n` bytes of
 // r.destination, for a path that wrote them without hashing.

@@ -73,6 +73,18 @@ void DeliverAt(const GetIntoRequest& r, uint64_t offset, ConstBytes bytes, Xxh3S
   }
 }
 
+void HashInPlaceAt(const GetIntoRequest& r, uint64_t offset, uint64_t size, Xxh3Stream* data,
+                   Xxh3Stream* value) {
+  if (data == nullptr && value == nullptr) return;
+  ForEachPiece(r, offset, size, [&](MutableBytes piece, bool in_destination) {
+    for (size_t at = 0; at < piece.size(); at += kDeliverBlock) {
+      ConstBytes block = ConstBytes(piece).subspan(at, std::min(kDeliverBlock, piece.size() - at));
+      if (data != nullptr && in_destination) data->Update(block);
+      if (value != nullptr) value->Update(block);
+    }
+  });
+}
+
 void Deliver(const GetIntoRequest& r, ConstBytes value) {
   if (r.data_xxh3 == nullptr) {
     r.CopyAt(0, value);

@@ -5,10 +5,12 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/hash_internal.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "scripted_mooncake.h"
 #include "store_conformance.h"
@@ -61,11 +63,11 @@ class Scripted : public ::testing::Test {
     store_.reset();
   }
 
-  void Open(std::chrono::milliseconds op_timeout = std::chrono::milliseconds(2000)) {
+  void Open(std::chrono::milliseconds op_timeout = std::chrono::milliseconds(2000), uint64_t chunk_size = 4096) {
     api_ = sm_.api();
     MooncakeConfig c;
     c.master_address = "scripted:1";
-    c.chunk_size = 4096;
+    c.chunk_size = chunk_size;
     c.transfer_slots = 2;
     c.op_timeout = op_timeout;
     Result<std::shared_ptr<Store>> s = mooncake::NewMooncakeStore(c, &api_, &sm_);
@@ -479,6 +481,112 @@ TEST_F(Scripted, BatchGetIntoReadsManyKeysWithFewCalls) {
   EXPECT_LE(sm_.calls["native batch_get_into"] - batches_before, 4);
 }
 
+
+// An exact request for `v` (head of 16 bytes) and where it reads to.
+struct ExactRead {
+  ExactRead(std::string k, size_t size, bool hashed)
+      : key(std::move(k)), head(16), rest(size - 16), request{key, rest, head, hashed ? &hash : nullptr, true} {}
+  bool Holds(const std::vector<std::byte>& v) const {
+    return std::memcmp(head.data(), v.data(), 16) == 0 && std::memcmp(rest.data(), v.data() + 16, rest.size()) == 0;
+  }
+  std::string key;
+  std::vector<std::byte> head, rest;
+  uint64_t hash = 0;
+  GetIntoRequest request;
+};
+
+TEST_F(Scripted, DirectReadsTakeRawAndChunkedValuesInFewCalls) {
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  // Raw objects (up to 2 MiB) and chunked values (a header and 2 MiB chunks).
+  std::vector<size_t> sizes = {(1 << 20) + 3, (2 << 20) - 5, (5 << 20) + 7, (1 << 20) + 9, (4 << 20)};
+  std::vector<std::vector<std::byte>> values;
+  std::vector<std::unique_ptr<ExactRead>> reads;
+  std::vector<GetIntoRequest> requests;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    values.push_back(Bytes(sizes[i], static_cast<int>(i)));
+    ASSERT_TRUE(Put("d" + std::to_string(i), values.back()).ok());
+    reads.push_back(std::make_unique<ExactRead>("d" + std::to_string(i), sizes[i], i % 2 == 0));
+    requests.push_back(reads.back()->request);
+  }
+  int gets = sm_.calls["native get_into"], batches = sm_.calls["native batch_get_into"],
+      multi = sm_.calls["native batch_get_into_multi"];
+  std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
+    EXPECT_EQ(*got[i], sizes[i]);
+    EXPECT_TRUE(reads[i]->Holds(values[i])) << i;
+    if (i % 2 == 0) {
+      EXPECT_EQ(reads[i]->hash, Xxh3(ConstBytes(values[i]).subspan(16))) << i;
+    }
+  }
+  // The two headers in one staged batch; every object in direct calls of at
+  // most 64 MiB (one here); nothing read one by one.
+  EXPECT_EQ(sm_.calls["native get_into"] - gets, 0);
+  EXPECT_EQ(sm_.calls["native batch_get_into"] - batches, 1);
+  EXPECT_EQ(sm_.calls["native batch_get_into_multi"] - multi, 1);
+}
+
+TEST_F(Scripted, DirectReadsOfDamagedValuesFailAsStagedReadsDo) {
+  Open(std::chrono::milliseconds(500));  // 4 KiB chunks: values of 1 MiB+ are chunked
+  const size_t n = (1 << 20) + 100;
+  auto v = Bytes(n, 3);
+  auto read = [&](bool hashed) {
+    ExactRead r("v", n, hashed);
+    Result<uint64_t> got = store_->BatchGetInto({&r.request, 1})[0];
+    return std::make_pair(got, r.hash);
+  };
+  // A chunk of another size than its header says: the direct read leaves it
+  // to the staged one, which names it.
+  ASSERT_TRUE(Put("v", v).ok());
+  std::vector<std::string> chunks = Chunks("v");
+  ASSERT_EQ(chunks.size(), 257u);
+  sm_.Plant(chunks[9], Bytes(4000, 1));
+  for (bool hashed : {false, true}) {
+    auto [got, hash] = read(hashed);
+    ASSERT_EQ(got.status().code(), StatusCode::kDataLoss) << got.status();
+    EXPECT_NE(got.status().ToString().find("4000 bytes"), std::string::npos) << got.status();
+  }
+  // Changed bytes of the right size: the store's checksum catches them when
+  // the caller does not hash; a caller that hashes gets the hash of what was
+  // read (not the stored value's) to compare with its own record.
+  ASSERT_TRUE(Put("v", v).ok());
+  chunks = Chunks("v");
+  {
+    std::lock_guard lock(sm_.mu);
+    (*sm_.Find(chunks[100]))[5] ^= std::byte{1};
+  }
+  auto [unhashed, ignored] = read(false);
+  ASSERT_EQ(unhashed.status().code(), StatusCode::kDataLoss) << unhashed.status();
+  EXPECT_NE(unhashed.status().ToString().find("checksum"), std::string::npos) << unhashed.status();
+  auto [hashed, hash] = read(true);
+  ASSERT_TRUE(hashed.ok()) << hashed.status();
+  EXPECT_NE(hash, Xxh3(ConstBytes(v).subspan(16)));
+  // A missing chunk: DataLoss naming the key, as ever.
+  ASSERT_TRUE(api_.remove(&sm_, chunks[3].c_str(), 1) == 0);
+  auto [lost, unused] = read(true);
+  ASSERT_EQ(lost.status().code(), StatusCode::kDataLoss) << lost.status();
+  EXPECT_NE(lost.status().ToString().find("'v'"), std::string::npos) << lost.status();
+}
+
+TEST_F(Scripted, DirectReadsFallBackWhenTheProviderCannot) {
+  // A provider whose scatter call is refused as a whole (an older wheel):
+  // reads are staged from then on, with the same results.
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  api_.batch_get_into_multi = [](mooncake::Handle, const char**, size_t, void* const*, const size_t*,
+                                 const size_t*, int64_t*) { return mooncake::kErrNotSupported; };
+  auto v = Bytes((1 << 20) + 1, 4), w = Bytes((3 << 20) + 1, 5);
+  ASSERT_TRUE(Put("a", v).ok());
+  ASSERT_TRUE(Put("b", w).ok());
+  for (int round = 0; round < 2; ++round) {
+    ExactRead a("a", v.size(), true), b("b", w.size(), false);
+    std::vector<GetIntoRequest> requests = {a.request, b.request};
+    std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+    ASSERT_TRUE(got[0].ok() && got[1].ok()) << got[0].status() << got[1].status();
+    EXPECT_TRUE(a.Holds(v));
+    EXPECT_TRUE(b.Holds(w));
+    EXPECT_EQ(a.hash, Xxh3(ConstBytes(v).subspan(16)));
+  }
+}
 
 TEST_F(Scripted, ConcurrentBatchWritersReadersRemoversSeeWholeValues) {
   // The batched paths (one native call for many small keys) under the

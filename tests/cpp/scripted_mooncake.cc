@@ -230,6 +230,41 @@ mooncake::Api ScriptedMooncake::api() {
       }
       return 0;
     };
+    // As the wheel's batch_get_into_multi_buffers: each key's pieces must add
+    // up to exactly its object's size (smaller: -600, larger: -800).
+    a.batch_get_into_multi = [](Handle h, const char** keys, size_t n, void* const* bufs,
+                                const size_t* sizes, const size_t* pieces, int64_t* out) -> int {
+      auto* s = O::S(h);
+      {
+        std::lock_guard lock(s->mu);
+        s->calls["native batch_get_into_multi"]++;
+      }
+      size_t at = 0;
+      for (size_t i = 0; i < n; at += pieces[i], ++i) {
+        out[i] = O::Hook(s, "get_into", keys[i]);
+        if (out[i] != 0) continue;
+        size_t total = 0;
+        for (size_t j = 0; j < pieces[i]; ++j) total += sizes[at + j];
+        std::lock_guard lock(s->mu);
+        auto it = s->objects_.find(keys[i]);
+        if (it == s->objects_.end()) {
+          out[i] = s->pending_.count(keys[i]) != 0 ? mooncake::kErrReplicaNotReady : mooncake::kErrObjectNotFound;
+          continue;
+        }
+        if (total != it->second.size()) {
+          out[i] = total < it->second.size() ? mooncake::kErrInvalidParams : mooncake::kErrTransferFail;
+          continue;
+        }
+        size_t offset = 0;
+        for (size_t j = 0; j < pieces[i]; ++j) {
+          if (sizes[at + j] > 0) std::memcpy(bufs[at + j], it->second.data() + offset, sizes[at + j]);
+          offset += sizes[at + j];
+        }
+        O::Lease(s, keys[i]);
+        out[i] = static_cast<int64_t>(total);
+      }
+      return 0;
+    };
     a.batch_remove = [](Handle h, const char** keys, size_t n, int force, int* out) -> int {
       auto* s = O::S(h);
       for (size_t i = 0; i < n; ++i) {

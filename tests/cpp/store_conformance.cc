@@ -422,7 +422,8 @@ TEST_P(StoreConformance, ConcurrentLargeBatchReadsAreWholeValuesHashedOrNot) {
   // memory:// copies such a batch in pieces on several threads when the
   // caller does not hash it) read against writers overwriting the same keys
   // with other versions: every read is one whole version, with and without
-  // the hash, whose hash is that of the bytes delivered.
+  // the hash, exact or not (mooncake:// reads exact ones straight into
+  // place), whose hash is that of the bytes delivered.
   constexpr size_t kSize = (size_t{9} << 20) / 2 + 12345;  // 4.5 MiB and a bit
   constexpr int kKeys = 3, kWrites = 6, kReads = 6;
   std::vector<std::string> keys;
@@ -442,16 +443,16 @@ TEST_P(StoreConformance, ConcurrentLargeBatchReadsAreWholeValuesHashedOrNot) {
       }
     });
   }
-  for (int reader = 0; reader < 2; ++reader) {
+  for (int reader = 0; reader < 4; ++reader) {
     threads.emplace_back([&, reader] {
-      const bool hashed = reader == 1;
+      const bool hashed = (reader & 1) != 0, exact = (reader & 2) != 0;
       std::vector<std::vector<std::byte>> heads(kKeys, std::vector<std::byte>(16)),
           rests(kKeys, std::vector<std::byte>(kSize - 16));
       std::vector<uint64_t> hashes(kKeys, 0);
       for (int i = 0; i < kReads; ++i) {
         std::vector<GetIntoRequest> requests;
         for (int k = 0; k < kKeys; ++k) {
-          requests.push_back(GetIntoRequest{keys[k], rests[k], heads[k], hashed ? &hashes[k] : nullptr});
+          requests.push_back(GetIntoRequest{keys[k], rests[k], heads[k], hashed ? &hashes[k] : nullptr, exact});
         }
         std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
         for (int k = 0; k < kKeys; ++k) {
@@ -476,7 +477,42 @@ TEST_P(StoreConformance, ConcurrentLargeBatchReadsAreWholeValuesHashedOrNot) {
   for (std::thread& t : threads) t.join();
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_EQ(errors.load(), 0);
-  EXPECT_EQ(reads.load(), 2 * kReads * kKeys);
+  EXPECT_EQ(reads.load(), 4 * kReads * kKeys);
+}
+
+TEST_P(StoreConformance, ExactReadsAreReadsOfAKnownSize) {
+  // Reads that say the value's size (model tensors): the bytes and the hash
+  // of a matching value; a longer value refused as too large for the buffer,
+  // a shorter one read with its own size, as without `exact`.
+  constexpr size_t kSize = (size_t{3} << 20) + 4321;
+  const std::string key = Key("exact");
+  const std::string value = LargeVersion(7, kSize);
+  ASSERT_TRUE(store_->Put(key, AsBytes(value)).ok());
+  for (bool hashed : {false, true}) {
+    std::vector<std::byte> head(24), rest(kSize - 24);
+    uint64_t hash = 0;
+    GetIntoRequest r{key, rest, head, hashed ? &hash : nullptr, /*exact=*/true};
+    std::vector<Result<uint64_t>> got = store_->BatchGetInto({&r, 1});
+    ASSERT_TRUE(got[0].ok()) << got[0].status();
+    EXPECT_EQ(*got[0], kSize);
+    EXPECT_EQ(std::memcmp(head.data(), value.data(), head.size()), 0);
+    EXPECT_EQ(std::memcmp(rest.data(), value.data() + head.size(), rest.size()), 0);
+    if (hashed) EXPECT_EQ(hash, Xxh3(ConstBytes(rest.data(), rest.size())));
+
+    std::vector<std::byte> small(kSize - 24 - 4096);
+    GetIntoRequest too_small{key, small, head, hashed ? &hash : nullptr, /*exact=*/true};
+    got = store_->BatchGetInto({&too_small, 1});
+    EXPECT_EQ(got[0].status().code(), StatusCode::kInvalidArgument) << got[0].status();
+
+    std::vector<std::byte> large(kSize - 24 + 4096);
+    GetIntoRequest too_large{key, large, head, hashed ? &hash : nullptr, /*exact=*/true};
+    got = store_->BatchGetInto({&too_large, 1});
+    ASSERT_TRUE(got[0].ok()) << got[0].status();
+    EXPECT_EQ(*got[0], kSize);
+    EXPECT_EQ(std::memcmp(large.data(), value.data() + head.size(), kSize - head.size()), 0);
+    if (hashed) EXPECT_EQ(hash, Xxh3(ConstBytes(large.data(), kSize - head.size())));
+  }
+  ASSERT_TRUE(store_->Remove(key).ok());
 }
 
 }  // namespace mooncake_connector::testing

@@ -219,3 +219,54 @@ def test_failed_overwrite_on_full_pool_keeps_old_value(full_pool):
     assert c.getbytes("keep/raw") == b"new value"
     assert c.remove("keep/raw")
     assert objects_of(inst, "keep/raw") == []
+
+
+@pytest.mark.parametrize("direct", ["1", "0"])
+def test_damaged_tensors_fail_every_load_path_read_directly_or_staged(mc, tmp_path, direct):
+    """Tensors of 1 MiB and more are transferred straight into their
+    destination (direct_reads=1, the default) or through the staging slots:
+    either way a tensor whose bytes changed fails every load path with
+    DataLossError, and so does one whose chunk has another size."""
+    import torch
+
+    sd = {"raw": torch.randn(768, 1024).to(torch.bfloat16),       # 1.5 MiB: one raw object
+          "chunked": torch.randn(1536, 1024).to(torch.bfloat16)}  # 3 MiB: a header and two 2 MiB chunks
+    model = f"damaged/d{direct}"
+    with create_remote_connector(f"mooncake:///{model}?chunk_size=2mb&direct_reads={direct}") as c:
+        c.save_state_dict(sd)
+        dest = {n: torch.empty_like(t) for n, t in sd.items()}
+        c.load_into(dest)
+        assert all(torch.equal(dest[n], t) for n, t in sd.items())
+        raw_key, chunked_key = f"{model}/keys/rank_0/raw", f"{model}/keys/rank_0/chunked"
+        chunks = sorted(k for k in all_raw_keys_of_cluster() if k.startswith(chunked_key + "\x1f")
+                        and not k.endswith(".r"))
+        assert len(chunks) == 2, chunks
+        original_raw = c.getbytes(raw_key)
+
+        def upsert(key: str, data: bytes) -> None:
+            f = tmp_path / "junk"
+            f.write_bytes(data)
+            assert raw_wheel.run([{"upsert": key, "file": str(f)}], tmp_path) == [0]
+
+        def loads(verify: bool = True):
+            return [lambda: c.load_into({n: torch.empty_like(t) for n, t in sd.items()}, verify=verify),
+                    lambda: c.load_state_dict(verify=verify),
+                    lambda: list(c.weight_iterator(verify=verify))]
+
+        flipped = bytearray(original_raw)
+        flipped[-1000] ^= 0x40  # a byte of the tensor's data, its header intact
+        upsert(raw_key, bytes(flipped))
+        for load in loads():
+            with pytest.raises(DataLossError, match="checksum mismatch in tensor 'raw'"):
+                load()
+        upsert(raw_key, original_raw)
+
+        second = os.urandom(len(c.getbytes(chunked_key)) - 2 * MiB)  # the second chunk's size, other bytes
+        upsert(chunks[1], second)
+        for load in loads() + loads(verify=False):  # without verify the value's own checksum
+            with pytest.raises(DataLossError, match="checksum"):
+                load()
+        upsert(chunks[1], second[:4096])  # a chunk shorter than its header says
+        for load in loads():
+            with pytest.raises(DataLossError, match="'chunked'"):
+                load()

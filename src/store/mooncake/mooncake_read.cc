@@ -45,6 +45,14 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
       }
       if (repeated[next]) continue;
       uint64_t want = std::max<uint64_t>(r.head.size() + r.destination.size(), kChunkHeaderSize);
+      if (ReadsDirectly(r)) {
+        // A value of this size is one raw object, read straight into place
+        // by ReadDirect; or a chunk header, read here (ReadDirect then reads
+        // its chunks). A writer with another chunk_size makes the guess
+        // wrong: that read fails and ReadValue reads the key as ever.
+        if (IsRawSize(r.head.size() + r.destination.size())) continue;
+        want = kChunkHeaderSize;
+      }
       // Large values gain nothing from sharing a call (the transfer
       // dominates) and copy out of cache-warm staging when read one by one.
       if (want > slot_size() / 4) continue;
@@ -89,6 +97,13 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
       out[batch[j]] = fits.ok() ? Result<uint64_t>(object.size()) : Result<uint64_t>(fits);
     }
   }
+  std::vector<size_t> direct;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const GetIntoRequest& r = requests[i];
+    if (out[i] || repeated[i] || !ReadsDirectly(r)) continue;
+    if (headers[i] || IsRawSize(r.head.size() + r.destination.size())) direct.push_back(i);
+  }
+  ReadDirect(requests, direct, headers, out);
   // The rest one by one, read_threads() at a time: one value's transfer
   // overlaps another's copy out of the slots and checksum.
   std::vector<size_t> rest;
@@ -228,6 +243,8 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
   Xxh3Stream hash;
   Xxh3Stream data;  // of what goes to target->destination, if asked for
   Xxh3Stream* data_hash = via_slots && target->data_xxh3 != nullptr ? &data : nullptr;
+  // The value's own checksum, unless the caller checks what it asked for.
+  const bool check = h.has_checksum() && !(via_slots && target->CallerVerifies());
   // A share of the slots per call, so that read_threads() reads run at once.
   const size_t per_call = std::max<size_t>(1, arena_->slots() / read_threads());
   Status s = ForEachBatch(h.num_chunks, per_call, [&](uint64_t first, size_t n) -> Status {
@@ -268,7 +285,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
       }
       ConstBytes got(static_cast<const std::byte*>(b.buffers[j]), b.sizes[j]);
       if (via_slots) {
-        DeliverAt(*target, (first + j) * h.chunk_size, got, data_hash, h.has_checksum() ? &hash : nullptr);
+        DeliverAt(*target, (first + j) * h.chunk_size, got, data_hash, check ? &hash : nullptr);
       } else if (h.has_checksum()) {
         hash.Update(got);
       }
@@ -276,7 +293,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     return Status::Ok();
   });
   MC_RETURN_IF_ERROR(s);
-  if (h.has_checksum() && hash.Digest() != h.checksum) {
+  if ((via_slots ? check : h.has_checksum()) && hash.Digest() != h.checksum) {
     return DataLoss("checksum mismatch in the " + std::to_string(h.total_size) + "-byte value of '" +
                     key + "' (corrupted or mixed chunks)");
   }

@@ -42,6 +42,10 @@ MooncakeStore::MooncakeStore(MooncakeConfig config, const Api* api, Handle handl
   replicate_.replica_num = static_cast<size_t>(config_.replica_num);
   replicate_.with_soft_pin = config_.pin == PinMode::kSoft;
   replicate_.with_hard_pin = config_.pin == PinMode::kHard;
+  // Over RDMA the destination would have to be registered, and a dummy
+  // client can only transfer into its shared memory.
+  direct_reads_ = config_.direct_reads && api_->batch_get_into_multi != nullptr &&
+                  config_.client_address.empty() && config_.protocol == "tcp";
 }
 
 MooncakeStore::~MooncakeStore() {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -48,6 +49,7 @@ class MooncakeStore final : public Store {
   Result<Buffer> Get(std::string_view key) override;
 
  private:
+  using HeaderBytes = std::array<std::byte, kChunkHeaderSize>;
   // Where a value of `size` bytes goes (checked to fit); an error stops the
   // read.
   using Destination = std::function<Result<GetIntoRequest>(uint64_t size)>;
@@ -84,7 +86,6 @@ class MooncakeStore final : public Store {
   Status WriteTombstone(const std::string& key, Deadline& deadline);
 
   // mooncake_read.cc
-  using HeaderBytes = std::array<std::byte, kChunkHeaderSize>;
   // Reads one value. `first_header`: a chunk header a batched read already
   // fetched for this key (used instead of the first get). `turn`: reads of
   // one call running side by side take it for each transfer of chunks, so
@@ -101,6 +102,24 @@ class MooncakeStore final : public Store {
   Result<uint64_t> ReadChunksInto(const std::string& key, const ChunkHeader& h,
                                   MutableBytes registered, const GetIntoRequest* target,
                                   Deadline& deadline, std::mutex* turn);
+  // Direct reads (MooncakeConfig::direct_reads; mooncake_read_direct.cc).
+  // True when `r` may be transferred straight into its own memory.
+  bool ReadsDirectly(const GetIntoRequest& r) const;
+  // True when a value of `size` bytes is stored as one raw object by a writer
+  // with this store's chunk_size.
+  bool IsRawSize(uint64_t size) const {
+    return size > 0 && size <= slot_size() && size != kChunkHeaderSize;
+  }
+  // Reads requests `which` straight into their memory: raw objects, and the
+  // chunks of values whose header this batch has read (headers[i]). Calls of
+  // about kDirectCallBytes, the checksums of one computed on a helper thread
+  // while the next one transfers. Sets out[i] for each value read and
+  // verified; the rest (another size, a chunk missing or of another size, a
+  // checksum mismatch, an error) are left to ReadValue, which reads them
+  // through the slots and says what is wrong.
+  void ReadDirect(std::span<const GetIntoRequest> requests, std::span<const size_t> which,
+                  const std::vector<std::optional<HeaderBytes>>& headers,
+                  std::vector<std::optional<Result<uint64_t>>>& out);
   // Reads straight into registered memory: the target's destination, or a
   // temporary buffer when it scatters (then copied to it).
   Result<uint64_t> ReadRegistered(const std::string& key, const GetIntoRequest& target,
@@ -133,6 +152,9 @@ class MooncakeStore final : public Store {
   ReplicateConfig replicate_;
   std::unique_ptr<TransferArena> arena_;
   std::unique_ptr<DeferredRemoval> deferred_;
+  // Whether direct reads are on: configured, possible here, and not turned
+  // off by a provider that turned out unable.
+  std::atomic<bool> direct_reads_{false};
 };
 
 // Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
