@@ -151,6 +151,27 @@ class RawWheel:
         self.store.close()
 
 
+class Sweeper:
+    """A client without memory of its own that force-removes what a save
+    row wrote, so that the next save reuses the same store memory, as the raw
+    rows' saves do (a save into memory the store never touched before runs at
+    the speed of first-touch page faults, whoever writes it). Benchmark
+    cleanup only: nothing reads these keys."""
+
+    def __init__(self, inst: Any):
+        from mooncake.store import MooncakeDistributedStore
+
+        self.store = MooncakeDistributedStore()
+        rc = self.store.setup("127.0.0.1", inst.metadata_server, 0, 16 << 20, "tcp", "", inst.master_address)
+        assert rc == 0, f"setup: {rc}"
+
+    def sweep(self, prefix: str) -> None:
+        assert self.store.remove_by_regex("^" + re.escape(prefix), True) >= 0
+
+    def close(self) -> None:
+        self.store.close()
+
+
 # ---- one deployment mode ----------------------------------------------------
 
 def run_mode(mode: str, models: dict[str, dict[str, torch.Tensor]], repeat: int, small_ops: int,
@@ -184,16 +205,18 @@ def run_instance(mode: str, models: dict[str, dict[str, torch.Tensor]], repeat: 
             env["MOONCAKE_CLIENT"] = inst.client_address
         with environ(env):
             raw_client = RawWheel(inst, mode, biggest, segment_mib << 20 if mode == "own" else 0) if raw else None
+            sweeper = Sweeper(inst) if ours else None
             try:
                 for case, sd in models.items():
                     if raw_client:
                         run_raw(mode, case, sd, raw_client, repeat, rows, log)
                     if ours:
-                        run_ours(mode, case, sd, repeat, rows, log)
+                        run_ours(mode, case, sd, repeat, rows, log, sweeper)
                 run_small_values(mode, raw_client, ours, small_ops, rows, log)
             finally:
-                if raw_client:
-                    raw_client.close()
+                for client in (raw_client, sweeper):
+                    if client:
+                        client.close()
 
 
 def add(rows: list[dict], mode: str, case: str, row: str, group: str, size: int, secs: float,
@@ -270,7 +293,7 @@ def run_raw(mode: str, case: str, sd: dict[str, torch.Tensor], raw: RawWheel, re
 
 
 def run_ours(mode: str, case: str, sd: dict[str, torch.Tensor], repeat: int, rows: list[dict],
-             log: Callable[[str], None]) -> None:
+             log: Callable[[str], None], sweeper: Sweeper) -> None:
     """(a) our loads and save over mooncake://."""
     url = f"mooncake:///bench/{mode}/{case}"
     with create_remote_connector(url) as c:
@@ -282,8 +305,9 @@ def run_ours(mode: str, case: str, sd: dict[str, torch.Tensor], repeat: int, row
         saves = [0]
 
         def save_ours():
-            # A new model each time: removing the last one would wait out the
-            # read lease its save took on the manifest (Mooncake's 10 s).
+            # A new model each time: removing the last one with remove_model
+            # would wait out the read lease its save took on the manifest
+            # (Mooncake's 10 s); the sweeper removes it instead (untimed).
             saves[0] += 1
             with create_remote_connector(f"{url}-save{saves[0]}") as s:
                 s.save_state_dict(sd)
@@ -297,7 +321,7 @@ def run_ours(mode: str, case: str, sd: dict[str, torch.Tensor], repeat: int, row
                    "ours load_state_dict": c.load_state_dict,
                    "ours weight_iterator": lambda: list(c.weight_iterator()),
                    "ours get per key": lambda: [c.get(f"keys/{case}/{n}") for n in sd]},
-                  {"ours save_state_dict": (save_ours, lambda: None)})
+                  {"ours save_state_dict": (save_ours, lambda: sweeper.sweep(f"bench/{mode}/{case}-save"))})
         assert all(torch.equal(dest[n].view(torch.uint8), t.view(torch.uint8)) for n, t in sd.items())
 
 
