@@ -82,6 +82,13 @@ struct Api {
   int (*batch_get_into_multi)(Handle, const char** keys, size_t count, void* const* buffers,
                               const size_t* sizes, const size_t* pieces,
                               int64_t* results_out) = nullptr;
+  // Puts each key's object from a gather list (the pieces as for
+  // batch_get_into_multi, in order): put semantics, one result per key (0 or
+  // a negative ErrorCode). Whole call: 0, or kErrNotSupported. With a full
+  // client over TCP the buffers need not be registered.
+  int (*batch_put_from_multi)(Handle, const char** keys, size_t count, void* const* buffers,
+                              const size_t* sizes, const size_t* pieces, const ReplicateConfig* config,
+                              int* results_out) = nullptr;
   // One result per key (0, or a negative ErrorCode such as -704 or -706).
   int (*batch_remove)(Handle, const char** keys, size_t count, int force,
                       int* results_out) = nullptr;

@@ -56,12 +56,12 @@ struct MooncakeConfig {
   // 2 in standalone-client mode (transfers are shared-memory copies), 1 over
   // a network (TCP transfers compete with a second reader for the CPU).
   int read_threads = 0;
-  // MOONCAKE_DIRECT_READS (1 | 0): reads of an expected size (model tensors)
+  // MOONCAKE_DIRECT_TRANSFERS (1 | 0): reads of an expected size (model tensors)
   // go straight into their destination instead of through the staging slots,
   // where Mooncake allows it: a full client over TCP whose provider can
   // scatter one object into several buffers (the wheel's
   // batch_get_into_multi_buffers). Elsewhere reads are staged as ever.
-  bool direct_reads = true;
+  bool direct_transfers = true;
   std::chrono::milliseconds connect_timeout{5000};  // MOONCAKE_CONNECT_TIMEOUT
   // MOONCAKE_OP_TIMEOUT: how long one operation retries Mooncake's transient
   // refusals (replica not ready, read lease held, lease expired) before it
@@ -76,7 +76,7 @@ struct MooncakeConfig {
 // options and keyword arguments, named like the fields above: master, client,
 // protocol, device, metadata_server, local_hostname, global_segment_size,
 // local_buffer_size, replica_num, pin, metrics_port, chunk_size,
-// transfer_slots, read_threads, direct_reads, connect_timeout, op_timeout, library). InvalidArgument for a bad value
+// transfer_slots, read_threads, direct_transfers, connect_timeout, op_timeout, library). InvalidArgument for a bad value
 // or unknown option, and when neither a master nor a client is configured (the
 // message names MOONCAKE_MASTER and the command that starts a local instance).
 // `getenv` defaults to the process environment.

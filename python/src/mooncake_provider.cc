@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace nb = nanobind;
 
@@ -67,6 +68,24 @@ nb::list Pointers(void** buffers, size_t n) {
   nb::list out;
   for (size_t i = 0; i < n; ++i) out.append(reinterpret_cast<uintptr_t>(buffers[i]));
   return out;
+}
+
+// The scatter/gather lists of the *_multi entries as the wheel takes them:
+// per key, a list of addresses and a list of sizes.
+std::pair<nb::list, nb::list> PieceLists(void* const* buffers, const size_t* sizes, const size_t* pieces,
+                                         size_t n) {
+  nb::list all_buffers, all_sizes;
+  size_t at = 0;
+  for (size_t i = 0; i < n; ++i) {
+    nb::list b, s;
+    for (size_t j = 0; j < pieces[i]; ++j, ++at) {
+      b.append(reinterpret_cast<uintptr_t>(buffers[at]));
+      s.append(sizes[at]);
+    }
+    all_buffers.append(b);
+    all_sizes.append(s);
+  }
+  return {all_buffers, all_sizes};
 }
 
 // Runs `fn` with the GIL; a Python exception gives `on_error`.
@@ -198,18 +217,20 @@ const mooncake::Api kApi = [] {
     return WithGil(kInternalError, [&] {
       nb::object store = Self(h)->store;
       if (!nb::hasattr(store, "batch_get_into_multi_buffers")) return mooncake::kErrNotSupported;
-      nb::list all_buffers, all_sizes;
-      size_t at = 0;
-      for (size_t i = 0; i < n; ++i) {
-        nb::list b, s;
-        for (size_t j = 0; j < pieces[i]; ++j, ++at) {
-          b.append(reinterpret_cast<uintptr_t>(buffers[at]));
-          s.append(sizes[at]);
-        }
-        all_buffers.append(b);
-        all_sizes.append(s);
-      }
+      auto [all_buffers, all_sizes] = PieceLists(buffers, sizes, pieces, n);
       CopyResults(store.attr("batch_get_into_multi_buffers")(Keys(keys, n), all_buffers, all_sizes), results, n);
+      return 0;
+    });
+  };
+  api.batch_put_from_multi = [](Handle h, const char** keys, size_t n, void* const* buffers,
+                                const size_t* sizes, const size_t* pieces, const ReplicateConfig* c,
+                                int* results) -> int {
+    return WithGil(kInternalError, [&] {
+      PyStore* s = Self(h);
+      if (!nb::hasattr(s->store, "batch_put_from_multi_buffers")) return mooncake::kErrNotSupported;
+      auto [all_buffers, all_sizes] = PieceLists(buffers, sizes, pieces, n);
+      CopyResults(s->store.attr("batch_put_from_multi_buffers")(Keys(keys, n), all_buffers, all_sizes, Config(s, c)),
+                  results, n);
       return 0;
     });
   };

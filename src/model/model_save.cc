@@ -19,6 +19,7 @@
 
 #include "connector/local_files_internal.h"
 #include "core/hash_internal.h"
+#include "core/parallel_internal.h"
 #include "model/model_internal.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/value_format.h"
@@ -33,6 +34,7 @@ struct Model::SaveItem {
   ManifestTensor tensor;  // for tensors
   ManifestFile file;      // for files
   bool alias = false;
+  std::optional<uint64_t> value_xxh3;  // of header + data, for the store
   uint64_t value_size() const { return header.size() + data.size(); }
 };
 
@@ -252,7 +254,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
       parts.push_back({header, it.data});
       std::span<const ConstBytes> p(parts.back());
       if (header.empty()) p = p.subspan(1);
-      requests.push_back(PutRequest{it.key, p});
+      requests.push_back(PutRequest{it.key, p, it.value_xxh3});
     }
     std::vector<Status> results = store.BatchPut(requests, options.write);
     std::optional<Status> failed;
@@ -329,9 +331,23 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
     }
     items.push_back(std::move(it));
   }
-  for (SaveItem& it : items) {
-    if (!it.alias) it.tensor.checksum = Xxh3(it.data);
-  }
+  // Each tensor's checksum (the manifest's) and its value's (the store's,
+  // header included) in one pass over its memory, the second hash reading
+  // each block from cache; tensors hashed on CopyThreads() threads.
+  ParallelFor(items.size(), CopyThreads(), [&](size_t i) {
+    SaveItem& it = items[i];
+    if (it.alias) return;
+    constexpr size_t kBlock = 256 << 10;
+    Xxh3Stream data, value;
+    value.Update(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size()));
+    for (size_t at = 0; at < it.data.size(); at += kBlock) {
+      ConstBytes block = it.data.subspan(at, std::min(kBlock, it.data.size() - at));
+      data.Update(block);
+      value.Update(block);
+    }
+    it.tensor.checksum = data.Digest();
+    it.value_xxh3 = value.Digest();
+  });
   for (SaveItem& it : items) {
     if (it.alias) {
       for (const SaveItem& target : items) {
@@ -355,6 +371,7 @@ Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& o
     MC_RETURN_IF_ERROR(ValidateKey(it.key).WithContext("file '" + f.path + "'"));
     it.data = f.bytes;
     it.file = ManifestFile{f.path, f.bytes.size(), Xxh3(f.bytes)};
+    it.value_xxh3 = it.file.checksum;  // a file's value is its bytes
     items.push_back(std::move(it));
   }
   return SaveValues(std::nullopt, items, options);

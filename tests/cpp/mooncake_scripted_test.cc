@@ -3,6 +3,7 @@
 // and races forced at exact points, without a cluster.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -586,6 +587,70 @@ TEST_F(Scripted, DirectReadsFallBackWhenTheProviderCannot) {
     EXPECT_TRUE(b.Holds(w));
     EXPECT_EQ(a.hash, Xxh3(ConstBytes(v).subspan(16)));
   }
+}
+
+TEST_F(Scripted, DirectWritesPutLargeValuesFromTheCallersMemory) {
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  // A raw object (1.5 MiB) and a chunked value (5 MiB), each given as a
+  // header and a payload: their objects are gathered by Mooncake, not copied
+  // into slots; only the chunked value's 64-byte header goes through one.
+  for (int round = 0; round < 2; ++round) {  // a first write, then an overwrite
+    auto raw = Bytes((3 << 19) + 11, 1 + round), chunked = Bytes((5 << 20) + 13, 3 + round);
+    int multi = sm_.calls["native batch_put_from_multi"], puts = sm_.calls["native put_from"];
+    for (const auto* v : {&raw, &chunked}) {
+      std::array<ConstBytes, 2> parts = {ConstBytes(*v).first(100), ConstBytes(*v).subspan(100)};
+      ASSERT_TRUE(store_->Put(v == &raw ? "raw" : "chunked", parts).ok());
+    }
+    ExpectValue("raw", raw);
+    ExpectValue("chunked", chunked);
+    // One gathered call each: the raw object, then all three chunks (an
+    // overwrite writes the raw value as chunks too). Plain puts only for the
+    // 64-byte reservation an overwrite of a raw value takes.
+    EXPECT_EQ(sm_.calls["native batch_put_from_multi"] - multi, 2) << round;
+    EXPECT_EQ(sm_.calls["native put_from"] - puts, round) << round;
+  }
+}
+
+TEST_F(Scripted, FailedDirectWriteKeepsTheOldValue) {
+  Open(std::chrono::milliseconds(500), /*chunk_size=*/2 << 20);
+  auto old = Bytes(3 << 20, 4);
+  ASSERT_TRUE(Put("k", old).ok());
+  sm_.inject = [](const ScriptedMooncake::Call& call) -> int64_t {
+    return call.op == "put_from" && call.key.starts_with("k\x1f") ? mooncake::kErrNoAvailableHandle : 0;
+  };
+  for (size_t n : {size_t{3} << 20, size_t{7} << 20}) {
+    Status s = Put("k", Bytes(n, 5));
+    EXPECT_EQ(s.code(), StatusCode::kResourceExhausted) << s;
+    ExpectValue("k", old);
+  }
+}
+
+TEST_F(Scripted, DirectWritesFallBackWhenTheProviderCannot) {
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  api_.batch_put_from_multi = [](mooncake::Handle, const char**, size_t, void* const*, const size_t*,
+                                 const size_t*, const mooncake::ReplicateConfig*, int*) {
+    return mooncake::kErrNotSupported;
+  };
+  for (size_t n : {(size_t{3} << 19) + 1, (size_t{5} << 20) + 1}) {
+    auto v = Bytes(n, 6);
+    ASSERT_TRUE(Put("f" + std::to_string(n), v).ok());
+    ExpectValue("f" + std::to_string(n), v);
+  }
+}
+
+TEST_F(Scripted, AGivenValueChecksumIsTheOneStored) {
+  // A caller that has the value's XXH3 already (a model save) saves the
+  // store a pass over it; the header records it, and reads check it.
+  Open();
+  auto v = Bytes(20000, 8);
+  ConstBytes whole(v);
+  PutRequest right{"right", {&whole, 1}, Xxh3(whole)};
+  PutRequest wrong{"wrong", {&whole, 1}, Xxh3(whole) ^ 1};
+  ASSERT_TRUE(store_->BatchPut(std::vector<PutRequest>{right, wrong}, {})[0].ok());
+  ExpectValue("right", v);
+  Result<Buffer> b = store_->Get("wrong");
+  ASSERT_FALSE(b.ok());
+  EXPECT_EQ(b.status().code(), StatusCode::kDataLoss) << b.status();
 }
 
 TEST_F(Scripted, ConcurrentBatchWritersReadersRemoversSeeWholeValues) {

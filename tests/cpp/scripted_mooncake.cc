@@ -265,6 +265,28 @@ mooncake::Api ScriptedMooncake::api() {
       }
       return 0;
     };
+    // As the wheel's batch_put_from_multi_buffers: put semantics, each key's
+    // object gathered from its pieces.
+    a.batch_put_from_multi = [](Handle h, const char** keys, size_t n, void* const* bufs, const size_t* sizes,
+                                const size_t* pieces, const ReplicateConfig*, int* out) -> int {
+      auto* s = O::S(h);
+      {
+        std::lock_guard lock(s->mu);
+        s->calls["native batch_put_from_multi"]++;
+      }
+      size_t at = 0;
+      for (size_t i = 0; i < n; at += pieces[i], ++i) {
+        out[i] = static_cast<int>(O::Hook(s, "put_from", keys[i]));
+        if (out[i] != 0) continue;
+        std::vector<std::byte> value;
+        for (size_t j = 0; j < pieces[i]; ++j) {
+          const auto* p = static_cast<const std::byte*>(bufs[at + j]);
+          value.insert(value.end(), p, p + sizes[at + j]);
+        }
+        out[i] = O::Put(s, keys[i], value.data(), value.size(), false);
+      }
+      return 0;
+    };
     a.batch_remove = [](Handle h, const char** keys, size_t n, int force, int* out) -> int {
       auto* s = O::S(h);
       for (size_t i = 0; i < n; ++i) {

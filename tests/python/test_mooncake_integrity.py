@@ -224,7 +224,7 @@ def test_failed_overwrite_on_full_pool_keeps_old_value(full_pool):
 @pytest.mark.parametrize("direct", ["1", "0"])
 def test_damaged_tensors_fail_every_load_path_read_directly_or_staged(mc, tmp_path, direct):
     """Tensors of 1 MiB and more are transferred straight into their
-    destination (direct_reads=1, the default) or through the staging slots:
+    destination (direct_transfers=1, the default) or through the staging slots:
     either way a tensor whose bytes changed fails every load path with
     DataLossError, and so does one whose chunk has another size."""
     import torch
@@ -232,7 +232,7 @@ def test_damaged_tensors_fail_every_load_path_read_directly_or_staged(mc, tmp_pa
     sd = {"raw": torch.randn(768, 1024).to(torch.bfloat16),       # 1.5 MiB: one raw object
           "chunked": torch.randn(1536, 1024).to(torch.bfloat16)}  # 3 MiB: a header and two 2 MiB chunks
     model = f"damaged/d{direct}"
-    with create_remote_connector(f"mooncake:///{model}?chunk_size=2mb&direct_reads={direct}") as c:
+    with create_remote_connector(f"mooncake:///{model}?chunk_size=2mb&direct_transfers={direct}") as c:
         c.save_state_dict(sd)
         dest = {n: torch.empty_like(t) for n, t in sd.items()}
         c.load_into(dest)

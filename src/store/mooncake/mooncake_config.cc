@@ -90,10 +90,10 @@ const Setting kSettings[] = {
        c.read_threads = static_cast<int>(n);
        return Status::Ok();
      }},
-    {"direct_reads", "MOONCAKE_DIRECT_READS",
+    {"direct_transfers", "MOONCAKE_DIRECT_TRANSFERS",
      [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "direct_reads", 0, 1));
-       c.direct_reads = n != 0;
+       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "direct_transfers", 0, 1));
+       c.direct_transfers = n != 0;
        return Status::Ok();
      }},
     {"metrics_port", "MOONCAKE_MASTER_METRICS_PORT",

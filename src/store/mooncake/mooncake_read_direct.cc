@@ -14,15 +14,6 @@
 namespace mooncake_connector::mooncake {
 namespace {
 
-// Values smaller than this are staged: over TCP each piece of a scattered
-// object is a transfer of its own, which costs more than copying a small
-// value out of the slots.
-constexpr uint64_t kDirectReadMin = uint64_t{1} << 20;
-// Bytes per native call: enough that the call's fixed cost (a query to the
-// master) is small beside the transfer; small enough that the checksums of
-// one call run beside the next call's transfer.
-constexpr uint64_t kDirectCallBytes = uint64_t{64} << 20;
-
 // One value read directly, and the hashes of what has arrived of it (fed in
 // order, by the hashing thread only).
 struct DirectValue {
@@ -42,11 +33,6 @@ struct DirectObject {
 };
 
 }  // namespace
-
-bool MooncakeStore::ReadsDirectly(const GetIntoRequest& r) const {
-  return r.exact && r.head.size() + r.destination.size() >= kDirectReadMin &&
-         direct_reads_.load(std::memory_order_relaxed);
-}
 
 void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::span<const size_t> which,
                                const std::vector<std::optional<HeaderBytes>>& headers,

@@ -37,6 +37,26 @@ void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst
   }
 }
 
+size_t AppendPieces(std::span<const ConstBytes> parts, uint64_t offset, uint64_t size, std::vector<void*>& buffers,
+                    std::vector<size_t>& sizes) {
+  size_t appended = 0;
+  for (ConstBytes part : parts) {
+    if (size == 0) break;
+    if (offset >= part.size()) {
+      offset -= part.size();
+      continue;
+    }
+    size_t n = static_cast<size_t>(std::min<uint64_t>(part.size() - offset, size));
+    // Mooncake only reads through these pointers.
+    buffers.push_back(const_cast<std::byte*>(part.data() + offset));
+    sizes.push_back(n);
+    size -= n;
+    offset = 0;
+    ++appended;
+  }
+  return appended;
+}
+
 MooncakeStore::MooncakeStore(MooncakeConfig config, const Api* api, Handle handle)
     : config_(std::move(config)), api_(api), handle_(handle) {
   replicate_.replica_num = static_cast<size_t>(config_.replica_num);
@@ -44,8 +64,9 @@ MooncakeStore::MooncakeStore(MooncakeConfig config, const Api* api, Handle handl
   replicate_.with_hard_pin = config_.pin == PinMode::kHard;
   // Over RDMA the destination would have to be registered, and a dummy
   // client can only transfer into its shared memory.
-  direct_reads_ = config_.direct_reads && api_->batch_get_into_multi != nullptr &&
-                  config_.client_address.empty() && config_.protocol == "tcp";
+  const bool direct = config_.direct_transfers && config_.client_address.empty() && config_.protocol == "tcp";
+  direct_reads_ = direct && api_->batch_get_into_multi != nullptr;
+  direct_writes_ = direct && api_->batch_put_from_multi != nullptr;
 }
 
 MooncakeStore::~MooncakeStore() {

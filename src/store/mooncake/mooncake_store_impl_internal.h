@@ -25,6 +25,15 @@
 
 namespace mooncake_connector::mooncake {
 
+// Direct transfers (MooncakeConfig::direct_transfers) are for values of at
+// least this size: over TCP each piece of a scattered object is a transfer
+// of its own, which costs more than copying a small value through a slot.
+inline constexpr uint64_t kDirectTransferMin = uint64_t{1} << 20;
+// Bytes per direct native call: enough that the call's fixed cost (a round
+// trip to the master) is small beside the transfer; small enough that the
+// checksums of one call can be computed beside the next call's transfer.
+inline constexpr uint64_t kDirectCallBytes = uint64_t{64} << 20;
+
 // What the object under a key is, as far as a writer or remover needs to know.
 struct Existing {
   bool exists = false;
@@ -102,9 +111,17 @@ class MooncakeStore final : public Store {
   Result<uint64_t> ReadChunksInto(const std::string& key, const ChunkHeader& h,
                                   MutableBytes registered, const GetIntoRequest* target,
                                   Deadline& deadline, std::mutex* turn);
-  // Direct reads (MooncakeConfig::direct_reads; mooncake_read_direct.cc).
+  // Direct reads (MooncakeConfig::direct_transfers; mooncake_read_direct.cc).
   // True when `r` may be transferred straight into its own memory.
-  bool ReadsDirectly(const GetIntoRequest& r) const;
+  bool ReadsDirectly(const GetIntoRequest& r) const {
+    return r.exact && r.head.size() + r.destination.size() >= kDirectTransferMin &&
+           direct_reads_.load(std::memory_order_relaxed);
+  }
+  // True when a value of `size` bytes is written straight from the caller's
+  // memory (direct writes, mooncake_write.cc).
+  bool WritesDirectly(uint64_t size) const {
+    return size >= kDirectTransferMin && direct_writes_.load(std::memory_order_relaxed);
+  }
   // True when a value of `size` bytes is stored as one raw object by a writer
   // with this store's chunk_size.
   bool IsRawSize(uint64_t size) const {
@@ -137,6 +154,11 @@ class MooncakeStore final : public Store {
                    Deadline& deadline);
   Status PutChunks(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
                    const ReplicateConfig& replicate, Deadline& deadline);
+  // PutChunks straight from `parts`, calls of about kDirectCallBytes;
+  // nullopt when the provider cannot (then nothing was written).
+  std::optional<Status> PutChunksDirect(const std::string& key, const ChunkHeader& h,
+                                        std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
+                                        Deadline& deadline);
   Status CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
                       const ReplicateConfig& replicate, Deadline& deadline);
   void SettleHeader(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
@@ -155,10 +177,17 @@ class MooncakeStore final : public Store {
   // Whether direct reads are on: configured, possible here, and not turned
   // off by a provider that turned out unable.
   std::atomic<bool> direct_reads_{false};
+  std::atomic<bool> direct_writes_{false};
 };
 
 // Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
 void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst);
+
+// Appends to buffers/sizes the memory of bytes [offset, offset + size) of
+// the concatenation of `parts` (a gather list for a direct put); returns how
+// many pieces it appended.
+size_t AppendPieces(std::span<const ConstBytes> parts, uint64_t offset, uint64_t size, std::vector<void*>& buffers,
+                    std::vector<size_t>& sizes);
 
 // Which requests name a key that another request of the same call names too.
 // Those stay out of native batch calls (Mooncake mixes up a key given twice

@@ -135,16 +135,37 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewSmallValues(std::span<co
 Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstBytes> parts,
                                 uint64_t offset, uint64_t size, const ReplicateConfig& replicate,
                                 bool upsert, Deadline& deadline) {
-  TransferArena::Lease slot = arena_->Acquire(1);
-  Gather(parts, offset, {slot[0], size});
+  // A large put goes straight from the caller's memory (upserts are headers).
+  const bool direct = !upsert && WritesDirectly(size);
+  std::optional<TransferArena::Lease> slot;
+  std::vector<void*> buffers;
+  std::vector<size_t> sizes;
+  if (direct) {
+    AppendPieces(parts, offset, size, buffers, sizes);
+  } else {
+    slot.emplace(arena_->Acquire(1));
+    Gather(parts, offset, {(*slot)[0], size});
+  }
   auto call = upsert ? api_->upsert_from : api_->put_from;
   int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
     auto lock = LockKeyForWrite(key);
-    int r = call(handle_, key.c_str(), slot[0], size, &replicate);
+    if (direct) {
+      const char* k = key.c_str();
+      const size_t pieces = buffers.size();
+      int result = -1;
+      int r = api_->batch_put_from_multi(handle_, &k, 1, buffers.data(), sizes.data(), &pieces, &replicate,
+                                         &result);
+      return r != 0 ? r : result;
+    }
+    int r = call(handle_, key.c_str(), (*slot)[0], size, &replicate);
     // An upsert whose key a remove() took away mid-way: do it again (it
     // inserts then).
     return upsert && r == kErrObjectNotFound ? kErrReplicaNotReady : r;
   });
+  if (direct && rc == kErrNotSupported) {
+    direct_writes_.store(false);
+    return PutObject(key, parts, offset, size, replicate, upsert, deadline);
+  }
   if (rc != 0) {
     return Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
                         std::to_string(size) + " bytes)");
@@ -155,6 +176,10 @@ Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstByt
 Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
                                 std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
                                 Deadline& deadline) {
+  if (WritesDirectly(h.total_size)) {
+    std::optional<Status> s = PutChunksDirect(key, h, parts, replicate, deadline);
+    if (s) return *s;
+  }
   return ForEachBatch(h.num_chunks, arena_->slots(), [&](uint64_t first, size_t n) -> Status {
     TransferArena::Lease slots = arena_->Acquire(n);
     ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* { return slots[j]; });
@@ -176,6 +201,45 @@ Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
   });
 }
 
+std::optional<Status> MooncakeStore::PutChunksDirect(const std::string& key, const ChunkHeader& h,
+                                                     std::span<const ConstBytes> parts,
+                                                     const ReplicateConfig& replicate, Deadline& deadline) {
+  const size_t per_call = static_cast<size_t>(std::max<uint64_t>(1, kDirectCallBytes / h.chunk_size));
+  bool unsupported = false;
+  Status s = ForEachBatch(h.num_chunks, per_call, [&](uint64_t first, size_t n) -> Status {
+    std::vector<std::string> keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> sizes, pieces;
+    for (size_t j = 0; j < n; ++j) {
+      keys.push_back(h.ChunkKey(key, first + j));
+      pieces.push_back(AppendPieces(parts, (first + j) * h.chunk_size, h.ChunkLength(first + j), buffers, sizes));
+    }
+    std::vector<const char*> c_keys = CStrings(keys);
+    std::vector<int> results(n, 0);
+    // As PutChunks: a retried batch puts every chunk again (those already in
+    // are kept); no key locks, chunk keys carry this write's generation.
+    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+      int r = api_->batch_put_from_multi(handle_, c_keys.data(), n, buffers.data(), sizes.data(), pieces.data(),
+                                         &replicate, results.data());
+      return r != 0 ? r : FirstRetryable(results);
+    });
+    if (rc == kErrNotSupported) {
+      unsupported = true;
+      return Status::Ok();  // `unsupported` is checked first
+    }
+    for (size_t j = 0; j < n; ++j) {
+      int64_t r = rc != 0 ? rc : results[j];
+      if (r != 0) return Fail(r, "put_from chunk " + std::to_string(first + j) + " of '" + key + "'");
+    }
+    return Status::Ok();
+  });
+  if (unsupported) {
+    direct_writes_.store(false);
+    return std::nullopt;
+  }
+  return s;
+}
+
 Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replicate) {
   std::string key(r.key);
   uint64_t size = 0;
@@ -194,7 +258,8 @@ Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replica
     return PutObject(key, r.parts, 0, size, replicate, /*upsert=*/false, deadline);
   }
 
-  ChunkHeader h = MakeChunkHeader(size, slot_size(), NewGeneration(), HashOf(r.parts));
+  ChunkHeader h = MakeChunkHeader(size, slot_size(), NewGeneration(),
+                                  r.value_xxh3 ? *r.value_xxh3 : HashOf(r.parts));
   Status s = PutChunks(key, h, r.parts, replicate, deadline);
   if (s.ok()) s = CommitHeader(key, h, old, replicate, deadline);
   if (!s.ok()) {
