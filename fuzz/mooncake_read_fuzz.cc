@@ -4,7 +4,7 @@
 // chunk objects of the generation the header names, by the lengths the header
 // claims, each lengthened or shortened by a control byte. A read must never
 // crash or write past a buffer, and what it returns must have the size the
-// header states. Stored through the scripted in-process Mooncake
+// header states, also for a read of that exact size (direct reads). Stored through the scripted in-process Mooncake
 // (tests/cpp/scripted_mooncake.h).
 #include <cstddef>
 #include <cstdint>
@@ -41,5 +41,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!store.ok()) __builtin_trap();
   Result<Buffer> value = (*store)->Get("k");
   if (value.ok() && h.ok() && !h->tombstone && value->size() != h->total_size) __builtin_trap();
+  // A read of the size the header states (as a model load makes), which may
+  // go straight into place (direct reads): the same guarantees.
+  if (h.ok() && h->total_size >= 16 && h->total_size <= (uint64_t{4} << 20)) {
+    std::vector<std::byte> head_bytes(16), rest(static_cast<size_t>(h->total_size) - 16);
+    uint64_t hash = 0;
+    GetIntoRequest r{"k", rest, head_bytes, size % 2 == 0 ? &hash : nullptr, /*exact=*/true};
+    Result<uint64_t> got = (*store)->BatchGetInto({&r, 1})[0];
+    if (got.ok() && !h->tombstone && *got != h->total_size) __builtin_trap();
+  }
   return 0;
 }
