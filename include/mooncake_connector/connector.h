@@ -101,9 +101,12 @@ class MC_EXPORT Connector {
   // key. A model that vanishes from the store afterwards (the master
   // restarted, it was evicted, another client removed it) is then reported
   // as lost, naming its tensors, rather than as never saved
-  // (Model::OpenReader).
-  void RememberManifest(const std::string& key, const ManifestPart& part);
+  // (Model::OpenReader). `text` is the part as stored: reading the same
+  // text again takes the remembered part instead of parsing it anew.
+  void RememberManifest(const std::string& key, const ManifestPart& part, std::string text);
   std::shared_ptr<const ManifestPart> RecalledManifest(const std::string& key);
+  // The remembered part of `key` if it was stored as exactly `text`.
+  std::shared_ptr<const ManifestPart> RecalledManifest(const std::string& key, std::string_view text);
   // Forgets every remembered part whose key starts with `prefix`.
   void ForgetManifests(std::string_view prefix);
 
@@ -118,7 +121,11 @@ class MC_EXPORT Connector {
   std::mutex local_dir_mutex_;
   std::string local_dir_;
   std::mutex manifests_mutex_;
-  std::map<std::string, std::shared_ptr<const ManifestPart>, std::less<>> manifests_;
+  struct RememberedManifest {
+    std::shared_ptr<const ManifestPart> part;
+    std::string text;
+  };
+  std::map<std::string, RememberedManifest, std::less<>> manifests_;
 };
 
 // "cpu", "cpu:N", "cuda" or "cuda:N" (N up to 3 digits).

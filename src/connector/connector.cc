@@ -185,16 +185,22 @@ Result<bool> Connector::Remove(std::string_view key) {
   return s;
 }
 
-void Connector::RememberManifest(const std::string& key, const ManifestPart& part) {
+void Connector::RememberManifest(const std::string& key, const ManifestPart& part, std::string text) {
   auto copy = std::make_shared<const ManifestPart>(part);
   std::lock_guard lock(manifests_mutex_);
-  manifests_[key] = std::move(copy);
+  manifests_[key] = {std::move(copy), std::move(text)};
 }
 
 std::shared_ptr<const ManifestPart> Connector::RecalledManifest(const std::string& key) {
   std::lock_guard lock(manifests_mutex_);
   auto it = manifests_.find(key);
-  return it == manifests_.end() ? nullptr : it->second;
+  return it == manifests_.end() ? nullptr : it->second.part;
+}
+
+std::shared_ptr<const ManifestPart> Connector::RecalledManifest(const std::string& key, std::string_view text) {
+  std::lock_guard lock(manifests_mutex_);
+  auto it = manifests_.find(key);
+  return it == manifests_.end() || it->second.text != text ? nullptr : it->second.part;
 }
 
 void Connector::ForgetManifests(std::string_view prefix) {

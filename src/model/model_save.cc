@@ -148,10 +148,16 @@ Result<std::optional<ManifestPart>> Model::ReadManifest(std::optional<int> rank)
   if (got.status().code() == StatusCode::kNotFound) return std::optional<ManifestPart>();
   if (!got.ok()) return got.status().WithContext("reading the manifest '" + key + "'");
   std::string_view text(reinterpret_cast<const char*>(got->data()), got->size());
+  // A complete part read before in exactly this text (every load of a model
+  // reads its manifest; parsing one of thousands of tensors costs more than
+  // comparing the bytes).
+  if (std::shared_ptr<const ManifestPart> seen = connector_->RecalledManifest(key, text)) {
+    return std::optional<ManifestPart>(*seen);
+  }
   Result<ManifestPart> part = ParseManifest(text);
   if (!part.ok()) return part.status().WithContext("'" + key + "'");
   if (part->rank != rank) return DataLoss("'" + key + "' is the manifest of another part");
-  if (part->state == SaveState::kComplete) connector_->RememberManifest(key, *part);
+  if (part->state == SaveState::kComplete) connector_->RememberManifest(key, *part, std::string(text));
   return std::optional<ManifestPart>(std::move(*part));
 }
 
@@ -165,7 +171,7 @@ Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write)
   const std::string key = ManifestKey(part.rank);
   connector_->ForgetManifests(key);  // a new save supersedes what was seen
   MC_RETURN_IF_ERROR(connector_->store().Put(key, bytes, write).WithContext("writing the manifest"));
-  if (part.state == SaveState::kComplete) connector_->RememberManifest(key, part);
+  if (part.state == SaveState::kComplete) connector_->RememberManifest(key, part, std::move(text));
   return Status::Ok();
 }
 

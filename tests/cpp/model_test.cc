@@ -574,6 +574,30 @@ TEST(Model, ResaveRewritesChangesAndDropsStaleKeys) {
   }
 }
 
+TEST(Model, AManifestChangedByAnotherClientIsReadAnew) {
+  // A connector remembers the manifest text it last read and skips parsing
+  // the same text again; another client's save (another text) is read anew,
+  // and so is a manifest replaced by bytes that do not parse.
+  const std::string url = UniqueUrl();
+  auto reader_side = Open(url), writer_side = Open(url);
+  Model reader = *Model::Open(*reader_side), writer = *Model::Open(*writer_side);
+  Sample s = MakeSample();
+  ASSERT_TRUE(writer.SaveStateDict(0, s.views).ok());
+  ASSERT_EQ(ReadAll(**reader.OpenReader(0)).size(), s.views.size());
+  ASSERT_EQ(ReadAll(**reader.OpenReader(0)).size(), s.views.size());  // remembered text
+
+  std::vector<NamedTensorView> fewer(s.views.begin(), s.views.begin() + 2);
+  ASSERT_TRUE(writer.SaveStateDict(0, fewer).ok());
+  std::vector<NamedTensor> got = ReadAll(**reader.OpenReader(0));
+  ASSERT_EQ(got.size(), fewer.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(SameTensor(got[i].tensor, fewer[i].tensor)) << got[i].name;
+
+  const std::string junk = "{\"not\": \"a manifest\"}";
+  ASSERT_TRUE(writer_side->store().Put(reader.ManifestKey(0), ConstBytes(reinterpret_cast<const std::byte*>(junk.data()), junk.size())).ok());
+  Result<std::unique_ptr<ModelReader>> r = reader.OpenReader(0);
+  EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << r.status();
+}
+
 // ---------------------------------------------------------------- corruption
 
 // Stores `t` under rank 0's key for `name` as a save of `m` would (with the
