@@ -20,6 +20,12 @@ struct MemoryStoreOptions {
   // pass it fails with ResourceExhausted and changes nothing.
   uint64_t capacity_bytes = 0;
   size_t num_shards = 16;
+  // Values in page-locked (pinned) host memory, allocated through the CUDA
+  // driver (loaded at run time): a load onto a GPU then copies each tensor
+  // straight from the store by DMA instead of through staging buffers.
+  // Opening such a store fails (FailedPrecondition) without a CUDA driver;
+  // pinning makes puts slower and the memory cannot be swapped out.
+  bool pinned = false;
 };
 
 // A new, private store.

@@ -37,6 +37,9 @@
 #include "mooncake_connector/tensor.h"
 
 namespace mooncake_connector {
+namespace cuda {
+class Driver;
+}  // namespace cuda
 
 // Version 2: every tensor value of the part carries kManifestMarker in its
 // safetensors "__metadata__". Version 1 (still read) did not.
@@ -320,6 +323,23 @@ class MC_EXPORT ModelReader {
   };
   Plan PlanReads(std::span<const size_t> which, uint64_t batch_bytes) const;
   void Report(uint64_t bytes);
+  // The header a value of tensors_[item] must start with.
+  Result<std::string> ExpectedHeader(size_t item) const;
+  // DataLoss unless a read of tensors_[item] found it `as_listed` (header and
+  // size as the manifest says) and, for BOOL, its `data` holds only 0 and 1.
+  Status CheckRead(size_t item, bool as_listed, ConstBytes data) const;
+  // DataLoss unless `value` (a whole stored value) is tensors_[item] as the
+  // manifest lists it: its header and size (a BOOL tensor's elements 0 or 1
+  // too); sets *data to its tensor bytes.
+  Status CheckStored(size_t item, ConstBytes value, ConstBytes* data) const;
+  // LoadIntoCuda's two ways: straight from the store's pinned memory by DMA
+  // (nullopt when the store cannot lend its values or they are not pinned),
+  // or through a pipeline of pinned buffers. `stream` is a CUstream.
+  std::optional<Status> LoadIntoCudaFromStore(std::span<const TensorDestination> destinations,
+                                              std::span<const size_t> which, const Plan& plan,
+                                              const cuda::Driver& driver, void* stream);
+  Status LoadIntoCudaStaged(std::span<const TensorDestination> destinations, std::span<const size_t> which,
+                            const Plan& plan, const cuda::Driver& driver, void* stream);
 
   Model model_;
   int rank_;

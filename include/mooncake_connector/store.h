@@ -110,6 +110,12 @@ class MC_EXPORT Store {
   // a concurrent writer changed the size in between.
   virtual Result<Buffer> Get(std::string_view key);
 
+  // The stored values themselves, shared rather than copied, for a store
+  // that keeps them in this process's memory (memory://); Unimplemented
+  // otherwise (the default). A view stays valid and unchanged while held,
+  // whatever is written or removed meanwhile. NotFound for a missing key.
+  virtual std::vector<Result<Buffer>> BatchView(std::span<const std::string_view> keys);
+
   // Single-key forms of the batch calls.
   Status Put(std::string_view key, std::span<const ConstBytes> parts,
              const WriteOptions& options = {});

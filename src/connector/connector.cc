@@ -31,11 +31,17 @@ Status CheckKnownOptions(const Url& url, const Options& options,
 }
 
 Result<std::shared_ptr<Store>> OpenMemory(const Url& url, const Options& options) {
-  MC_RETURN_IF_ERROR(CheckKnownOptions(url, options, {"capacity"}));
+  MC_RETURN_IF_ERROR(CheckKnownOptions(url, options, {"capacity", "pinned"}));
   if (url.port) return InvalidArgument("memory:// URLs take a store name, not a port");
   MemoryStoreOptions store_options;
   if (auto it = options.find("capacity"); it != options.end()) {
     MC_ASSIGN_OR_RETURN(store_options.capacity_bytes, ParseByteSize(it->second));
+  }
+  if (auto it = options.find("pinned"); it != options.end()) {
+    if (it->second != "0" && it->second != "1") {
+      return InvalidArgument("memory:// option pinned must be 0 or 1, got '" + it->second + "'");
+    }
+    store_options.pinned = it->second == "1";
   }
   return OpenNamedMemoryStore(url.host, store_options);
 }

@@ -35,6 +35,7 @@ struct Driver::Api {
   CUresult (*cuCtxPopCurrent)(CUcontext*);
   CUresult (*cuMemHostAlloc)(void**, size_t, unsigned);
   CUresult (*cuMemFreeHost)(void*);
+  CUresult (*cuMemHostGetFlags)(unsigned*, void*);
   CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, Stream);
   CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, Stream);
   CUresult (*cuEventCreate)(Event*, unsigned);
@@ -78,6 +79,7 @@ Result<const Driver*> Driver::Get() {
     bind(api->cuCtxPopCurrent, "cuCtxPopCurrent_v2");
     bind(api->cuMemHostAlloc, "cuMemHostAlloc");
     bind(api->cuMemFreeHost, "cuMemFreeHost");
+    bind(api->cuMemHostGetFlags, "cuMemHostGetFlags");
     bind(api->cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2");
     bind(api->cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2");
     bind(api->cuEventCreate, "cuEventCreate");
@@ -155,6 +157,11 @@ Result<PinnedBuffer> Driver::AllocatePinned(uint64_t bytes) const {
   out.data_ = static_cast<std::byte*>(p);
   out.size_ = bytes;
   return out;
+}
+
+bool Driver::IsPinned(const std::byte* host) const {
+  unsigned flags = 0;
+  return api_->cuMemHostGetFlags(&flags, const_cast<std::byte*>(host)) == 0;
 }
 
 PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {

@@ -70,6 +70,9 @@ class Driver {
 
   // Every call below needs the device's context current (Enter).
   Result<PinnedBuffer> AllocatePinned(uint64_t bytes) const;
+  // True if `host` is in page-locked memory the device can read by DMA
+  // (cuMemHostAlloc'ed or registered).
+  bool IsPinned(const std::byte* host) const;
   // Checks that [pointer, pointer + bytes) is memory of device `device`.
   Status CheckDeviceMemory(uint64_t pointer, uint64_t bytes, int device) const;
   Status CopyToDeviceAsync(uint64_t device_pointer, const std::byte* host, uint64_t bytes, Stream stream) const;

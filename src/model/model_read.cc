@@ -108,18 +108,15 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::s
   std::vector<GetIntoRequest> requests(n);
   std::vector<uint64_t> hashes(n, 0);  // of each tensor's bytes, by the store while it copies
   std::vector<Status> out(n);
-  // The "__metadata__" every value of this part carries (none before version 2).
-  const std::map<std::string, std::string> metadata =
-      format_version_ >= 2 ? model_.ValueMetadata(rank_) : std::map<std::string, std::string>{};
   for (size_t j = 0; j < n; ++j) {
     const ManifestTensor& t = tensors_[items[j]];
     keys[j] = model_.TensorKey(rank_, t.name);
-    Result<EncodedTensor> encoded = EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, metadata);
-    if (!encoded.ok()) {
-      out[j] = encoded.status();
+    Result<std::string> header = ExpectedHeader(items[j]);
+    if (!header.ok()) {
+      out[j] = header.status();
       continue;
     }
-    expected[j] = std::move(encoded->header);
+    expected[j] = std::move(*header);
     heads[j].assign(expected[j].size(), '\0');
     requests[j] = GetIntoRequest{keys[j], targets[j],
                                  MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size()),
@@ -138,18 +135,45 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::s
       out[j] = DataLoss(which + " in the store does not match the manifest: " + std::string(r.status().message()));
     } else if (!r.ok()) {
       out[j] = r.status().WithContext("reading " + which);
-    } else if (*r != expected[j].size() + t.nbytes || heads[j] != expected[j]) {
-      out[j] = DataLoss(which + " in the store is not the tensor the manifest lists (another dtype or "
-                        "shape: overwritten?)");
-    } else if (t.dtype == DType::kBool &&
-               std::any_of(targets[j].begin(), targets[j].begin() + t.nbytes,
-                           [](std::byte b) { return b > std::byte{1}; })) {
-      out[j] = DataLoss(which + " has a BOOL element that is neither 0 nor 1");
+    } else if (Status s = CheckRead(items[j], *r == expected[j].size() + t.nbytes && heads[j] == expected[j],
+                                    targets[j].first(std::min<uint64_t>(t.nbytes, targets[j].size())));
+               !s.ok()) {
+      out[j] = s;
     } else if (checksums && hashes[j] != t.checksum) {
       out[j] = DataLoss("checksum mismatch in " + which + ": the stored bytes are corrupted");
     }
   }
   return out;
+}
+
+Result<std::string> ModelReader::ExpectedHeader(size_t item) const {
+  const ManifestTensor& t = tensors_[item];
+  // The "__metadata__" every value of this part carries (none before version 2).
+  const std::map<std::string, std::string> metadata =
+      format_version_ >= 2 ? model_.ValueMetadata(rank_) : std::map<std::string, std::string>{};
+  MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, metadata));
+  return std::move(encoded.header);
+}
+
+Status ModelReader::CheckRead(size_t item, bool as_listed, ConstBytes data) const {
+  const ManifestTensor& t = tensors_[item];
+  if (!as_listed) {
+    return DataLoss(Describe(item) + " in the store is not the tensor the manifest lists (another dtype or "
+                    "shape: overwritten?)");
+  }
+  if (t.dtype == DType::kBool && std::any_of(data.begin(), data.end(), [](std::byte b) { return b > std::byte{1}; })) {
+    return DataLoss(Describe(item) + " has a BOOL element that is neither 0 nor 1");
+  }
+  return Status::Ok();
+}
+
+Status ModelReader::CheckStored(size_t item, ConstBytes value, ConstBytes* data) const {
+  MC_ASSIGN_OR_RETURN(std::string header, ExpectedHeader(item));
+  const uint64_t nbytes = tensors_[item].nbytes;
+  const bool as_listed = value.size() == header.size() + nbytes &&
+                         std::memcmp(value.data(), header.data(), header.size()) == 0;
+  *data = as_listed ? value.subspan(header.size()) : ConstBytes();
+  return CheckRead(item, as_listed, *data);
 }
 
 Result<Tensor> ModelReader::ReadUnknown(size_t index) {

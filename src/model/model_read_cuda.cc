@@ -1,13 +1,18 @@
-// Loading a rank of a model into CUDA device memory: a pipeline of a few
-// pinned host buffers. Batch N is fetched into one while the batches before it
-// are copied from the others to the device by DMA and their checksums are
-// computed on other threads, so the load takes about as long as the slowest
-// of the three, not their sum. (A tensor's checksum runs on one thread: the
-// batches in flight are what lets several run at once.)
-// A batch's checksums are checked before its buffer is used again, and all of
-// them before the load returns.
+// Loading a rank of a model into CUDA device memory, one of two ways:
+//  - straight from the store: a store that keeps its values in pinned memory
+//    of this process (memory:// with pinned values) lends them (BatchView),
+//    and each tensor is copied to the device by DMA from there while the
+//    checksums of the batch before are computed on other threads;
+//  - otherwise a pipeline of a few pinned host buffers: batch N is fetched
+//    into one while the batches before it are copied from the others to the
+//    device by DMA and their checksums are computed on other threads, so the
+//    load takes about as long as the slowest of the three, not their sum.
+//    (A tensor's checksum runs on one thread: the batches in flight are what
+//    lets several run at once.) A batch's checksums are checked before its
+//    buffer is used again, and all of them before the load returns.
 #include <algorithm>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -84,6 +89,141 @@ uint64_t Address(const TensorDestination& d) { return reinterpret_cast<uintptr_t
 
 }  // namespace
 
+Status ModelReader::LoadIntoCudaStaged(std::span<const TensorDestination> destinations,
+                                       std::span<const size_t> which, const Plan& plan,
+                                       const cuda::Driver& driver, void* cu_stream) {
+  auto stream = reinterpret_cast<cuda::Stream>(cu_stream);
+  uint64_t slot_bytes = 0;
+  for (const std::vector<size_t>& batch : plan.batches) {
+    uint64_t bytes = 0;
+    for (size_t i : batch) bytes += destinations[i].bytes.size();
+    slot_bytes = std::max(slot_bytes, bytes);
+  }
+  std::vector<Slot> slots(std::min<size_t>(kSlots, plan.batches.size()));
+  // However the load ends, no copy may still read a buffer that goes back to
+  // the pool.
+  struct Release {
+    const cuda::Driver* driver;
+    cuda::Stream stream;
+    std::vector<Slot>& slots;
+    ~Release() {
+      bool queued = std::any_of(slots.begin(), slots.end(), [](const Slot& s) { return s.busy; });
+      if (queued) (void)driver->Synchronize(stream);
+      for (Slot& s : slots) {
+        if (s.checker.joinable()) s.checker.join();
+        driver->DestroyEvent(s.copied);
+        if (s.buffer.data() != nullptr) PinnedPool::Get().Give(std::move(s.buffer));
+      }
+    }
+  } release{&driver, stream, slots};
+  for (Slot& s : slots) {
+    MC_ASSIGN_OR_RETURN(s.buffer, PinnedPool::Get().Take(driver, std::max<uint64_t>(slot_bytes, 1)));
+    MC_ASSIGN_OR_RETURN(s.copied, driver.CreateEvent());
+  }
+
+  for (size_t b = 0; b < plan.batches.size(); ++b) {
+    Slot& slot = slots[b % slots.size()];
+    MC_RETURN_IF_ERROR(slot.Checked());
+    if (slot.busy) MC_RETURN_IF_ERROR(driver.Wait(slot.copied));
+    slot.busy = false;
+    const std::vector<size_t>& batch = plan.batches[b];
+    std::vector<size_t> read;
+    std::vector<MutableBytes> staging;
+    uint64_t at = 0;
+    for (size_t i : batch) {
+      read.push_back(Canonical(which[i]));
+      staging.push_back(MutableBytes(slot.buffer.data() + at, destinations[i].bytes.size()));
+      at += destinations[i].bytes.size();
+    }
+    std::vector<Status> results = ReadBatch(read, staging, /*checksums=*/false);
+    for (const Status& s : results) MC_RETURN_IF_ERROR(s);
+    for (size_t k = 0; k < batch.size(); ++k) {
+      const TensorDestination& d = destinations[batch[k]];
+      MC_RETURN_IF_ERROR(driver.CopyToDeviceAsync(Address(d), staging[k].data(), staging[k].size(), stream));
+      slot.busy = true;
+    }
+    MC_RETURN_IF_ERROR(driver.Record(slot.copied, stream));
+    if (options_.verify) {
+      slot.verdicts.assign(read.size(), Status::Ok());
+      slot.checker = std::thread([this, &slot, read = std::move(read), staging = std::move(staging)] {
+        ParallelFor(read.size(), CopyThreads(),
+                    [&](size_t k) { slot.verdicts[k] = CheckChecksum(read[k], staging[k]); });
+      });
+    }
+    Report(at);
+  }
+  for (Slot& s : slots) MC_RETURN_IF_ERROR(s.Checked());
+  MC_RETURN_IF_ERROR(driver.Synchronize(stream));  // before the buffers go back to the pool
+  for (Slot& s : slots) s.busy = false;
+  return Status::Ok();
+}
+
+std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorDestination> destinations,
+                                                         std::span<const size_t> which, const Plan& plan,
+                                                         const cuda::Driver& driver, void* cu_stream) {
+  auto stream = reinterpret_cast<cuda::Stream>(cu_stream);
+  // The stored tensors, batch by batch, each once (into its first destination).
+  std::vector<std::vector<size_t>> items(plan.batches.size());
+  std::vector<std::string> keys;
+  for (size_t b = 0; b < plan.batches.size(); ++b) {
+    for (size_t i : plan.batches[b]) {
+      items[b].push_back(Canonical(which[i]));
+      keys.push_back(model_.TensorKey(rank_, tensors_[items[b].back()].name));
+    }
+  }
+  std::vector<std::string_view> key_views(keys.begin(), keys.end());
+  std::vector<Result<Buffer>> views = model_.connector().store().BatchView(key_views);
+  for (const Result<Buffer>& v : views) {
+    if (v.status().code() == StatusCode::kUnimplemented) return std::nullopt;
+    if (v.ok() && v->size() > 0 && !driver.IsPinned(v->data())) return std::nullopt;
+  }
+  // The values are held (views) until every copy out of them is done.
+  std::vector<ConstBytes> data(views.size());
+  for (size_t k = 0, b = 0; b < items.size(); ++b) {
+    for (size_t item : items[b]) {
+      const Result<Buffer>& v = views[k];
+      if (v.status().code() == StatusCode::kNotFound) {
+        return DataLoss(Describe(item) + " is in the manifest but not in the store (removed?)");
+      }
+      if (!v.ok()) return v.status().WithContext("reading " + Describe(item));
+      MC_RETURN_IF_ERROR(CheckStored(item, v->bytes(), &data[k]));
+      ++k;
+    }
+  }
+  // Batch b+1's copies are queued before batch b's checksums are computed (on
+  // CopyThreads() threads), so the link is never idle waiting for them.
+  std::vector<size_t> first(items.size() + 1, 0);  // index into data/views of each batch's first tensor
+  for (size_t b = 0; b < items.size(); ++b) first[b + 1] = first[b] + items[b].size();
+  auto queue = [&](size_t b) -> Status {
+    for (size_t k = 0; k < items[b].size(); ++k) {
+      const TensorDestination& d = destinations[plan.batches[b][k]];
+      const ConstBytes bytes = data[first[b] + k];
+      MC_RETURN_IF_ERROR(driver.CopyToDeviceAsync(Address(d), bytes.data(), bytes.size(), stream));
+    }
+    return Status::Ok();
+  };
+  // However the load ends, no copy may still read a value when the views go.
+  struct Drain {
+    const cuda::Driver& driver;
+    cuda::Stream stream;
+    ~Drain() { (void)driver.Synchronize(stream); }
+  } drain{driver, stream};
+  if (!items.empty()) MC_RETURN_IF_ERROR(queue(0));
+  for (size_t b = 0; b < items.size(); ++b) {
+    if (b + 1 < items.size()) MC_RETURN_IF_ERROR(queue(b + 1));
+    if (options_.verify) {
+      std::vector<Status> verdicts(items[b].size());
+      ParallelFor(items[b].size(), CopyThreads(),
+                  [&](size_t k) { verdicts[k] = CheckChecksum(items[b][k], data[first[b] + k]); });
+      for (const Status& s : verdicts) MC_RETURN_IF_ERROR(s);
+    }
+    uint64_t bytes = 0;
+    for (size_t i : plan.batches[b]) bytes += destinations[i].bytes.size();
+    Report(bytes);
+  }
+  return driver.Synchronize(stream);
+}
+
 Result<std::vector<std::string>> ModelReader::LoadIntoCuda(std::span<const TensorDestination> destinations,
                                                            const CudaTarget& target) {
   MC_RETURN_IF_ERROR(model_.CheckOpen());
@@ -112,66 +252,8 @@ Result<std::vector<std::string>> ModelReader::LoadIntoCuda(std::span<const Tenso
   total_bytes_ = 0;
   for (const TensorDestination& d : destinations) total_bytes_ += d.bytes.size();
   Plan plan = PlanReads(which, options_.batch_bytes);
-  uint64_t slot_bytes = 0;
-  for (const std::vector<size_t>& batch : plan.batches) {
-    uint64_t bytes = 0;
-    for (size_t i : batch) bytes += destinations[i].bytes.size();
-    slot_bytes = std::max(slot_bytes, bytes);
-  }
-  std::vector<Slot> slots(std::min<size_t>(kSlots, plan.batches.size()));
-  // However the load ends, no copy may still read a buffer that goes back to
-  // the pool.
-  struct Release {
-    const cuda::Driver* driver;
-    cuda::Stream stream;
-    std::vector<Slot>& slots;
-    ~Release() {
-      bool queued = std::any_of(slots.begin(), slots.end(), [](const Slot& s) { return s.busy; });
-      if (queued) (void)driver->Synchronize(stream);
-      for (Slot& s : slots) {
-        if (s.checker.joinable()) s.checker.join();
-        driver->DestroyEvent(s.copied);
-        if (s.buffer.data() != nullptr) PinnedPool::Get().Give(std::move(s.buffer));
-      }
-    }
-  } release{driver, stream, slots};
-  for (Slot& s : slots) {
-    MC_ASSIGN_OR_RETURN(s.buffer, PinnedPool::Get().Take(*driver, std::max<uint64_t>(slot_bytes, 1)));
-    MC_ASSIGN_OR_RETURN(s.copied, driver->CreateEvent());
-  }
-
-  for (size_t b = 0; b < plan.batches.size(); ++b) {
-    Slot& slot = slots[b % slots.size()];
-    MC_RETURN_IF_ERROR(slot.Checked());
-    if (slot.busy) MC_RETURN_IF_ERROR(driver->Wait(slot.copied));
-    slot.busy = false;
-    const std::vector<size_t>& batch = plan.batches[b];
-    std::vector<size_t> read;
-    std::vector<MutableBytes> staging;
-    uint64_t at = 0;
-    for (size_t i : batch) {
-      read.push_back(Canonical(which[i]));
-      staging.push_back(MutableBytes(slot.buffer.data() + at, destinations[i].bytes.size()));
-      at += destinations[i].bytes.size();
-    }
-    std::vector<Status> results = ReadBatch(read, staging, /*checksums=*/false);
-    for (const Status& s : results) MC_RETURN_IF_ERROR(s);
-    for (size_t k = 0; k < batch.size(); ++k) {
-      const TensorDestination& d = destinations[batch[k]];
-      MC_RETURN_IF_ERROR(driver->CopyToDeviceAsync(Address(d), staging[k].data(), staging[k].size(), stream));
-      slot.busy = true;
-    }
-    MC_RETURN_IF_ERROR(driver->Record(slot.copied, stream));
-    if (options_.verify) {
-      slot.verdicts.assign(read.size(), Status::Ok());
-      slot.checker = std::thread([this, &slot, read = std::move(read), staging = std::move(staging)] {
-        ParallelFor(read.size(), CopyThreads(),
-                    [&](size_t k) { slot.verdicts[k] = CheckChecksum(read[k], staging[k]); });
-      });
-    }
-    Report(at);
-  }
-  for (Slot& s : slots) MC_RETURN_IF_ERROR(s.Checked());
+  std::optional<Status> from_store = LoadIntoCudaFromStore(destinations, which, plan, *driver, stream);
+  MC_RETURN_IF_ERROR(from_store ? *from_store : LoadIntoCudaStaged(destinations, which, plan, *driver, stream));
   // Other destinations of a stored tensor (aliases) are copied on the device.
   for (size_t i = 0; i < destinations.size(); ++i) {
     size_t from = plan.first.at(Canonical(which[i]));
@@ -182,7 +264,6 @@ Result<std::vector<std::string>> ModelReader::LoadIntoCuda(std::span<const Tenso
     }
   }
   MC_RETURN_IF_ERROR(driver->Synchronize(stream));
-  for (Slot& s : slots) s.busy = false;
   return Missed(which);
 }
 

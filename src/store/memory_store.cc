@@ -11,6 +11,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/cuda_internal.h"
 #include "core/parallel_internal.h"
 #include "store/deliver_internal.h"
 
@@ -29,6 +30,7 @@ class MemoryStore final : public Store {
 
   std::string url() const override { return "memory://" + name_; }
   uint64_t capacity() const { return options_.capacity_bytes; }
+  bool pinned() const { return options_.pinned; }
 
   std::vector<Status> BatchPut(std::span<const PutRequest> requests,
                                const WriteOptions&) override {
@@ -100,6 +102,25 @@ class MemoryStore final : public Store {
     return value->size();
   }
 
+  std::vector<Result<Buffer>> BatchView(std::span<const std::string_view> keys) override {
+    // Values are never changed in place (a put replaces the buffer), so a
+    // view sharing the buffer's memory stays as it was.
+    std::vector<Result<Buffer>> out;
+    out.reserve(keys.size());
+    for (std::string_view key : keys) {
+      Result<std::shared_ptr<const Buffer>> value = Find(key);
+      if (!value.ok()) {
+        out.push_back(value.status());
+      } else {
+        std::shared_ptr<const Buffer> held = *value;
+        std::byte* data = held->data();
+        const size_t size = held->size();
+        out.push_back(Buffer::Wrap(data, size, std::const_pointer_cast<Buffer>(std::move(held))));
+      }
+    }
+    return out;
+  }
+
   Result<Buffer> Get(std::string_view key) override {
     MC_ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> value, Find(key));
     MC_ASSIGN_OR_RETURN(Buffer copy, Buffer::Allocate(value->size()));
@@ -168,7 +189,7 @@ class MemoryStore final : public Store {
     uint64_t size = 0;
     for (ConstBytes part : r.parts) size += part.size();
     // Copy outside the lock: a large value must not block other keys.
-    MC_ASSIGN_OR_RETURN(Buffer buffer, Buffer::Allocate(size));
+    MC_ASSIGN_OR_RETURN(Buffer buffer, options_.pinned ? AllocatePinned(size) : Buffer::Allocate(size));
     size_t offset = 0;
     for (ConstBytes part : r.parts) {
       if (!part.empty()) std::memcpy(buffer.data() + offset, part.data(), part.size());
@@ -187,6 +208,25 @@ class MemoryStore final : public Store {
       it->second = std::move(value);
     }
     return Status::Ok();
+  }
+
+  // Page-locked memory from the CUDA driver (MemoryStoreOptions::pinned).
+  Result<Buffer> AllocatePinned(uint64_t size) {
+    if (size == 0) return Buffer();
+    MC_ASSIGN_OR_RETURN(const cuda::Driver* driver, cuda::Driver::Get());
+    // Portable pinned memory: any context can DMA from it; one is needed to
+    // allocate it.
+    MC_ASSIGN_OR_RETURN(cuda::Driver::ContextGuard context, driver->Enter(0));
+    MC_ASSIGN_OR_RETURN(cuda::PinnedBuffer pinned, driver->AllocatePinned(size));
+    // Freed (when the value is replaced or removed, on whichever thread) in
+    // the context it was allocated in.
+    std::shared_ptr<cuda::PinnedBuffer> owner(new cuda::PinnedBuffer(std::move(pinned)),
+                                              [driver](cuda::PinnedBuffer* p) {
+                                                Result<cuda::Driver::ContextGuard> context = driver->Enter(0);
+                                                delete p;
+                                              });
+    std::byte* data = owner->data();
+    return Buffer::Wrap(data, size, std::move(owner));
   }
 
   // Accounts for replacing `old_size` bytes by `new_size` bytes.
@@ -244,7 +284,17 @@ Result<std::shared_ptr<Store>> OpenNamedMemoryStore(std::string_view name,
         return InvalidArgument("memory store '" + std::string(name) + "' is already open with capacity " +
                                std::to_string(existing->capacity()));
       }
+      if (options.pinned && !existing->pinned()) {
+        return InvalidArgument("memory store '" + std::string(name) + "' is already open without pinned values");
+      }
       return std::shared_ptr<Store>(existing);
+    }
+  }
+  if (options.pinned) {
+    Result<const cuda::Driver*> driver = cuda::Driver::Get();
+    if (!driver.ok()) {
+      return FailedPrecondition("memory store '" + std::string(name) + "' with pinned values needs the CUDA driver: " +
+                                std::string(driver.status().message()));
     }
   }
   auto store = std::make_shared<MemoryStore>(options, std::string(name));

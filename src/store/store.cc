@@ -113,6 +113,10 @@ Result<Buffer> Store::Get(std::string_view key) {
   return Aborted("value of key '" + std::string(key) + "' kept changing size while being read");
 }
 
+std::vector<Result<Buffer>> Store::BatchView(std::span<const std::string_view> keys) {
+  return std::vector<Result<Buffer>>(keys.size(), Result<Buffer>(Unimplemented(url() + " holds no values in this process")));
+}
+
 Status Store::Put(std::string_view key, std::span<const ConstBytes> parts,
                   const WriteOptions& options) {
   PutRequest request{key, parts};

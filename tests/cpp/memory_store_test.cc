@@ -35,6 +35,31 @@ TEST(MemoryStore, CapacityLimitIsResourceExhaustedAndChangesNothing) {
   EXPECT_TRUE(store->Put("b", Bytes("123456")).ok());
 }
 
+TEST(MemoryStore, ViewsShareTheValueAsItWasWhenTaken) {
+  auto store = NewMemoryStore();
+  ASSERT_TRUE(store->Put("a", Bytes("first")).ok());
+  std::vector<std::string_view> keys = {"a", "missing", ""};
+  std::vector<Result<Buffer>> views = store->BatchView(keys);
+  ASSERT_TRUE(views[0].ok()) << views[0].status();
+  EXPECT_EQ(views[1].status().code(), StatusCode::kNotFound);
+  EXPECT_EQ(views[2].status().code(), StatusCode::kInvalidArgument);
+  // Overwritten and removed: the view still holds what it viewed.
+  ASSERT_TRUE(store->Put("a", Bytes("second!")).ok());
+  ASSERT_TRUE(store->Remove("a").ok());
+  EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(views[0]->data()), views[0]->size()), "first");
+}
+
+TEST(MemoryStore, PinnedValuesNeedTheCudaDriver) {
+  Result<std::shared_ptr<Store>> pinned = OpenNamedMemoryStore("pinned-test", {.pinned = true});
+  if (pinned.ok()) GTEST_SKIP() << "this machine has a CUDA driver (the GPU tests cover pinned stores)";
+  EXPECT_EQ(pinned.status().code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(pinned.status().message().find("CUDA driver"), std::string_view::npos) << pinned.status();
+  // Asking for pinned values of a store already open without them is refused.
+  auto plain = *OpenNamedMemoryStore("pinned-test-plain", {});
+  EXPECT_EQ(OpenNamedMemoryStore("pinned-test-plain", {.pinned = true}).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
 TEST(MemoryStore, NamedStoresAreSharedByNameOnly) {
   auto a1 = *OpenNamedMemoryStore("shared-a", {});
   auto a2 = *OpenNamedMemoryStore("shared-a", {});

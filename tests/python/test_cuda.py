@@ -1,8 +1,10 @@
 """Loads onto a CUDA device through the C++ pipeline: pinned host buffers, the
 fetch of one batch overlapped with the asynchronous copy of the last one, on
-torch's current stream. Skipped, saying so, where torch sees no GPU (as in
-CI); the GPU runs are recorded in bench/results/gpu_*.txt. Without a GPU the
-one test here that runs checks that a CUDA load says there is no driver."""
+torch's current stream; or, from a memory:// store with pinned values,
+straight from the store's memory by DMA. Skipped, saying so, where torch sees
+no GPU (as in CI); the GPU runs are recorded in bench/results/gpu_*.txt.
+Without a GPU the tests here that run check that a CUDA load and a pinned
+memory:// store say there is no driver."""
 
 from __future__ import annotations
 
@@ -29,11 +31,29 @@ def has_driver() -> bool:
         return False
 
 
-@pytest.fixture
-def model(store_url):
-    c = create_remote_connector(model_url(store_url, "org/gpu-model", chunked=True))
+@pytest.fixture(params=["", "pinned"])
+def model(store_url, request):
+    """The model on each store; on memory:// also with pinned values
+    (?pinned=1), which a GPU load copies straight from the store by DMA."""
+    url = model_url(store_url, "org/gpu-model", chunked=True)
+    if request.param == "pinned":
+        if not store_url.startswith("memory"):
+            pytest.skip("pinned values are a memory:// option")
+        if not torch.cuda.is_available():
+            pytest.skip("pinned memory:// values need a CUDA driver (GPU runs: bench/results/gpu_*.txt)")
+        url += "?pinned=1"
+    c = create_remote_connector(url)
     yield c
     c.close()
+
+
+def test_pinned_memory_store_without_a_driver_says_so():
+    if has_driver():
+        pytest.skip("this machine has a CUDA driver: the GPU tests cover pinned memory:// stores")
+    with pytest.raises(FailedPreconditionError, match=r"pinned values needs the CUDA driver.*libcuda\.so\.1"):
+        create_remote_connector("memory://pinned-without-driver/m?pinned=1")
+    with pytest.raises(InvalidArgumentError, match="pinned must be 0 or 1"):
+        create_remote_connector("memory://pinned-bad/m?pinned=yes")
 
 
 def state_dict() -> dict[str, torch.Tensor]:
