@@ -1,8 +1,8 @@
 // Loading a rank of a model into CUDA device memory, one of two ways:
 //  - straight from the store: a store that keeps its values in pinned memory
 //    of this process (memory:// with pinned values) lends them (BatchView),
-//    and each tensor is copied to the device by DMA from there while the
-//    checksums of the batch before are computed on other threads;
+//    every tensor's copy to the device by DMA from there is queued, and the
+//    checksums are computed on other threads while the copies run;
 //  - otherwise a pipeline of a few pinned host buffers: batch N is fetched
 //    into one while the batches before it are copied from the others to the
 //    device by DMA and their checksums are computed on other threads, so the
@@ -190,38 +190,42 @@ std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorD
       ++k;
     }
   }
-  // Batch b+1's copies are queued before batch b's checksums are computed (on
-  // CopyThreads() threads), so the link is never idle waiting for them.
-  std::vector<size_t> first(items.size() + 1, 0);  // index into data/views of each batch's first tensor
-  for (size_t b = 0; b < items.size(); ++b) first[b + 1] = first[b] + items[b].size();
-  auto queue = [&](size_t b) -> Status {
-    for (size_t k = 0; k < items[b].size(); ++k) {
-      const TensorDestination& d = destinations[plan.batches[b][k]];
-      const ConstBytes bytes = data[first[b] + k];
-      MC_RETURN_IF_ERROR(driver.CopyToDeviceAsync(Address(d), bytes.data(), bytes.size(), stream));
-    }
-    return Status::Ok();
-  };
+  // Every copy is queued first; then the checksums of all tensors are
+  // computed on CopyThreads() threads while the copies run, the largest
+  // first (a tensor's hash is one thread's work: several at once are what
+  // keeps up with the link).
   // However the load ends, no copy may still read a value when the views go.
   struct Drain {
     const cuda::Driver& driver;
     cuda::Stream stream;
     ~Drain() { (void)driver.Synchronize(stream); }
   } drain{driver, stream};
-  if (!items.empty()) MC_RETURN_IF_ERROR(queue(0));
-  for (size_t b = 0; b < items.size(); ++b) {
-    if (b + 1 < items.size()) MC_RETURN_IF_ERROR(queue(b + 1));
-    if (options_.verify) {
-      std::vector<Status> verdicts(items[b].size());
-      ParallelFor(items[b].size(), CopyThreads(),
-                  [&](size_t k) { verdicts[k] = CheckChecksum(items[b][k], data[first[b] + k]); });
-      for (const Status& s : verdicts) MC_RETURN_IF_ERROR(s);
+  std::vector<size_t> item_of(data.size());
+  for (size_t k = 0, b = 0; b < items.size(); ++b) {
+    for (size_t j = 0; j < items[b].size(); ++j, ++k) {
+      const TensorDestination& d = destinations[plan.batches[b][j]];
+      MC_RETURN_IF_ERROR(driver.CopyToDeviceAsync(Address(d), data[k].data(), data[k].size(), stream));
+      item_of[k] = items[b][j];
     }
+  }
+  if (options_.verify) {
+    std::vector<size_t> order(data.size());
+    for (size_t k = 0; k < order.size(); ++k) order[k] = k;
+    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return data[x].size() > data[y].size(); });
+    std::vector<Status> verdicts(data.size());
+    ParallelFor(order.size(), CopyThreads(), [&](size_t n) {
+      const size_t k = order[n];
+      verdicts[k] = CheckChecksum(item_of[k], data[k]);
+    });
+    for (const Status& s : verdicts) MC_RETURN_IF_ERROR(s);
+  }
+  MC_RETURN_IF_ERROR(driver.Synchronize(stream));
+  for (const std::vector<size_t>& batch : plan.batches) {
     uint64_t bytes = 0;
-    for (size_t i : plan.batches[b]) bytes += destinations[i].bytes.size();
+    for (size_t i : batch) bytes += destinations[i].bytes.size();
     Report(bytes);
   }
-  return driver.Synchronize(stream);
+  return Status::Ok();
 }
 
 Result<std::vector<std::string>> ModelReader::LoadIntoCuda(std::span<const TensorDestination> destinations,
