@@ -1,13 +1,107 @@
 #include "mooncake_connector/buffer.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cassert>
 #include <cstdlib>
+#include <deque>
+#include <mutex>
 #include <new>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace mooncake_connector {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
+// Large buffers freed lately, kept with their pages in memory for the next
+// allocation of the same size class. A loader that drops each batch of
+// tensors once used (SGLang's weight_iterator consumer) then fills memory it
+// touched before instead of pages the kernel hands out one fault at a time
+// (1-2.5 GiB/s per core, slower than the reads themselves); glibc maps and
+// unmaps blocks this large afresh every time. At most kKeepBytes are kept,
+// the oldest unmapped first. Off under AddressSanitizer, which must see each
+// buffer freed.
+class LargeBlocks {
+ public:
+  static constexpr size_t kMin = size_t{1} << 20;
+  static constexpr size_t kKeepBytes = size_t{512} << 20;
+
+  static LargeBlocks& Get() {
+    static LargeBlocks* blocks = new LargeBlocks;  // never destroyed: safe at exit
+    return *blocks;
+  }
+
+  // Sizes rounded up to steps of an eighth of their power of two (at most
+  // 12.5% more), so tensors of one shape share a class.
+  static size_t SizeClass(size_t size) {
+    size_t power = size_t{1} << (63 - __builtin_clzll(size));
+    size_t step = std::max<size_t>(power / 8, 64 << 10);
+    return (size + step - 1) / step * step;
+  }
+
+  void* Take(size_t size_class) {
+    {
+      std::lock_guard lock(mu_);
+      for (auto it = kept_.begin(); it != kept_.end(); ++it) {
+        if (it->second != size_class) continue;
+        void* p = it->first;
+        kept_.erase(it);
+        kept_bytes_ -= size_class;
+        return p;
+      }
+    }
+    void* p = mmap(nullptr, size_class, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+
+  void Give(void* p, size_t size_class) {
+    std::vector<std::pair<void*, size_t>> evicted;
+    {
+      std::lock_guard lock(mu_);
+      kept_.emplace_back(p, size_class);
+      kept_bytes_ += size_class;
+      while (kept_bytes_ > kKeepBytes) {
+        evicted.push_back(kept_.front());
+        kept_bytes_ -= kept_.front().second;
+        kept_.pop_front();
+      }
+    }
+    for (auto [q, n] : evicted) munmap(q, n);
+  }
+
+ private:
+  std::mutex mu_;
+  std::deque<std::pair<void*, size_t>> kept_;  // oldest first
+  size_t kept_bytes_ = 0;
+};
+
+}  // namespace
 
 Result<Buffer> Buffer::Allocate(size_t size) {
+  if (!kSanitized && size >= LargeBlocks::kMin) {
+    const size_t size_class = LargeBlocks::SizeClass(size);
+    void* p = LargeBlocks::Get().Take(size_class);
+    if (p == nullptr) return ResourceExhausted("cannot allocate " + std::to_string(size) + " bytes");
+    Buffer b;
+    b.owner_ = std::shared_ptr<void>(p, [size_class](void* q) { LargeBlocks::Get().Give(q, size_class); });
+    b.data_ = static_cast<std::byte*>(p);
+    b.size_ = size;
+    return b;
+  }
   // aligned_alloc wants a size that is a multiple of the alignment; a zero
   // size still gets a real (unique, aligned) pointer.
   size_t rounded = (size + kBufferAlignment - 1) / kBufferAlignment * kBufferAlignment;

@@ -106,3 +106,44 @@ TEST(DLPack, RejectsDeviceStridesAndUnknownTypesAndStillDeletes) {
 
 }  // namespace
 }  // namespace mooncake_connector
+
+namespace mooncake_connector {
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAsan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+#else
+constexpr bool kAsan = false;
+#endif
+
+TEST(Buffer, LargeBuffersFreedAreReusedForTheSameSizeClass) {
+  if (kAsan) GTEST_SKIP() << "large buffers are not kept under AddressSanitizer";
+  // A loader that drops each batch of tensors gets the same (touched) memory
+  // back for tensors of the same shape.
+  std::byte* first;
+  {
+    Buffer a = *Buffer::Allocate((size_t{3} << 20) + 100);
+    first = a.data();
+    std::memset(a.data(), 7, a.size());
+  }
+  Buffer again = *Buffer::Allocate((size_t{3} << 20) + 200);  // same class
+  EXPECT_EQ(again.data(), first);
+  Buffer other = *Buffer::Allocate(size_t{5} << 20);  // another class: fresh memory
+  EXPECT_NE(other.data(), first);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(other.data()) % kBufferAlignment, 0u);
+  // A buffer shared by slices goes back only when the last one goes.
+  std::byte* held = other.data();
+  Buffer slice = other.Slice(10, 100);
+  other = Buffer();
+  Buffer meanwhile = *Buffer::Allocate(size_t{5} << 20);
+  EXPECT_NE(meanwhile.data(), held);
+}
+
+}  // namespace
+}  // namespace mooncake_connector

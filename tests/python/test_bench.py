@@ -26,6 +26,7 @@ def test_the_benchmark_runs_every_row_in_every_mode(tmp_path):
         for case in ("llama", "small"):
             for row in ("raw batch_get_into", "raw batch_put_from", "seed per-key get + load",
                         "ours load_into (preallocated)", "ours load_state_dict", "ours weight_iterator",
+                        "ours weight_iterator (all kept)",
                         "ours get per key", "ours save_state_dict"):
                 assert (mode, case, row) in rows, (mode, case, row)
         for op in ("ours setstr", "ours getstr", "raw put", "raw get"):
