@@ -69,6 +69,10 @@ class LargeBlocks {
   }
 
   void Give(void* p, size_t size_class) {
+    if (size_class > kKeepBytes) {  // never kept: keep the others
+      munmap(p, size_class);
+      return;
+    }
     std::vector<std::pair<void*, size_t>> evicted;
     {
       std::lock_guard lock(mu_);
