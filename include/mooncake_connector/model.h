@@ -347,6 +347,7 @@ class MC_EXPORT ModelReader {
   std::vector<ManifestTensor> tensors_;
   bool has_manifest_ = false;
   int format_version_ = 0;  // of the manifest; its values' headers depend on it
+  std::map<std::string, std::string> value_metadata_;  // what those headers carry (ExpectedHeader)
   uint64_t total_bytes_ = 0;
   uint64_t done_bytes_ = 0;
   size_t next_ = 0;

@@ -38,6 +38,8 @@ Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptio
     r->tensors_ = std::move(manifest->tensors);
     r->has_manifest_ = true;
     r->format_version_ = manifest->format_version;
+    // The "__metadata__" every value of this part carries (none before version 2).
+    if (r->format_version_ >= 2) r->value_metadata_ = ValueMetadata(rank);
     for (const ManifestTensor& t : r->tensors_) r->total_bytes_ += t.alias_of.empty() ? t.nbytes : 0;
   } else {
     std::string prefix = TensorKey(rank, "");
@@ -148,10 +150,8 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::s
 
 Result<std::string> ModelReader::ExpectedHeader(size_t item) const {
   const ManifestTensor& t = tensors_[item];
-  // The "__metadata__" every value of this part carries (none before version 2).
-  const std::map<std::string, std::string> metadata =
-      format_version_ >= 2 ? model_.ValueMetadata(rank_) : std::map<std::string, std::string>{};
-  MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, metadata));
+  MC_ASSIGN_OR_RETURN(EncodedTensor encoded,
+                      EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, value_metadata_));
   return std::move(encoded.header);
 }
 

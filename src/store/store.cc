@@ -39,13 +39,10 @@ Status GetIntoRequest::CheckFits(uint64_t size) const {
 }
 
 void GetIntoRequest::CopyAt(uint64_t offset, ConstBytes bytes) const {
-  if (offset < head.size()) {
-    size_t n = std::min<uint64_t>(bytes.size(), head.size() - offset);
-    if (n > 0) std::memcpy(head.data() + offset, bytes.data(), n);
-    bytes = bytes.subspan(n);
-    offset += n;
-  }
-  if (!bytes.empty()) std::memcpy(destination.data() + (offset - head.size()), bytes.data(), bytes.size());
+  ForEachPiece(*this, offset, bytes.size(), [&](MutableBytes piece, bool) {
+    std::memcpy(piece.data(), bytes.data(), piece.size());
+    bytes = bytes.subspan(piece.size());
+  });
 }
 
 namespace {
