@@ -276,8 +276,13 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
     // Written after every batch, failed or not: values of this save are then
     // never in the store without a manifest that says the save is not
     // complete (the first one can have gone, e.g. with a master restart), so
-    // no load takes what is there for a whole model.
-    Status manifest = WriteManifest(part, options.write);
+    // no load takes what is there for a whole model. After the last batch
+    // the complete manifest follows at once: the one from before that batch
+    // says "saving" meanwhile, and a save cut short there writes that batch
+    // again when run again.
+    bool last = !failed;
+    for (size_t i = next; last && i < items.size(); ++i) last = done[i] || items[i].alias;
+    Status manifest = last ? Status::Ok() : WriteManifest(part, options.write);
     if (failed) return *failed;
     MC_RETURN_IF_ERROR(manifest);
     if (options.progress) options.progress(done_bytes, total);

@@ -283,6 +283,29 @@ TEST(Model, UnfinishedSaveIsRefusedAndResumed) {
   for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(SameTensor(got[i].tensor, s.views[i].tensor));
 }
 
+// While a save runs, the stored manifest says "saving" and lists what is in;
+// after the last batch the complete manifest is the next one written.
+TEST(Model, TheManifestFollowsASaveBatchByBatch) {
+  auto c = Open(UniqueUrl());
+  Model m = *Model::Open(*c);
+  Sample s = MakeSample();
+  std::vector<std::pair<SaveState, size_t>> seen;
+  SaveOptions options;
+  options.batch_bytes = 1;  // one value per batch: a (and a_tied), b, c, d, e
+  options.progress = [&](uint64_t, uint64_t) {
+    std::optional<ManifestPart> part = *m.ReadManifest(0);
+    ASSERT_TRUE(part.has_value());
+    seen.emplace_back(part->state, part->tensors.size());
+  };
+  ASSERT_TRUE(m.SaveStateDict(0, s.views, options).ok());
+  using P = std::pair<SaveState, size_t>;
+  EXPECT_EQ(seen, (std::vector<P>{P{SaveState::kSaving, 0}, P{SaveState::kSaving, 1}, P{SaveState::kSaving, 2},
+                                  P{SaveState::kSaving, 3}, P{SaveState::kSaving, 4}, P{SaveState::kSaving, 4}}));
+  std::optional<ManifestPart> part = *m.ReadManifest(0);
+  EXPECT_EQ(part->state, SaveState::kComplete);
+  EXPECT_EQ(part->tensors.size(), 6u);
+}
+
 TEST(Model, ResaveRewritesChangesAndDropsStaleKeys) {
   auto c = Open(UniqueUrl());
   Model m = *Model::Open(*c);
