@@ -13,7 +13,12 @@ namespace {
 // Debian builds for baseline x86-64, where xxhash picks SSE2; the AVX2 build
 // (hash_avx2.cc) runs where the CPU has it. Both give the same hashes.
 #ifdef MC_XXH3_AVX2
-const bool kAvx2 = __builtin_cpu_supports("avx2");
+// __builtin_cpu_init: this runs among static constructors, maybe before
+// libgcc's own has filled in what the CPU supports.
+const bool kAvx2 = [] {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") != 0;
+}();
 #else
 constexpr bool kAvx2 = false;
 #endif
