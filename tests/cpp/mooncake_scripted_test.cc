@@ -611,6 +611,53 @@ TEST_F(Scripted, DirectWritesPutLargeValuesFromTheCallersMemory) {
   }
 }
 
+TEST_F(Scripted, BatchPutWritesNewLargeValuesInGatheredCalls) {
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  auto old = Bytes((5 << 18) + 1, 9);
+  ASSERT_TRUE(Put("L3", old).ok());  // an overwrite among first writes
+  std::vector<std::vector<std::byte>> values;
+  std::vector<std::string> keys;
+  for (int i = 0; i < 8; ++i) {  // 1.25 MiB each: raw objects, written directly
+    values.push_back(Bytes((5 << 18) + i, 20 + i));
+    keys.push_back("L" + std::to_string(i));
+  }
+  values.push_back(Bytes((5 << 20) + 3, 2));  // chunked
+  keys.push_back("chunked");
+  std::vector<std::array<ConstBytes, 2>> parts;  // each as a header and a payload
+  for (const auto& v : values) parts.push_back({ConstBytes(v).first(64), ConstBytes(v).subspan(64)});
+  std::vector<PutRequest> requests;
+  for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], parts[i]});
+  const int multi = sm_.calls["native batch_put_from_multi"], singles = sm_.calls["native put_from"];
+  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
+    ExpectValue(keys[i], values[i]);
+  }
+  // The 7 new raw objects in one gathered call; the overwrite (as chunks)
+  // and the chunked value one each. Single puts only for the overwrite's
+  // reservation and the two headers.
+  EXPECT_EQ(sm_.calls["native batch_put_from_multi"] - multi, 3);
+  EXPECT_LE(sm_.calls["native put_from"] - singles, 3);
+}
+
+TEST_F(Scripted, AFailedKeyOfAGatheredCallFailsAloneAndIsNotStored) {
+  Open(std::chrono::milliseconds(300), /*chunk_size=*/2 << 20);
+  sm_.inject = [](const ScriptedMooncake::Call& call) -> int64_t {
+    return call.op == "put_from" && call.key == "L1" ? mooncake::kErrNoAvailableHandle : 0;
+  };
+  std::vector<std::vector<std::byte>> values = {Bytes(3 << 19, 1), Bytes(3 << 19, 2), Bytes(3 << 19, 3)};
+  std::vector<ConstBytes> parts(values.begin(), values.end());
+  std::vector<PutRequest> requests = {{"L0", {&parts[0], 1}}, {"L1", {&parts[1], 1}}, {"L2", {&parts[2], 1}}};
+  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+  ASSERT_TRUE(got[0].ok() && got[2].ok()) << got[0] << got[2];
+  EXPECT_EQ(got[1].code(), StatusCode::kResourceExhausted) << got[1];
+  ExpectValue("L0", values[0]);
+  ExpectValue("L2", values[2]);
+  Result<bool> exists = store_->Exists("L1");
+  ASSERT_TRUE(exists.ok()) << exists.status();
+  EXPECT_FALSE(*exists);
+}
+
 TEST_F(Scripted, FailedDirectWriteKeepsTheOldValue) {
   Open(std::chrono::milliseconds(500), /*chunk_size=*/2 << 20);
   auto old = Bytes(3 << 20, 4);

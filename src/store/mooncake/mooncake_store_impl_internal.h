@@ -144,10 +144,11 @@ class MooncakeStore final : public Store {
                                   const std::function<Result<uint64_t>(MutableBytes)>& read);
 
   // mooncake_write.cc
-  // Batched first writes of small values; a set status for each request it
-  // finished, nullopt for those left to PutOne.
-  std::vector<std::optional<Status>> PutNewSmallValues(std::span<const PutRequest> requests,
-                                                       const ReplicateConfig& replicate);
+  // Batched first writes of raw objects (small ones staged, large ones
+  // direct); a set status for each request it finished, nullopt for those
+  // left to PutOne.
+  std::vector<std::optional<Status>> PutNewValues(std::span<const PutRequest> requests,
+                                                  const ReplicateConfig& replicate);
   Status PutOne(const PutRequest& r, const ReplicateConfig& replicate);
   Status PutObject(const std::string& key, std::span<const ConstBytes> parts, uint64_t offset,
                    uint64_t size, const ReplicateConfig& replicate, bool upsert,

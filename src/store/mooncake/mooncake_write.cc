@@ -44,7 +44,7 @@ std::vector<Status> MooncakeStore::BatchPut(std::span<const PutRequest> requests
   replicate.replica_num = std::max<size_t>(replicate.replica_num, options.replica_num);
   replicate.with_soft_pin |= options.soft_pin;
   replicate.with_hard_pin |= options.hard_pin;
-  std::vector<std::optional<Status>> done = PutNewSmallValues(requests, replicate);
+  std::vector<std::optional<Status>> done = PutNewValues(requests, replicate);
   std::vector<Status> out;
   out.reserve(requests.size());
   for (size_t i = 0; i < requests.size(); ++i) {
@@ -58,76 +58,112 @@ std::vector<Status> MooncakeStore::BatchPut(std::span<const PutRequest> requests
   return out;
 }
 
-std::vector<std::optional<Status>> MooncakeStore::PutNewSmallValues(std::span<const PutRequest> requests,
-                                                                    const ReplicateConfig& replicate) {
-  // First writes of small values (raw objects, at most a quarter slot) go in
-  // with one batch_is_exist and one batch_put_from per slots' worth: exactly
-  // what PutOne does for them one by one (is the key free? then put; a put
-  // over a key a concurrent writer just created keeps theirs, which simply
-  // won). Everything else, and anything this pass cannot finish (the key
-  // exists, an error, a transient refusal), is left to PutOne.
+std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const PutRequest> requests,
+                                                               const ReplicateConfig& replicate) {
+  // First writes of raw objects go in with one batch_is_exist for all of
+  // them and few batch puts: exactly what PutOne does for them one by one (is
+  // the key free? then put; a put over a key a concurrent writer just
+  // created keeps theirs, which simply won). Small values (at most a quarter
+  // slot) are packed into slots, one batch_put_from per slots' worth; large
+  // ones (direct writes) are gathered from the caller's memory, one
+  // batch_put_from_multi per kDirectCallBytes. Everything else, and anything
+  // this pass cannot finish (the key exists, an error, a transient refusal),
+  // is left to PutOne.
   std::vector<std::optional<Status>> done(requests.size());
   const std::vector<bool> repeated = RepeatedKeys(requests);
+  std::vector<size_t> candidates;
+  std::vector<uint64_t> sizes(requests.size(), 0);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const PutRequest& r = requests[i];
+    for (ConstBytes p : r.parts) sizes[i] += p.size();
+    std::byte first[8] = {};
+    size_t first_len = static_cast<size_t>(std::min<uint64_t>(sizes[i], sizeof first));
+    Gather(r.parts, 0, {first, first_len});
+    if (repeated[i] || NeedsChunking(sizes[i], {first, first_len}, slot_size()) || !ValidateKey(r.key).ok()) {
+      continue;
+    }
+    if (sizes[i] <= slot_size() / 4 || WritesDirectly(sizes[i])) candidates.push_back(i);
+  }
+  if (candidates.size() < 2) return done;  // nothing to share a call with: PutOne
+  std::vector<std::string> keys(requests.size());
+  std::vector<const char*> c_keys;
+  for (size_t i : candidates) {
+    keys[i] = std::string(requests[i].key);
+    c_keys.push_back(keys[i].c_str());
+  }
+  std::vector<int> exist(candidates.size(), 0);
+  if (health_.Refusal() != 0) return done;  // PutOne fails them at once
+  if (api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), exist.data()) != 0) return done;
+  std::vector<size_t> small, large;
+  for (size_t j = 0; j < candidates.size(); ++j) {
+    if (exist[j] != 0) continue;
+    (sizes[candidates[j]] <= slot_size() / 4 ? small : large).push_back(candidates[j]);
+  }
+
+  // One batch put of `batch`'s keys from `buffers`; its successes are done.
+  auto put = [&](const std::vector<size_t>& batch, std::vector<void*>& buffers, std::vector<size_t>& lengths,
+                 const std::vector<size_t>* pieces) {
+    std::vector<const char*> put_keys;
+    for (size_t i : batch) put_keys.push_back(keys[i].c_str());
+    std::vector<int> results(batch.size(), -1);
+    auto locks = LockKeysForWrite(put_keys);
+    auto start = std::chrono::steady_clock::now();
+    int rc = pieces == nullptr
+                 ? api_->batch_put_from(handle_, put_keys.data(), buffers.data(), lengths.data(), batch.size(),
+                                        &replicate, results.data())
+                 : api_->batch_put_from_multi(handle_, put_keys.data(), batch.size(), buffers.data(),
+                                              lengths.data(), pieces->data(), &replicate, results.data());
+    if (rc == kErrNotSupported) {
+      direct_writes_.store(false);
+      return;
+    }
+    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
+                 std::chrono::steady_clock::now() - start);
+    for (size_t j = 0; rc == 0 && j < batch.size(); ++j) {
+      if (results[j] == 0) done[batch[j]] = Status::Ok();
+    }
+  };
+
   const uint64_t space = static_cast<uint64_t>(slot_size()) * arena_->slots();
-  size_t next = 0;
-  while (next < requests.size()) {
+  for (size_t next = 0; next < small.size();) {
     std::vector<size_t> batch;
-    std::vector<uint64_t> offsets, sizes;
+    std::vector<uint64_t> offsets;
     uint64_t used = 0;
-    for (; next < requests.size(); ++next) {
-      const PutRequest& r = requests[next];
-      uint64_t size = 0;
-      for (ConstBytes p : r.parts) size += p.size();
-      std::byte first[8] = {};
-      size_t first_len = static_cast<size_t>(std::min<uint64_t>(size, sizeof first));
-      Gather(r.parts, 0, {first, first_len});
-      if (repeated[next] || size > slot_size() / 4 || NeedsChunking(size, {first, first_len}, slot_size()) ||
-          !ValidateKey(r.key).ok()) {
-        continue;
-      }
+    for (; next < small.size(); ++next) {
+      const uint64_t size = sizes[small[next]];
       uint64_t at = used;
       if (size > 0 && at / slot_size() != (at + size - 1) / slot_size()) at = (at / slot_size() + 1) * slot_size();
       if (at + size > space) break;
-      batch.push_back(next);
+      batch.push_back(small[next]);
       offsets.push_back(at);
-      sizes.push_back(size);
       used = (at + size + 63) / 64 * 64;
     }
-    if (batch.size() < 2) continue;  // nothing to share a call with: PutOne
-    const size_t n = batch.size();
-    std::vector<std::string> keys(n);
-    for (size_t j = 0; j < n; ++j) keys[j] = std::string(requests[batch[j]].key);
-    std::vector<const char*> c_keys = CStrings(keys);
-    std::vector<int> exist(n, 0);
-    if (health_.Refusal() != 0) continue;  // PutOne fails them at once
-    if (api_->batch_is_exist(handle_, c_keys.data(), n, exist.data()) != 0) continue;
-    std::vector<size_t> fresh;  // positions in `batch` of keys with no value
-    for (size_t j = 0; j < n; ++j) {
-      if (exist[j] == 0) fresh.push_back(j);
-    }
-    if (fresh.empty()) continue;
+    if (health_.Refusal() != 0) break;
     const size_t slots_needed = static_cast<size_t>((used + slot_size() - 1) / slot_size());
     TransferArena::Lease slots = arena_->Acquire(std::max<size_t>(slots_needed, 1));
-    std::vector<const char*> put_keys;
     std::vector<void*> buffers;
-    std::vector<size_t> put_sizes;
-    for (size_t j : fresh) {
+    std::vector<size_t> lengths;
+    for (size_t j = 0; j < batch.size(); ++j) {
       std::byte* at = slots[offsets[j] / slot_size()] + offsets[j] % slot_size();
-      Gather(requests[batch[j]].parts, 0, {at, sizes[j]});
-      put_keys.push_back(c_keys[j]);
+      Gather(requests[batch[j]].parts, 0, {at, sizes[batch[j]]});
       buffers.push_back(at);
-      put_sizes.push_back(sizes[j]);
+      lengths.push_back(sizes[batch[j]]);
     }
-    std::vector<int> results(fresh.size(), -1);
-    auto locks = LockKeysForWrite(put_keys);
-    auto start = std::chrono::steady_clock::now();
-    int rc = api_->batch_put_from(handle_, put_keys.data(), buffers.data(), put_sizes.data(), fresh.size(),
-                                  &replicate, results.data());
-    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
-                  std::chrono::steady_clock::now() - start);
-    for (size_t f = 0; rc == 0 && f < fresh.size(); ++f) {
-      if (results[f] == 0) done[batch[fresh[f]]] = Status::Ok();
+    put(batch, buffers, lengths, nullptr);
+  }
+  for (size_t next = 0; next < large.size() && direct_writes_.load(std::memory_order_relaxed);) {
+    std::vector<size_t> batch, pieces;
+    std::vector<void*> buffers;
+    std::vector<size_t> lengths;
+    uint64_t bytes = 0;
+    for (; next < large.size() && (batch.empty() || bytes + sizes[large[next]] <= kDirectCallBytes); ++next) {
+      const size_t i = large[next];
+      batch.push_back(i);
+      pieces.push_back(AppendPieces(requests[i].parts, 0, sizes[i], buffers, lengths));
+      bytes += sizes[i];
     }
+    if (health_.Refusal() != 0) break;
+    put(batch, buffers, lengths, &pieces);
   }
   return done;
 }
