@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <string>
 
 #include "mooncake_connector/dlpack.h"
 
@@ -143,6 +146,37 @@ TEST(Buffer, LargeBuffersFreedAreReusedForTheSameSizeClass) {
   other = Buffer();
   Buffer meanwhile = *Buffer::Allocate(size_t{5} << 20);
   EXPECT_NE(meanwhile.data(), held);
+}
+
+// The VmFlags line of /proc/self/smaps for the mapping that holds `p`.
+std::string VmFlagsOf(const void* p) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  bool inside = false;
+  for (std::string line; std::getline(smaps, line);) {
+    unsigned long long from = 0, to = 0;
+    if (std::sscanf(line.c_str(), "%llx-%llx ", &from, &to) == 2) {  // a mapping's first line
+      inside = from <= at && at < to;
+    } else if (inside && line.starts_with("VmFlags:")) {
+      return line;
+    }
+  }
+  return "";
+}
+
+TEST(Buffer, LargeBuffersAskForHugePagesOn2MiBBoundaries) {
+  if (kAsan) GTEST_SKIP() << "large buffers are malloc'd under AddressSanitizer";
+  // Fresh memory is filled one fault per page: a block of 2 MiB or more
+  // starts on a huge-page boundary and is advised to use huge pages (the
+  // kernel takes the advice where transparent huge pages are on).
+  Buffer big = *Buffer::Allocate((size_t{7} << 20) + 12345);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data()) % (size_t{2} << 20), 0u);
+  std::memset(big.data(), 1, big.size());
+  std::string flags = VmFlagsOf(big.data());
+  ASSERT_FALSE(flags.empty()) << "no mapping in /proc/self/smaps holds the buffer";
+  EXPECT_NE((flags + " ").find(" hg "), std::string::npos) << flags;
+  Buffer small = *Buffer::Allocate(size_t{1} << 20);  // below a huge page: as before
+  EXPECT_EQ((VmFlagsOf(small.data()) + " ").find(" hg "), std::string::npos);
 }
 
 }  // namespace
