@@ -10,12 +10,16 @@ tensor shapes, fewer layers) are loaded with:
   h2d pageable        the same from ordinary memory;
   fetch to host       our load_into into reused CPU tensors (the fetch alone);
   load_into cuda      our load_into into preallocated GPU tensors (pipeline),
-                      and the same without checking checksums;
+                      and the same without checking checksums; "first load":
+                      on a new connector, which hashes every value (one that
+                      loaded a memory:// value before does not hash it again
+                      while it is the same stored value);
   load_state_dict     our load_state_dict(device="cuda");
   weight_iterator     our weight_iterator on a device="cuda" connector;
   simple path         load_state_dict on the CPU, then .to("cuda") each.
 
-Targets: from memory://, load_into cuda >= 0.8x the pinned copy's bandwidth;
+Targets: from memory://, load_into cuda >= 0.8x the pinned copy's bandwidth
+(first loads and repeated ones);
 from mooncake://, load_into cuda's time <= 1.1x max(fetch, pinned copy).
 Prints the table and the targets, writes bench/results/gpu_bench.json.
 
@@ -68,7 +72,18 @@ def store_rows(url: str, sd: dict[str, torch.Tensor], repeat: int) -> dict[str, 
         def simple():
             return {n: t.to("cuda") for n, t in c.load_state_dict(device="cpu").items()}
 
+        # A connector loading values for the first time hashes each; one that
+        # checked a memory:// value before does not hash it again.
+        # (memory:// only: mooncake:// values are hashed on every load.)
+        memory = url.startswith("memory://")
+        fresh = [create_remote_connector(url, device="cuda") for _ in range(repeat if memory else 0)]
+
+        def first_load():
+            with fresh.pop() as f:
+                f.load_into(gpu_dest)
+
         for row, fn in (("fetch to host", lambda: c.load_into(host_dest)),
+                        *((("load_into cuda, first load", first_load),) if memory else ()),
                         ("load_into cuda", lambda: c.load_into(gpu_dest)),
                         ("load_into cuda, verify=False", lambda: c.load_into(gpu_dest, verify=False)),
                         ("load_into cuda, 1 GiB batches", lambda: c.load_into(gpu_dest, batch_bytes=1 << 30)),
@@ -138,9 +153,10 @@ def main() -> None:
             print(f"{store:<20} {row:<30} {size / secs / GB:7.2f} {copy / secs:9.2f}")
     targets = []
     for store in ("memory://", "memory:// pinned"):
-        mem = rows[store]["load_into cuda"]
-        targets.append({"target": f"{store} load_into cuda >= 0.8x pinned h2d bandwidth", "ratio": copy / mem,
-                        "met": copy / mem >= 0.8})
+        for row in ("load_into cuda, first load", "load_into cuda"):
+            mem = rows[store][row]
+            targets.append({"target": f"{store} {row} >= 0.8x pinned h2d bandwidth", "ratio": copy / mem,
+                            "met": copy / mem >= 0.8})
     for store, r in rows.items():
         if store.startswith("mooncake"):
             bound = max(r["fetch to host"], copy)

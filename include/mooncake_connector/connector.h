@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -110,6 +111,13 @@ class MC_EXPORT Connector {
   // Forgets every remembered part whose key starts with `prefix`.
   void ForgetManifests(std::string_view prefix);
 
+  // Values lent by the store (Store::BatchView) whose bytes `checked` a load
+  // found to have XXH3 `checksum`. The same value (lent under the same
+  // owner, held here weakly: once it is freed the entry matches nothing)
+  // holds the same bytes, so a later load need not hash them again.
+  void RememberChecked(const std::string& key, const Buffer& view, ConstBytes checked, uint64_t checksum);
+  bool CheckedBefore(const std::string& key, const Buffer& view, ConstBytes checked, uint64_t checksum);
+
  private:
   Connector(Url url, std::string device, std::shared_ptr<Store> store);
   Status CheckOpen() const;
@@ -126,6 +134,14 @@ class MC_EXPORT Connector {
     std::string text;
   };
   std::map<std::string, RememberedManifest, std::less<>> manifests_;
+  std::mutex checked_mutex_;
+  struct Checked {
+    std::weak_ptr<void> owner;
+    const std::byte* data = nullptr;
+    size_t size = 0;
+    uint64_t checksum = 0;
+  };
+  std::unordered_map<std::string, Checked> checked_;
 };
 
 // "cpu", "cpu:N", "cuda" or "cuda:N" (N up to 3 digits).

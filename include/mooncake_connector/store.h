@@ -113,7 +113,9 @@ class MC_EXPORT Store {
   // The stored values themselves, shared rather than copied, for a store
   // that keeps them in this process's memory (memory://); Unimplemented
   // otherwise (the default). A view stays valid and unchanged while held,
-  // whatever is written or removed meanwhile. NotFound for a missing key.
+  // whatever is written or removed meanwhile. A stored value is lent under
+  // one owner() for its whole life and its bytes never change, so views
+  // with the same owner hold the same bytes. NotFound for a missing key.
   virtual std::vector<Result<Buffer>> BatchView(std::span<const std::string_view> keys);
 
   // Single-key forms of the batch calls.

@@ -215,6 +215,27 @@ void Connector::ForgetManifests(std::string_view prefix) {
   while (it != manifests_.end() && std::string_view(it->first).starts_with(prefix)) it = manifests_.erase(it);
 }
 
+void Connector::RememberChecked(const std::string& key, const Buffer& view, ConstBytes checked,
+                                uint64_t checksum) {
+  if (view.owner() == nullptr) return;
+  std::lock_guard lock(checked_mutex_);
+  // Bounded: entries of freed values go first, then all.
+  constexpr size_t kMaxEntries = size_t{1} << 20;
+  if (checked_.size() >= kMaxEntries) std::erase_if(checked_, [](const auto& e) { return e.second.owner.expired(); });
+  if (checked_.size() >= kMaxEntries) checked_.clear();
+  checked_[key] = {view.owner(), checked.data(), checked.size(), checksum};
+}
+
+bool Connector::CheckedBefore(const std::string& key, const Buffer& view, ConstBytes checked, uint64_t checksum) {
+  if (view.owner() == nullptr) return false;
+  std::lock_guard lock(checked_mutex_);
+  auto it = checked_.find(key);
+  if (it == checked_.end()) return false;
+  const Checked& c = it->second;
+  return c.owner.lock() == view.owner() && c.data == checked.data() && c.size == checked.size() &&
+         c.checksum == checksum;
+}
+
 Result<std::string> Connector::GetLocalDir() {
   MC_RETURN_IF_ERROR(CheckOpen());
   std::lock_guard lock(local_dir_mutex_);

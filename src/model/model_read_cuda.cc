@@ -213,9 +213,15 @@ std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorD
     for (size_t k = 0; k < order.size(); ++k) order[k] = k;
     std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return data[x].size() > data[y].size(); });
     std::vector<Status> verdicts(data.size());
+    // A value this connector checked before, still the same stored value
+    // (memory:// values never change), is not hashed again.
+    Connector& connector = model_.connector();
     ParallelFor(order.size(), CopyThreads(), [&](size_t n) {
       const size_t k = order[n];
+      const uint64_t checksum = tensors_[item_of[k]].checksum;
+      if (connector.CheckedBefore(keys[k], *views[k], data[k], checksum)) return;
       verdicts[k] = CheckChecksum(item_of[k], data[k]);
+      if (verdicts[k].ok()) connector.RememberChecked(keys[k], *views[k], data[k], checksum);
     });
     for (const Status& s : verdicts) MC_RETURN_IF_ERROR(s);
   }
