@@ -348,6 +348,11 @@ class MC_EXPORT ModelReader {
   bool has_manifest_ = false;
   int format_version_ = 0;  // of the manifest; its values' headers depend on it
   std::map<std::string, std::string> value_metadata_;  // what those headers carry (ExpectedHeader)
+  // ExpectedHeader of each tensor, encoded once per distinct (dtype, shape,
+  // nbytes) when the reader opens: headers_[header_of_[item]] ("" if that
+  // failed: ExpectedHeader then reports why).
+  std::vector<std::string> headers_;
+  std::vector<uint32_t> header_of_;
   uint64_t total_bytes_ = 0;
   uint64_t done_bytes_ = 0;
   size_t next_ = 0;
