@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 
 from . import _impl
-from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name, from_wire
+from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name
 
 #: One batched store call moves at most this many bytes by default.
 DEFAULT_BATCH_BYTES = 256 << 20
@@ -46,8 +46,8 @@ def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:
         batch = reader.next_batch()
         if not batch:
             return
-        for name, data, dtype, shape in batch:
-            yield name, from_wire(data, dtype, shape)
+        for name, capsule in batch:
+            yield name, torch.from_dlpack(capsule)
 
 
 def _cuda_target(device: torch.device) -> tuple[int, int]:

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "mooncake_connector/connector.h"
+#include "mooncake_connector/dlpack.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "mooncake_connector/value_format.h"
@@ -45,6 +46,23 @@ nb::object BytesArray(const Buffer& buffer) {
   auto* keep = new Buffer(buffer);
   nb::capsule owner(keep, [](void* p) noexcept { delete static_cast<Buffer*>(p); });
   return nb::cast(nb::ndarray<nb::numpy, uint8_t, nb::ndim<1>>(keep->data(), {keep->size()}, owner));
+}
+
+// A "dltensor" capsule sharing `tensor`'s storage (the DLPack protocol's
+// capsule: a consumer renames it "used_dltensor" and calls the deleter
+// itself; one never consumed is deleted here).
+nb::object DLPackCapsule(const Tensor& tensor) {
+  dlpack::ManagedTensor* managed = dlpack::ToDLPack(tensor);
+  PyObject* capsule = PyCapsule_New(managed, "dltensor", [](PyObject* self) {
+    if (!PyCapsule_IsValid(self, "dltensor")) return;  // consumed
+    auto* m = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(self, "dltensor"));
+    if (m != nullptr && m->deleter != nullptr) m->deleter(m);
+  });
+  if (capsule == nullptr) {
+    managed->deleter(managed);
+    throw nb::python_error();
+  }
+  return nb::steal(capsule);
 }
 
 class PyConnector {
@@ -151,7 +169,10 @@ class PyModelReader {
     return out;
   }
 
-  // [(name, uint8 array, dtype name, shape)]; empty at the end.
+  // [(name, DLPack capsule)] for torch.from_dlpack; empty at the end. One
+  // capsule per tensor rather than an array that torch then views and
+  // reshapes: a batch of thousands of small tensors made that many Python
+  // objects that its garbage collector spent a third of the load on.
   nb::list NextBatch() {
     Result<std::vector<NamedTensor>> r = std::vector<NamedTensor>();
     {
@@ -159,10 +180,7 @@ class PyModelReader {
       r = r_->NextBatch();
     }
     nb::list out;
-    for (NamedTensor& t : Unwrap(std::move(r))) {
-      out.append(nb::make_tuple(t.name, BytesArray(t.tensor.buffer()), std::string(DTypeName(t.tensor.dtype())),
-                                t.tensor.shape()));
-    }
+    for (NamedTensor& t : Unwrap(std::move(r))) out.append(nb::make_tuple(t.name, DLPackCapsule(t.tensor)));
     return out;
   }
 
