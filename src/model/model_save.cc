@@ -320,6 +320,8 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
   std::set<std::string_view> names;
   // Tensors that share storage (same data, dtype and shape) are stored once.
   std::map<std::tuple<const std::byte*, uint64_t, DType, Shape>, size_t> by_storage;
+  std::map<std::tuple<DType, Shape, uint64_t>, std::string> headers;
+  const std::map<std::string, std::string> metadata = ValueMetadata(rank);
   for (const NamedTensorView& t : tensors) {
     if (t.name.empty()) return InvalidArgument("a tensor has an empty name");
     if (!IsValidUtf8(t.name)) return InvalidArgument("tensor name '" + t.name + "' is not valid UTF-8");
@@ -328,9 +330,15 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
     it.name = t.name;
     it.key = TensorKey(rank, t.name);
     MC_RETURN_IF_ERROR(ValidateKey(it.key).WithContext("tensor '" + t.name + "'"));
-    MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(t.tensor, ValueMetadata(rank)));
-    it.header = std::move(encoded.header);
-    it.data = encoded.data;
+    // Tensors of one dtype, shape and size share their header: encoded once.
+    auto shape_key = std::make_tuple(t.tensor.dtype, t.tensor.shape, t.tensor.nbytes);
+    auto header = headers.find(shape_key);
+    if (header == headers.end()) {
+      MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(t.tensor, metadata));
+      header = headers.emplace(std::move(shape_key), std::move(encoded.header)).first;
+    }
+    it.header = header->second;
+    it.data = t.tensor.bytes();
     it.tensor = ManifestTensor{t.name, t.tensor.dtype, t.tensor.shape, t.tensor.nbytes, 0, ""};
     if (t.tensor.nbytes > 0) {
       auto [found, inserted] = by_storage.try_emplace(
