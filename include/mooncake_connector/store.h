@@ -118,6 +118,12 @@ class MC_EXPORT Store {
   // with the same owner hold the same bytes. NotFound for a missing key.
   virtual std::vector<Result<Buffer>> BatchView(std::span<const std::string_view> keys);
 
+  // Whether a first write of a value of `size` bytes stores a checksum of
+  // the whole value, so that PutRequest::value_xxh3 spares the store a pass
+  // over it (an overwrite may record one at any size, computing it itself
+  // when not given). The default: no checksum is stored.
+  virtual bool RecordsValueChecksum(uint64_t size) const;
+
   // Single-key forms of the batch calls.
   Status Put(std::string_view key, std::span<const ConstBytes> parts,
              const WriteOptions& options = {});

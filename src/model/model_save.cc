@@ -353,9 +353,16 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
   // Each tensor's checksum (the manifest's) and its value's (the store's,
   // header included) in one pass over its memory, the second hash reading
   // each block from cache; tensors hashed on CopyThreads() threads.
+  // The value's only where the store records one (mooncake://: values
+  // larger than a chunk); elsewhere it would be a second pass for nothing.
+  const Store& store = connector_->store();
   ParallelFor(items.size(), CopyThreads(), [&](size_t i) {
     SaveItem& it = items[i];
     if (it.alias) return;
+    if (!store.RecordsValueChecksum(it.value_size())) {
+      it.tensor.checksum = Xxh3(it.data);
+      return;
+    }
     constexpr size_t kBlock = 256 << 10;
     Xxh3Stream data, value;
     value.Update(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size()));

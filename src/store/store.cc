@@ -110,6 +110,8 @@ Result<Buffer> Store::Get(std::string_view key) {
   return Aborted("value of key '" + std::string(key) + "' kept changing size while being read");
 }
 
+bool Store::RecordsValueChecksum(uint64_t) const { return false; }
+
 std::vector<Result<Buffer>> Store::BatchView(std::span<const std::string_view> keys) {
   return std::vector<Result<Buffer>>(keys.size(), Result<Buffer>(Unimplemented(url() + " holds no values in this process")));
 }

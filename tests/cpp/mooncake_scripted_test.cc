@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/hash_internal.h"
+#include "mooncake_connector/connector.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "scripted_mooncake.h"
 #include "store_conformance.h"
@@ -683,6 +684,16 @@ TEST_F(Scripted, DirectWritesFallBackWhenTheProviderCannot) {
     ASSERT_TRUE(Put("f" + std::to_string(n), v).ok());
     ExpectValue("f" + std::to_string(n), v);
   }
+}
+
+TEST_F(Scripted, ValuesLargerThanAChunkAreTheOnesStoredWithAChecksum) {
+  // What a model save asks before hashing each value a second time.
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  EXPECT_FALSE(store_->RecordsValueChecksum(2 << 20));
+  EXPECT_TRUE(store_->RecordsValueChecksum((2 << 20) + 1));
+  auto memory = Connector::Create("memory://records-checksums");
+  ASSERT_TRUE(memory.ok());
+  EXPECT_FALSE((*memory)->store().RecordsValueChecksum(uint64_t{1} << 40));
 }
 
 TEST_F(Scripted, AGivenValueChecksumIsTheOneStored) {

@@ -48,6 +48,8 @@ class MooncakeStore final : public Store {
   Status Init();
 
   std::string url() const override;
+  // Values larger than a chunk are chunked, with a checksum in their header.
+  bool RecordsValueChecksum(uint64_t size) const override { return size > slot_size(); }
   std::vector<Status> BatchPut(std::span<const PutRequest> requests,
                                const WriteOptions& options) override;
   std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) override;
