@@ -76,7 +76,8 @@ class LargeBlocks {
   // (micro_bench BM_CopyIntoHugePages / BM_CopyIntoFresh). Elsewhere the
   // advice is a no-op and the block is ordinary memory.
   static void* MapFresh(size_t size) {
-    if (size < kHugePage) return Map(size);
+    static const bool huge = HugePagesWanted();
+    if (!huge || size < kHugePage) return Map(size);
     auto* p = static_cast<std::byte*>(Map(size + kHugePage));
     if (p == nullptr) return nullptr;
     const auto address = reinterpret_cast<uintptr_t>(p);
@@ -85,6 +86,14 @@ class LargeBlocks {
     munmap(p + head + size, kHugePage - head);
     madvise(p + head, size, MADV_HUGEPAGE);
     return p + head;
+  }
+
+  // MOONCAKE_CONNECTOR_HUGE_PAGES=0 turns the advice off: where the kernel
+  // compacts memory on a huge-page fault (THP "defrag" set to madvise or
+  // always) and memory is fragmented, a first touch can stall instead.
+  static bool HugePagesWanted() {
+    const char* v = std::getenv("MOONCAKE_CONNECTOR_HUGE_PAGES");
+    return v == nullptr || std::string(v) != "0";
   }
 
   static void* Map(size_t size) {
