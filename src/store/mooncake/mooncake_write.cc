@@ -63,10 +63,10 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
   // First writes of raw objects go in with one batch_is_exist for all of
   // them and few batch puts: exactly what PutOne does for them one by one (is
   // the key free? then put; a put over a key a concurrent writer just
-  // created keeps theirs, which simply won). Small values (at most a quarter
-  // slot) are packed into slots, one batch_put_from per slots' worth; large
-  // ones (direct writes) are gathered from the caller's memory, one
-  // batch_put_from_multi per kDirectCallBytes. Everything else, and anything
+  // created keeps theirs, which simply won). Values written directly (1 MiB
+  // and more) are gathered from the caller's memory, one batch_put_from_multi
+  // per kDirectCallBytes; the others, if at most a quarter slot, are packed
+  // into slots, one batch_put_from per slots' worth. Everything else, and anything
   // this pass cannot finish (the key exists, an error, a transient refusal),
   // is left to PutOne.
   std::vector<std::optional<Status>> done(requests.size());
@@ -97,7 +97,8 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
   std::vector<size_t> small, large;
   for (size_t j = 0; j < candidates.size(); ++j) {
     if (exist[j] != 0) continue;
-    (sizes[candidates[j]] <= slot_size() / 4 ? small : large).push_back(candidates[j]);
+    // As PutObject: direct from 1 MiB on (no copy into a slot).
+    (WritesDirectly(sizes[candidates[j]]) ? large : small).push_back(candidates[j]);
   }
 
   // One batch put of `batch`'s keys from `buffers`; its successes are done.
