@@ -3,6 +3,7 @@
 #include "core/hash_internal.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -478,6 +479,90 @@ TEST_P(StoreConformance, ConcurrentLargeBatchReadsAreWholeValuesHashedOrNot) {
   EXPECT_EQ(wrong.load(), 0);
   EXPECT_EQ(errors.load(), 0);
   EXPECT_EQ(reads.load(), 4 * kReads * kKeys);
+}
+
+TEST_P(StoreConformance, ConcurrentLargeBatchWritesAndRemovesLeaveWholeValues) {
+  // Batches of new large values (mooncake:// puts those whose keys are free
+  // in one gathered call, straight from the caller's parts) by two writers
+  // at once, on the same keys, with a remover making keys free again and
+  // readers (exact or not) reading them: every read is one whole version
+  // written to that very key, or NotFound.
+  constexpr size_t kSize = (size_t{3} << 19) + 777;  // 1.5 MiB and a bit: one raw object
+  constexpr int kKeys = 3, kRounds = 6;
+  std::vector<std::string> keys;
+  for (int k = 0; k < kKeys; ++k) keys.push_back(Key("fresh-large" + std::to_string(k)));
+  auto version_of = [](int k, int writer, int round) { return uint64_t(1000000) * (k + 1) + 1000 * (writer + 1) + round; };
+  for (int k = 0; k < kKeys; ++k) {  // readers that run first find values
+    ASSERT_TRUE(store_->Put(keys[k], AsBytes(LargeVersion(version_of(k, 2, 0), kSize))).ok());
+  }
+  std::atomic<int> wrong{0}, errors{0}, reads{0}, rounds_written{0}, writers_left{2};
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 2; ++w) {
+    threads.emplace_back([&, w] {
+      for (int i = 0; i < kRounds; ++i) {
+        std::vector<std::string> values;
+        for (int k = 0; k < kKeys; ++k) values.push_back(LargeVersion(version_of(k, w, i), kSize));
+        std::vector<std::array<ConstBytes, 2>> parts;
+        for (const std::string& v : values) parts.push_back({AsBytes(v).first(64), AsBytes(v).subspan(64)});
+        std::vector<PutRequest> requests;
+        for (int k = 0; k < kKeys; ++k) requests.push_back({keys[k], parts[k]});
+        for (const Status& st : store_->BatchPut(requests, WriteOptions{})) {
+          if (!st.ok()) ++errors;
+        }
+        ++rounds_written;
+      }
+      --writers_left;
+    });
+  }
+  threads.emplace_back([&] {  // a key made free again after each round written
+    for (int i = 0; i < kRounds; ++i) {
+      while (rounds_written.load() <= i && writers_left.load() > 0) std::this_thread::yield();
+      Status st = store_->Remove(keys[i % kKeys]);
+      if (!st.ok() && st.code() != StatusCode::kNotFound) ++errors;
+    }
+  });
+  for (int reader = 0; reader < 2; ++reader) {
+    threads.emplace_back([&, reader] {
+      std::vector<std::vector<std::byte>> heads(kKeys, std::vector<std::byte>(16)),
+          rests(kKeys, std::vector<std::byte>(kSize - 16));
+      // At least kRounds reads, and on until the writers are done.
+      for (int i = 0; i < kRounds || writers_left.load() > 0; ++i) {
+        std::vector<GetIntoRequest> requests;
+        for (int k = 0; k < kKeys; ++k) requests.push_back(GetIntoRequest{keys[k], rests[k], heads[k], nullptr, reader == 1});
+        std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+        for (int k = 0; k < kKeys; ++k) {
+          if (!got[k].ok()) {
+            if (got[k].status().code() != StatusCode::kNotFound) ++errors;
+            continue;
+          }
+          ++reads;
+          uint64_t version = 0;
+          std::memcpy(&version, heads[k].data(), sizeof version);
+          std::string expected = LargeVersion(version, kSize);
+          if (*got[k] != kSize || version / 1000000 != static_cast<uint64_t>(k + 1) ||
+              std::memcmp(heads[k].data(), expected.data(), 16) != 0 ||
+              std::memcmp(rests[k].data(), expected.data() + 16, kSize - 16) != 0) {
+            ++wrong;
+          }
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(wrong.load(), 0);
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_GT(reads.load(), 0);
+  // Once the writers are done, each key holds one of their versions, whole.
+  for (int k = 0; k < kKeys; ++k) {
+    std::vector<std::byte> value(kSize);
+    Result<uint64_t> got = store_->GetInto(keys[k], value);
+    if (!got.ok() && got.status().code() == StatusCode::kNotFound) continue;  // removed last
+    ASSERT_TRUE(got.ok()) << got.status();
+    uint64_t version = 0;
+    std::memcpy(&version, value.data(), sizeof version);
+    EXPECT_EQ(version / 1000000, static_cast<uint64_t>(k + 1));
+    EXPECT_EQ(std::memcmp(value.data(), LargeVersion(version, kSize).data(), kSize), 0);
+  }
 }
 
 TEST_P(StoreConformance, ExactReadsAreReadsOfAKnownSize) {
