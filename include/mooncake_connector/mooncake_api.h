@@ -89,6 +89,15 @@ struct Api {
   int (*batch_put_from_multi)(Handle, const char** keys, size_t count, void* const* buffers,
                               const size_t* sizes, const size_t* pieces, const ReplicateConfig* config,
                               int* results_out) = nullptr;
+  // Where each key's object lies in this process's memory: for a key with a
+  // complete memory replica in the segment this client contributes (its
+  // transport endpoint is this client's own), that replica's address and
+  // size; otherwise null and 0. A query as a get makes (read leases granted
+  // as for a get); Mooncake's own reads memcpy from such a replica. Whole
+  // call: 0, or kErrNotSupported when this handle cannot tell (a dummy
+  // client: its replicas live in another process).
+  int (*batch_local_replicas)(Handle, const char** keys, size_t count, const void** addresses_out,
+                              uint64_t* sizes_out) = nullptr;
   // One result per key (0, or a negative ErrorCode such as -704 or -706).
   int (*batch_remove)(Handle, const char** keys, size_t count, int force,
                       int* results_out) = nullptr;

@@ -62,6 +62,12 @@ struct MooncakeConfig {
   // scatter one object into several buffers (the wheel's
   // batch_get_into_multi_buffers). Elsewhere reads are staged as ever.
   bool direct_transfers = true;
+  // MOONCAKE_LOCAL_READS (1 | 0): a direct read of an object held in the
+  // segment this client contributes (global_segment_size > 0) copies it from
+  // there itself, copy and checksum in one pass over the bytes, several
+  // values side by side, instead of Mooncake copying it and the checksum
+  // reading it again. The master's query grants read leases as a get does.
+  bool local_reads = true;
   std::chrono::milliseconds connect_timeout{5000};  // MOONCAKE_CONNECT_TIMEOUT
   // MOONCAKE_OP_TIMEOUT: how long one operation retries Mooncake's transient
   // refusals (replica not ready, read lease held, lease expired) before it
@@ -76,7 +82,7 @@ struct MooncakeConfig {
 // options and keyword arguments, named like the fields above: master, client,
 // protocol, device, metadata_server, local_hostname, global_segment_size,
 // local_buffer_size, replica_num, pin, metrics_port, chunk_size,
-// transfer_slots, read_threads, direct_transfers, connect_timeout, op_timeout, library). InvalidArgument for a bad value
+// transfer_slots, read_threads, direct_transfers, local_reads, connect_timeout, op_timeout, library). InvalidArgument for a bad value
 // or unknown option, and when neither a master nor a client is configured (the
 // message names MOONCAKE_MASTER and the command that starts a local instance).
 // `getenv` defaults to the process environment.

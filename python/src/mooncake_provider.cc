@@ -5,6 +5,7 @@
 #include "mooncake_provider.h"
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 
 #include <cstdint>
 #include <string>
@@ -24,6 +25,7 @@ struct PyStore {
   nb::object store;
   nb::object module;
   bool dummy = false;  // set up with setup_dummy: transfers need its shared memory
+  std::string endpoint;  // this client's transport endpoint, once asked for
 };
 
 PyStore* Self(Handle h) { return static_cast<PyStore*>(h); }
@@ -231,6 +233,31 @@ const mooncake::Api kApi = [] {
       auto [all_buffers, all_sizes] = PieceLists(buffers, sizes, pieces, n);
       CopyResults(s->store.attr("batch_put_from_multi_buffers")(Keys(keys, n), all_buffers, all_sizes, Config(s, c)),
                   results, n);
+      return 0;
+    });
+  };
+  api.batch_local_replicas = [](Handle h, const char** keys, size_t n, const void** addresses,
+                                uint64_t* sizes) -> int {
+    return WithGil(kInternalError, [&] {
+      PyStore* s = Self(h);
+      if (s->dummy || !nb::hasattr(s->store, "batch_get_replica_desc")) return mooncake::kErrNotSupported;
+      if (s->endpoint.empty()) s->endpoint = nb::cast<std::string>(s->store.attr("get_hostname")());
+      nb::dict found = nb::cast<nb::dict>(s->store.attr("batch_get_replica_desc")(Keys(keys, n)));
+      nb::object complete = s->module.attr("ReplicaStatus").attr("COMPLETE");
+      for (size_t i = 0; i < n; ++i) {
+        addresses[i] = nullptr;
+        sizes[i] = 0;
+        nb::str key(keys[i]);
+        if (!found.contains(key)) continue;
+        for (nb::handle replica : found[key]) {
+          if (!nb::cast<bool>(replica.attr("is_memory_replica")()) || !replica.attr("status").equal(complete)) continue;
+          nb::object where = replica.attr("get_memory_descriptor")().attr("buffer_descriptor");
+          if (nb::cast<std::string>(where.attr("transport_endpoint")) != s->endpoint) continue;
+          addresses[i] = reinterpret_cast<const void*>(nb::cast<uintptr_t>(where.attr("buffer_address")));
+          sizes[i] = nb::cast<uint64_t>(where.attr("size"));
+          break;
+        }
+      }
       return 0;
     });
   };

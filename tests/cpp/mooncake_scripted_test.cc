@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include <sys/mman.h>
+
 #include "core/hash_internal.h"
 #include "mooncake_connector/connector.h"
 #include "mooncake_connector/mooncake_store.h"
@@ -587,6 +589,80 @@ TEST_F(Scripted, DirectReadsFallBackWhenTheProviderCannot) {
     EXPECT_TRUE(a.Holds(v));
     EXPECT_TRUE(b.Holds(w));
     EXPECT_EQ(a.hash, Xxh3(ConstBytes(v).subspan(16)));
+  }
+}
+
+TEST_F(Scripted, LocalReplicasAreCopiedByTheReaderInOnePass) {
+  // Every object is in this client's own segment: the reader copies raw
+  // objects and chunks from there itself (checksums on the way) and Mooncake
+  // transfers nothing; only the headers go through a staged batch.
+  sm_.local_replica = [](const std::string&, const std::vector<std::byte>& bytes) { return bytes.data(); };
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  std::vector<size_t> sizes = {(1 << 20) + 3, (2 << 20) - 5, (5 << 20) + 7, (1 << 20) + 9, (4 << 20)};
+  std::vector<std::vector<std::byte>> values;
+  std::vector<std::unique_ptr<ExactRead>> reads;
+  std::vector<GetIntoRequest> requests;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    values.push_back(Bytes(sizes[i], static_cast<int>(i) + 20));
+    ASSERT_TRUE(Put("l" + std::to_string(i), values.back()).ok());
+    reads.push_back(std::make_unique<ExactRead>("l" + std::to_string(i), sizes[i], i % 2 == 1));
+    requests.push_back(reads.back()->request);
+  }
+  int multi = sm_.calls["native batch_get_into_multi"], local = sm_.calls["native batch_local_replicas"],
+      gets = sm_.calls["native get_into"];
+  std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
+    EXPECT_EQ(*got[i], sizes[i]);
+    EXPECT_TRUE(reads[i]->Holds(values[i])) << i;
+    if (i % 2 == 1) EXPECT_EQ(reads[i]->hash, Xxh3(ConstBytes(values[i]).subspan(16))) << i;
+  }
+  EXPECT_EQ(sm_.calls["native batch_local_replicas"] - local, 1);
+  EXPECT_EQ(sm_.calls["native batch_get_into_multi"] - multi, 0);
+  EXPECT_EQ(sm_.calls["native get_into"] - gets, 0);
+}
+
+TEST_F(Scripted, LocalReplicasThatCannotBeTrustedAreTransferred) {
+  // Addresses the master gives for this client's endpoint are checked: one
+  // outside this process's readable memory (a stale endpoint) is not read
+  // from but transferred by Mooncake. A copy whose bytes are not the stored
+  // value's (the replica changed under the reader) fails the value's
+  // checksum and is read again; a caller that hashes gets the hash of what
+  // was read, to compare with its own record, as from a transfer.
+  void* gone = mmap(nullptr, 8 << 20, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(gone, MAP_FAILED);
+  ASSERT_EQ(munmap(gone, 8 << 20), 0);
+  std::vector<std::byte> impostor;  // what a chunk's replica holds instead
+  sm_.local_replica = [&](const std::string& key, const std::vector<std::byte>& bytes) -> const void* {
+    if (key == "unmapped") return gone;
+    if (key.rfind("torn", 0) == 0 && key != "torn") {  // the chunks of "torn", not its header
+      impostor = bytes;
+      impostor[7] ^= std::byte{1};
+      return impostor.data();
+    }
+    return bytes.data();
+  };
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  auto raw = Bytes(3 << 19, 7), chunked = Bytes((2 << 20) + 100, 8);
+  ASSERT_TRUE(Put("unmapped", raw).ok());
+  ASSERT_TRUE(Put("torn", chunked).ok());
+  ASSERT_EQ(Chunks("torn").size(), 2u);
+  for (bool hashed : {false, true}) {
+    ExactRead a("unmapped", raw.size(), hashed), b("torn", chunked.size(), hashed);
+    int multi = sm_.calls["native batch_get_into_multi"], local = sm_.calls["native batch_local_replicas"];
+    std::vector<GetIntoRequest> requests = {a.request, b.request};
+    std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+    ASSERT_TRUE(got[0].ok() && got[1].ok()) << got[0].status() << got[1].status();
+    EXPECT_EQ(sm_.calls["native batch_local_replicas"] - local, 1) << hashed;
+    EXPECT_EQ(sm_.calls["native batch_get_into_multi"] - multi, 1) << hashed;  // "unmapped" alone
+    EXPECT_TRUE(a.Holds(raw)) << hashed;
+    if (!hashed) {
+      EXPECT_TRUE(b.Holds(chunked));
+      continue;
+    }
+    EXPECT_EQ(a.hash, Xxh3(ConstBytes(raw).subspan(16)));
+    EXPECT_NE(b.hash, Xxh3(ConstBytes(chunked).subspan(16)));
+    EXPECT_EQ(b.hash, Xxh3(ConstBytes(b.rest)));
   }
 }
 

@@ -9,10 +9,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <cstring>
 #include <iostream>
 #include <string>
 
+#include "core/hash_internal.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "store/mooncake/mooncake_api_internal.h"
 #include "store_conformance.h"
@@ -21,13 +24,103 @@ namespace mooncake_connector {
 namespace {
 
 std::shared_ptr<Store> g_store;
+// A client holding the only segment of a second instance: every object it
+// writes lies in its own memory, where its reads copy it from.
+std::shared_ptr<Store> g_own_store;
 
 using testing::StoreConformance;
 using testing::StoreFactory;
 
 INSTANTIATE_TEST_SUITE_P(Mooncake, StoreConformance,
-                         ::testing::Values(StoreFactory{"Real", [] { return g_store; }}),
+                         ::testing::Values(StoreFactory{"Real", [] { return g_store; }},
+                                           StoreFactory{"RealOwnSegment", [] { return g_own_store; }}),
                          [](const auto& info) { return info.param.name; });
+
+// g_own_store's table: the wheel's, with its local-replica query counted and
+// the last address given for each key kept.
+const mooncake::Api* g_wheel = nullptr;
+std::mutex g_local_mu;
+std::map<std::string, std::pair<std::byte*, uint64_t>> g_local;  // key -> replica in this process
+int g_local_found = 0;
+
+int CountedLocalReplicas(mooncake::Handle h, const char** keys, size_t n, const void** addresses, uint64_t* sizes) {
+  int rc = g_wheel->batch_local_replicas(h, keys, n, addresses, sizes);
+  std::lock_guard lock(g_local_mu);
+  for (size_t i = 0; rc == 0 && i < n; ++i) {
+    if (addresses[i] == nullptr) continue;
+    ++g_local_found;
+    g_local[keys[i]] = {static_cast<std::byte*>(const_cast<void*>(addresses[i])), sizes[i]};
+  }
+  return rc;
+}
+
+std::vector<std::byte> Pattern(size_t n, int seed) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = std::byte((i * 31 + seed + (i >> 12)) & 0xff);
+  return v;
+}
+
+TEST(MooncakeOwnSegment, ReadsCopyObjectsFromTheReadersOwnSegment) {
+  // A raw object (3 MiB) and a value of two 16 MiB chunks: all three objects
+  // are in this client's segment, and a read of a known size copies them
+  // from there (the hash, when asked for, is of the bytes read).
+  std::vector<std::vector<std::byte>> values = {Pattern(3 << 20, 1), Pattern((20 << 20) + 5, 2)};
+  for (bool hashed : {false, true}) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      ASSERT_TRUE(g_own_store->Put(i == 0 ? "own/v0" : "own/v1", values[i]).ok());
+    }
+    int before;
+    {
+      std::lock_guard lock(g_local_mu);
+      before = g_local_found;
+    }
+    std::vector<std::vector<std::byte>> heads(2, std::vector<std::byte>(64)), rests;
+    std::vector<uint64_t> hashes(2, 0);
+    const std::vector<std::string> keys = {"own/v0", "own/v1"};
+    std::vector<GetIntoRequest> requests;
+    for (size_t i = 0; i < values.size(); ++i) rests.emplace_back(values[i].size() - 64);
+    for (size_t i = 0; i < values.size(); ++i) {
+      requests.push_back(GetIntoRequest{keys[i], rests[i], heads[i], hashed ? &hashes[i] : nullptr, /*exact=*/true});
+    }
+    std::vector<Result<uint64_t>> got = g_own_store->BatchGetInto(requests);
+    for (size_t i = 0; i < values.size(); ++i) {
+      ASSERT_TRUE(got[i].ok()) << got[i].status();
+      EXPECT_EQ(std::memcmp(heads[i].data(), values[i].data(), 64), 0) << i;
+      EXPECT_EQ(std::memcmp(rests[i].data(), values[i].data() + 64, rests[i].size()), 0) << i;
+      if (hashed) EXPECT_EQ(hashes[i], Xxh3(ConstBytes(values[i]).subspan(64))) << i;
+    }
+    std::lock_guard lock(g_local_mu);
+    EXPECT_EQ(g_local_found - before, 3) << hashed;
+  }
+}
+
+TEST(MooncakeOwnSegment, ACorruptedLocalReplicaIsDataLoss) {
+  // A flipped bit in a chunk, in this client's own memory: the copy fails
+  // the value's checksum, so does Mooncake's own read of it; DataLoss.
+  const std::string key = "own/corrupt";
+  std::vector<std::byte> value = Pattern((20 << 20) + 5, 3);
+  ASSERT_TRUE(g_own_store->Put(key, value).ok());
+  std::vector<std::byte> head(64), rest(value.size() - 64);
+  GetIntoRequest request{key, rest, head, nullptr, /*exact=*/true};
+  ASSERT_TRUE(g_own_store->BatchGetInto({&request, 1})[0].ok());
+  std::byte* chunk = nullptr;
+  {
+    std::lock_guard lock(g_local_mu);
+    for (auto& [k, where] : g_local) {
+      if (k.rfind(key, 0) == 0 && k != key && where.second > 100) chunk = where.first;
+    }
+  }
+  ASSERT_NE(chunk, nullptr);
+  chunk[100] ^= std::byte{0x10};
+  Result<uint64_t> got = g_own_store->BatchGetInto({&request, 1})[0];
+  EXPECT_EQ(got.status().code(), StatusCode::kDataLoss) << got.status();
+  Result<Buffer> whole = g_own_store->Get(key);
+  EXPECT_EQ(whole.status().code(), StatusCode::kDataLoss) << whole.status();
+  chunk[100] ^= std::byte{0x10};
+  ASSERT_TRUE(g_own_store->BatchGetInto({&request, 1})[0].ok());
+  EXPECT_EQ(std::memcmp(rest.data(), value.data() + 64, rest.size()), 0);
+  ASSERT_TRUE(g_own_store->Remove(key).ok());
+}
 
 TEST(MooncakeStore, ValuesStripedOverManySmallChunksRoundTrip) {
   // A second client with a tiny chunk size: 300 chunks, several batches.
@@ -96,21 +189,43 @@ int main(int argc, char** argv) {
   Check(reinterpret_cast<PyObject*>(const_cast<mooncake::Api*>(api)), "capsule pointer");
   SetDefaultMooncakeApi(api);
 
+  // The second instance: a master alone, the memory all g_own_store's.
+  PyObject* own_kwargs = Py_BuildValue("{s:i,s:i}", "lease_ttl_ms", 500, "storage_processes", 0);
+  PyObject* own_inst = Check(PyObject_Call(start, args, own_kwargs), "standalone.start (no storage)");
+  std::map<std::string, std::string> own_options = {{"global_segment_size", "512mb"}};
+  for (auto [field, attr] : {std::pair{"master", "master_address"}, std::pair{"metrics_port", "metrics_port"}}) {
+    PyObject* v = Check(PyObject_GetAttrString(own_inst, attr), attr);
+    PyObject* text = Check(PyObject_Str(v), "str");
+    own_options[field] = PyUnicode_AsUTF8(text);
+  }
+  g_wheel = api;
+  static mooncake::Api counted = *api;
+  counted.batch_local_replicas = &CountedLocalReplicas;
+
   int rc = 2;
   PyThreadState* saved = PyEval_SaveThread();  // the provider takes the GIL per call
   {
     Result<MooncakeConfig> mc_config = MooncakeConfigFrom(*ParseUrl("mooncake://"), {});
     Result<std::shared_ptr<Store>> store =
         mc_config.ok() ? OpenMooncakeStore(*mc_config) : Result<std::shared_ptr<Store>>(mc_config.status());
+    Result<MooncakeConfig> own_config = MooncakeConfigFrom(*ParseUrl("mooncake://"), own_options);
+    Result<std::shared_ptr<Store>> own_store = own_config.ok()
+                                                   ? OpenMooncakeStore(*own_config, &counted)
+                                                   : Result<std::shared_ptr<Store>>(own_config.status());
     if (!store.ok()) {
       std::cerr << "FATAL: cannot open mooncake://: " << store.status() << "\n";
+    } else if (!own_store.ok()) {
+      std::cerr << "FATAL: cannot open mooncake:// with a segment of its own: " << own_store.status() << "\n";
     } else {
       g_store = *store;
+      g_own_store = *own_store;
       rc = RUN_ALL_TESTS();
       g_store.reset();
+      g_own_store.reset();
     }
   }
   PyEval_RestoreThread(saved);
+  Check(PyObject_CallMethod(own_inst, "stop", nullptr), "instance.stop");
   Check(PyObject_CallMethod(inst, "stop", nullptr), "instance.stop");
   std::cout.flush();
   // Skip interpreter finalization: Mooncake's client threads may still be

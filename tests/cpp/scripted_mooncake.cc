@@ -215,6 +215,20 @@ mooncake::Api ScriptedMooncake::api() {
   };
   a.remove_all = [](Handle, int) -> int64_t { return 0; };
   if (with_extensions) {
+    a.batch_local_replicas = [](Handle h, const char** keys, size_t n, const void** addresses,
+                                uint64_t* sizes) -> int {
+      auto* s = O::S(h);
+      std::lock_guard lock(s->mu);
+      s->calls["native batch_local_replicas"]++;
+      if (!s->local_replica) return mooncake::kErrNotSupported;
+      for (size_t i = 0; i < n; ++i) {
+        auto it = s->objects_.find(keys[i]);
+        addresses[i] = it == s->objects_.end() ? nullptr : s->local_replica(it->first, it->second);
+        sizes[i] = addresses[i] == nullptr ? 0 : it->second.size();
+        if (addresses[i] != nullptr) O::Lease(s, keys[i]);
+      }
+      return 0;
+    };
     a.upsert_from = [](Handle h, const char* key, void* buf, size_t size, const ReplicateConfig*) -> int {
       auto* s = O::S(h);
       if (int64_t rc = O::Hook(s, "upsert_from", key)) return static_cast<int>(rc);

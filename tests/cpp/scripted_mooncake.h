@@ -32,6 +32,11 @@ class ScriptedMooncake {
   uint64_t capacity = uint64_t{1} << 40;
   std::chrono::milliseconds lease{0};  // read lease per get/exists; 0 = none
   bool with_extensions = true;         // fill upsert_from, batch_remove, ...
+  // batch_local_replicas: unset, it answers kErrNotSupported. Set, it is
+  // called (mu held) for each key with a complete object, with the object's
+  // bytes, and returns the address to report as this process's replica of
+  // it (null: none); the size reported is the object's.
+  std::function<const void*(const std::string& key, const std::vector<std::byte>& bytes)> local_replica;
 
   // The function table; its Handle is this object.
   mooncake::Api api();

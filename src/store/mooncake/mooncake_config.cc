@@ -96,6 +96,12 @@ const Setting kSettings[] = {
        c.direct_transfers = n != 0;
        return Status::Ok();
      }},
+    {"local_reads", "MOONCAKE_LOCAL_READS",
+     [](MooncakeConfig& c, const std::string& v) {
+       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "local_reads", 0, 1));
+       c.local_reads = n != 0;
+       return Status::Ok();
+     }},
     {"metrics_port", "MOONCAKE_MASTER_METRICS_PORT",
      [](MooncakeConfig& c, const std::string& v) {
        MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "metrics_port", 1, 65535));

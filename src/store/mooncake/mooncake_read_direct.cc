@@ -64,11 +64,25 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
   while (next < objects.size() && direct_reads_.load(std::memory_order_relaxed)) {
     const size_t first = next;
     uint64_t bytes = 0;
+    for (; next < objects.size() && (next == first || bytes + objects[next].size <= kDirectCallBytes); ++next) {
+      bytes += objects[next].size;
+    }
+    if (health_.Refusal() != 0) break;  // ReadValue fails the rest at once
+    std::vector<const char*> all_keys;
+    std::vector<uint64_t> all_sizes;
+    for (size_t j = first; j < next; ++j) {
+      all_keys.push_back(objects[j].key.c_str());
+      all_sizes.push_back(objects[j].size);
+    }
+    // Objects in this client's own segment are copied from there below; the
+    // others are transferred by Mooncake now.
+    std::vector<const std::byte*> local = LocalReplicas(all_keys, all_sizes);
     std::vector<const char*> keys;
     std::vector<void*> buffers;
-    std::vector<size_t> sizes, pieces;
-    for (; next < objects.size() && (next == first || bytes + objects[next].size <= kDirectCallBytes); ++next) {
-      const DirectObject& o = objects[next];
+    std::vector<size_t> sizes, pieces, transferred;
+    for (size_t j = first; j < next; ++j) {
+      if (local[j - first] != nullptr) continue;
+      const DirectObject& o = objects[j];
       keys.push_back(o.key.c_str());
       const size_t before = buffers.size();
       ForEachPiece(requests[values[o.value]->request], o.offset, o.size, [&](MutableBytes piece, bool) {
@@ -76,46 +90,84 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
         sizes.push_back(piece.size());
       });
       pieces.push_back(buffers.size() - before);
-      bytes += o.size;
+      transferred.push_back(j);
     }
-    if (health_.Refusal() != 0) break;  // ReadValue fails the rest at once
-    std::vector<int64_t> results(keys.size(), 0);
-    auto start = std::chrono::steady_clock::now();
-    int rc = api_->batch_get_into_multi(handle_, keys.data(), keys.size(), buffers.data(), sizes.data(),
-                                        pieces.data(), results.data());
-    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
-                 std::chrono::steady_clock::now() - start);
-    if (rc == kErrNotSupported) direct_reads_.store(false);
-    if (rc != 0) break;
-    // Failures are noted before the hashing of this call starts, so it sees
-    // every failure of a value whose last object this call holds.
-    std::vector<size_t> arrived;
-    for (size_t j = 0; j < keys.size(); ++j) {
-      const DirectObject& o = objects[first + j];
-      if (results[j] < 0 || static_cast<uint64_t>(results[j]) != o.size) values[o.value]->failed = true;
-    }
-    for (size_t j = first; j < next; ++j) {
-      if (!values[objects[j].value]->failed) arrived.push_back(j);
-    }
-    // Hashed while the next call transfers (Run waits for the previous call's
-    // hashing first, so each value's pieces are hashed in order).
-    hashing.Run([&, arrived = std::move(arrived)] {
-      for (size_t j : arrived) {
-        const DirectObject& o = objects[j];
-        DirectValue& v = *values[o.value];
-        const GetIntoRequest& r = requests[v.request];
-        const bool whole = v.header && v.header->has_checksum() && !r.CallerVerifies();
-        HashInPlaceAt(r, o.offset, o.size, r.data_xxh3 != nullptr ? &v.data_hash : nullptr,
-                      whole ? &v.value_hash : nullptr);
-        if (!o.last) continue;
-        // A mismatch is left to ReadValue, which reads the value again and
-        // reports DataLoss if it persists.
-        if (whole && v.value_hash.Digest() != v.header->checksum) continue;
-        if (r.data_xxh3 != nullptr) *r.data_xxh3 = v.data_hash.Digest();
-        out[v.request] = r.head.size() + r.destination.size();
+    if (!keys.empty()) {
+      std::vector<int64_t> results(keys.size(), 0);
+      auto start = std::chrono::steady_clock::now();
+      int rc = api_->batch_get_into_multi(handle_, keys.data(), keys.size(), buffers.data(), sizes.data(),
+                                          pieces.data(), results.data());
+      health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
+                   std::chrono::steady_clock::now() - start);
+      if (rc == kErrNotSupported) direct_reads_.store(false);
+      if (rc != 0) break;
+      // Failures are noted before the hashing of this call starts, so it
+      // sees every failure of a value whose last object this call holds.
+      for (size_t k = 0; k < keys.size(); ++k) {
+        const DirectObject& o = objects[transferred[k]];
+        if (results[k] < 0 || static_cast<uint64_t>(results[k]) != o.size) values[o.value]->failed = true;
       }
+    }
+    // The objects of each value not failed, in order (a value's objects are
+    // consecutive): one run per value, runs side by side.
+    std::vector<std::pair<size_t, size_t>> runs;
+    bool copies = false;
+    for (size_t j = first; j < next; ++j) {
+      if (values[objects[j].value]->failed) continue;
+      copies = copies || local[j - first] != nullptr;
+      if (!runs.empty() && runs.back().second == j && objects[j - 1].value == objects[j].value) {
+        runs.back().second = j + 1;
+      } else {
+        runs.emplace_back(j, j + 1);
+      }
+    }
+    // Done while the next call transfers (Run waits for the previous call's
+    // work first, so each value's pieces are hashed in order).
+    hashing.Run([&, first, copies, runs = std::move(runs), local = std::move(local)] {
+      ParallelFor(runs.size(), copies ? CopyThreads() : 1, [&](size_t k) {
+        for (size_t j = runs[k].first; j < runs[k].second; ++j) {
+          const DirectObject& o = objects[j];
+          DirectValue& v = *values[o.value];
+          const GetIntoRequest& r = requests[v.request];
+          const bool whole = v.header && v.header->has_checksum() && !r.CallerVerifies();
+          Xxh3Stream* data = r.data_xxh3 != nullptr ? &v.data_hash : nullptr;
+          Xxh3Stream* value = whole ? &v.value_hash : nullptr;
+          if (const std::byte* at = local[j - first]; at != nullptr) {
+            DeliverAt(r, o.offset, ConstBytes(at, o.size), data, value);
+          } else {
+            HashInPlaceAt(r, o.offset, o.size, data, value);
+          }
+          if (!o.last) continue;
+          // A mismatch is left to ReadValue, which reads the value again and
+          // reports DataLoss if it persists.
+          if (whole && v.value_hash.Digest() != v.header->checksum) continue;
+          if (r.data_xxh3 != nullptr) *r.data_xxh3 = v.data_hash.Digest();
+          out[v.request] = r.head.size() + r.destination.size();
+        }
+      });
     });
   }
+}
+
+std::vector<const std::byte*> MooncakeStore::LocalReplicas(std::span<const char* const> keys,
+                                                           std::span<const uint64_t> sizes) {
+  std::vector<const std::byte*> out(keys.size(), nullptr);
+  if (keys.empty() || !local_reads_.load(std::memory_order_relaxed)) return out;
+  std::vector<const void*> addresses(keys.size(), nullptr);
+  std::vector<uint64_t> found(keys.size(), 0);
+  int rc = api_->batch_local_replicas(handle_, const_cast<const char**>(keys.data()), keys.size(), addresses.data(),
+                                      found.data());
+  if (rc == kErrNotSupported) local_reads_.store(false);
+  if (rc != 0) return out;  // transferred as ever (which reports what is wrong)
+  // Another size is another object than the one expected: the transfer
+  // path says what is wrong with it.
+  std::vector<std::pair<const void*, uint64_t>> ranges(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) ranges[i] = {addresses[i], found[i] == sizes[i] ? found[i] : 0};
+  std::vector<bool> readable = readable_.Contains(ranges);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (readable[i]) out[i] = static_cast<const std::byte*>(addresses[i]);
+  }
+  return out;
 }
 
 }  // namespace mooncake_connector::mooncake

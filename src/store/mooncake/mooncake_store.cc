@@ -67,6 +67,8 @@ MooncakeStore::MooncakeStore(MooncakeConfig config, const Api* api, Handle handl
   const bool direct = config_.direct_transfers && config_.client_address.empty() && config_.protocol == "tcp";
   direct_reads_ = direct && api_->batch_get_into_multi != nullptr;
   direct_writes_ = direct && api_->batch_put_from_multi != nullptr;
+  local_reads_ = direct_reads_ && config_.local_reads && config_.global_segment_size > 0 &&
+                 api_->batch_local_replicas != nullptr;
 }
 
 MooncakeStore::~MooncakeStore() {

@@ -20,6 +20,7 @@
 #include "store/mooncake/chunked_value_internal.h"
 #include "store/mooncake/deferred_removal_internal.h"
 #include "store/mooncake/mooncake_api_internal.h"
+#include "store/mooncake/own_memory_internal.h"
 #include "store/mooncake/retry_internal.h"
 #include "store/mooncake/transfer_arena_internal.h"
 
@@ -132,13 +133,19 @@ class MooncakeStore final : public Store {
   // Reads requests `which` straight into their memory: raw objects, and the
   // chunks of values whose header this batch has read (headers[i]). Calls of
   // about kDirectCallBytes, the checksums of one computed on a helper thread
-  // while the next one transfers. Sets out[i] for each value read and
+  // while the next one transfers. Objects held in this client's own segment
+  // (local_reads_) are copied from there on that helper thread, copy and
+  // checksum in one pass, several values side by side. Sets out[i] for each value read and
   // verified; the rest (another size, a chunk missing or of another size, a
   // checksum mismatch, an error) are left to ReadValue, which reads them
   // through the slots and says what is wrong.
   void ReadDirect(std::span<const GetIntoRequest> requests, std::span<const size_t> which,
                   const std::vector<std::optional<HeaderBytes>>& headers,
                   std::vector<std::optional<Result<uint64_t>>>& out);
+  // For each object (keys[i], of sizes[i] bytes): where it lies in this
+  // client's own segment, readable here and of that size; null for the
+  // others (and for all when local reads are off).
+  std::vector<const std::byte*> LocalReplicas(std::span<const char* const> keys, std::span<const uint64_t> sizes);
   // Reads straight into registered memory: the target's destination, or a
   // temporary buffer when it scatters (then copied to it).
   Result<uint64_t> ReadRegistered(const std::string& key, const GetIntoRequest& target,
@@ -181,6 +188,11 @@ class MooncakeStore final : public Store {
   // off by a provider that turned out unable.
   std::atomic<bool> direct_reads_{false};
   std::atomic<bool> direct_writes_{false};
+  // Whether direct reads look for objects in this client's own segment
+  // (MooncakeConfig::local_reads, a segment of its own, a provider that can
+  // tell), and the memory such objects may lie in.
+  std::atomic<bool> local_reads_{false};
+  ReadableMemory readable_;
 };
 
 // Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
