@@ -68,15 +68,23 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
       bytes += objects[next].size;
     }
     if (health_.Refusal() != 0) break;  // ReadValue fails the rest at once
-    std::vector<const char*> all_keys;
-    std::vector<uint64_t> all_sizes;
-    for (size_t j = first; j < next; ++j) {
-      all_keys.push_back(objects[j].key.c_str());
-      all_sizes.push_back(objects[j].size);
-    }
     // Objects in this client's own segment are copied from there below; the
-    // others are transferred by Mooncake now.
-    std::vector<const std::byte*> local = LocalReplicas(all_keys, all_sizes);
+    // others are transferred by Mooncake now. Only for values whose bytes
+    // are checked (the caller's hash, or the value's checksum): a replica
+    // that changed under the copy is then caught, as a torn transfer is.
+    std::vector<size_t> checked;
+    std::vector<const char*> checked_keys;
+    std::vector<uint64_t> checked_sizes;
+    for (size_t j = first; j < next; ++j) {
+      const DirectValue& v = *values[objects[j].value];
+      if (requests[v.request].data_xxh3 == nullptr && !(v.header && v.header->has_checksum())) continue;
+      checked.push_back(j);
+      checked_keys.push_back(objects[j].key.c_str());
+      checked_sizes.push_back(objects[j].size);
+    }
+    std::vector<const std::byte*> local(next - first, nullptr);
+    std::vector<const std::byte*> found = LocalReplicas(checked_keys, checked_sizes);
+    for (size_t k = 0; k < checked.size(); ++k) local[checked[k] - first] = found[k];
     std::vector<const char*> keys;
     std::vector<void*> buffers;
     std::vector<size_t> sizes, pieces, transferred;
