@@ -500,30 +500,37 @@ struct ExactRead {
   GetIntoRequest request;
 };
 
+// Reads values[i] (stored under prefix + i) back in one batch of exact
+// requests, hashed where hashed(i), and checks the bytes and hashes.
+void ExpectExactBatchRead(Store& store, const std::string& prefix, const std::vector<std::vector<std::byte>>& values,
+                          bool (*hashed)(size_t)) {
+  std::vector<std::unique_ptr<ExactRead>> reads;
+  std::vector<GetIntoRequest> requests;
+  for (size_t i = 0; i < values.size(); ++i) {
+    reads.push_back(std::make_unique<ExactRead>(prefix + std::to_string(i), values[i].size(), hashed(i)));
+    requests.push_back(reads.back()->request);
+  }
+  std::vector<Result<uint64_t>> got = store.BatchGetInto(requests);
+  for (size_t i = 0; i < values.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
+    EXPECT_EQ(*got[i], values[i].size());
+    EXPECT_TRUE(reads[i]->Holds(values[i])) << i;
+    if (hashed(i)) EXPECT_EQ(reads[i]->hash, Xxh3(ConstBytes(values[i]).subspan(16))) << i;
+  }
+}
+
 TEST_F(Scripted, DirectReadsTakeRawAndChunkedValuesInFewCalls) {
   Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
   // Raw objects (up to 2 MiB) and chunked values (a header and 2 MiB chunks).
   std::vector<size_t> sizes = {(1 << 20) + 3, (2 << 20) - 5, (5 << 20) + 7, (1 << 20) + 9, (4 << 20)};
   std::vector<std::vector<std::byte>> values;
-  std::vector<std::unique_ptr<ExactRead>> reads;
-  std::vector<GetIntoRequest> requests;
   for (size_t i = 0; i < sizes.size(); ++i) {
     values.push_back(Bytes(sizes[i], static_cast<int>(i)));
     ASSERT_TRUE(Put("d" + std::to_string(i), values.back()).ok());
-    reads.push_back(std::make_unique<ExactRead>("d" + std::to_string(i), sizes[i], i % 2 == 0));
-    requests.push_back(reads.back()->request);
   }
   int gets = sm_.calls["native get_into"], batches = sm_.calls["native batch_get_into"],
       multi = sm_.calls["native batch_get_into_multi"];
-  std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
-    EXPECT_EQ(*got[i], sizes[i]);
-    EXPECT_TRUE(reads[i]->Holds(values[i])) << i;
-    if (i % 2 == 0) {
-      EXPECT_EQ(reads[i]->hash, Xxh3(ConstBytes(values[i]).subspan(16))) << i;
-    }
-  }
+  ExpectExactBatchRead(*store_, "d", values, [](size_t i) { return i % 2 == 0; });
   // The two headers in one staged batch; every object in direct calls of at
   // most 64 MiB (one here); nothing read one by one.
   EXPECT_EQ(sm_.calls["native get_into"] - gets, 0);
@@ -603,23 +610,13 @@ TEST_F(Scripted, LocalReplicasAreCopiedByTheReaderInOnePass) {
   Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
   std::vector<size_t> sizes = {(1 << 20) + 3, (2 << 20) - 5, (5 << 20) + 7, (1 << 20) + 9, (4 << 20)};
   std::vector<std::vector<std::byte>> values;
-  std::vector<std::unique_ptr<ExactRead>> reads;
-  std::vector<GetIntoRequest> requests;
   for (size_t i = 0; i < sizes.size(); ++i) {
     values.push_back(Bytes(sizes[i], static_cast<int>(i) + 20));
     ASSERT_TRUE(Put("l" + std::to_string(i), values.back()).ok());
-    reads.push_back(std::make_unique<ExactRead>("l" + std::to_string(i), sizes[i], i % 2 == 1));
-    requests.push_back(reads.back()->request);
   }
   int multi = sm_.calls["native batch_get_into_multi"], local = sm_.calls["native batch_local_replicas"],
       gets = sm_.calls["native get_into"];
-  std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
-    EXPECT_EQ(*got[i], sizes[i]);
-    EXPECT_TRUE(reads[i]->Holds(values[i])) << i;
-    if (i % 2 == 1) EXPECT_EQ(reads[i]->hash, Xxh3(ConstBytes(values[i]).subspan(16))) << i;
-  }
+  ExpectExactBatchRead(*store_, "l", values, [](size_t i) { return i % 2 == 1; });
   EXPECT_EQ(sm_.calls["native batch_local_replicas"] - local, 1);
   EXPECT_EQ(sm_.calls["native batch_get_into_multi"] - multi, 1);
   EXPECT_EQ(sm_.calls["native get_into"] - gets, 0);
