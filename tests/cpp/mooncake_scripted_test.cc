@@ -744,6 +744,69 @@ TEST_F(Scripted, AFailedKeyOfAGatheredCallFailsAloneAndIsNotStored) {
   EXPECT_FALSE(*exists);
 }
 
+TEST_F(Scripted, FirstWritesOfChunkedValuesShareCalls) {
+  // Four new values of three 2 MiB chunks and a new raw one: every chunk in
+  // one gathered call, the four headers in one batch upsert, one read of
+  // them and one existence check of the chunks; no per-value round trips.
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
+  std::vector<std::vector<std::byte>> values;
+  for (int i = 0; i < 4; ++i) values.push_back(Bytes((5 << 20) + 11 * i, 40 + i));
+  values.push_back(Bytes(3 << 19, 44));
+  std::vector<ConstBytes> parts(values.begin(), values.end());
+  std::vector<std::string> keys = {"c0", "c1", "c2", "c3", "raw"};
+  std::vector<PutRequest> requests;
+  for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], {&parts[i], 1}});
+  std::map<std::string, int> before = sm_.calls;
+  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+  for (size_t i = 0; i < keys.size(); ++i) ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
+  std::map<std::string, int> after = sm_.calls;
+  EXPECT_EQ(after["native batch_put_from_multi"] - before["native batch_put_from_multi"], 2);  // raw, chunks
+  EXPECT_EQ(after["upsert_from"] - before["upsert_from"], 4);                                  // headers
+  EXPECT_EQ(after["native batch_get_into"] - before["native batch_get_into"], 1);              // settle
+  EXPECT_EQ(after["get_size"] - before["get_size"], 0);                                        // no Inspect
+  EXPECT_EQ(after["native get_into"] - before["native get_into"], 0);
+  EXPECT_EQ(sm_.Keys().size(), 4u * 4 + 1);  // headers, their chunks and the raw object: nothing else
+  for (size_t i = 0; i < keys.size(); ++i) ExpectValue(keys[i], values[i]);
+}
+
+TEST_F(Scripted, BatchedChunkedFirstWritesFailAloneAndRaceAsPutOneDoes) {
+  // "b": a chunk refused once for space: its chunks are removed and PutOne
+  // writes it again. "c": another writer creates the key just before our
+  // header lands: the upsert replaces it, as PutOne's commit does. "d":
+  // a chunk refused every time: only "d" fails, leaving nothing behind.
+  Open(std::chrono::milliseconds(300), /*chunk_size=*/2 << 20);
+  int b_refusals = 0;
+  bool c_raced = false;
+  sm_.inject = [&](const ScriptedMooncake::Call& call) -> int64_t {
+    if (call.op == "put_from" && call.key.starts_with("b\x1f") && b_refusals++ == 0) {
+      return mooncake::kErrNoAvailableHandle;
+    }
+    if (call.op == "put_from" && call.key.starts_with("d\x1f")) return mooncake::kErrNoAvailableHandle;
+    if (call.op == "upsert_from" && call.key == "c" && !c_raced) {
+      c_raced = true;
+      sm_.Plant("c", Bytes(1000, 9));
+    }
+    return 0;
+  };
+  std::vector<std::vector<std::byte>> values;
+  for (int i = 0; i < 4; ++i) values.push_back(Bytes((3 << 20) + i, 50 + i));
+  std::vector<ConstBytes> parts(values.begin(), values.end());
+  std::vector<std::string> keys = {"a", "b", "c", "d"};
+  std::vector<PutRequest> requests;
+  for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], {&parts[i], 1}});
+  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+  for (size_t i = 0; i < 3; ++i) ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
+  EXPECT_EQ(got[3].code(), StatusCode::kResourceExhausted) << got[3];
+  EXPECT_TRUE(c_raced);
+  EXPECT_GE(b_refusals, 2);
+  for (size_t i = 0; i < 3; ++i) ExpectValue(keys[i], values[i]);
+  sm_.inject = nullptr;
+  // Three values of two chunks, each under one generation; nothing of "d".
+  std::vector<std::string> stored = sm_.Keys();
+  EXPECT_EQ(stored.size(), 3u * 3) << ::testing::PrintToString(stored);
+  for (const std::string& k : stored) EXPECT_FALSE(k.starts_with("d")) << k;
+}
+
 TEST_F(Scripted, FailedDirectWriteKeepsTheOldValue) {
   Open(std::chrono::milliseconds(500), /*chunk_size=*/2 << 20);
   auto old = Bytes(3 << 20, 4);

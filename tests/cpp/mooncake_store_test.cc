@@ -27,13 +27,18 @@ std::shared_ptr<Store> g_store;
 // A client holding the only segment of a second instance: every object it
 // writes lies in its own memory, where its reads copy it from.
 std::shared_ptr<Store> g_own_store;
+// A client of the first instance with 1 MiB chunks: the suite's large values
+// (1.5 MiB) are chunked, so batched first writes of chunked values race
+// with removes and other writers on a real master.
+std::shared_ptr<Store> g_small_chunks_store;
 
 using testing::StoreConformance;
 using testing::StoreFactory;
 
 INSTANTIATE_TEST_SUITE_P(Mooncake, StoreConformance,
                          ::testing::Values(StoreFactory{"Real", [] { return g_store; }},
-                                           StoreFactory{"RealOwnSegment", [] { return g_own_store; }}),
+                                           StoreFactory{"RealOwnSegment", [] { return g_own_store; }},
+                                           StoreFactory{"RealSmallChunks", [] { return g_small_chunks_store; }}),
                          [](const auto& info) { return info.param.name; });
 
 // g_own_store's table: the wheel's, with its local-replica query counted and
@@ -213,16 +218,22 @@ int main(int argc, char** argv) {
     Result<std::shared_ptr<Store>> own_store = own_config.ok()
                                                    ? OpenMooncakeStore(*own_config, &counted)
                                                    : Result<std::shared_ptr<Store>>(own_config.status());
-    if (!store.ok()) {
-      std::cerr << "FATAL: cannot open mooncake://: " << store.status() << "\n";
+    Result<MooncakeConfig> small_config = MooncakeConfigFrom(*ParseUrl("mooncake://"), {{"chunk_size", "1mb"}});
+    Result<std::shared_ptr<Store>> small_store = small_config.ok()
+                                                     ? OpenMooncakeStore(*small_config)
+                                                     : Result<std::shared_ptr<Store>>(small_config.status());
+    if (!store.ok() || !small_store.ok()) {
+      std::cerr << "FATAL: cannot open mooncake://: " << store.status() << " " << small_store.status() << "\n";
     } else if (!own_store.ok()) {
       std::cerr << "FATAL: cannot open mooncake:// with a segment of its own: " << own_store.status() << "\n";
     } else {
       g_store = *store;
       g_own_store = *own_store;
+      g_small_chunks_store = *small_store;
       rc = RUN_ALL_TESTS();
       g_store.reset();
       g_own_store.reset();
+      g_small_chunks_store.reset();
     }
   }
   PyEval_RestoreThread(saved);

@@ -7,10 +7,6 @@
 
 namespace mooncake_connector::mooncake {
 namespace {
-// Chunk objects removed one by one (batched) on remove(); a header that
-// claims more is cleaned by the pattern sweep alone, so a hostile header
-// cannot make a remove issue millions of calls.
-constexpr uint64_t kMaxExplicitChunkRemoves = 4096;
 // How long superseded chunks are retried when leases keep them.
 constexpr std::chrono::minutes kDeferredGiveUp{10};
 }  // namespace

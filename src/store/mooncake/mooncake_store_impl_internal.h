@@ -35,6 +35,11 @@ inline constexpr uint64_t kDirectTransferMin = uint64_t{1} << 20;
 // checksums of one call can be computed beside the next call's transfer.
 inline constexpr uint64_t kDirectCallBytes = uint64_t{64} << 20;
 
+// Chunk objects removed (or checked) one by one, batched, on remove() and
+// after a write; a header that claims more is cleaned by the pattern sweep
+// alone, so a hostile header cannot make a remove issue millions of calls.
+inline constexpr uint64_t kMaxExplicitChunkRemoves = 4096;
+
 // What the object under a key is, as far as a writer or remover needs to know.
 struct Existing {
   bool exists = false;
@@ -158,6 +163,12 @@ class MooncakeStore final : public Store {
   // left to PutOne.
   std::vector<std::optional<Status>> PutNewValues(std::span<const PutRequest> requests,
                                                   const ReplicateConfig& replicate);
+  // The first writes of chunked values (keys[which] had no value), batched
+  // across values; sets done[i] for each written, leaves the others to
+  // PutOne.
+  void PutNewChunkedValues(std::span<const PutRequest> requests, std::span<const size_t> which,
+                           std::span<const uint64_t> sizes, const ReplicateConfig& replicate,
+                           std::vector<std::optional<Status>>& done);
   Status PutOne(const PutRequest& r, const ReplicateConfig& replicate);
   Status PutObject(const std::string& key, std::span<const ConstBytes> parts, uint64_t offset,
                    uint64_t size, const ReplicateConfig& replicate, bool upsert,

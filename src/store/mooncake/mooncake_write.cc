@@ -79,7 +79,13 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
     std::byte first[8] = {};
     size_t first_len = static_cast<size_t>(std::min<uint64_t>(sizes[i], sizeof first));
     Gather(r.parts, 0, {first, first_len});
-    if (repeated[i] || NeedsChunking(sizes[i], {first, first_len}, slot_size()) || !ValidateKey(r.key).ok()) {
+    if (repeated[i] || !ValidateKey(r.key).ok()) continue;
+    if (NeedsChunking(sizes[i], {first, first_len}, slot_size())) {
+      // Chunked first writes are batched when written directly (their
+      // headers then go in by one batch upsert).
+      if (sizes[i] > slot_size() && WritesDirectly(sizes[i]) && api_->batch_upsert_from != nullptr) {
+        candidates.push_back(i);
+      }
       continue;
     }
     if (sizes[i] <= slot_size() / 4 || WritesDirectly(sizes[i])) candidates.push_back(i);
@@ -94,11 +100,16 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
   std::vector<int> exist(candidates.size(), 0);
   if (health_.Refusal() != 0) return done;  // PutOne fails them at once
   if (api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), exist.data()) != 0) return done;
-  std::vector<size_t> small, large;
+  std::vector<size_t> small, large, chunked;
   for (size_t j = 0; j < candidates.size(); ++j) {
     if (exist[j] != 0) continue;
+    const size_t i = candidates[j];
+    if (sizes[i] > slot_size()) {
+      chunked.push_back(i);
+      continue;
+    }
     // As PutObject: direct from 1 MiB on (no copy into a slot).
-    (WritesDirectly(sizes[candidates[j]]) ? large : small).push_back(candidates[j]);
+    (WritesDirectly(sizes[i]) ? large : small).push_back(i);
   }
 
   // One batch put of `batch`'s keys from `buffers`; its successes are done.
@@ -166,7 +177,165 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
     if (health_.Refusal() != 0) break;
     put(batch, buffers, lengths, &pieces);
   }
+  if (!chunked.empty() && health_.Refusal() == 0 && direct_writes_.load(std::memory_order_relaxed)) {
+    PutNewChunkedValues(requests, chunked, sizes, replicate, done);
+  }
   return done;
+}
+
+void MooncakeStore::PutNewChunkedValues(std::span<const PutRequest> requests, std::span<const size_t> which,
+                                        std::span<const uint64_t> sizes, const ReplicateConfig& replicate,
+                                        std::vector<std::optional<Status>>& done) {
+  // PutOne's steps for a key without a value (chunks under a fresh
+  // generation, then the header upserted, then the settle check), each step
+  // done for all the values at once: the chunks of several values share
+  // batch_put_from_multi calls of about kDirectCallBytes, the headers go in
+  // by one batch upsert, and one read of the headers and one existence check
+  // of the chunks stand for SettleHeader's look at each. A value a step
+  // fails for has its chunks removed and is left to PutOne (which says what
+  // is wrong if it persists); one whose check finds anything amiss (a later
+  // writer's header, a torn one, a chunk swept by a remove) is settled by
+  // SettleHeader as ever.
+  struct NewValue {
+    size_t request;
+    std::string key;
+    ChunkHeader header;
+    bool failed = false;
+  };
+  std::vector<NewValue> values;
+  for (size_t i : which) {
+    const PutRequest& r = requests[i];
+    values.push_back({i, std::string(r.key),
+                      MakeChunkHeader(sizes[i], slot_size(), NewGeneration(),
+                                      r.value_xxh3 ? *r.value_xxh3 : HashOf(r.parts))});
+  }
+  Deadline deadline = NewDeadline();
+
+  // The chunks, in order; a retried call puts them all again (those already
+  // in are kept). No key locks: chunk keys carry this write's generation.
+  std::vector<std::pair<size_t, uint64_t>> chunks;  // (value, chunk)
+  for (size_t v = 0; v < values.size(); ++v) {
+    for (uint64_t c = 0; c < values[v].header.num_chunks; ++c) chunks.emplace_back(v, c);
+  }
+  for (size_t next = 0; next < chunks.size();) {
+    const size_t first = next;
+    uint64_t bytes = 0;
+    std::vector<std::string> keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> lengths, pieces;
+    for (; next < chunks.size(); ++next) {
+      const auto [v, c] = chunks[next];
+      const ChunkHeader& h = values[v].header;
+      if (next > first && bytes + h.ChunkLength(c) > kDirectCallBytes) break;
+      keys.push_back(h.ChunkKey(values[v].key, c));
+      pieces.push_back(
+          AppendPieces(requests[values[v].request].parts, c * h.chunk_size, h.ChunkLength(c), buffers, lengths));
+      bytes += h.ChunkLength(c);
+    }
+    std::vector<const char*> c_keys = CStrings(keys);
+    std::vector<int> results(keys.size(), -1);
+    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+      int r = api_->batch_put_from_multi(handle_, c_keys.data(), keys.size(), buffers.data(), lengths.data(),
+                                         pieces.data(), &replicate, results.data());
+      return r != 0 ? r : FirstRetryable(results);
+    });
+    for (size_t j = 0; j < keys.size(); ++j) {
+      if (rc != 0 || results[j] != 0) values[chunks[first + j].first].failed = true;
+    }
+  }
+
+  // Every header whose chunks are all in, by upsert (as CommitHeader for a
+  // key without a value: a value created meanwhile is replaced, so our
+  // chunks never end up unreferenced), from slot memory, 64 bytes apiece.
+  std::vector<size_t> committed;
+  const size_t per_slot = static_cast<size_t>(slot_size() / kChunkHeaderSize);
+  std::vector<size_t> ready;
+  for (size_t v = 0; v < values.size(); ++v) {
+    if (!values[v].failed) ready.push_back(v);
+  }
+  for (size_t at = 0; at < ready.size(); at += per_slot) {
+    const size_t n = std::min(per_slot, ready.size() - at);
+    TransferArena::Lease slot = arena_->Acquire(1);
+    std::vector<const char*> c_keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> lengths(n, kChunkHeaderSize);
+    for (size_t j = 0; j < n; ++j) {
+      const NewValue& v = values[ready[at + j]];
+      auto bytes = v.header.Encode();
+      std::byte* to = slot[0] + j * kChunkHeaderSize;
+      std::copy(bytes.begin(), bytes.end(), to);
+      c_keys.push_back(v.key.c_str());
+      buffers.push_back(to);
+    }
+    std::vector<int> results(n, -1);
+    auto locks = LockKeysForWrite(c_keys);
+    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+      int r = api_->batch_upsert_from(handle_, c_keys.data(), buffers.data(), lengths.data(), n, &replicate,
+                                      results.data());
+      return r != 0 ? r : FirstRetryable(results);
+    });
+    for (size_t j = 0; j < n; ++j) {
+      if (rc == 0 && results[j] == 0) {
+        committed.push_back(ready[at + j]);
+      } else {
+        values[ready[at + j]].failed = true;
+      }
+    }
+  }
+  for (const NewValue& v : values) {
+    if (!v.failed) continue;
+    Deadline cleanup = NewDeadline();
+    RemoveGeneration(v.key, v.header, &cleanup);
+  }
+
+  // The settle check: each header read back (ours, whole?) and every chunk
+  // of those that are still there (a remove racing us may have swept them
+  // before our header landed).
+  std::vector<bool> settled(values.size(), false);
+  for (size_t at = 0; at < committed.size(); at += per_slot) {
+    const size_t n = std::min(per_slot, committed.size() - at);
+    TransferArena::Lease slot = arena_->Acquire(1);
+    std::vector<const char*> c_keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> lengths(n, kChunkHeaderSize);
+    for (size_t j = 0; j < n; ++j) {
+      c_keys.push_back(values[committed[at + j]].key.c_str());
+      buffers.push_back(slot[0] + j * kChunkHeaderSize);
+    }
+    std::vector<int64_t> results(n, -1);
+    if (api_->batch_get_into(handle_, c_keys.data(), buffers.data(), lengths.data(), n, results.data()) != 0) {
+      continue;
+    }
+    std::vector<size_t> ours;
+    std::vector<std::string> chunk_keys;
+    for (size_t j = 0; j < n; ++j) {
+      const NewValue& v = values[committed[at + j]];
+      if (results[j] != static_cast<int64_t>(kChunkHeaderSize)) continue;
+      Result<ChunkHeader> now =
+          ParseChunkHeader({static_cast<const std::byte*>(buffers[j]), static_cast<size_t>(kChunkHeaderSize)});
+      if (!now.ok() || now->generation != v.header.generation || v.header.num_chunks > kMaxExplicitChunkRemoves) {
+        continue;
+      }
+      ours.push_back(committed[at + j]);
+      std::vector<std::string> k = ChunkKeys(v.key, v.header);
+      chunk_keys.insert(chunk_keys.end(), k.begin(), k.end());
+    }
+    if (ours.empty()) continue;
+    std::vector<const char*> c_chunks = CStrings(chunk_keys);
+    std::vector<int> exist(c_chunks.size(), 0);
+    if (api_->batch_is_exist(handle_, c_chunks.data(), c_chunks.size(), exist.data()) != 0) continue;
+    size_t k = 0;
+    for (size_t v : ours) {
+      const size_t count = static_cast<size_t>(values[v].header.num_chunks);
+      settled[v] = std::all_of(exist.begin() + k, exist.begin() + k + count, [](int e) { return e == 1; });
+      k += count;
+    }
+  }
+  for (size_t v : committed) {
+    const NewValue& value = values[v];
+    if (!settled[v]) SettleHeader(value.key, value.header, requests[value.request].parts, replicate, deadline);
+    done[value.request] = Status::Ok();
+  }
 }
 
 Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstBytes> parts,
