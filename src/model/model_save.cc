@@ -35,6 +35,7 @@ struct Model::SaveItem {
   ManifestFile file;      // for files
   bool alias = false;
   std::optional<uint64_t> value_xxh3;  // of header + data, for the store
+  bool hashed = false;                 // checksum (and value_xxh3) set
   uint64_t value_size() const { return header.size() + data.size(); }
 };
 
@@ -197,6 +198,36 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
   uint64_t total = 0;
   for (const SaveItem& it : items) total += it.alias ? 0 : it.data.size();
 
+  // A tensor's checksum (the manifest's) and its value's (the store's,
+  // header included) in one pass over its memory, the second hash reading
+  // each block from cache; the value's only where the store records one
+  // (mooncake://: values larger than a chunk), elsewhere it would be a
+  // second pass for nothing. Tensors are hashed when needed: those an
+  // earlier save may hold already before anything is written (an unchanged
+  // value is not written again); the others batch by batch, each batch's
+  // on a helper thread while the batch before it is written.
+  auto hash = [&](std::span<const size_t> which, size_t threads) {
+    ParallelFor(which.size(), threads, [&](size_t k) {
+      SaveItem& it = items[which[k]];
+      if (it.hashed || it.alias) return;
+      it.hashed = true;
+      if (!store.RecordsValueChecksum(it.value_size())) {
+        it.tensor.checksum = Xxh3(it.data);
+        return;
+      }
+      constexpr size_t kBlock = 256 << 10;
+      Xxh3Stream data, value;
+      value.Update(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size()));
+      for (size_t at = 0; at < it.data.size(); at += kBlock) {
+        ConstBytes block = it.data.subspan(at, std::min(kBlock, it.data.size() - at));
+        data.Update(block);
+        value.Update(block);
+      }
+      it.tensor.checksum = data.Digest();
+      it.value_xxh3 = value.Digest();
+    });
+  };
+
   std::vector<size_t> candidates;
   // Values of an older format version have other headers: written again.
   if (old.ok() && old->has_value() && (*old)->format_version == kManifestFormatVersion) {
@@ -204,12 +235,21 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
     std::map<std::string_view, size_t> tensors, files;
     for (size_t i = 0; i < was.tensors.size(); ++i) tensors.emplace(was.tensors[i].name, i);
     for (size_t i = 0; i < was.files.size(); ++i) files.emplace(was.files[i].path, i);
+    std::vector<size_t> known;  // stored before under this name, same dtype, shape and size
+    for (size_t i = 0; rank && i < items.size(); ++i) {
+      auto f = tensors.find(items[i].name);
+      if (f == tensors.end()) continue;
+      ManifestTensor t = items[i].tensor;
+      t.checksum = was.tensors[f->second].checksum;
+      if (SameValue(was.tensors[f->second], t)) known.push_back(i);
+    }
+    hash(known, CopyThreads());
     for (size_t i = 0; i < items.size(); ++i) {
       const SaveItem& it = items[i];
       if (it.alias) continue;
       if (rank) {
         auto f = tensors.find(it.name);
-        if (f != tensors.end() && SameValue(was.tensors[f->second], it.tensor)) candidates.push_back(i);
+        if (f != tensors.end() && it.hashed && SameValue(was.tensors[f->second], it.tensor)) candidates.push_back(i);
       } else {
         auto f = files.find(it.name);
         if (f != files.end() && SameValue(was.files[f->second], it.file)) candidates.push_back(i);
@@ -239,19 +279,26 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
   if (options.progress) options.progress(done_bytes, total);
 
   // Batches of at most batch_bytes (at least one value), one store call each.
-  size_t next = 0;
-  while (next < items.size()) {
-    std::vector<size_t> batch;
-    std::vector<std::array<ConstBytes, 2>> parts;
+  std::vector<std::vector<size_t>> batches;
+  {
     uint64_t bytes = 0;
-    for (; next < items.size(); ++next) {
-      const SaveItem& it = items[next];
-      if (done[next] || it.alias) continue;
-      if (!batch.empty() && bytes + it.value_size() > options.batch_bytes) break;
-      batch.push_back(next);
-      bytes += it.value_size();
+    for (size_t i = 0; i < items.size(); ++i) {
+      if (done[i] || items[i].alias) continue;
+      if (batches.empty() || (!batches.back().empty() && bytes + items[i].value_size() > options.batch_bytes)) {
+        batches.emplace_back();
+        bytes = 0;
+      }
+      batches.back().push_back(i);
+      bytes += items[i].value_size();
     }
-    if (batch.empty()) break;
+  }
+  if (!batches.empty()) hash(batches[0], CopyThreads());
+  Background hashing;  // the next batch's checksums (one thread: the transfer has the other cores)
+  for (size_t b = 0; b < batches.size(); ++b) {
+    const std::vector<size_t>& batch = batches[b];
+    hashing.Wait();
+    if (b + 1 < batches.size()) hashing.Run([&, b] { hash(batches[b + 1], 1); });
+    std::vector<std::array<ConstBytes, 2>> parts;
     parts.reserve(batch.size());
     std::vector<PutRequest> requests;
     for (size_t i : batch) {
@@ -280,12 +327,21 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
     // the complete manifest follows at once: the one from before that batch
     // says "saving" meanwhile, and a save cut short there writes that batch
     // again when run again.
-    bool last = !failed;
-    for (size_t i = next; last && i < items.size(); ++i) last = done[i] || items[i].alias;
+    const bool last = !failed && b + 1 == batches.size();
     Status manifest = last ? Status::Ok() : WriteManifest(part, options.write);
     if (failed) return *failed;
     MC_RETURN_IF_ERROR(manifest);
     if (options.progress) options.progress(done_bytes, total);
+  }
+
+  hashing.Wait();
+  // A tensor sharing another's storage has its checksum.
+  std::map<std::string_view, uint64_t> checksums;
+  for (const SaveItem& it : items) {
+    if (!it.alias) checksums.emplace(it.name, it.tensor.checksum);
+  }
+  for (SaveItem& it : items) {
+    if (auto c = checksums.find(it.tensor.alias_of); it.alias && c != checksums.end()) it.tensor.checksum = c->second;
   }
 
   // Values this save does not have are stale: remove them, then publish.
@@ -350,37 +406,7 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
     }
     items.push_back(std::move(it));
   }
-  // Each tensor's checksum (the manifest's) and its value's (the store's,
-  // header included) in one pass over its memory, the second hash reading
-  // each block from cache; tensors hashed on CopyThreads() threads.
-  // The value's only where the store records one (mooncake://: values
-  // larger than a chunk); elsewhere it would be a second pass for nothing.
-  const Store& store = connector_->store();
-  ParallelFor(items.size(), CopyThreads(), [&](size_t i) {
-    SaveItem& it = items[i];
-    if (it.alias) return;
-    if (!store.RecordsValueChecksum(it.value_size())) {
-      it.tensor.checksum = Xxh3(it.data);
-      return;
-    }
-    constexpr size_t kBlock = 256 << 10;
-    Xxh3Stream data, value;
-    value.Update(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size()));
-    for (size_t at = 0; at < it.data.size(); at += kBlock) {
-      ConstBytes block = it.data.subspan(at, std::min(kBlock, it.data.size() - at));
-      data.Update(block);
-      value.Update(block);
-    }
-    it.tensor.checksum = data.Digest();
-    it.value_xxh3 = value.Digest();
-  });
-  for (SaveItem& it : items) {
-    if (it.alias) {
-      for (const SaveItem& target : items) {
-        if (target.name == it.tensor.alias_of) it.tensor.checksum = target.tensor.checksum;
-      }
-    }
-  }
+  // Checksums are computed by SaveValues, batch by batch.
   return SaveValues(rank, items, options);
 }
 
@@ -398,6 +424,7 @@ Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& o
     it.data = f.bytes;
     it.file = ManifestFile{f.path, f.bytes.size(), Xxh3(f.bytes)};
     it.value_xxh3 = it.file.checksum;  // a file's value is its bytes
+    it.hashed = true;
     items.push_back(std::move(it));
   }
   return SaveValues(std::nullopt, items, options);
