@@ -59,37 +59,102 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
     values.push_back(std::move(v));
   }
 
-  Background hashing;  // declared after `values`: waited for before they go
-  size_t next = 0;
-  while (next < objects.size() && direct_reads_.load(std::memory_order_relaxed)) {
-    const size_t first = next;
-    uint64_t bytes = 0;
-    for (; next < objects.size() && (next == first || bytes + objects[next].size <= kDirectCallBytes); ++next) {
-      bytes += objects[next].size;
+  // A value read and, where checksums apply, checked: its result is set.
+  // (A mismatch is left to ReadValue, which reads the value again and
+  // reports DataLoss if it persists.)
+  auto finish = [&](DirectValue& v) {
+    const GetIntoRequest& r = requests[v.request];
+    const bool whole = v.header && v.header->has_checksum() && !r.CallerVerifies();
+    if (whole && v.value_hash.Digest() != v.header->checksum) return;
+    if (r.data_xxh3 != nullptr) *r.data_xxh3 = v.data_hash.Digest();
+    out[v.request] = r.head.size() + r.destination.size();
+  };
+  // Bytes [o.offset, o.offset + o.size) of the value, copied from `from`
+  // (null: already in place, transferred by Mooncake), fed to its hashes.
+  auto take = [&](const DirectObject& o, const std::byte* from) {
+    DirectValue& v = *values[o.value];
+    const GetIntoRequest& r = requests[v.request];
+    Xxh3Stream* data = r.data_xxh3 != nullptr ? &v.data_hash : nullptr;
+    Xxh3Stream* value = v.header && v.header->has_checksum() && !r.CallerVerifies() ? &v.value_hash : nullptr;
+    if (from != nullptr) {
+      DeliverAt(r, o.offset, ConstBytes(from, o.size), data, value);
+    } else {
+      HashInPlaceAt(r, o.offset, o.size, data, value);
     }
-    if (health_.Refusal() != 0) break;  // ReadValue fails the rest at once
-    // Objects in this client's own segment are copied from there below; the
-    // others are transferred by Mooncake now. Only for values whose bytes
-    // are checked (the caller's hash, or the value's checksum): a replica
-    // that changed under the copy is then caught, as a torn transfer is.
+  };
+
+  // Values whose every object is in this client's own segment are copied
+  // from there (local_reads_), several side by side, while the others are
+  // transferred. Only values whose bytes are checked (the caller's hash, or
+  // the value's checksum): a replica that changed under the copy is then
+  // caught, as a torn transfer is.
+  std::vector<const std::byte*> local(objects.size(), nullptr);
+  std::vector<bool> local_value(values.size(), false);
+  if (local_reads_.load(std::memory_order_relaxed) && direct_reads_.load(std::memory_order_relaxed)) {
     std::vector<size_t> checked;
-    std::vector<const char*> checked_keys;
-    std::vector<uint64_t> checked_sizes;
-    for (size_t j = first; j < next; ++j) {
+    std::vector<const char*> keys;
+    std::vector<uint64_t> sizes;
+    for (size_t j = 0; j < objects.size(); ++j) {
       const DirectValue& v = *values[objects[j].value];
       if (requests[v.request].data_xxh3 == nullptr && !(v.header && v.header->has_checksum())) continue;
       checked.push_back(j);
-      checked_keys.push_back(objects[j].key.c_str());
-      checked_sizes.push_back(objects[j].size);
+      keys.push_back(objects[j].key.c_str());
+      sizes.push_back(objects[j].size);
     }
-    std::vector<const std::byte*> local(next - first, nullptr);
-    std::vector<const std::byte*> found = LocalReplicas(checked_keys, checked_sizes);
-    for (size_t k = 0; k < checked.size(); ++k) local[checked[k] - first] = found[k];
+    constexpr size_t kPerQuery = 1024;
+    for (size_t at = 0; at < checked.size(); at += kPerQuery) {
+      const size_t n = std::min(kPerQuery, checked.size() - at);
+      std::vector<const std::byte*> found =
+          LocalReplicas(std::span(keys).subspan(at, n), std::span(sizes).subspan(at, n));
+      for (size_t k = 0; k < n; ++k) local[checked[at + k]] = found[k];
+    }
+    std::fill(local_value.begin(), local_value.end(), true);
+    for (size_t j = 0; j < objects.size(); ++j) {
+      if (local[j] == nullptr) local_value[objects[j].value] = false;
+    }
+  }
+  std::vector<std::pair<size_t, size_t>> local_runs;  // [first, end) objects of each local value
+  for (size_t j = 0; j < objects.size(); ++j) {
+    if (!local_value[objects[j].value]) continue;
+    if (!local_runs.empty() && local_runs.back().second == j && objects[j - 1].value == objects[j].value) {
+      local_runs.back().second = j + 1;
+    } else {
+      local_runs.emplace_back(j, j + 1);
+    }
+  }
+  // Largest first: the last ones to finish are then the small ones.
+  auto bytes_of = [&](const std::pair<size_t, size_t>& run) {
+    return objects[run.second - 1].offset + objects[run.second - 1].size;
+  };
+  std::stable_sort(local_runs.begin(), local_runs.end(),
+                   [&](const auto& a, const auto& b) { return bytes_of(a) > bytes_of(b); });
+  Background copying;  // declared after `values`: waited for before they go
+  if (!local_runs.empty()) {
+    copying.Run([&] {
+      ParallelFor(local_runs.size(), CopyThreads(), [&](size_t k) {
+        for (size_t j = local_runs[k].first; j < local_runs[k].second; ++j) take(objects[j], local[j]);
+        finish(*values[objects[local_runs[k].first].value]);
+      });
+    });
+  }
+
+  Background hashing;  // likewise
+  size_t next = 0;
+  while (direct_reads_.load(std::memory_order_relaxed)) {
+    while (next < objects.size() && local_value[objects[next].value]) ++next;
+    if (next == objects.size()) break;
+    uint64_t bytes = 0;
+    std::vector<size_t> call;  // the objects of this call
+    for (; next < objects.size() && (call.empty() || bytes + objects[next].size <= kDirectCallBytes); ++next) {
+      if (local_value[objects[next].value]) continue;
+      call.push_back(next);
+      bytes += objects[next].size;
+    }
+    if (health_.Refusal() != 0) break;  // ReadValue fails the rest at once
     std::vector<const char*> keys;
     std::vector<void*> buffers;
-    std::vector<size_t> sizes, pieces, transferred;
-    for (size_t j = first; j < next; ++j) {
-      if (local[j - first] != nullptr) continue;
+    std::vector<size_t> sizes, pieces;
+    for (size_t j : call) {
       const DirectObject& o = objects[j];
       keys.push_back(o.key.c_str());
       const size_t before = buffers.size();
@@ -98,61 +163,32 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
         sizes.push_back(piece.size());
       });
       pieces.push_back(buffers.size() - before);
-      transferred.push_back(j);
     }
-    if (!keys.empty()) {
-      std::vector<int64_t> results(keys.size(), 0);
-      auto start = std::chrono::steady_clock::now();
-      int rc = api_->batch_get_into_multi(handle_, keys.data(), keys.size(), buffers.data(), sizes.data(),
-                                          pieces.data(), results.data());
-      health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
-                   std::chrono::steady_clock::now() - start);
-      if (rc == kErrNotSupported) direct_reads_.store(false);
-      if (rc != 0) break;
-      // Failures are noted before the hashing of this call starts, so it
-      // sees every failure of a value whose last object this call holds.
-      for (size_t k = 0; k < keys.size(); ++k) {
-        const DirectObject& o = objects[transferred[k]];
-        if (results[k] < 0 || static_cast<uint64_t>(results[k]) != o.size) values[o.value]->failed = true;
+    std::vector<int64_t> results(keys.size(), 0);
+    auto start = std::chrono::steady_clock::now();
+    int rc = api_->batch_get_into_multi(handle_, keys.data(), keys.size(), buffers.data(), sizes.data(),
+                                        pieces.data(), results.data());
+    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
+                 std::chrono::steady_clock::now() - start);
+    if (rc == kErrNotSupported) direct_reads_.store(false);
+    if (rc != 0) break;
+    // Failures are noted before the hashing of this call starts, so it sees
+    // every failure of a value whose last object this call holds.
+    for (size_t k = 0; k < call.size(); ++k) {
+      const DirectObject& o = objects[call[k]];
+      if (results[k] < 0 || static_cast<uint64_t>(results[k]) != o.size) values[o.value]->failed = true;
+    }
+    std::vector<size_t> arrived;
+    for (size_t j : call) {
+      if (!values[objects[j].value]->failed) arrived.push_back(j);
+    }
+    // Hashed while the next call transfers (Run waits for the previous call's
+    // hashing first, so each value's pieces are hashed in order).
+    hashing.Run([&, arrived = std::move(arrived)] {
+      for (size_t j : arrived) {
+        take(objects[j], nullptr);
+        if (objects[j].last) finish(*values[objects[j].value]);
       }
-    }
-    // The objects of each value not failed, in order (a value's objects are
-    // consecutive): one run per value, runs side by side.
-    std::vector<std::pair<size_t, size_t>> runs;
-    bool copies = false;
-    for (size_t j = first; j < next; ++j) {
-      if (values[objects[j].value]->failed) continue;
-      copies = copies || local[j - first] != nullptr;
-      if (!runs.empty() && runs.back().second == j && objects[j - 1].value == objects[j].value) {
-        runs.back().second = j + 1;
-      } else {
-        runs.emplace_back(j, j + 1);
-      }
-    }
-    // Done while the next call transfers (Run waits for the previous call's
-    // work first, so each value's pieces are hashed in order).
-    hashing.Run([&, first, copies, runs = std::move(runs), local = std::move(local)] {
-      ParallelFor(runs.size(), copies ? CopyThreads() : 1, [&](size_t k) {
-        for (size_t j = runs[k].first; j < runs[k].second; ++j) {
-          const DirectObject& o = objects[j];
-          DirectValue& v = *values[o.value];
-          const GetIntoRequest& r = requests[v.request];
-          const bool whole = v.header && v.header->has_checksum() && !r.CallerVerifies();
-          Xxh3Stream* data = r.data_xxh3 != nullptr ? &v.data_hash : nullptr;
-          Xxh3Stream* value = whole ? &v.value_hash : nullptr;
-          if (const std::byte* at = local[j - first]; at != nullptr) {
-            DeliverAt(r, o.offset, ConstBytes(at, o.size), data, value);
-          } else {
-            HashInPlaceAt(r, o.offset, o.size, data, value);
-          }
-          if (!o.last) continue;
-          // A mismatch is left to ReadValue, which reads the value again and
-          // reports DataLoss if it persists.
-          if (whole && v.value_hash.Digest() != v.header->checksum) continue;
-          if (r.data_xxh3 != nullptr) *r.data_xxh3 = v.data_hash.Digest();
-          out[v.request] = r.head.size() + r.destination.size();
-        }
-      });
     });
   }
 }
