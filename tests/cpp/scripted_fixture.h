@@ -1,0 +1,101 @@
+// The fixture of the tests that drive MooncakeStore (mooncake://) through
+// the scripted Mooncake (scripted_mooncake.h): a store opened over it, and
+// helpers to write values and check what reads give.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/hash_internal.h"
+#include "mooncake_connector/mooncake_store.h"
+#include "scripted_mooncake.h"
+#include "store/mooncake/mooncake_store_internal.h"
+
+namespace mooncake_connector::testing {
+
+// Bytes that differ by position and seed.
+inline std::vector<std::byte> Bytes(size_t n, int seed) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = std::byte((i * 131 + seed * 7 + (i >> 8)) & 0xff);
+  return v;
+}
+
+class Scripted : public ::testing::Test {
+ protected:
+  // The hooks capture the test body's locals, which are gone by now; the
+  // store's destructor still calls into the table (deferred removals).
+  void TearDown() override {
+    sm_.inject = nullptr;
+    store_.reset();
+  }
+
+  void Open(std::chrono::milliseconds op_timeout = std::chrono::milliseconds(2000), uint64_t chunk_size = 4096) {
+    api_ = sm_.api();
+    MooncakeConfig c;
+    c.master_address = "scripted:1";
+    c.chunk_size = chunk_size;
+    c.transfer_slots = 2;
+    c.op_timeout = op_timeout;
+    Result<std::shared_ptr<Store>> s = mooncake::NewMooncakeStore(c, &api_, &sm_);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = *s;
+  }
+  Status Put(const std::string& k, const std::vector<std::byte>& v) { return store_->Put(k, v); }
+  void ExpectValue(const std::string& k, const std::vector<std::byte>& v) {
+    Result<Buffer> b = store_->Get(k);
+    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_EQ(b->size(), v.size());
+    if (!v.empty()) EXPECT_EQ(std::memcmp(b->data(), v.data(), v.size()), 0);
+  }
+  // The chunk objects of `k`, by name.
+  std::vector<std::string> Chunks(const std::string& k) {
+    std::vector<std::string> out;
+    for (const std::string& o : sm_.Keys()) {
+      if (o.starts_with(k + '\x1f') && !o.ends_with(".r")) out.push_back(o);
+    }
+    return out;
+  }
+
+  ScriptedMooncake sm_;
+  mooncake::Api api_;
+  std::shared_ptr<Store> store_;
+};
+
+// An exact request for `v` (head of 16 bytes) and where it reads to.
+struct ExactRead {
+  ExactRead(std::string k, size_t size, bool hashed)
+      : key(std::move(k)), head(16), rest(size - 16), request{key, rest, head, hashed ? &hash : nullptr, true} {}
+  bool Holds(const std::vector<std::byte>& v) const {
+    return std::memcmp(head.data(), v.data(), 16) == 0 && std::memcmp(rest.data(), v.data() + 16, rest.size()) == 0;
+  }
+  std::string key;
+  std::vector<std::byte> head, rest;
+  uint64_t hash = 0;
+  GetIntoRequest request;
+};
+
+// Reads values[i] (stored under prefix + i) back in one batch of exact
+// requests, hashed where hashed(i), and checks the bytes and hashes.
+inline void ExpectExactBatchRead(Store& store, const std::string& prefix, const std::vector<std::vector<std::byte>>& values,
+                          bool (*hashed)(size_t)) {
+  std::vector<std::unique_ptr<ExactRead>> reads;
+  std::vector<GetIntoRequest> requests;
+  for (size_t i = 0; i < values.size(); ++i) {
+    reads.push_back(std::make_unique<ExactRead>(prefix + std::to_string(i), values[i].size(), hashed(i)));
+    requests.push_back(reads.back()->request);
+  }
+  std::vector<Result<uint64_t>> got = store.BatchGetInto(requests);
+  for (size_t i = 0; i < values.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << i << got[i].status();
+    EXPECT_EQ(*got[i], values[i].size());
+    EXPECT_TRUE(reads[i]->Holds(values[i])) << i;
+    if (hashed(i)) EXPECT_EQ(reads[i]->hash, Xxh3(ConstBytes(values[i]).subspan(16))) << i;
+  }
+}
+
+}  // namespace mooncake_connector::testing
