@@ -22,6 +22,7 @@ struct DirectValue {
   Xxh3Stream value_hash;              // of the whole value (chunked, version 2)
   Xxh3Stream data_hash;               // of its destination bytes (if asked for)
   bool failed = false;                // an object of it could not be read directly
+  bool whole = false;                 // value_hash is checked here (against the header's checksum)
 };
 
 // One Mooncake object of a value: a raw value's only object, or a chunk.
@@ -49,6 +50,7 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
       Result<ChunkHeader> h = ParseChunkHeader(ConstBytes(headers[i]->data(), headers[i]->size()));
       if (!h.ok() || h->tombstone || h->total_size != size || h->num_chunks == 0) continue;
       v->header = *h;
+      v->whole = h->has_checksum() && !r.CallerVerifies();
       for (uint64_t c = 0; c < h->num_chunks; ++c) {
         objects.push_back({values.size(), h->ChunkKey(r.key, c), c * h->chunk_size, h->ChunkLength(c),
                            c + 1 == h->num_chunks});
@@ -64,8 +66,7 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
   // reports DataLoss if it persists.)
   auto finish = [&](DirectValue& v) {
     const GetIntoRequest& r = requests[v.request];
-    const bool whole = v.header && v.header->has_checksum() && !r.CallerVerifies();
-    if (whole && v.value_hash.Digest() != v.header->checksum) return;
+    if (v.whole && v.value_hash.Digest() != v.header->checksum) return;
     if (r.data_xxh3 != nullptr) *r.data_xxh3 = v.data_hash.Digest();
     out[v.request] = r.head.size() + r.destination.size();
   };
@@ -75,7 +76,7 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
     DirectValue& v = *values[o.value];
     const GetIntoRequest& r = requests[v.request];
     Xxh3Stream* data = r.data_xxh3 != nullptr ? &v.data_hash : nullptr;
-    Xxh3Stream* value = v.header && v.header->has_checksum() && !r.CallerVerifies() ? &v.value_hash : nullptr;
+    Xxh3Stream* value = v.whole ? &v.value_hash : nullptr;
     if (from != nullptr) {
       DeliverAt(r, o.offset, ConstBytes(from, o.size), data, value);
     } else {
@@ -96,7 +97,7 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
     std::vector<uint64_t> sizes;
     for (size_t j = 0; j < objects.size(); ++j) {
       const DirectValue& v = *values[objects[j].value];
-      if (requests[v.request].data_xxh3 == nullptr && !(v.header && v.header->has_checksum())) continue;
+      if (requests[v.request].data_xxh3 == nullptr && !v.whole) continue;
       checked.push_back(j);
       keys.push_back(objects[j].key.c_str());
       sizes.push_back(objects[j].size);
