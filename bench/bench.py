@@ -365,7 +365,10 @@ def first_load_child(what: str) -> None:
 
 def run_small_values(mode: str, raw: RawWheel | None, ours: bool, count: int, rows: list[dict],
                      log: Callable[[str], None]) -> None:
-    """(f) 100-byte values, one call each."""
+    """(f) 100-byte values, one call each. Also the raw wheel's existence
+    check and that check followed by a put (what our setstr of a new key
+    does: Mooncake's put over an existing key keeps the old value and
+    reports success)."""
     value = "x" * 100
     data = value.encode()
     found: dict[str, tuple[float, float]] = {}
@@ -376,6 +379,13 @@ def run_small_values(mode: str, raw: RawWheel | None, ours: bool, count: int, ro
     if raw:
         found["raw put"] = latencies_us(lambda i: raw.store.put(f"rs{mode}{i}", data), count)
         found["raw get"] = latencies_us(lambda i: raw.store.get(f"rs{mode}{i}"), count)
+        found["raw get_size (missing key)"] = latencies_us(lambda i: raw.store.get_size(f"rm{mode}{i}"), count)
+
+        def checked_put(i: int) -> None:
+            assert raw.store.get_size(f"rc{mode}{i}") < 0
+            assert raw.store.put(f"rc{mode}{i}", data) == 0
+
+        found["raw get_size + put"] = latencies_us(checked_put, count)
     for row, (p50, p99) in found.items():
         rows.append({"mode": mode, "case": "small-value", "row": row, "group": "latency",
                      "p50_us": p50, "p99_us": p99, "count": count})
@@ -532,9 +542,14 @@ def print_table(rows: list[dict], sizes: dict[str, int]) -> None:
     lat = [r for r in rows if r["group"] == "latency"]
     if lat:
         print(f"\nsmall values (100 bytes, {lat[0]['count']} each)")
-        print(f"{'mode':<7} {'op':<16} {'p50 us':>8} {'p99 us':>8}")
+        print(f"{'mode':<7} {'op':<28} {'p50 us':>8} {'p99 us':>8}")
         for r in lat:
-            print(f"{r['mode']:<7} {r['row']:<16} {r['p50_us']:8.1f} {r['p99_us']:8.1f}")
+            print(f"{r['mode']:<7} {r['row']:<28} {r['p50_us']:8.1f} {r['p99_us']:8.1f}")
+        for mode in dict.fromkeys(r["mode"] for r in lat):
+            ours, checked = find(rows, mode, "small-value", "ours setstr"), find(rows, mode, "small-value",
+                                                                               "raw get_size + put")
+            if ours and checked:
+                print(f"{mode:<7} ours setstr p50 / raw get_size + put p50: {ours['p50_us'] / checked['p50_us']:.2f}")
 
 
 def print_targets(checks: list[dict]) -> None:

@@ -3,7 +3,9 @@ loads (or the raw wheel's batch_get_into) repeats over mooncake://, in one of
 the deployment modes of bench/bench.py; prints the top of `perf report`
 (self time by shared object and symbol) and writes it to
 bench/results/profile_<mode>_<row>.txt. Setup (instance, save, allocation of
-reused destinations) is not profiled: perf attaches after it.
+reused destinations) is not profiled: perf attaches after it. `--row first_load`
+profiles one load_state_dict in a new process (tcp and client modes), from just
+after it connected.
 
     python bench/profile_load.py --mode own --row load_into      (make bench-profile)
 
@@ -28,7 +30,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench import RawWheel, Sweeper, llama_like, many_small, nbytes  # noqa: E402
 from mooncake_connector import create_remote_connector, standalone  # noqa: E402
 
-ROWS = ("load_into", "load_state_dict", "weight_iterator", "raw", "save", "raw_save")
+ROWS = ("load_into", "load_state_dict", "weight_iterator", "raw", "save", "raw_save", "first_load")
+
+
+def record(perf: str, data: Path) -> subprocess.Popen:
+    """perf record on this process, attached when this returns."""
+    rec = subprocess.Popen([perf, "record", "-q", "-g", "-F", "499", "-o", str(data), "-p", str(os.getpid())],
+                           stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    return rec
+
+
+def first_load_child(url: str, data: str) -> None:
+    """One load_state_dict in this new process (after connecting), under perf."""
+    c = create_remote_connector(url)
+    c.exists("warm-up")
+    rec = record(shutil.which("perf"), Path(data))
+    start = time.perf_counter()
+    c.load_state_dict()
+    print(time.perf_counter() - start)
+    rec.send_signal(signal.SIGINT)
+    rec.wait()
 
 
 def main() -> None:
@@ -40,7 +62,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="how long to profile")
     parser.add_argument("--batch-mib", type=int, default=256, help="our loads' batch_bytes, in MiB")
     parser.add_argument("--top", type=int, default=40, help="lines of the report to keep")
+    parser.add_argument("--first-load-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.first_load_child:
+        first_load_child(*args.first_load_child)
+        return
+    if args.row == "first_load" and args.mode == "own":
+        sys.exit("profile_load: a first load in a new process is for --mode tcp or client (in own mode the data "
+                 "lives in the saving process's segment)")
     perf = shutil.which("perf")
     if perf is None:
         sys.exit("profile_load: perf not found (Debian: apt-get install linux-perf)")
@@ -99,22 +128,27 @@ def main() -> None:
                 else:
                     for _ in c.weight_iterator(batch_bytes=batch):
                         pass
-        between()
-        once()  # warm: connections, leases
         data = Path("build") / f"perf_{args.mode}_{args.row}.data"
         data.parent.mkdir(exist_ok=True)
-        rec = subprocess.Popen([perf, "record", "-q", "-g", "-F", "499", "-o", str(data), "-p", str(os.getpid())],
-                               stderr=subprocess.DEVNULL)
-        time.sleep(1.0)  # perf attached
         loads, elapsed = 0, 0.0
-        while elapsed < args.seconds:
-            between()  # untimed, but profiled (a removal on the master: little here)
-            start = time.perf_counter()
-            once()
-            elapsed += time.perf_counter() - start
-            loads += 1
-        rec.send_signal(signal.SIGINT)
-        rec.wait()
+        if args.row == "first_load":  # one load in a new process, profiled from its start
+            child = subprocess.run([sys.executable, __file__, "--first-load-child", "mooncake:///" + prefix + "model",
+                                    str(data.resolve())], capture_output=True, text=True, timeout=600)
+            if child.returncode != 0:
+                sys.exit(f"profile_load: the first load failed: {child.stderr[-2000:]}")
+            loads, elapsed = 1, float(child.stdout.split()[-1])
+        else:
+            between()
+            once()  # warm: connections, leases
+            rec = record(perf, data)
+            while elapsed < args.seconds:
+                between()  # untimed, but profiled (a removal on the master: little here)
+                start = time.perf_counter()
+                once()
+                elapsed += time.perf_counter() - start
+                loads += 1
+            rec.send_signal(signal.SIGINT)
+            rec.wait()
         sweeper.close()
     report = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
                              "--sort", "dso,sym", "--percent-limit", "0.5"],

@@ -29,7 +29,8 @@ def test_the_benchmark_runs_every_row_in_every_mode(tmp_path):
                         "ours weight_iterator (all kept)",
                         "ours get per key", "ours save_state_dict"):
                 assert (mode, case, row) in rows, (mode, case, row)
-        for op in ("ours setstr", "ours getstr", "raw put", "raw get"):
+        for op in ("ours setstr", "ours getstr", "raw put", "raw get", "raw get_size (missing key)",
+                   "raw get_size + put"):
             assert (mode, "small-value", op) in rows
     for mode in ("tcp", "client"):
         assert (mode, "llama", "ours load_state_dict (first in a process)") in rows
