@@ -28,12 +28,8 @@ using testing::ScriptedMooncake;
 TEST_F(Scripted, DirectReadsTakeRawAndChunkedValuesInFewCalls) {
   Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
   // Raw objects (up to 2 MiB) and chunked values (a header and 2 MiB chunks).
-  std::vector<size_t> sizes = {(1 << 20) + 3, (2 << 20) - 5, (5 << 20) + 7, (1 << 20) + 9, (4 << 20)};
-  std::vector<std::vector<std::byte>> values;
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    values.push_back(Bytes(sizes[i], static_cast<int>(i)));
-    ASSERT_TRUE(Put("d" + std::to_string(i), values.back()).ok());
-  }
+  std::vector<std::vector<std::byte>> values = PutMixedSizes("d", 0);
+  ASSERT_FALSE(HasFailure());
   int gets = sm_.calls["native get_into"], batches = sm_.calls["native batch_get_into"],
       multi = sm_.calls["native batch_get_into_multi"];
   ExpectExactBatchRead(*store_, "d", values, [](size_t i) { return i % 2 == 0; });
@@ -114,12 +110,8 @@ TEST_F(Scripted, LocalReplicasAreCopiedByTheReaderInOnePass) {
   // own), as a replica changed under the copy would go unnoticed there.
   sm_.local_replica = [](const std::string&, const std::vector<std::byte>& bytes) { return bytes.data(); };
   Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);
-  std::vector<size_t> sizes = {(1 << 20) + 3, (2 << 20) - 5, (5 << 20) + 7, (1 << 20) + 9, (4 << 20)};
-  std::vector<std::vector<std::byte>> values;
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    values.push_back(Bytes(sizes[i], static_cast<int>(i) + 20));
-    ASSERT_TRUE(Put("l" + std::to_string(i), values.back()).ok());
-  }
+  std::vector<std::vector<std::byte>> values = PutMixedSizes("l", 20);
+  ASSERT_FALSE(HasFailure());
   int multi = sm_.calls["native batch_get_into_multi"], local = sm_.calls["native batch_local_replicas"],
       gets = sm_.calls["native get_into"];
   ExpectExactBatchRead(*store_, "l", values, [](size_t i) { return i % 2 == 1; });

@@ -52,6 +52,18 @@ class Scripted : public ::testing::Test {
     ASSERT_EQ(b->size(), v.size());
     if (!v.empty()) EXPECT_EQ(std::memcmp(b->data(), v.data(), v.size()), 0);
   }
+  // Values of mixed sizes under `prefix` + index, for a store of 2 MiB
+  // chunks: raw objects (up to 2 MiB) and chunked ones (a header and 2 MiB
+  // chunks). Returns them in index order.
+  std::vector<std::vector<std::byte>> PutMixedSizes(const std::string& prefix, int seed) {
+    const std::vector<size_t> sizes = {(1 << 20) + 3, (2 << 20) - 5, (5 << 20) + 7, (1 << 20) + 9, (4 << 20)};
+    std::vector<std::vector<std::byte>> values;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      values.push_back(Bytes(sizes[i], static_cast<int>(i) + seed));
+      EXPECT_TRUE(Put(prefix + std::to_string(i), values.back()).ok()) << prefix << i;
+    }
+    return values;
+  }
   // The chunk objects of `k`, by name.
   std::vector<std::string> Chunks(const std::string& k) {
     std::vector<std::string> out;
