@@ -145,6 +145,26 @@ TEST(MooncakeStore, ValuesStripedOverManySmallChunksRoundTrip) {
   ASSERT_TRUE(g_store->Remove("striped/small-chunks").ok());
 }
 
+TEST(MooncakeStore, ConnectorsShareAClientOnlyWithTheSameSettings) {
+  // Same settings: one client. direct_transfers or local_reads apart: a
+  // client each, so that each connector reads as it asked.
+  auto open = [](std::map<std::string, std::string> options) {
+    Result<MooncakeConfig> config = MooncakeConfigFrom(*ParseUrl("mooncake://"), options);
+    EXPECT_TRUE(config.ok()) << config.status();
+    Result<std::shared_ptr<Store>> store = OpenMooncakeStore(*config);
+    EXPECT_TRUE(store.ok()) << store.status();
+    return store.ok() ? *store : nullptr;
+  };
+  std::shared_ptr<Store> a = open({{"chunk_size", "8kb"}}), b = open({{"chunk_size", "8kb"}});
+  std::shared_ptr<Store> staged = open({{"chunk_size", "8kb"}, {"direct_transfers", "0"}});
+  std::shared_ptr<Store> remote = open({{"chunk_size", "8kb"}, {"local_reads", "0"}});
+  ASSERT_TRUE(a && b && staged && remote);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, staged);
+  EXPECT_NE(a, remote);
+  EXPECT_NE(staged, remote);
+}
+
 // Fails the process with the Python error, if any.
 PyObject* Check(PyObject* o, const char* what) {
   if (o == nullptr) {

@@ -53,7 +53,8 @@ std::string ClientIdentity(const MooncakeConfig& c, const Api* api) {
          std::to_string(c.local_buffer_size) + '\n' + std::to_string(c.replica_num) + '\n' +
          std::to_string(static_cast<int>(c.pin)) + '\n' + std::to_string(c.metrics_port) + '\n' +
          std::to_string(c.chunk_size) + '\n' + std::to_string(c.transfer_slots) + '\n' + std::to_string(c.read_threads) + '\n' +
-         std::to_string(c.connect_timeout.count()) + '\n' + std::to_string(c.op_timeout.count());
+         std::to_string(c.connect_timeout.count()) + '\n' + std::to_string(c.op_timeout.count()) + '\n' +
+         std::to_string(c.direct_transfers) + std::to_string(c.local_reads);
 }
 
 Result<std::shared_ptr<Store>> ConnectNewClient(const MooncakeConfig& config, const Api* api) {
