@@ -1,9 +1,10 @@
-"""Direct transfers against staging, side by side in one process: two
-connectors to one standalone instance, MOONCAKE_DIRECT_TRANSFERS=0 and 1,
-alternating loads of the same saved model (medians of 5, each after a warm-up; with --separate, each
-setting in processes of its own, one connector each);
-then the first load_state_dict of new processes, alternating. Prints a table
-and writes JSON (bench/results/ab_direct_<mode>.json unless --out)."""
+"""Direct transfers against staging: MOONCAKE_DIRECT_TRANSFERS=0 and 1, for
+the same saved model in one standalone instance. Two connectors in one process
+(a Mooncake client each), alternating loads (medians of 5, each after a
+warm-up); with --separate, each setting in processes of its own, one
+connector each. Then new processes' first load_state_dict and first four
+weight_iterator loads, alternating. Prints a table and writes JSON
+(bench/results/ab_direct_<mode>[_separate].json unless --out)."""
 
 from __future__ import annotations
 
@@ -52,12 +53,26 @@ def separate_loads() -> None:
     c.close()
 
 
-def first_load() -> None:
+def first_load(kind: str) -> None:
+    """The first load of a new process (load_state_dict), or its first four
+    weight_iterator loads, each copied into touched tensors the way a model
+    loader fills its parameters (in standalone-client mode shared blocks are
+    made after the second). Prints the seconds of each."""
     c = create_remote_connector(URL)
     c.exists("warm-up")
-    start = time.perf_counter()
-    c.load_state_dict()
-    print(time.perf_counter() - start)
+    times = []
+    if kind == "weight_iterator":
+        dest = {n: torch.zeros(shape, dtype=getattr(torch, dtype)) for n, dtype, shape in json.loads(sys.stdin.read())}
+        for _ in range(4):
+            start = time.perf_counter()
+            for name, tensor in c.weight_iterator():
+                dest[name].copy_(tensor)
+            times.append(time.perf_counter() - start)
+    else:
+        start = time.perf_counter()
+        c.load_state_dict()
+        times.append(time.perf_counter() - start)
+    print(" ".join(str(t) for t in times))
     c.close()
 
 
@@ -70,11 +85,11 @@ def main() -> None:
     parser.add_argument("--separate", action="store_true",
                         help="each setting's loads in a process of its own (two rounds, alternating) instead of "
                              "two connectors in this one")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("load_state_dict", "weight_iterator"), help=argparse.SUPPRESS)
     parser.add_argument("--child-loads", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        first_load()
+        first_load(args.child)
         return
     if args.child_loads:
         separate_loads()
@@ -121,16 +136,21 @@ def main() -> None:
             rows.append({"row": row, "staged_gib_s": size / staged / GiB, "direct_gib_s": size / direct / GiB,
                          "direct_vs_staged": staged / direct})
         if args.mode != "own":  # another process would read the saving process's segment over TCP
-            firsts: dict[str, list[float]] = {"0": [], "1": []}
-            for _ in range(args.first_loads):
-                for d in ("0", "1"):
-                    child = subprocess.run([sys.executable, __file__, "--child"], capture_output=True, text=True,
-                                           env=dict(os.environ, MOONCAKE_DIRECT_TRANSFERS=d), timeout=600)
-                    if child.returncode != 0:
-                        sys.exit(f"ab_direct: a first load failed: {child.stderr[-2000:]}")
-                    firsts[d].append(size / float(child.stdout.split()[-1]) / GiB)
-            rows.append({"row": "first load_state_dict (each)", "staged_gib_s": firsts["0"],
-                         "direct_gib_s": firsts["1"]})
+            spec = json.dumps([[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in sd.items()])
+            for kind in ("load_state_dict", "weight_iterator"):
+                firsts: dict[str, list[float]] = {"0": [], "1": []}
+                for _ in range(args.first_loads):
+                    for d in ("0", "1"):
+                        child = subprocess.run([sys.executable, __file__, "--child", kind], input=spec,
+                                               capture_output=True, text=True, timeout=600,
+                                               env=dict(os.environ, MOONCAKE_DIRECT_TRANSFERS=d))
+                        if child.returncode != 0:
+                            sys.exit(f"ab_direct: a first load failed: {child.stderr[-2000:]}")
+                        seconds = [float(x) for x in child.stdout.strip().split("\n")[-1].split()]
+                        firsts[d].append([round(size / t / GiB, 2) for t in seconds])
+                what = "first load_state_dict" if kind == "load_state_dict" else "weight_iterator loads 1-4"
+                rows.append({"row": f"{what} of a new process (each)", "staged_gib_s": firsts["0"],
+                             "direct_gib_s": firsts["1"]})
         for c in conns.values():
             c.close()
     print(f"\n{args.mode}, {size / GiB:.2f} GiB, " + ("a process per setting" if args.separate else

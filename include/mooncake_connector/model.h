@@ -110,6 +110,15 @@ struct LoadOptions {
   // while it fetches (one batch more memory). Unset: on machines of four or
   // more cores (on two, the fetch keeps both busy and it only slowed loads).
   std::optional<bool> prepare_next_batch;
+  // Whether the caller lets go of each batch's tensors before it asks for
+  // many more (weight_iterator's way: each tensor is copied into the model
+  // and dropped). NextBatch then takes their storage from the store
+  // (Store::AllocateForRead), which may lend memory it reads into faster
+  // and reuses it across batches: in standalone-client mode, the client's
+  // shared memory, written in place by the client process. Only a hint:
+  // tensors kept stay valid and correct, in memory that is only slower to
+  // come by than ordinary memory.
+  bool streaming = false;
   ProgressFn progress;
 };
 
@@ -297,6 +306,9 @@ class MC_EXPORT ModelReader {
   // has d's dtype and shape.
   Result<Tensor> ReadUnknownFor(size_t index, const TensorDestination& d);
   size_t Canonical(size_t index) const;
+  // Storage for tensors_[index]: from the store (Store::AllocateForRead)
+  // for a streaming load.
+  Result<Tensor> AllocateTensor(size_t index);
   // The batch of NextBatch that starts at tensors_[from]: where it ends and
   // the canonical tensors it reads. `pending`: read by the batch before it.
   struct BatchPlan {
@@ -362,6 +374,7 @@ class MC_EXPORT ModelReader {
   size_t prepared_from_ = SIZE_MAX;
   std::vector<Tensor> prepared_;  // its pages are touched by preparer_ until joined
   std::atomic<bool> stop_preparing_{false};
+  std::atomic<uint64_t> streamed_bytes_{0};  // the largest tensor a streaming load allocated
 };
 
 }  // namespace mooncake_connector

@@ -60,7 +60,10 @@ struct MooncakeConfig {
   // go straight into their destination instead of through the staging slots,
   // where Mooncake allows it: a full client over TCP whose provider can
   // scatter one object into several buffers (the wheel's
-  // batch_get_into_multi_buffers). Elsewhere reads are staged as ever.
+  // batch_get_into_multi_buffers); in standalone-client mode, reads by
+  // streaming loads (weight_iterator) into blocks of the client's shared
+  // memory that this client lends as their tensors (set up after a
+  // process's second streaming load). Elsewhere reads are staged as ever.
   bool direct_transfers = true;
   // MOONCAKE_LOCAL_READS (1 | 0): a direct read of an object held in the
   // segment this client contributes (global_segment_size > 0) copies it from

@@ -118,6 +118,23 @@ class MC_EXPORT Store {
   // with the same owner hold the same bytes. NotFound for a missing key.
   virtual std::vector<Result<Buffer>> BatchView(std::span<const std::string_view> keys);
 
+  // Memory for a value about to be read with BatchGetInto (a tensor a
+  // streaming model load allocates), which this store may read into faster
+  // than into other memory: mooncake:// in standalone-client mode lends
+  // blocks of its client's shared memory, which Mooncake's client process
+  // writes in place (no copy out of staging), once StreamingLoadDone has
+  // set them up. The default: Buffer::Allocate(size).
+  virtual Result<Buffer> AllocateForRead(size_t size);
+
+  // A streaming load (LoadOptions::streaming) has ended: its reader asked
+  // AllocateForRead for about `batch_bytes` at a time (blocks of at most
+  // `largest` bytes), and let go of each batch soon. A store whose faster memory is slow to set up prepares it
+  // for the next such load here, off any load's path (mooncake:// in
+  // standalone-client mode: after a process's second streaming load, on a
+  // thread of its own, so that a process that loads once or twice pays
+  // nothing). The default: nothing.
+  virtual void StreamingLoadDone(uint64_t batch_bytes, uint64_t largest);
+
   // Whether a first write of a value of `size` bytes stores a checksum of
   // the whole value, so that PutRequest::value_xxh3 spares the store a pass
   // over it (an overwrite may record one at any size, computing it itself

@@ -97,9 +97,9 @@ def weight_iterator(model: "_impl.Model", rank: int, *, device: Any = "cpu", ver
         if entries:
             yield from _cuda_groups(reader, entries, target, batch_bytes, progress)
             return
-        reader = model.reader(rank, verify, batch_bytes, progress)
-    else:
-        reader = model.reader(rank, verify, batch_bytes, progress)
+    # Each batch is handed on and, as a loader uses it, let go: the C++ core
+    # may reuse the batch's memory (streaming).
+    reader = model.reader(rank, verify, batch_bytes, progress, True)
     for name, tensor in _batches(reader):
         yield name, (tensor if target.type == "cpu" else tensor.to(target))
 

@@ -461,10 +461,11 @@ NB_MODULE(_impl, m) {
       .def("remove", [](Model& model) { return Unwrap(model.Remove()); },
            nb::call_guard<nb::gil_scoped_release>())
       .def("reader",
-           [](Model& model, int rank, bool verify, uint64_t batch_bytes, nb::object progress) {
+           [](Model& model, int rank, bool verify, uint64_t batch_bytes, nb::object progress, bool streaming) {
              LoadOptions o;
              o.verify = verify;
              o.batch_bytes = batch_bytes;
+             o.streaming = streaming;
              o.progress = Progress(std::move(progress));
              Result<std::unique_ptr<ModelReader>> r = std::unique_ptr<ModelReader>();
              {
@@ -474,5 +475,5 @@ NB_MODULE(_impl, m) {
              return new PyModelReader(Unwrap(std::move(r)));
            },
            nb::arg("rank"), nb::arg("verify"), nb::arg("batch_bytes"), nb::arg("progress").none(),
-           nb::keep_alive<0, 1>());
+           nb::arg("streaming") = false, nb::keep_alive<0, 1>());
 }

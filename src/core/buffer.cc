@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/size_class_internal.h"
+
 namespace mooncake_connector {
 namespace {
 
@@ -45,14 +47,6 @@ class LargeBlocks {
   static LargeBlocks& Get() {
     static LargeBlocks* blocks = new LargeBlocks;  // never destroyed: safe at exit
     return *blocks;
-  }
-
-  // Sizes rounded up to steps of an eighth of their power of two (at most
-  // 12.5% more), so tensors of one shape share a class.
-  static size_t SizeClass(size_t size) {
-    size_t power = size_t{1} << (63 - __builtin_clzll(size));
-    size_t step = std::max<size_t>(power / 8, 64 << 10);
-    return (size + step - 1) / step * step;
   }
 
   void* Take(size_t size_class) {
@@ -130,7 +124,7 @@ class LargeBlocks {
 
 Result<Buffer> Buffer::Allocate(size_t size) {
   if (!kSanitized && size >= LargeBlocks::kMin) {
-    const size_t size_class = LargeBlocks::SizeClass(size);
+    const size_t size_class = LargeSizeClass(size);
     void* p = LargeBlocks::Get().Take(size_class);
     if (p == nullptr) return ResourceExhausted("cannot allocate " + std::to_string(size) + " bytes");
     Buffer b;

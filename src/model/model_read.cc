@@ -216,6 +216,18 @@ Result<Tensor> ModelReader::ReadUnknown(size_t index) {
 ModelReader::~ModelReader() {
   stop_preparing_.store(true);
   if (preparer_.joinable()) preparer_.join();
+  if (options_.streaming && streamed_bytes_.load() > 0) {
+    model_.connector().store().StreamingLoadDone(options_.batch_bytes, streamed_bytes_.load());
+  }
+}
+
+Result<Tensor> ModelReader::AllocateTensor(size_t index) {
+  const ManifestTensor& t = tensors_[index];
+  if (!options_.streaming) return Tensor::Allocate(t.dtype, t.shape);
+  for (uint64_t was = streamed_bytes_.load(); was < t.nbytes && !streamed_bytes_.compare_exchange_weak(was, t.nbytes);) {
+  }
+  MC_ASSIGN_OR_RETURN(Buffer buffer, model_.connector().store().AllocateForRead(t.nbytes));
+  return Tensor::FromBuffer(t.dtype, t.shape, std::move(buffer));
 }
 
 ModelReader::BatchPlan ModelReader::PlanBatch(size_t from, const std::vector<size_t>& pending) const {
@@ -242,7 +254,7 @@ void ModelReader::Prepare(size_t from, std::vector<size_t> read) {
   // malloc arena is returned to the system when freed, so every later batch
   // and save would fault it in afresh. Only the touching runs beside the fetch.
   for (size_t c : read) {
-    Result<Tensor> t = Tensor::Allocate(tensors_[c].dtype, tensors_[c].shape);
+    Result<Tensor> t = AllocateTensor(c);
     if (!t.ok()) break;  // NextBatch allocates the rest itself, and reports a failure
     prepared_.push_back(std::move(*t));
   }
@@ -306,7 +318,7 @@ Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
     if (k < prepared.size() && prepared[k].dtype() == t.dtype && prepared[k].shape() == t.shape) {
       tensor = std::move(prepared[k]);
     } else {
-      MC_ASSIGN_OR_RETURN(tensor, Tensor::Allocate(t.dtype, t.shape));
+      MC_ASSIGN_OR_RETURN(tensor, AllocateTensor(read[k]));
     }
     targets.push_back(MutableBytes(tensor.data(), tensor.nbytes()));
     fresh.emplace(read[k], std::move(tensor));
@@ -459,7 +471,7 @@ Result<std::vector<std::string>> ModelReader::Check() {
       read.push_back(next);
       bytes += t.nbytes;
     }
-    MC_ASSIGN_OR_RETURN(Buffer scratch, Buffer::Allocate(bytes));
+    MC_ASSIGN_OR_RETURN(Buffer scratch, model_.connector().store().AllocateForRead(bytes));
     uint64_t at = 0;
     for (size_t i : read) {
       targets.push_back(scratch.bytes().subspan(at, tensors_[i].nbytes));

@@ -112,6 +112,10 @@ Result<Buffer> Store::Get(std::string_view key) {
 
 bool Store::RecordsValueChecksum(uint64_t) const { return false; }
 
+Result<Buffer> Store::AllocateForRead(size_t size) { return Buffer::Allocate(size); }
+
+void Store::StreamingLoadDone(uint64_t, uint64_t) {}
+
 std::vector<Result<Buffer>> Store::BatchView(std::span<const std::string_view> keys) {
   return std::vector<Result<Buffer>>(keys.size(), Result<Buffer>(Unimplemented(url() + " holds no values in this process")));
 }

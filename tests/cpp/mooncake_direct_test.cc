@@ -43,43 +43,11 @@ TEST_F(Scripted, DirectReadsTakeRawAndChunkedValuesInFewCalls) {
 TEST_F(Scripted, DirectReadsOfDamagedValuesFailAsStagedReadsDo) {
   Open(std::chrono::milliseconds(500));  // 4 KiB chunks: values of 1 MiB+ are chunked
   const size_t n = (1 << 20) + 100;
-  auto v = Bytes(n, 3);
-  auto read = [&](bool hashed) {
+  ExpectDamageCaughtAsStaged("v", Bytes(n, 3), 257, [&](bool hashed) {
     ExactRead r("v", n, hashed);
     Result<uint64_t> got = store_->BatchGetInto({&r.request, 1})[0];
     return std::make_pair(got, r.hash);
-  };
-  // A chunk of another size than its header says: the direct read leaves it
-  // to the staged one, which names it.
-  ASSERT_TRUE(Put("v", v).ok());
-  std::vector<std::string> chunks = Chunks("v");
-  ASSERT_EQ(chunks.size(), 257u);
-  sm_.Plant(chunks[9], Bytes(4000, 1));
-  for (bool hashed : {false, true}) {
-    auto [got, hash] = read(hashed);
-    ASSERT_EQ(got.status().code(), StatusCode::kDataLoss) << got.status();
-    EXPECT_NE(got.status().ToString().find("4000 bytes"), std::string::npos) << got.status();
-  }
-  // Changed bytes of the right size: the store's checksum catches them when
-  // the caller does not hash; a caller that hashes gets the hash of what was
-  // read (not the stored value's) to compare with its own record.
-  ASSERT_TRUE(Put("v", v).ok());
-  chunks = Chunks("v");
-  {
-    std::lock_guard lock(sm_.mu);
-    (*sm_.Find(chunks[100]))[5] ^= std::byte{1};
-  }
-  auto [unhashed, ignored] = read(false);
-  ASSERT_EQ(unhashed.status().code(), StatusCode::kDataLoss) << unhashed.status();
-  EXPECT_NE(unhashed.status().ToString().find("checksum"), std::string::npos) << unhashed.status();
-  auto [hashed, hash] = read(true);
-  ASSERT_TRUE(hashed.ok()) << hashed.status();
-  EXPECT_NE(hash, Xxh3(ConstBytes(v).subspan(16)));
-  // A missing chunk: DataLoss naming the key, as ever.
-  ASSERT_TRUE(api_.remove(&sm_, chunks[3].c_str(), 1) == 0);
-  auto [lost, unused] = read(true);
-  ASSERT_EQ(lost.status().code(), StatusCode::kDataLoss) << lost.status();
-  EXPECT_NE(lost.status().ToString().find("'v'"), std::string::npos) << lost.status();
+  });
 }
 
 TEST_F(Scripted, DirectReadsFallBackWhenTheProviderCannot) {

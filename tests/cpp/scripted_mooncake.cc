@@ -1,5 +1,7 @@
 #include "scripted_mooncake.h"
 
+#include <sys/mman.h>
+
 #include <regex>
 #include <thread>
 
@@ -103,7 +105,98 @@ struct ScriptedOps {
     s->objects_.erase(it);
     return 0;
   }
+
+  // dummy_client: whether each of `n` buffers lies in a registered region
+  // (counted as "unregistered buffer" when one does not).
+  static bool Shared(ScriptedMooncake* s, size_t n, const void* const* bufs, const size_t* sizes) {
+    std::lock_guard lock(s->mu);
+    for (size_t i = 0; i < n; ++i) {
+      const auto* p = static_cast<const std::byte*>(bufs[i]);
+      auto it = s->registered_.upper_bound(p);
+      if (sizes[i] == 0) continue;
+      if (it == s->registered_.begin() || p + sizes[i] > std::prev(it)->first + std::prev(it)->second) {
+        s->calls["unregistered buffer"]++;
+        return false;
+      }
+    }
+    return true;
+  }
+  static size_t Total(const size_t* pieces, size_t n) {
+    size_t total = 0;
+    for (size_t i = 0; i < n; ++i) total += pieces[i];
+    return total;
+  }
+
+  // The dummy client's entries: checks, then the in-process ones.
+  static void AsDummyClient(mooncake::Api& a) {
+    a.alloc_transfer_buffer = [](Handle h, size_t size) -> void* {
+      auto* s = S(h);
+      if (Hook(s, "alloc_transfer_buffer", nullptr) != 0) return nullptr;
+      void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) return nullptr;
+      std::lock_guard lock(s->mu);
+      s->mapped_[static_cast<std::byte*>(p)] = size;
+      return p;
+    };
+    a.register_buffer = [](Handle h, void* p, size_t size) -> int {
+      auto* s = S(h);
+      std::lock_guard lock(s->mu);
+      auto it = s->mapped_.find(static_cast<std::byte*>(p));
+      if (it == s->mapped_.end() || it->second != size) return mooncake::kErrInvalidParams;
+      s->registered_[it->first] = size;
+      return 0;
+    };
+    a.unregister_buffer = [](Handle h, void* p) -> int {
+      auto* s = S(h);
+      std::lock_guard lock(s->mu);
+      s->registered_.erase(static_cast<std::byte*>(p));
+      return 0;
+    };
+    a.put_from = [](Handle h, const char* key, void* buf, size_t size, const ReplicateConfig* c) -> int {
+      if (!Shared(S(h), 1, &buf, &size)) return mooncake::kErrInvalidParams;
+      return S(h)->inner_.put_from(h, key, buf, size, c);
+    };
+    a.get_into = [](Handle h, const char* key, void* buf, size_t size) -> int64_t {
+      if (!Shared(S(h), 1, &buf, &size)) return mooncake::kErrInvalidParams;
+      return S(h)->inner_.get_into(h, key, buf, size);
+    };
+    a.batch_put_from = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
+                          const ReplicateConfig* c, int* out) -> int {
+      if (!Shared(S(h), n, bufs, sizes)) return mooncake::kErrInvalidParams;
+      return S(h)->inner_.batch_put_from(h, keys, bufs, sizes, n, c, out);
+    };
+    a.batch_get_into = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
+                          int64_t* out) -> int {
+      if (!Shared(S(h), n, bufs, sizes)) return mooncake::kErrInvalidParams;
+      return S(h)->inner_.batch_get_into(h, keys, bufs, sizes, n, out);
+    };
+    if (a.upsert_from != nullptr) {
+      a.upsert_from = [](Handle h, const char* key, void* buf, size_t size, const ReplicateConfig* c) -> int {
+        if (!Shared(S(h), 1, &buf, &size)) return mooncake::kErrInvalidParams;
+        return S(h)->inner_.upsert_from(h, key, buf, size, c);
+      };
+      a.batch_upsert_from = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
+                               const ReplicateConfig* c, int* out) -> int {
+        if (!Shared(S(h), n, bufs, sizes)) return mooncake::kErrInvalidParams;
+        return S(h)->inner_.batch_upsert_from(h, keys, bufs, sizes, n, c, out);
+      };
+      a.batch_get_into_multi = [](Handle h, const char** keys, size_t n, void* const* bufs, const size_t* sizes,
+                                  const size_t* pieces, int64_t* out) -> int {
+        if (!Shared(S(h), Total(pieces, n), bufs, sizes)) return mooncake::kErrInvalidParams;
+        return S(h)->inner_.batch_get_into_multi(h, keys, n, bufs, sizes, pieces, out);
+      };
+      a.batch_put_from_multi = [](Handle h, const char** keys, size_t n, void* const* bufs, const size_t* sizes,
+                                  const size_t* pieces, const ReplicateConfig* c, int* out) -> int {
+        if (!Shared(S(h), Total(pieces, n), bufs, sizes)) return mooncake::kErrInvalidParams;
+        return S(h)->inner_.batch_put_from_multi(h, keys, n, bufs, sizes, pieces, c, out);
+      };
+    }
+  }
 };
+
+ScriptedMooncake::~ScriptedMooncake() {
+  for (auto [base, size] : mapped_) munmap(const_cast<std::byte*>(base), size);
+}
 
 mooncake::Api ScriptedMooncake::api() {
   using O = ScriptedOps;
@@ -311,6 +404,10 @@ mooncake::Api ScriptedMooncake::api() {
       }
       return 0;
     };
+  }
+  if (dummy_client) {
+    inner_ = a;
+    O::AsDummyClient(a);
   }
   return a;
 }

@@ -37,6 +37,14 @@ class ScriptedMooncake {
   // bytes, and returns the address to report as this process's replica of
   // it (null: none); the size reported is the object's.
   std::function<const void*(const std::string& key, const std::vector<std::byte>& bytes)> local_replica;
+  // A dummy client (standalone-client mode) as the wheel's: its transfers
+  // are made by another process into memory shared with it, so
+  // alloc_transfer_buffer maps new memory (injection sees
+  // "alloc_transfer_buffer"; a failure returns null), register_buffer takes
+  // such a region whole, and a transfer whose buffers are not all in
+  // registered regions fails with kErrInvalidParams, counted as
+  // calls["unregistered buffer"]. Set before api().
+  bool dummy_client = false;
 
   // The function table; its Handle is this object.
   mooncake::Api api();
@@ -54,6 +62,11 @@ class ScriptedMooncake {
 
   std::mutex mu;
 
+  ScriptedMooncake() = default;
+  ~ScriptedMooncake();  // unmaps what alloc_transfer_buffer mapped
+  ScriptedMooncake(const ScriptedMooncake&) = delete;
+  ScriptedMooncake& operator=(const ScriptedMooncake&) = delete;
+
  private:
   friend struct ScriptedOps;
   struct Pending {
@@ -65,6 +78,10 @@ class ScriptedMooncake {
   std::map<std::string, std::vector<std::byte>> objects_;  // complete objects
   std::map<std::string, Pending> pending_;                 // writes between Start and End
   std::map<std::string, std::chrono::steady_clock::time_point> leases_;
+  // dummy_client: the regions mapped (base -> size), those registered, and
+  // the table the checking entries call.
+  std::map<const std::byte*, size_t> mapped_, registered_;
+  mooncake::Api inner_;
 };
 
 }  // namespace mooncake_connector::testing

@@ -4,6 +4,7 @@
 // copied out. A read gives the same bytes, checks and errors as a staged one:
 // whatever a direct read cannot take as it is goes to the staged read.
 #include <algorithm>
+#include <cstring>
 #include <memory>
 
 #include "core/hash_internal.h"
@@ -152,15 +153,41 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
       bytes += objects[next].size;
     }
     if (health_.Refusal() != 0) break;  // ReadValue fails the rest at once
+    // A dummy client transfers only into its shared memory: the heads
+    // (small, in the caller's memory) are read into a shared block and
+    // copied to their place after the call.
+    Buffer heads;
+    std::vector<std::pair<std::byte*, MutableBytes>> head_copies;  // from, to
+    if (shared_ != nullptr) {
+      uint64_t head_bytes = 0;
+      for (size_t j : call) {
+        ForEachPiece(requests[values[objects[j].value]->request], objects[j].offset, objects[j].size,
+                     [&](MutableBytes piece, bool in_destination) {
+                       if (!in_destination) head_bytes += piece.size();
+                     });
+      }
+      if (head_bytes > 0) {
+        Result<Buffer> b = shared_->Allocate(static_cast<size_t>(head_bytes));
+        if (!b.ok()) break;  // ReadValue reads the rest
+        heads = std::move(*b);
+      }
+    }
     std::vector<const char*> keys;
     std::vector<void*> buffers;
     std::vector<size_t> sizes, pieces;
+    uint64_t head_at = 0;
     for (size_t j : call) {
       const DirectObject& o = objects[j];
       keys.push_back(o.key.c_str());
       const size_t before = buffers.size();
-      ForEachPiece(requests[values[o.value]->request], o.offset, o.size, [&](MutableBytes piece, bool) {
-        buffers.push_back(piece.data());
+      ForEachPiece(requests[values[o.value]->request], o.offset, o.size, [&](MutableBytes piece, bool in_destination) {
+        std::byte* into = piece.data();
+        if (!in_destination && shared_ != nullptr) {
+          into = heads.data() + head_at;
+          head_at += piece.size();
+          head_copies.emplace_back(into, piece);
+        }
+        buffers.push_back(into);
         sizes.push_back(piece.size());
       });
       pieces.push_back(buffers.size() - before);
@@ -171,6 +198,7 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
                                         pieces.data(), results.data());
     health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
                  std::chrono::steady_clock::now() - start);
+    for (auto [from, to] : head_copies) std::memcpy(to.data(), from, to.size());
     if (rc == kErrNotSupported) direct_reads_.store(false);
     if (rc != 0) break;
     // Failures are noted before the hashing of this call starts, so it sees
@@ -185,11 +213,22 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
     }
     // Hashed while the next call transfers (Run waits for the previous call's
     // hashing first, so each value's pieces are hashed in order).
-    hashing.Run([&, arrived = std::move(arrived)] {
-      for (size_t j : arrived) {
-        take(objects[j], nullptr);
-        if (objects[j].last) finish(*values[objects[j].value]);
+    // Values side by side (each value's objects in order).
+    std::vector<std::pair<size_t, size_t>> runs;  // [first, end) in `arrived`, one value each
+    for (size_t k = 0; k < arrived.size(); ++k) {
+      if (k > 0 && objects[arrived[k]].value == objects[arrived[k - 1]].value) {
+        runs.back().second = k + 1;
+      } else {
+        runs.emplace_back(k, k + 1);
       }
+    }
+    hashing.Run([&, arrived = std::move(arrived), runs = std::move(runs)] {
+      ParallelFor(runs.size(), CopyThreads(), [&](size_t r) {
+        for (size_t k = runs[r].first; k < runs[r].second; ++k) {
+          take(objects[arrived[k]], nullptr);
+          if (objects[arrived[k]].last) finish(*values[objects[arrived[k]].value]);
+        }
+      });
     });
   }
 }

@@ -58,11 +58,15 @@ MooncakeStore::MooncakeStore(MooncakeConfig config, const Api* api, Handle handl
   replicate_.replica_num = static_cast<size_t>(config_.replica_num);
   replicate_.with_soft_pin = config_.pin == PinMode::kSoft;
   replicate_.with_hard_pin = config_.pin == PinMode::kHard;
-  // Over RDMA the destination would have to be registered, and a dummy
-  // client can only transfer into its shared memory.
-  const bool direct = config_.direct_transfers && config_.client_address.empty() && config_.protocol == "tcp";
-  direct_reads_ = direct && api_->batch_get_into_multi != nullptr;
-  direct_writes_ = direct && api_->batch_put_from_multi != nullptr;
+  // Over RDMA the destination would have to be registered. A dummy client
+  // can only transfer into its shared memory: it reads directly into the
+  // blocks of it that AllocateForRead lends (shared_), and writes staged.
+  const bool client_mode = !config_.client_address.empty();
+  const bool direct = config_.direct_transfers && (client_mode || config_.protocol == "tcp");
+  direct_reads_ = direct && api_->batch_get_into_multi != nullptr &&
+                  (!client_mode || api_->alloc_transfer_buffer != nullptr);
+  direct_writes_ = direct && !client_mode && api_->batch_put_from_multi != nullptr;
+  if (client_mode && direct_reads_) shared_ = std::make_shared<SharedBlocks>(api_, handle_);
   local_reads_ = direct_reads_ && config_.local_reads && config_.global_segment_size > 0 &&
                  api_->batch_local_replicas != nullptr;
 }
@@ -70,6 +74,7 @@ MooncakeStore::MooncakeStore(MooncakeConfig config, const Api* api, Handle handl
 MooncakeStore::~MooncakeStore() {
   deferred_.reset();  // a last try at superseded chunks
   arena_.reset();     // unregisters before the client goes
+  if (shared_) shared_->Close();  // lent blocks stay valid, as their mapping does
   api_->destroy(handle_);
 }
 
@@ -78,6 +83,23 @@ Status MooncakeStore::Init() {
                                                     config_.transfer_slots));
   deferred_ = std::make_unique<DeferredRemoval>(api_, handle_, kDeferredGiveUp);
   return Status::Ok();
+}
+
+Result<Buffer> MooncakeStore::AllocateForRead(size_t size) {
+  if (shared_ != nullptr && size >= kDirectTransferMin && direct_reads_.load(std::memory_order_relaxed)) {
+    Result<Buffer> b = shared_->Allocate(size);
+    if (b.ok()) return b;
+  }
+  return Buffer::Allocate(size);
+}
+
+void MooncakeStore::StreamingLoadDone(uint64_t batch_bytes, uint64_t largest) {
+  if (shared_ == nullptr || !direct_reads_.load(std::memory_order_relaxed)) return;
+  if (streaming_loads_.fetch_add(1) < 1) return;
+  // Room for the batch being read, the one before it (the loader still
+  // holds a tensor of it), and size classes' rounding.
+  const uint64_t batch = std::min<uint64_t>(std::max(batch_bytes, largest), SharedBlocks::kMaxRegionBytes);
+  shared_->Grow(static_cast<size_t>(batch * 5 / 2), static_cast<size_t>(std::min<uint64_t>(largest, batch)));
 }
 
 std::string MooncakeStore::url() const {

@@ -22,6 +22,7 @@
 #include "store/mooncake/mooncake_api_internal.h"
 #include "store/mooncake/own_memory_internal.h"
 #include "store/mooncake/retry_internal.h"
+#include "store/mooncake/shared_blocks_internal.h"
 #include "store/mooncake/transfer_arena_internal.h"
 
 namespace mooncake_connector::mooncake {
@@ -56,6 +57,15 @@ class MooncakeStore final : public Store {
   std::string url() const override;
   // Values larger than a chunk are chunked, with a checksum in their header.
   bool RecordsValueChecksum(uint64_t size) const override { return size > slot_size(); }
+  // In standalone-client mode, values of kDirectTransferMin bytes or more
+  // get a block of the client's shared memory (SharedBlocks), read into
+  // directly, where one is free; ordinary memory otherwise.
+  Result<Buffer> AllocateForRead(size_t size) override;
+  // Standalone-client mode: after the second streaming load, shared
+  // memory for 2.5 batches is made in the background.
+  void StreamingLoadDone(uint64_t batch_bytes, uint64_t largest) override;
+  // For tests: the shared blocks (null outside standalone-client mode).
+  SharedBlocks* shared_blocks() const { return shared_.get(); }
   std::vector<Status> BatchPut(std::span<const PutRequest> requests,
                                const WriteOptions& options) override;
   std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) override;
@@ -123,7 +133,8 @@ class MooncakeStore final : public Store {
   // True when `r` may be transferred straight into its own memory.
   bool ReadsDirectly(const GetIntoRequest& r) const {
     return r.exact && r.head.size() + r.destination.size() >= kDirectTransferMin &&
-           direct_reads_.load(std::memory_order_relaxed);
+           direct_reads_.load(std::memory_order_relaxed) &&
+           (shared_ == nullptr || shared_->Contains(r.destination.data(), r.destination.size()));
   }
   // True when a value of `size` bytes is written straight from the caller's
   // memory (direct writes, mooncake_write.cc).
@@ -204,6 +215,12 @@ class MooncakeStore final : public Store {
   // tell), and the memory such objects may lie in.
   std::atomic<bool> local_reads_{false};
   ReadableMemory readable_;
+  // Standalone-client mode: the shared memory lent for reads. A dummy
+  // client transfers only into shared memory its client maps, so there
+  // direct reads are for destinations in these blocks alone (their value's
+  // head is read through a block too).
+  std::shared_ptr<SharedBlocks> shared_;
+  std::atomic<int> streaming_loads_{0};
 };
 
 // Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
