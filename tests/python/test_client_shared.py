@@ -175,3 +175,38 @@ def test_concurrent_streaming_loads_on_one_connector(saved):
             t.join(timeout=300)
         assert not any(t.is_alive() for t in threads)
     assert not errors, errors
+
+
+def test_client_killed_during_a_shared_memory_load(monkeypatch):
+    """The mooncake_client (which holds the data) dies in the middle of a
+    load into its shared memory: the load fails with an error, within
+    bounds; tensors already handed out keep their bytes (the mapping is
+    this process's own), and the connector closes."""
+    from mooncake_connector import MooncakeConnectorError, standalone
+
+    sd = state_dict()
+    with standalone.start(segment_size="256mb", local_buffer_size="64mb", lease_ttl_ms=500) as inst:
+        for k, v in inst.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.delenv("MOONCAKE_CLIENT", raising=False)
+        with create_remote_connector(URL) as c:
+            c.save_state_dict(sd)
+        monkeypatch.setenv("MOONCAKE_CLIENT", inst.client_address)
+        monkeypatch.setenv("MOONCAKE_OP_TIMEOUT", "2s")
+        c = create_remote_connector(URL)
+        until_shared(c, sd)
+        held = []
+        start = time.monotonic()
+        with pytest.raises(MooncakeConnectorError):
+            for name, t in c.weight_iterator(batch_bytes=BATCH):
+                held.append((name, t))
+                if len(held) == 1:
+                    inst.processes[-1].kill()  # the mooncake_client
+                    inst.processes[-1].wait()
+        assert time.monotonic() - start < 60
+        assert held and in_shared(held[0][1], shared_ranges())
+        for name, t in held:
+            assert_bit_exact(t, sd[name])
+        c.close()
+        for name, t in held:
+            assert_bit_exact(t, sd[name])
