@@ -212,8 +212,11 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
       if (!values[objects[j].value]->failed) arrived.push_back(j);
     }
     // Hashed while the next call transfers (Run waits for the previous call's
-    // hashing first, so each value's pieces are hashed in order).
-    // Values side by side (each value's objects in order).
+    // hashing first, so each value's pieces are hashed in order). In
+    // standalone-client mode values side by side (each value's objects in
+    // order): the client process makes the transfers, and nothing else of
+    // ours runs meanwhile; over TCP the transfer busy-polls both cores.
+    const size_t hash_threads = shared_ != nullptr ? CopyThreads() : 1;
     std::vector<std::pair<size_t, size_t>> runs;  // [first, end) in `arrived`, one value each
     for (size_t k = 0; k < arrived.size(); ++k) {
       if (k > 0 && objects[arrived[k]].value == objects[arrived[k - 1]].value) {
@@ -222,8 +225,8 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
         runs.emplace_back(k, k + 1);
       }
     }
-    hashing.Run([&, arrived = std::move(arrived), runs = std::move(runs)] {
-      ParallelFor(runs.size(), CopyThreads(), [&](size_t r) {
+    hashing.Run([&, arrived = std::move(arrived), runs = std::move(runs), hash_threads] {
+      ParallelFor(runs.size(), hash_threads, [&](size_t r) {
         for (size_t k = runs[r].first; k < runs[r].second; ++k) {
           take(objects[arrived[k]], nullptr);
           if (objects[arrived[k]].last) finish(*values[objects[arrived[k]].value]);
