@@ -216,7 +216,9 @@ Result<Tensor> ModelReader::ReadUnknown(size_t index) {
 ModelReader::~ModelReader() {
   stop_preparing_.store(true);
   if (preparer_.joinable()) preparer_.join();
-  if (options_.streaming && streamed_bytes_.load() > 0) {
+  // A reader may go after its connector closed (a generator collected
+  // late): the store is gone then.
+  if (options_.streaming && streamed_bytes_.load() > 0 && model_.CheckOpen().ok()) {
     model_.connector().store().StreamingLoadDone(options_.batch_bytes, streamed_bytes_.load());
   }
 }

@@ -5,6 +5,7 @@ Each test runs on memory:// and on a real Mooncake (store_url)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -345,6 +346,17 @@ def test_closed_connector_fails_cleanly(model):
         next(it)
     with pytest.raises(FailedPreconditionError):
         model.inspect_model()
+
+
+def test_loads_under_way_when_the_connector_closes_end_cleanly(model):
+    sd = {f"t{i}": random_tensor(torch.float32, (1 << 18,), seed=i) for i in range(6)}  # 1 MiB each
+    model.save_state_dict(sd)
+    it = model.weight_iterator(batch_bytes=2 << 20)
+    name, first = next(it)  # a reader open, a batch handed out
+    model.close()
+    del it  # the reader goes after its connector
+    gc.collect()
+    assert_bit_exact(first, sd[name])
 
 
 def test_url_must_name_a_model(store_url):
