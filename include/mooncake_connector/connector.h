@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <string_view>
 #include <vector>
 
@@ -87,15 +88,34 @@ class MC_EXPORT Connector {
       const std::optional<std::vector<std::string>>& ignore = std::nullopt);
 
   // Releases the store and deletes the local dir. Idempotent. Afterwards every
-  // other method fails with FailedPrecondition.
+  // other method fails with FailedPrecondition. Operations under way on
+  // other threads end as they would have (the store goes when the last of
+  // them ends).
   Status Close();
   bool closed() const { return closed_.load(); }
+
+  // An operation under way, held while it uses store(): Close() leaves the
+  // store in place until none is held.
+  class MC_EXPORT InUse {
+   public:
+    InUse(InUse&& other) noexcept : c_(std::exchange(other.c_, nullptr)) {}
+    InUse& operator=(InUse&&) = delete;
+    ~InUse();
+
+   private:
+    friend class Connector;
+    explicit InUse(Connector* c) : c_(c) {}
+    Connector* c_;
+  };
+  // FailedPrecondition (`what` is closed) once closed; `what` defaults to
+  // "connector for '<url>'".
+  Result<InUse> Use(std::string_view what = {});
 
   const Url& url() const { return url_; }
   // The URL path: the model name or key prefix.
   const std::string& model_name() const { return url_.path; }
   const std::string& device() const { return device_; }
-  // REQUIRES: !closed().
+  // REQUIRES: an InUse held (Use()).
   Store& store() { return *store_; }
 
   // Complete model manifest parts this connector has read or written, by
@@ -120,12 +140,13 @@ class MC_EXPORT Connector {
 
  private:
   Connector(Url url, std::string device, std::shared_ptr<Store> store);
-  Status CheckOpen() const;
 
   const Url url_;
   const std::string device_;
-  std::shared_ptr<Store> store_;
+  std::shared_ptr<Store> store_;  // dropped by Close() or the last InUse after it
   std::atomic<bool> closed_{false};
+  std::mutex use_mutex_;
+  int in_use_ = 0;
   std::mutex local_dir_mutex_;
   std::string local_dir_;
   std::mutex manifests_mutex_;

@@ -224,8 +224,9 @@ class MC_EXPORT Model {
   Result<std::unique_ptr<ModelReader>> OpenReader(int rank, const LoadOptions& options = {});
 
   Connector& connector() { return *connector_; }
-  // FailedPrecondition once the connector is closed.
-  Status CheckOpen() const;
+  // The connector in use for an operation (Connector::Use); FailedPrecondition
+  // once it is closed.
+  Result<Connector::InUse> Use() const;
 
  private:
   friend Result<std::vector<ModelInfo>> ListModels(Connector& connector);

@@ -105,20 +105,32 @@ Connector::Connector(Url url, std::string device, std::shared_ptr<Store> store)
 
 Connector::~Connector() { (void)Close(); }
 
-Status Connector::CheckOpen() const {
-  if (closed_.load()) return FailedPrecondition("connector for '" + url_.ToString() + "' is closed");
-  return Status::Ok();
+Result<Connector::InUse> Connector::Use(std::string_view what) {
+  std::lock_guard lock(use_mutex_);
+  if (closed_.load()) {
+    return FailedPrecondition((what.empty() ? "connector for '" + url_.ToString() + "'" : std::string(what)) +
+                              " is closed");
+  }
+  ++in_use_;
+  return InUse(this);
+}
+
+Connector::InUse::~InUse() {
+  if (c_ == nullptr) return;
+  std::shared_ptr<Store> last;  // dropped outside the lock
+  std::lock_guard lock(c_->use_mutex_);
+  if (--c_->in_use_ == 0 && c_->closed_.load()) last = std::move(c_->store_);
 }
 
 Status Connector::Set(std::string_view key, const TensorView& tensor) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(tensor));
   auto parts = encoded.parts();
   return store_->Put(key, parts);
 }
 
 Status Connector::SetStr(std::string_view key, std::string_view value) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   if (!IsValidUtf8(value)) return InvalidArgument("value for '" + std::string(key) + "' is not UTF-8");
   ConstBytes bytes = std::as_bytes(std::span(value.data(), value.size()));
   // Keeps get/getstr unambiguous: no string value ever decodes as a tensor.
@@ -130,7 +142,7 @@ Status Connector::SetStr(std::string_view key, std::string_view value) {
 }
 
 Status Connector::SetBytes(std::string_view key, ConstBytes value) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   return store_->Put(key, value);
 }
 
@@ -145,7 +157,7 @@ Result<std::optional<Buffer>> GetOptional(Store& store, std::string_view key) {
 }  // namespace
 
 Result<std::optional<Tensor>> Connector::Get(std::string_view key) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   MC_ASSIGN_OR_RETURN(std::optional<Buffer> value, GetOptional(*store_, key));
   if (!value) return std::optional<Tensor>();
   Result<Tensor> tensor = DecodeTensor(*value);
@@ -154,7 +166,7 @@ Result<std::optional<Tensor>> Connector::Get(std::string_view key) {
 }
 
 Result<std::optional<std::string>> Connector::GetStr(std::string_view key) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   MC_ASSIGN_OR_RETURN(std::optional<Buffer> value, GetOptional(*store_, key));
   if (!value) return std::optional<std::string>();
   std::string text(reinterpret_cast<const char*>(value->data()), value->size());
@@ -169,22 +181,22 @@ Result<std::optional<std::string>> Connector::GetStr(std::string_view key) {
 }
 
 Result<std::optional<Buffer>> Connector::GetBytes(std::string_view key) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   return GetOptional(*store_, key);
 }
 
 Result<std::vector<std::string>> Connector::List(std::string_view prefix) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   return store_->List(prefix);
 }
 
 Result<bool> Connector::Exists(std::string_view key) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   return store_->Exists(key);
 }
 
 Result<bool> Connector::Remove(std::string_view key) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   Status s = store_->Remove(key);
   if (s.ok()) return true;
   if (s.code() == StatusCode::kNotFound) return false;
@@ -237,7 +249,7 @@ bool Connector::CheckedBefore(const std::string& key, const Buffer& view, ConstB
 }
 
 Result<std::string> Connector::GetLocalDir() {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(InUse in_use, Use());
   std::lock_guard lock(local_dir_mutex_);
   if (local_dir_.empty()) {
     std::error_code ec;
@@ -254,8 +266,13 @@ Result<std::string> Connector::GetLocalDir() {
 }
 
 Status Connector::Close() {
-  if (closed_.exchange(true)) return Status::Ok();
-  store_.reset();
+  std::shared_ptr<Store> store;  // dropped outside the lock, unless in use
+  {
+    std::lock_guard lock(use_mutex_);
+    if (closed_.exchange(true)) return Status::Ok();
+    if (in_use_ == 0) store = std::move(store_);
+  }
+  store.reset();
   std::lock_guard lock(local_dir_mutex_);
   if (!local_dir_.empty()) {
     std::error_code ec;

@@ -63,7 +63,7 @@ std::string ShapeText(const Shape& shape) {
 }
 
 Result<ModelInfo> Model::Inspect() {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   Store& store = connector_->store();
   ModelInfo info;
   info.name = name_;
@@ -138,7 +138,7 @@ Result<ModelInfo> Model::Inspect() {
 }
 
 Result<VerifyReport> Model::Verify(const ProgressFn& progress) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   MC_ASSIGN_OR_RETURN(ModelInfo info, Inspect());
   if (!info.has_manifest) {
     return FailedPrecondition("model '" + name_ + "' has no manifest: nothing to verify against");
@@ -185,7 +185,7 @@ Result<VerifyReport> Model::Verify(const ProgressFn& progress) {
 }
 
 Result<std::vector<ModelInfo>> ListModels(Connector& connector) {
-  if (connector.closed()) return FailedPrecondition("the connector is closed");
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, connector.Use("the connector"));
   std::string prefix = connector.model_name();
   MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, connector.store().List(prefix));
   std::set<std::string> names;

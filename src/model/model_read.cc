@@ -16,7 +16,7 @@
 namespace mooncake_connector {
 
 Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptions& options) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   if (rank < 0) return InvalidArgument("rank " + std::to_string(rank) + " is negative");
   std::unique_ptr<ModelReader> r(new ModelReader(*this, rank, options));
   MC_ASSIGN_OR_RETURN(std::optional<ManifestPart> manifest, ReadManifest(rank));
@@ -218,8 +218,10 @@ ModelReader::~ModelReader() {
   if (preparer_.joinable()) preparer_.join();
   // A reader may go after its connector closed (a generator collected
   // late): the store is gone then.
-  if (options_.streaming && streamed_bytes_.load() > 0 && model_.CheckOpen().ok()) {
-    model_.connector().store().StreamingLoadDone(options_.batch_bytes, streamed_bytes_.load());
+  if (options_.streaming && streamed_bytes_.load() > 0) {
+    if (Result<Connector::InUse> in_use = model_.Use(); in_use.ok()) {
+      model_.connector().store().StreamingLoadDone(options_.batch_bytes, streamed_bytes_.load());
+    }
   }
 }
 
@@ -288,7 +290,7 @@ std::vector<Tensor> ModelReader::TakePrepared(size_t from) {
 }
 
 Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
-  MC_RETURN_IF_ERROR(model_.CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   std::vector<NamedTensor> out;
   if (!has_manifest_) {
     uint64_t bytes = 0;
@@ -414,7 +416,7 @@ ModelReader::Plan ModelReader::PlanReads(std::span<const size_t> which, uint64_t
 }
 
 Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDestination> destinations) {
-  MC_RETURN_IF_ERROR(model_.CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   MC_ASSIGN_OR_RETURN(std::vector<size_t> which, Resolve(destinations));
   if (!has_manifest_) {
     for (size_t i = 0; i < destinations.size(); ++i) {
@@ -455,7 +457,7 @@ Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDes
 }
 
 Result<std::vector<std::string>> ModelReader::Check() {
-  MC_RETURN_IF_ERROR(model_.CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   if (!has_manifest_) {
     return FailedPrecondition("model '" + model_.name() + "' rank " + std::to_string(rank_) +
                               " has no manifest to check against");

@@ -236,7 +236,7 @@ std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorD
 
 Result<std::vector<std::string>> ModelReader::LoadIntoCuda(std::span<const TensorDestination> destinations,
                                                            const CudaTarget& target) {
-  MC_RETURN_IF_ERROR(model_.CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   MC_ASSIGN_OR_RETURN(std::vector<size_t> which, Resolve(destinations));
   MC_ASSIGN_OR_RETURN(const cuda::Driver* driver, cuda::Driver::Get());
   MC_ASSIGN_OR_RETURN(cuda::Driver::ContextGuard context, driver->Enter(target.device));

@@ -127,9 +127,8 @@ Result<Model> Model::Open(Connector& connector) {
   return Model(&connector, std::move(name));
 }
 
-Status Model::CheckOpen() const {
-  if (connector_->closed()) return FailedPrecondition("the connector of model '" + name_ + "' is closed");
-  return Status::Ok();
+Result<Connector::InUse> Model::Use() const {
+  return connector_->Use("the connector of model '" + name_ + "'");
 }
 
 std::string Model::TensorKey(int rank, std::string_view param) const {
@@ -143,7 +142,7 @@ std::string Model::ManifestKey(std::optional<int> rank) const {
 }
 
 Result<std::optional<ManifestPart>> Model::ReadManifest(std::optional<int> rank) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   std::string key = ManifestKey(rank);
   Result<Buffer> got = connector_->store().Get(key);
   if (got.status().code() == StatusCode::kNotFound) return std::optional<ManifestPart>();
@@ -370,7 +369,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
 
 Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
                             const SaveOptions& options) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   std::vector<SaveItem> items;
   items.reserve(tensors.size());
   std::set<std::string_view> names;
@@ -411,7 +410,7 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
 }
 
 Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& options) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   std::vector<SaveItem> items;
   std::set<std::string_view> paths;
   for (const FileContent& f : files) {
@@ -431,7 +430,7 @@ Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& o
 }
 
 Status Model::SaveDirectory(const std::string& dir, const SaveOptions& options) {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return NotFound("'" + dir + "' is not a directory");
@@ -511,7 +510,7 @@ Status Model::SaveDirectory(const std::string& dir, const SaveOptions& options) 
 }
 
 Result<uint64_t> Model::Remove() {
-  MC_RETURN_IF_ERROR(CheckOpen());
+  MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   Store& store = connector_->store();
   uint64_t removed = 0;
   connector_->ForgetManifests(name_ + "/manifest/");

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gc
 import json
+import threading
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -357,6 +359,38 @@ def test_loads_under_way_when_the_connector_closes_end_cleanly(model):
     del it  # the reader goes after its connector
     gc.collect()
     assert_bit_exact(first, sd[name])
+
+
+def test_close_during_loads_on_other_threads(model):
+    """Loads and saves under way on other threads when the connector closes
+    end as they would have, or fail with FailedPreconditionError at their
+    next step; nothing crashes (the store goes when the last of them ends).
+    This connector has a Mooncake client of its own (its chunk size)."""
+    sd = {f"t{i}": random_tensor(torch.float32, (1 << 18,), seed=i) for i in range(24)}  # 1 MiB each
+    model.save_state_dict(sd)
+    outcomes: list[str] = []
+
+    def loads() -> None:
+        try:
+            for _ in range(200):
+                for name, t in model.weight_iterator(batch_bytes=2 << 20):
+                    assert_bit_exact(t, sd[name])
+                model.load_into({n: torch.empty_like(t) for n, t in sd.items()})
+            outcomes.append("finished")
+        except FailedPreconditionError:
+            outcomes.append("closed")
+
+    threads = [threading.Thread(target=loads) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    model.close()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert outcomes == ["closed", "closed"]
+    with pytest.raises(FailedPreconditionError):
+        model.load_state_dict()
 
 
 def test_url_must_name_a_model(store_url):
