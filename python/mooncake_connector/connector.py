@@ -180,6 +180,12 @@ class MooncakeConnector:
         return self._impl.pull_files(_patterns(allow_pattern), _patterns(ignore_pattern))
 
     def close(self) -> None:
+        """Releases the store (and a Mooncake client no other open connector
+        shares). Idempotent; afterwards every other method raises
+        ``FailedPreconditionError``. Loads, saves and key operations under way
+        on other threads end as they would have or raise that error at their
+        next step; the client goes when the last of them ends. Tensors already
+        returned stay valid."""
         self._impl.close()
 
     @property
