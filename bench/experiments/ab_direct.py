@@ -63,7 +63,9 @@ def first_load(kind: str) -> None:
     times = []
     if kind == "weight_iterator":
         dest = {n: torch.zeros(shape, dtype=getattr(torch, dtype)) for n, dtype, shape in json.loads(sys.stdin.read())}
-        for _ in range(4):
+        for i in range(4):
+            if i > 0:
+                time.sleep(float(os.environ.get("AB_GAP_SECONDS", "0")))
             start = time.perf_counter()
             for name, tensor in c.weight_iterator():
                 dest[name].copy_(tensor)
@@ -82,6 +84,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="bench.py's full-size model (1.09 GiB)")
     parser.add_argument("--first-loads", type=int, default=3, help="new-process first loads per setting")
     parser.add_argument("--out")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="seconds between a new process's weight_iterator loads (a loader's other work)")
     parser.add_argument("--separate", action="store_true",
                         help="each setting's loads in a process of its own (two rounds, alternating) instead of "
                              "two connectors in this one")
@@ -143,7 +147,8 @@ def main() -> None:
                     for d in ("0", "1"):
                         child = subprocess.run([sys.executable, __file__, "--child", kind], input=spec,
                                                capture_output=True, text=True, timeout=600,
-                                               env=dict(os.environ, MOONCAKE_DIRECT_TRANSFERS=d))
+                                               env=dict(os.environ, MOONCAKE_DIRECT_TRANSFERS=d,
+                                                        AB_GAP_SECONDS=str(args.gap)))
                         if child.returncode != 0:
                             sys.exit(f"ab_direct: a first load failed: {child.stderr[-2000:]}")
                         seconds = [float(x) for x in child.stdout.strip().split("\n")[-1].split()]
@@ -161,10 +166,10 @@ def main() -> None:
                   f"direct/staged {r['direct_vs_staged']:.2f}")
         else:
             print(f"{r['row']:<30} staged {r['staged_gib_s']} GiB/s  direct {r['direct_gib_s']} GiB/s")
-    suffix = "_separate" if args.separate else ""
+    suffix = ("_separate" if args.separate else "") + (f"_gap{args.gap:g}" if args.gap else "")
     out = args.out or f"bench/results/ab_direct_{args.mode}{suffix}.json"
     write_result(out, "ab_direct", "python bench/experiments/ab_direct.py --mode " + args.mode +
-                 (" --full" if args.full else "") + (" --separate" if args.separate else ""), size=size, rows=rows,
+                 (" --full" if args.full else "") + (" --separate" if args.separate else "") + (f" --gap {args.gap:g}" if args.gap else ""), size=size, rows=rows,
                  separate=args.separate)
 
 
