@@ -98,7 +98,8 @@ class MC_EXPORT Store {
   virtual std::vector<Status> BatchPut(std::span<const PutRequest> requests,
                                        const WriteOptions& options) = 0;
   // Each result is the value's size, i.e. the bytes written at the start of
-  // its destination.
+  // its destination. Requests may be served in parallel and in any order:
+  // their destinations (and heads) must not overlap.
   virtual std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) = 0;
   virtual std::vector<Result<bool>> BatchExists(std::span<const std::string_view> keys) = 0;
   virtual Result<uint64_t> GetSize(std::string_view key) = 0;
