@@ -33,7 +33,12 @@ def test_the_benchmark_runs_every_row_in_every_mode(tmp_path):
                    "raw get_size + put"):
             assert (mode, "small-value", op) in rows
     for mode in ("tcp", "client"):
-        assert (mode, "llama", "ours load_state_dict (first in a process)") in rows
+        for row in ("ours load_state_dict (first in a process)", "raw batch_get_into (first in a process)",
+                    "ours load_state_dict (first, with setup)", "raw batch_get_into (first, with setup)"):
+            assert (mode, "llama", row) in rows, (mode, row)
+    by_row = {(r["mode"], r["row"]): r["seconds"] for r in result["rows"] if r["case"] == "llama"}
+    for who in ("ours load_state_dict", "raw batch_get_into"):  # setup included: longer
+        assert by_row[("tcp", f"{who} (first, with setup)")] > by_row[("tcp", f"{who} (first in a process)")]
     assert ("memory", "llama", "memcpy 2 threads into reused") in rows
     assert all(r["seconds"] > 0 for r in result["rows"] if "seconds" in r)
     assert result["targets"] and all(t["ratio"] == t["ratio"] for t in result["targets"])  # no NaN
