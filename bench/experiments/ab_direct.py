@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,8 +29,10 @@ GiB = 1 << 30
 URL = "mooncake:///ab/model"
 
 
-def timed_loads(c, dest: dict, rounds: int) -> dict[str, list[float]]:
-    """Seconds of each load kind, `rounds` times (after one warm-up of each)."""
+def timed_loads(c, dest: dict, rounds: int, faults: dict[str, list[int]] | None = None) -> dict[str, list[float]]:
+    """Seconds of each load kind, `rounds` times (after one warm-up of each);
+    the page faults (minor: memory touched for the first time) of each into
+    `faults` when given."""
     loads = {
         "weight_iterator": lambda: [None for _ in c.weight_iterator()],
         "load_state_dict": lambda: c.load_state_dict(),
@@ -39,9 +42,12 @@ def timed_loads(c, dest: dict, rounds: int) -> dict[str, list[float]]:
     for row, load in loads.items():
         load()
         for _ in range(rounds):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             load()
             out[row].append(time.perf_counter() - start)
+            if faults is not None:
+                faults.setdefault(row, []).append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return out
 
 
@@ -49,7 +55,9 @@ def separate_loads() -> None:
     """In a new process with this one connector: medians of timed_loads."""
     c = create_remote_connector(URL)
     dest = {name: torch.empty(shape, dtype=getattr(torch, dtype)) for name, dtype, shape in json.loads(sys.stdin.read())}
-    print(json.dumps({row: statistics.median(t) for row, t in timed_loads(c, dest, 5).items()}))
+    faults: dict[str, list[int]] = {}
+    seconds = {row: statistics.median(t) for row, t in timed_loads(c, dest, 5, faults).items()}
+    print(json.dumps({"seconds": seconds, "faults": {row: statistics.median(f) for row, f in faults.items()}}))
     c.close()
 
 
@@ -111,6 +119,7 @@ def main() -> None:
             env["MOONCAKE_CLIENT"] = inst.client_address
         os.environ.update(env)
         times: dict[str, dict[str, list[float]]] = {"0": {}, "1": {}}
+        faults: dict[str, dict[str, list[float]]] = {"0": {}, "1": {}}
         if args.separate:
             with create_remote_connector(URL) as c:
                 c.save_state_dict(sd)
@@ -121,8 +130,10 @@ def main() -> None:
                                            text=True, env=dict(os.environ, MOONCAKE_DIRECT_TRANSFERS=d), timeout=600)
                     if child.returncode != 0:
                         sys.exit(f"ab_direct: loads failed: {child.stderr[-2000:]}")
-                    for row, t in json.loads(child.stdout.split("\n")[-2]).items():
+                    got = json.loads(child.stdout.split("\n")[-2])
+                    for row, t in got["seconds"].items():
                         times[d].setdefault(row, []).append(t)
+                        faults[d].setdefault(row, []).append(got["faults"][row])
             conns = {}
         else:
             conns = {}
@@ -139,6 +150,8 @@ def main() -> None:
             staged, direct = (statistics.median(times[d][row]) for d in ("0", "1"))
             rows.append({"row": row, "staged_gib_s": size / staged / GiB, "direct_gib_s": size / direct / GiB,
                          "direct_vs_staged": staged / direct})
+            if faults["0"]:  # each process's median page faults per load
+                rows[-1].update(staged_page_faults=faults["0"][row], direct_page_faults=faults["1"][row])
         if args.mode != "own":  # another process would read the saving process's segment over TCP
             spec = json.dumps([[n, str(t.dtype).removeprefix("torch."), list(t.shape)] for n, t in sd.items()])
             for kind in ("load_state_dict", "weight_iterator"):
@@ -163,7 +176,9 @@ def main() -> None:
     for r in rows:
         if "direct_vs_staged" in r:
             print(f"{r['row']:<30} staged {r['staged_gib_s']:6.2f} GiB/s  direct {r['direct_gib_s']:6.2f} GiB/s  "
-                  f"direct/staged {r['direct_vs_staged']:.2f}")
+                  f"direct/staged {r['direct_vs_staged']:.2f}" +
+                  (f"  page faults staged {r['staged_page_faults']} direct {r['direct_page_faults']}"
+                   if "staged_page_faults" in r else ""))
         else:
             print(f"{r['row']:<30} staged {r['staged_gib_s']} GiB/s  direct {r['direct_gib_s']} GiB/s")
     suffix = ("_separate" if args.separate else "") + (f"_gap{args.gap:g}" if args.gap else "")
