@@ -183,9 +183,13 @@ def main() -> None:
             print(f"{r['row']:<30} staged {r['staged_gib_s']} GiB/s  direct {r['direct_gib_s']} GiB/s")
     suffix = ("_separate" if args.separate else "") + (f"_gap{args.gap:g}" if args.gap else "")
     out = args.out or f"bench/results/ab_direct_{args.mode}{suffix}.json"
-    write_result(out, "ab_direct", "python bench/experiments/ab_direct.py --mode " + args.mode +
-                 (" --full" if args.full else "") + (" --separate" if args.separate else "") + (f" --gap {args.gap:g}" if args.gap else ""), size=size, rows=rows,
-                 separate=args.separate)
+    huge = os.environ.get("MOONCAKE_CONNECTOR_HUGE_PAGES")
+    command = (("" if huge is None else f"MOONCAKE_CONNECTOR_HUGE_PAGES={huge} ") +
+               "python bench/experiments/ab_direct.py --mode " + args.mode + (" --full" if args.full else "") +
+               (" --separate" if args.separate else "") + (f" --gap {args.gap:g}" if args.gap else "") +
+               (f" --first-loads {args.first_loads}" if args.first_loads != 3 else "") +
+               (f" --out {args.out}" if args.out else ""))
+    write_result(out, "ab_direct", command, size=size, rows=rows, separate=args.separate)
 
 
 if __name__ == "__main__":
