@@ -71,6 +71,18 @@ struct ManifestFile {
 
 enum class SaveState { kSaving, kComplete };
 
+// How a model's tensors are named and split (docs/model_layout.md):
+//  kEngine      per-rank engine state dicts (SGLang's save_model layout: its
+//               fused, sharded parameter names), tied to the tensor-parallel
+//               degree they were saved with (world_size).
+//  kCheckpoint  the checkpoint's own tensor names, unsharded, as rank 0 of 1
+//               (what SaveDirectory writes): an engine renames, fuses and
+//               shards them itself (SGLang's load_weights), so it serves any
+//               tensor-parallel degree.
+enum class ModelLayout { kEngine, kCheckpoint };
+MC_EXPORT const char* ModelLayoutName(ModelLayout layout);  // "engine" / "checkpoint"
+MC_EXPORT Result<ModelLayout> ParseModelLayout(std::string_view name);
+
 // One manifest object: a rank's tensors or the model's files.
 struct ManifestPart {
   int format_version = kManifestFormatVersion;
@@ -79,6 +91,9 @@ struct ManifestPart {
   SaveState state = SaveState::kSaving;
   std::optional<int> rank;  // set for a rank part, unset for the files part
   int world_size = 1;       // ranks the model was saved for
+  // Of a rank part; a part without "layout" (written before it existed) is
+  // kEngine. kCheckpoint needs world_size 1.
+  ModelLayout layout = ModelLayout::kEngine;
   std::vector<ManifestTensor> tensors;
   std::vector<ManifestFile> files;
 
@@ -96,6 +111,9 @@ using ProgressFn = std::function<void(uint64_t done, uint64_t total)>;
 
 struct SaveOptions {
   int world_size = 1;
+  // What SaveStateDict records (SaveDirectory always writes kCheckpoint).
+  // kCheckpoint needs world_size 1.
+  ModelLayout layout = ModelLayout::kEngine;
   WriteOptions write;
   // One batched store call moves at most this many bytes (and at least one
   // value).
@@ -160,6 +178,9 @@ struct ModelInfo {
   bool has_manifest = false;
   bool complete = false;  // every part complete and every rank present
   int world_size = 0;
+  // From the rank parts of the manifest; unset without one (or when the
+  // parts disagree, which is then one of the problems).
+  std::optional<ModelLayout> layout;
   std::vector<int> ranks;  // ranks with stored tensors or a manifest part
   uint64_t bytes = 0;      // from the manifest; 0 without one
   uint64_t tensors = 0;
@@ -176,6 +197,24 @@ struct VerifyReport {
   uint64_t bytes = 0;
   std::vector<std::string> problems;  // empty: every value matched
 };
+
+// A cooperative load of one rank by `world` loaders (the processes of a
+// tensor-parallel group): each fetches a disjoint share of the stored bytes
+// and the group exchanges them, so that every loader ends with every tensor.
+// The rank's tensors (in stored order) are cut into batches of about
+// batch_bytes (at least one tensor); each batch reads the stored tensors
+// its tensors need that no earlier batch read (an alias needs its target),
+// each given to one loader: the largest first, each to the loader with the
+// fewest bytes so far over the whole plan, so a loader fetches at most
+// total / world + the largest tensor. Whole tensors only: a tensor is not
+// split between loaders. Deterministic: every loader computes the same plan.
+struct ShareBatch {
+  size_t end = 0;             // the batch is tensors[previous end, end)
+  std::vector<size_t> read;   // indices of the stored tensors it reads, in stored order
+  std::vector<int> owner;     // the loader that fetches each of them
+};
+MC_EXPORT std::vector<ShareBatch> PlanShares(std::span<const ManifestTensor> tensors, int world,
+                                             uint64_t batch_bytes);
 
 class ModelReader;
 

@@ -22,8 +22,8 @@ def _device(device: Any) -> torch.device:
 
 
 def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, Any], *,
-                    world_size: int = 1, batch_bytes: int = DEFAULT_BATCH_BYTES,
-                    progress: Progress = None) -> None:
+                    world_size: int = 1, layout: str = "engine",
+                    batch_bytes: int = DEFAULT_BATCH_BYTES, progress: Progress = None) -> None:
     names, pointers, sizes, dtypes, shapes = [], [], [], [], []
     keep = []  # the tensors whose addresses go to C++ (CPU copies of GPU ones) live until the save returns
     for name, value in state_dict.items():
@@ -38,7 +38,8 @@ def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, An
         sizes.append(tensor.numel() * tensor.element_size())
         dtypes.append(dtype_name(tensor.dtype))
         shapes.append(list(tensor.shape))
-    model.save_state_dict(rank, names, pointers, sizes, dtypes, shapes, world_size, batch_bytes, progress)
+    model.save_state_dict(rank, names, pointers, sizes, dtypes, shapes, world_size, layout, batch_bytes,
+                          progress)
 
 
 def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:

@@ -122,11 +122,19 @@ def _status(info: dict[str, Any]) -> str:
     return "complete" if info["complete"] else "incomplete"
 
 
+def _serves(info: dict[str, Any]) -> str:
+    """Which tensor-parallel degrees SGLang can serve the model at."""
+    if info.get("layout") == "checkpoint":
+        return "any"
+    return str(info["world_size"]) if info["world_size"] else "?"
+
+
 def _ls(args: argparse.Namespace) -> int:
     with _connect(args.url) as c:
         models = c.list_models()
     rows = [{"name": m["name"], "bytes": m["bytes"], "ranks": m["ranks"], "world_size": m["world_size"],
-             "tensors": m["tensors"], "files": m["files"], "status": _status(m), "created": m["created"]}
+             "tensors": m["tensors"], "files": m["files"], "status": _status(m), "created": m["created"],
+             "layout": m["layout"], "serves_tp": _serves(m)}
             for m in models]
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -135,11 +143,12 @@ def _ls(args: argparse.Namespace) -> int:
         print("no models")
         return EXIT_OK
     width = max(len("MODEL"), *(len(r["name"]) for r in rows))
-    print(f"{'MODEL':<{width}}  {'SIZE':>11}  {'RANKS':>5}  {'TENSORS':>7}  {'FILES':>5}  STATUS")
+    print(f"{'MODEL':<{width}}  {'SIZE':>11}  {'RANKS':>5}  {'TENSORS':>7}  {'FILES':>5}  {'LAYOUT':<10}  "
+          f"{'TP':>3}  STATUS")
     for r in rows:
         size = _human(r["bytes"]) if r["status"] != "no manifest" else "?"
         print(f"{r['name']:<{width}}  {size:>11}  {len(r['ranks']):>5}  {r['tensors']:>7}  "
-              f"{r['files']:>5}  {r['status']}")
+              f"{r['files']:>5}  {r['layout'] or '-':<10}  {r['serves_tp']:>3}  {r['status']}")
     return EXIT_OK
 
 
@@ -149,11 +158,13 @@ def _inspect(args: argparse.Namespace) -> int:
     lines = [f"model      {info['name']}", f"status     {_status(info)}",
              f"size       {_human(info['bytes'])}" if info["has_manifest"] else "size       unknown",
              f"ranks      {info['ranks']} (world size {info['world_size']})",
+             f"layout     {info['layout'] or 'unknown (no manifest)'}: serves tensor-parallel degree "
+             f"{_serves(info)}",
              f"tensors    {info['tensors']}", f"files      {info['files']}"]
     if info["created"]:
         lines += [f"created    {info['created']}", f"written by {info['tool']}"]
     lines += [f"problem    {p}" for p in info["problems"]]
-    _emit(args, info, "\n".join(lines))
+    _emit(args, {**info, "serves_tp": _serves(info)}, "\n".join(lines))
     return EXIT_OK
 
 

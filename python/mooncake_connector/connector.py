@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import numpy as np
 import torch
 
-from . import _impl, _model
+from . import _group, _impl, _model
 from ._errors import InvalidArgumentError
 from ._tensors import as_cpu_tensor, from_wire, to_wire
 
@@ -26,6 +26,10 @@ class MooncakeConnector:
         self.url = url
         # SGLang passes device=None for "the default", which is the CPU.
         self.device = "cpu" if device is None else str(device)
+        #: What the last cooperative load (``group=``) of this connector
+        #: fetched and received: world, group_rank, total_bytes,
+        #: fetched_bytes, received_bytes, batches, seconds.
+        self.load_stats: dict[str, Any] = {}
         self._impl = _impl.Connector.create(
             url, self.device, {k: _option_text(v) for k, v in options.items()})
 
@@ -82,23 +86,48 @@ class MooncakeConnector:
     def weight_iterator(self, rank: int = 0, *, verify: bool = True,
                         batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
                         progress: Optional[Callable[[int, int], None]] = None,
-                        ) -> Iterator[tuple[str, torch.Tensor]]:
+                        group: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yields ``(name, tensor)`` for every tensor of tensor-parallel rank
         ``rank`` (keys ``{model}/keys/rank_{rank}/{name}``), on this
         connector's device, read in batches of up to ``batch_bytes`` straight
         into the tensors' memory. With a manifest, each tensor is checked
         against it (dtype, shape and, unless ``verify=False``, its checksum)
         and a tensor the store lost is ``DataLossError`` naming it; without
-        one (a model SGLang wrote), the keys are listed."""
+        one (a model SGLang wrote), the keys are listed.
+
+        ``group`` (a ``torch.distributed`` process group, e.g. a
+        tensor-parallel group whose processes all load the same rank):
+        each process fetches a disjoint share of the bytes (balanced, whole
+        tensors) and verifies it, the group exchanges the shares (broadcast:
+        gloo on CPUs, NCCL on GPUs) overlapped with the next fetch, and every
+        process yields every tensor in the same order. Every process of the
+        group must iterate to the end. A lost tensor, a checksum mismatch or
+        a process that dies fails every process. :attr:`load_stats` then
+        says what this process fetched and received. Needs a manifest."""
+        if group is not None and _group.group_size(group) > 1:
+            return self._cooperative(rank, group, None, verify=verify, batch_bytes=batch_bytes,
+                                     progress=progress)
         return _model.weight_iterator(self._model(), rank, device=self.device, verify=verify,
                                       batch_bytes=batch_bytes, progress=progress)
+
+    def _cooperative(self, rank: int, group: Any, status_group: Any, **options: Any,
+                     ) -> Iterator[tuple[str, torch.Tensor]]:
+        self.load_stats = {}
+        return _group.weight_iterator(self._model(), rank, group, device=torch.device(self.device),
+                                      stats=self.load_stats, status_group=status_group, **options)
 
     def load_state_dict(self, rank: int = 0, device: str | torch.device | None = None, *,
                         verify: bool = True, batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
                         progress: Optional[Callable[[int, int], None]] = None,
-                        ) -> dict[str, torch.Tensor]:
+                        group: Any = None) -> dict[str, torch.Tensor]:
         """The rank's tensors as a dict (tied weights share storage), on
-        ``device`` (default: this connector's)."""
+        ``device`` (default: this connector's). ``group``: a cooperative
+        load, as :meth:`weight_iterator` says."""
+        if group is not None and _group.group_size(group) > 1:
+            target = torch.device(device or self.device)
+            return {name: t if t.device == target else t.to(target)
+                    for name, t in self.weight_iterator(rank, verify=verify, batch_bytes=batch_bytes,
+                                                        progress=progress, group=group)}
         return _model.load_state_dict(self._model(), rank, device=device or self.device,
                                       verify=verify, batch_bytes=batch_bytes, progress=progress)
 
@@ -114,14 +143,20 @@ class MooncakeConnector:
                                 batch_bytes=batch_bytes, progress=progress)
 
     def save_state_dict(self, state_dict: Mapping[str, Any], rank: int = 0, *, world_size: int = 1,
-                        batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                        layout: str = "engine", batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
                         progress: Optional[Callable[[int, int], None]] = None) -> None:
         """Stores rank ``rank``'s whole state dict in SGLang's layout plus a
         manifest, in batches. Tensors sharing storage are stored once. Saving
         again resumes an interrupted save (values already stored with the same
         checksum are skipped) and removes the rank's tensors ``state_dict``
-        lacks."""
-        _model.save_state_dict(self._model(), rank, state_dict, world_size=world_size,
+        lacks.
+
+        ``layout`` is recorded in the manifest: ``"engine"`` (default) for an
+        engine's own per-rank state dict (SGLang loads it only at the same
+        tensor-parallel degree, ``world_size``); ``"checkpoint"`` for a
+        checkpoint's own names, unsharded (rank 0 of 1), which SGLang renames
+        and shards itself at any degree, as :meth:`save_directory` writes."""
+        _model.save_state_dict(self._model(), rank, state_dict, world_size=world_size, layout=layout,
                                batch_bytes=batch_bytes, progress=progress)
 
     def save_files(self, files: Mapping[str, bytes], *,
@@ -139,6 +174,12 @@ class MooncakeConnector:
         tensors of its ``*.safetensors`` shards and its other files (configs,
         tokenizer, templates; not hidden files or other weight formats)."""
         self._model().save_directory(os.fspath(path), _model.DEFAULT_BATCH_BYTES, progress)
+
+    def model_manifest(self, rank: Optional[int] = 0) -> Optional[dict[str, Any]]:
+        """The summary of rank ``rank``'s manifest part (``None``: the
+        files' part): state, world_size, layout, tensors, bytes; ``None`` when
+        there is none. One read, no listing."""
+        return self._model().manifest(rank)
 
     def inspect_model(self) -> dict[str, Any]:
         """What is stored of this model: ranks, sizes, manifest parts, and

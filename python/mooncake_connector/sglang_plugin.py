@@ -8,9 +8,26 @@ hooks. From then on ``sglang.srt.connector.create_remote_connector`` hands
 ``mooncake://`` URLs to :func:`mooncake_connector.create_remote_connector`
 and every other URL to SGLang's own function, unchanged.
 
-SGLang sorts a connector by ``isinstance`` against its ``BaseKVConnector``,
-an abstract base class; :func:`register` declares ``MooncakeConnector`` a
-virtual subclass of it (nothing is inherited).
+SGLang's ``RemoteModelLoader`` sorts a connector by ``isinstance``: a
+``BaseKVConnector`` gets ``weight_iterator(tp_rank)`` and each tensor is
+copied into the engine's own (fused, sharded) parameter of that name; a
+``BaseFileConnector`` gets ``model.load_weights(weight_iterator())``, the
+disk loader's method, which renames, fuses and shards checkpoint tensors
+for any tensor-parallel degree. So the hook hands SGLang, per model layout
+(docs/model_layout.md):
+
+- ``checkpoint`` (a folder stored with ``save``/``save_directory``): a
+  :class:`CheckpointModel`, a ``BaseFileConnector``; at TP > 1 its ranks
+  load cooperatively over SGLang's TP group (each fetches a share, the group
+  exchanges them; ``MOONCAKE_CONNECTOR_COOPERATIVE=0`` turns that off);
+- ``engine`` or no manifest (SGLang's own ``save_model``, or nothing stored
+  yet: a save): an :class:`EngineConnector`, a ``BaseKVConnector``, which
+  refuses to load an engine model at another TP degree than it was saved
+  with.
+
+:func:`register` declares ``MooncakeConnector`` a virtual subclass of
+``BaseKVConnector`` and :class:`CheckpointModel` one of
+``BaseFileConnector`` (nothing is inherited).
 
 Importing this module needs nothing from SGLang; without SGLang installed
 :func:`register` does nothing and returns ``False``.
@@ -21,8 +38,12 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import logging
+import os
 import threading
-from typing import Any
+from typing import Any, Iterator, Optional
+
+from ._model import DEFAULT_BATCH_BYTES
+from .connector import MooncakeConnector
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +72,102 @@ def open_connector(url: str, device: Any = None, **kwargs: Any):
     deleted, so the connectors handed to SGLang are held here instead (closed
     ones are let go at the next open) and closed at exit.
     """
-    from .connector import create_remote_connector  # noqa: PLC0415
-
-    conn = create_remote_connector(url, device=device, **kwargs)
+    conn = EngineConnector(url, device=device, **kwargs)
     with _held_lock:
         _held[:] = [c for c in _held if not c.closed]
         _held.append(conn)
+    if conn.model_name:
+        manifest = conn.model_manifest(0)
+        if manifest is not None and manifest.get("layout") == "checkpoint":
+            return CheckpointModel(conn)
     return conn
+
+
+def _tp_group() -> Optional[Any]:
+    """SGLang's tensor-parallel GroupCoordinator when this process is one of
+    several ranks of it; None otherwise (or outside SGLang)."""
+    try:
+        from sglang.srt.distributed import parallel_state as ps  # noqa: PLC0415
+    except ImportError:
+        return None
+    if not ps.model_parallel_is_initialized():
+        return None
+    tp = ps.get_tp_group()
+    return tp if tp.world_size > 1 else None
+
+
+class EngineConnector(MooncakeConnector):
+    """The connector SGLang gets for an ``engine``-layout model (or one
+    without a manifest): SGLang's KV path. Loading an engine model at
+    another tensor-parallel degree than it was saved with is an
+    ``InvalidArgumentError`` naming both degrees (SGLang would otherwise
+    fail on the first parameter name, or worse, on a shape)."""
+
+    def weight_iterator(self, rank: int = 0, **options: Any) -> Iterator[tuple[str, Any]]:
+        manifest = self.model_manifest(rank) if self.model_name else None
+        if manifest is not None and manifest.get("layout", "engine") == "engine":
+            tp = _tp_group()
+            serving = tp.world_size if tp is not None else 1
+            if manifest["world_size"] != serving:
+                from ._errors import InvalidArgumentError  # noqa: PLC0415
+
+                raise InvalidArgumentError(
+                    f"model '{self.model_name}' was saved by an engine at tensor-parallel degree "
+                    f"{manifest['world_size']} (engine layout: its per-rank fused parameters) and cannot "
+                    f"be loaded at degree {serving}; serve it at TP {manifest['world_size']}, or store "
+                    f"the model's folder with `mooncake-connector save DIR URL` (checkpoint layout: "
+                    f"any degree)")
+        return super().weight_iterator(rank, **options)
+
+
+class CheckpointModel:
+    """What SGLang gets for a ``checkpoint``-layout model: a
+    ``BaseFileConnector`` (registered by :func:`register`), so SGLang's
+    remote loader calls ``model.load_weights(weight_iterator())``. Every
+    other attribute is the connector's (``pull_files``, ``get_local_dir``,
+    ``close`` ...)."""
+
+    def __init__(self, connector: MooncakeConnector) -> None:
+        self.connector = connector
+
+    def weight_iterator(self, rank: int = 0, **options: Any) -> Iterator[tuple[str, Any]]:
+        """The checkpoint's tensors (stored as rank 0). Inside a
+        tensor-parallel group of SGLang at TP > 1, a cooperative load over
+        that group (its gloo group on the CPU; on GPUs the NCCL group moves
+        the bytes and the gloo group the agreement)."""
+        tp = _tp_group()
+        if tp is not None and os.environ.get("MOONCAKE_CONNECTOR_COOPERATIVE", "1") != "0":
+            on_gpu = self.connector.device.startswith("cuda") and tp.device_group is not None
+            group = tp.device_group if on_gpu else tp.cpu_group
+            return self.connector._cooperative(  # noqa: SLF001 - the plugin is part of the package
+                rank, group, tp.cpu_group, verify=options.get("verify", True),
+                batch_bytes=options.get("batch_bytes", DEFAULT_BATCH_BYTES),
+                progress=options.get("progress"))
+        return self.connector.weight_iterator(rank, **options)
+
+    def glob(self, allow_pattern: Any = None) -> list[str]:
+        """The model's stored file keys matching ``allow_pattern`` (fnmatch),
+        as BaseFileConnector asks."""
+        import fnmatch  # noqa: PLC0415
+
+        keys = self.connector.list(f"{self.connector.model_name}/files/")
+        if not allow_pattern:
+            return keys
+        patterns = [allow_pattern] if isinstance(allow_pattern, str) else list(allow_pattern)
+        return [k for k in keys if any(fnmatch.fnmatch(k, p) or fnmatch.fnmatch(k.rsplit("/", 1)[-1], p)
+                                       for p in patterns)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connector, name)
+
+    def __enter__(self) -> "CheckpointModel":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.connector.close()
+
+    def __repr__(self) -> str:
+        return f"CheckpointModel({self.connector!r})"
 
 
 _held: list = []
@@ -99,13 +209,13 @@ def register() -> bool:
     if importlib.util.find_spec("sglang") is None:
         logger.debug("sglang is not installed; the mooncake plugin has nothing to do")
         return False
-    from sglang.srt.connector.base_connector import BaseKVConnector  # noqa: PLC0415
+    from sglang.srt.connector.base_connector import BaseFileConnector, BaseKVConnector  # noqa: PLC0415
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType  # noqa: PLC0415
-
-    from .connector import MooncakeConnector  # noqa: PLC0415
 
     if not issubclass(MooncakeConnector, BaseKVConnector):
         BaseKVConnector.register(MooncakeConnector)
+    if not issubclass(CheckpointModel, BaseFileConnector):
+        BaseFileConnector.register(CheckpointModel)
     if not _hook_registered(HookRegistry):
         HookRegistry.register(TARGET, route_create_remote_connector, HookType.AROUND)
     return True

@@ -126,6 +126,7 @@ nb::dict ManifestDict(const ManifestPart& p) {
   d["bytes"] = p.StoredBytes();
   if (p.rank) {
     d["rank"] = *p.rank;
+    d["layout"] = ModelLayoutName(p.layout);
     d["tensors"] = p.tensors.size();
   } else {
     d["files"] = p.files.size();
@@ -139,6 +140,13 @@ nb::dict InfoDict(const ModelInfo& m) {
   d["has_manifest"] = m.has_manifest;
   d["complete"] = m.complete;
   d["world_size"] = m.world_size;
+  // "checkpoint" / "engine"; None without a manifest (an engine's layout,
+  // SGLang's own save_model) or when the ranks disagree.
+  if (m.layout) {
+    d["layout"] = ModelLayoutName(*m.layout);
+  } else {
+    d["layout"] = nb::none();
+  }
   d["ranks"] = m.ranks;
   d["bytes"] = m.bytes;
   d["tensors"] = m.tensors;
@@ -377,6 +385,17 @@ NB_MODULE(_impl, m) {
       .def("next_batch", &PyModelReader::NextBatch)
       .def("load_into", &PyModelReader::LoadInto)
       .def("load_into_cuda", &PyModelReader::LoadIntoCuda)
+      // PlanShares over the manifest's tensors: [(end, [read index], [owner])].
+      .def("plan_shares",
+           [](PyModelReader& r, int world, uint64_t batch_bytes) {
+             if (!r.get().has_manifest()) Check(FailedPrecondition("a cooperative load needs a manifest"));
+             nb::list out;
+             for (ShareBatch& b : PlanShares(r.get().tensors(), world, batch_bytes)) {
+               out.append(nb::make_tuple(b.end, b.read, b.owner));
+             }
+             return out;
+           },
+           nb::arg("world"), nb::arg("batch_bytes"))
       .def_prop_ro("has_manifest", [](PyModelReader& r) { return r.get().has_manifest(); })
       .def_prop_ro("total_bytes", [](PyModelReader& r) { return r.get().total_bytes(); });
 
@@ -390,8 +409,8 @@ NB_MODULE(_impl, m) {
            // and sizes, which the caller keeps alive: no array object each.
            [](Model& model, int rank, const std::vector<std::string>& names, const std::vector<uintptr_t>& pointers,
               const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
-              const std::vector<std::vector<int64_t>>& shapes, int world_size, uint64_t batch_bytes,
-              nb::object progress) {
+              const std::vector<std::vector<int64_t>>& shapes, int world_size, const std::string& layout,
+              uint64_t batch_bytes, nb::object progress) {
              if (pointers.size() != names.size() || sizes.size() != names.size() ||
                  dtypes.size() != names.size() || shapes.size() != names.size()) {
                Check(InvalidArgument("save_state_dict: names, pointers, sizes, dtypes and shapes differ in length"));
@@ -404,13 +423,15 @@ NB_MODULE(_impl, m) {
              }
              SaveOptions o;
              o.world_size = world_size;
+             o.layout = Unwrap(ParseModelLayout(layout));
              o.batch_bytes = batch_bytes;
              o.progress = Progress(std::move(progress));
              nb::gil_scoped_release release;
              Check(model.SaveStateDict(rank, views, o));
            },
            nb::arg("rank"), nb::arg("names"), nb::arg("pointers"), nb::arg("sizes"), nb::arg("dtypes"),
-           nb::arg("shapes"), nb::arg("world_size"), nb::arg("batch_bytes"), nb::arg("progress").none())
+           nb::arg("shapes"), nb::arg("world_size"), nb::arg("layout"), nb::arg("batch_bytes"),
+           nb::arg("progress").none())
       .def("save_files",
            [](Model& model, const std::vector<std::string>& paths, std::vector<ByteArray> arrays,
               uint64_t batch_bytes, nb::object progress) {
@@ -432,6 +453,20 @@ NB_MODULE(_impl, m) {
              Check(model.SaveDirectory(dir, o));
            },
            nb::arg("dir"), nb::arg("batch_bytes"), nb::arg("progress").none())
+      // The manifest part of rank `rank` (the files' part for None) as
+      // ManifestDict, or None when there is none: one store read, no listing.
+      .def("manifest",
+           [](Model& model, std::optional<int> rank) -> nb::object {
+             Result<std::optional<ManifestPart>> r = std::optional<ManifestPart>();
+             {
+               nb::gil_scoped_release release;
+               r = model.ReadManifest(rank);
+             }
+             std::optional<ManifestPart> part = Unwrap(std::move(r));
+             if (!part) return nb::none();
+             return ManifestDict(*part);
+           },
+           nb::arg("rank").none())
       .def("inspect",
            [](Model& model) {
              Result<ModelInfo> r = ModelInfo();

@@ -130,6 +130,16 @@ Status CheckTensors(const std::vector<ManifestTensor>& tensors) {
 
 }  // namespace
 
+const char* ModelLayoutName(ModelLayout layout) {
+  return layout == ModelLayout::kCheckpoint ? "checkpoint" : "engine";
+}
+
+Result<ModelLayout> ParseModelLayout(std::string_view name) {
+  if (name == "engine") return ModelLayout::kEngine;
+  if (name == "checkpoint") return ModelLayout::kCheckpoint;
+  return InvalidArgument("unknown model layout '" + std::string(name) + "' (engine or checkpoint)");
+}
+
 std::string ToolVersion() { return std::string("mooncake-connector ") + MC_VERSION; }
 
 uint64_t ManifestPart::StoredBytes() const {
@@ -150,6 +160,7 @@ std::string EncodeManifest(const ManifestPart& part) {
             {"world_size", part.world_size}};
   if (part.rank) {
     j["rank"] = *part.rank;
+    j["layout"] = ModelLayoutName(part.layout);
     json tensors = json::array();
     for (const ManifestTensor& t : part.tensors) {
       json e = {{"name", t.name},
@@ -209,6 +220,15 @@ Result<ManifestPart> ParseManifest(std::string_view text) {
     MC_ASSIGN_OR_RETURN(uint64_t rank, Unsigned(j, "rank", "the manifest"));
     if (rank >= world) return Bad("rank " + std::to_string(rank) + " is not below world_size");
     part.rank = static_cast<int>(rank);
+    if (j.contains("layout")) {
+      MC_ASSIGN_OR_RETURN(std::string layout, Text(j, "layout", "the manifest"));
+      Result<ModelLayout> parsed = ParseModelLayout(layout);
+      if (!parsed.ok()) return Bad(std::string(parsed.status().message()));
+      part.layout = *parsed;
+      if (part.layout == ModelLayout::kCheckpoint && world != 1) {
+        return Bad("a checkpoint-layout part has world_size " + std::to_string(world) + " (it must be 1)");
+      }
+    }
     MC_ASSIGN_OR_RETURN(const json* tensors, Member(j, "tensors", "the manifest"));
     if (!tensors->is_array()) return Bad("\"tensors\" is not a list");
     for (size_t i = 0; i < tensors->size(); ++i) {

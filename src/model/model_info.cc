@@ -70,6 +70,8 @@ Result<ModelInfo> Model::Inspect() {
   std::set<int> ranks;
   MC_ASSIGN_OR_RETURN(std::vector<std::string> manifest_keys, store.List(name_ + "/manifest/"));
   std::optional<int> world;
+  std::optional<ModelLayout> saw_layout;
+  bool layout_agrees = true;
   bool all_complete = true;
   for (const std::string& key : manifest_keys) {
     std::optional<int> rank;
@@ -95,6 +97,12 @@ Result<ModelInfo> Model::Inspect() {
         all_complete = false;
       }
       world = p.world_size;
+      if (saw_layout && *saw_layout != p.layout) {
+        info.problems.push_back("the ranks disagree on the layout");
+        all_complete = false;
+        layout_agrees = false;
+      }
+      saw_layout = p.layout;
       info.tensors += p.tensors.size();
     } else {
       info.files += p.files.size();
@@ -111,6 +119,7 @@ Result<ModelInfo> Model::Inspect() {
   }
   ranks.insert(stored_ranks.begin(), stored_ranks.end());
   info.ranks.assign(ranks.begin(), ranks.end());
+  if (layout_agrees) info.layout = saw_layout;
   info.world_size = world.value_or(static_cast<int>(ranks.empty() ? 0 : *ranks.rbegin() + 1));
   if (info.has_manifest) {
     for (int r = 0; r < info.world_size; ++r) {

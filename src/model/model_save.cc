@@ -189,6 +189,11 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
   part.created = UtcNow();
   part.rank = rank;
   part.world_size = options.world_size;
+  part.layout = options.layout;
+  if (rank && options.layout == ModelLayout::kCheckpoint && options.world_size != 1) {
+    return InvalidArgument("a checkpoint-layout model is saved unsharded, as rank 0 of 1 (world_size " +
+                           std::to_string(options.world_size) + " given)");
+  }
   if (rank && (*rank < 0 || *rank >= options.world_size)) {
     return InvalidArgument("rank " + std::to_string(*rank) + " is not below world_size " +
                            std::to_string(options.world_size));
@@ -504,6 +509,7 @@ Status Model::SaveDirectory(const std::string& dir, const SaveOptions& options) 
     };
   }
   tensor_options.world_size = 1;
+  tensor_options.layout = ModelLayout::kCheckpoint;  // the checkpoint's own names, unsharded
   file_options.world_size = 1;
   MC_RETURN_IF_ERROR(SaveStateDict(0, tensors, tensor_options));
   return SaveFiles(files, file_options);

@@ -59,6 +59,7 @@ void ExpectSamePart(const ManifestPart& a, const ManifestPart& b) {
     EXPECT_EQ(a.tensors[i].checksum, b.tensors[i].checksum);
     EXPECT_EQ(a.tensors[i].alias_of, b.tensors[i].alias_of);
   }
+  EXPECT_EQ(a.layout, b.layout);
   ASSERT_EQ(a.files.size(), b.files.size());
   for (size_t i = 0; i < a.files.size(); ++i) {
     EXPECT_EQ(a.files[i].path, b.files[i].path);
@@ -175,12 +176,85 @@ TEST(ModelManifest, RejectsMalformed) {
       {Manifest("\"world_size\": 1, \"files\": []", "Complete"), "unknown state 'Complete'"},
       {Manifest("\"world_size\": 1"), "lacks \"files\""},
       {RankWith(TensorJson("a", "F99")), "tensor 'a'"},
+      {Manifest("\"world_size\": 1, \"rank\": 0, \"layout\": \"sharded\", \"tensors\": []"),
+       "unknown model layout 'sharded'"},
+      {Manifest("\"world_size\": 1, \"rank\": 0, \"layout\": 1, \"tensors\": []"), "\"layout\" is not a string"},
+      {Manifest("\"world_size\": 2, \"rank\": 0, \"layout\": \"checkpoint\", \"tensors\": []"),
+       "checkpoint-layout part has world_size 2"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.text);
     EXPECT_STATUS(ParseManifest(c.text).status(), kDataLoss, c.fragment);
     EXPECT_STATUS(ParseManifest(c.text).status(), kDataLoss, "invalid model manifest");
   }
+}
+
+TEST(ModelManifest, LayoutRoundTripsAndDefaultsToEngine) {
+  ManifestPart part = SampleRankPart();
+  EXPECT_TRUE(Contains(EncodeManifest(part), "\"layout\": \"engine\"")) << EncodeManifest(part);
+  part.world_size = 1;
+  part.rank = 0;
+  part.layout = ModelLayout::kCheckpoint;
+  std::string text = EncodeManifest(part);
+  EXPECT_TRUE(Contains(text, "\"layout\": \"checkpoint\"")) << text;
+  Result<ManifestPart> back = ParseManifest(text);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->layout, ModelLayout::kCheckpoint);
+  // Parts written before the layout existed are an engine's.
+  Result<ManifestPart> old = ParseManifest(RankWith(TensorJson("a")));
+  ASSERT_TRUE(old.ok()) << old.status();
+  EXPECT_EQ(old->layout, ModelLayout::kEngine);
+}
+
+std::vector<ManifestTensor> Sized(std::initializer_list<uint64_t> sizes) {
+  std::vector<ManifestTensor> out;
+  for (uint64_t n : sizes) {
+    out.push_back({"t" + std::to_string(out.size()), DType::kU8, {static_cast<int64_t>(n)}, n, 0, ""});
+  }
+  return out;
+}
+
+TEST(PlanShares, SharesAreDisjointCoverEverythingAndBalance) {
+  std::vector<ManifestTensor> tensors = Sized({100, 5, 70, 30, 30, 1, 0, 64, 64, 200, 3});
+  for (int world : {1, 2, 3, 4, 16}) {
+    for (uint64_t batch : {uint64_t{1}, uint64_t{100}, uint64_t{1} << 30}) {
+      SCOPED_TRACE(std::to_string(world) + " loaders, batches of " + std::to_string(batch));
+      std::vector<ShareBatch> plan = PlanShares(tensors, world, batch);
+      std::vector<int> times(tensors.size(), 0);
+      std::vector<uint64_t> load(world, 0);
+      size_t begin = 0;
+      for (const ShareBatch& b : plan) {
+        EXPECT_GT(b.end, begin);
+        ASSERT_EQ(b.read.size(), b.owner.size());
+        for (size_t k = 0; k < b.read.size(); ++k) {
+          EXPECT_GE(b.read[k], begin);
+          EXPECT_LT(b.read[k], b.end);
+          ASSERT_GE(b.owner[k], 0);
+          ASSERT_LT(b.owner[k], world);
+          ++times[b.read[k]];
+          load[b.owner[k]] += tensors[b.read[k]].nbytes;
+        }
+        begin = b.end;
+      }
+      EXPECT_EQ(begin, tensors.size());
+      for (int t : times) EXPECT_EQ(t, 1);  // each tensor fetched once
+      uint64_t total = 0;
+      for (const ManifestTensor& t : tensors) total += t.nbytes;
+      for (uint64_t l : load) EXPECT_LE(l, total / world + 200);  // + the largest tensor
+    }
+  }
+}
+
+TEST(PlanShares, AnAliasReadsItsTargetInItsBatchOnce) {
+  std::vector<ManifestTensor> tensors = Sized({10, 10, 10});
+  tensors[0].alias_of = "t2";  // before its target
+  tensors[1].alias_of = "t2";
+  std::vector<ShareBatch> plan = PlanShares(tensors, 2, 1);
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].end, 1u);  // the alias's batch reads its target
+  EXPECT_EQ(plan[0].read, std::vector<size_t>{2});
+  EXPECT_EQ(plan[1].end, 3u);  // and nothing is read twice
+  EXPECT_TRUE(plan[1].read.empty());
 }
 
 TEST(ModelManifest, NewerFormatVersionIsUnimplemented) {

@@ -1,0 +1,175 @@
+"""Cooperative loads: the processes of a torch.distributed group (a
+tensor-parallel group) each fetch a disjoint share of a model's bytes and
+exchange them, so every process yields every tensor while each byte leaves
+the store once per group.
+
+Who fetches what is planned in C++ (``PlanShares``, model.h: batches of
+about ``batch_bytes``, whole tensors balanced by bytes; every process
+computes the same plan). Each process fetches its share of a batch with the
+C++ ``load_into`` (checksums verified) into one flat buffer per owner, the
+group agrees that every share arrived (one ``all_gather_object``), then each
+owner broadcasts its buffer. The next batch is fetched on a helper thread
+while the current one is exchanged and handed on.
+
+Failure is all-or-nothing per batch: a share that could not be fetched (a
+lost tensor, a checksum mismatch) fails every process with the owner's error
+before anything of the batch is exchanged; a process that dies makes the
+collectives of the others fail (gloo and NCCL report the closed connection;
+otherwise the group's own timeout bounds the wait). Nothing is yielded from
+a batch that was not exchanged whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator, Optional
+
+import torch
+
+from . import _impl
+from ._errors import DataLossError, MooncakeConnectorError, UnavailableError
+from ._tensors import _NAME_TO_TORCH
+
+logger = logging.getLogger("mooncake_connector")
+
+_ALIGN = 64  # every tensor of a share buffer starts at a multiple of this
+
+
+def _dist():
+    import torch.distributed as dist  # noqa: PLC0415 - only cooperative loads need it
+
+    return dist
+
+
+def group_size(group: Any) -> int:
+    return _dist().get_world_size(group)
+
+
+class _Batch:
+    """One batch of the plan: where each stored tensor sits in its owner's buffer."""
+
+    def __init__(self, end: int, read: list[int], owner: list[int], entries, world: int):
+        self.end = end
+        self.read = read
+        self.owner = owner
+        self.sizes = [0] * world
+        self.offset: dict[int, int] = {}
+        self.owner_of = dict(zip(read, owner))
+        for index, who in zip(read, owner):
+            self.offset[index] = self.sizes[who]
+            nbytes = entries[index][3]
+            self.sizes[who] += -(-nbytes // _ALIGN) * _ALIGN if nbytes else 0
+
+    def view(self, buffers: list[torch.Tensor], entries, index: int) -> torch.Tensor:
+        name, dtype, shape, nbytes, _ = entries[index]
+        who = self.owner_of[index]
+        start = self.offset[index]
+        return buffers[who][start:start + nbytes].view(_NAME_TO_TORCH[dtype]).view(shape)
+
+
+def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torch.device,
+                    verify: bool, batch_bytes: int, progress, stats: dict,
+                    status_group: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yields rank ``rank``'s tensors in stored order on every process of
+    ``group``; see the module's comment. ``status_group`` (default
+    ``group``) carries the small agreement messages: a gloo group beside an
+    NCCL ``group``. ``stats`` is filled as the load proceeds."""
+    from . import _model  # noqa: PLC0415 - _model imports this module
+
+    dist = _dist()
+    status_group = group if status_group is None else status_group
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    reader = model.reader(rank, verify, batch_bytes, None)
+    entries = reader.tensors()
+    plan = [_Batch(end, read, owner, entries, world)
+            for end, read, owner in reader.plan_shares(world, batch_bytes)]
+    nccl = dist.get_backend(group) == "nccl"
+    where = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    total = sum(e[3] for e in entries if not e[4])
+    stats.update(world=world, group_rank=me, total_bytes=total, fetched_bytes=0, received_bytes=0,
+                 batches=len(plan), seconds=0.0)
+    start = time.perf_counter()
+
+    def fetch(b: _Batch) -> tuple[list[torch.Tensor], Optional[BaseException]]:
+        buffers = [torch.empty(n, dtype=torch.uint8, device=where) for n in b.sizes]
+        mine = {entries[i][0]: b.view(buffers, entries, i)
+                for i, who in zip(b.read, b.owner) if who == me}
+        try:
+            if mine:
+                _model.load_into(model, rank, mine, verify=verify, strict=False, batch_bytes=batch_bytes)
+        except BaseException as e:  # noqa: BLE001 - handed to the group, raised below
+            return buffers, e
+        stats["fetched_bytes"] += sum(entries[i][3] for i, who in zip(b.read, b.owner) if who == me)
+        return buffers, None
+
+    kept: dict[int, torch.Tensor] = {}  # stored tensors that later aliases still need
+    needed_later = {e[4] for e in entries if e[4]}
+    by_name = {e[0]: i for i, e in enumerate(entries)}
+    done = 0
+    begin = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="mooncake-share") as pool:
+        pending = pool.submit(fetch, plan[0]) if plan else None
+        for k, b in enumerate(plan):
+            buffers, error = pending.result()
+            _agree(dist, status_group, world, me, error, k, len(plan))
+            pending = pool.submit(fetch, plan[k + 1]) if k + 1 < len(plan) else None
+            try:
+                _exchange(dist, group, buffers, world, me)
+            except MooncakeConnectorError:
+                raise
+            except Exception as e:  # a peer that died, a closed group
+                raise UnavailableError(
+                    f"the exchange of batch {k + 1} of {len(plan)} among the {world} loading processes "
+                    f"failed (a process of the group died or left): {e}") from e
+            stats["received_bytes"] += sum(n for who, n in enumerate(b.sizes) if who != me)
+            here = {i: b.view(buffers, entries, i) for i in b.read}
+            for i in range(begin, b.end):
+                name, _, _, _, alias = entries[i]
+                stored = by_name[alias] if alias else i
+                tensor = here.get(stored)
+                if tensor is None:
+                    tensor = kept[stored]
+                elif entries[stored][0] in needed_later:
+                    kept[stored] = tensor
+                yield name, tensor if tensor.device == device else tensor.to(device)
+            done += sum(entries[i][3] for i in b.read)
+            begin = b.end
+            if progress is not None:
+                progress(done, total)
+    stats["seconds"] = time.perf_counter() - start
+    logger.info("cooperative load of %s rank %d: process %d of %d fetched %d of %d bytes, received %d",
+                model.name, rank, me, world, stats["fetched_bytes"], total, stats["received_bytes"])
+
+
+def _agree(dist, status_group, world: int, me: int, error: Optional[BaseException], k: int,
+           batches: int) -> None:
+    """Every process learns whether every share of batch ``k`` arrived; if
+    one did not, every process raises (the owner its own error)."""
+    report = None if error is None else (type(error).__name__, str(error))
+    reports: list = [None] * world
+    try:
+        dist.all_gather_object(reports, report, group=status_group)
+    except Exception as e:  # noqa: BLE001 - a peer that died
+        if error is not None:
+            raise error from e
+        raise UnavailableError(
+            f"the loading processes could not agree on batch {k + 1} of {batches} "
+            f"(a process of the group died or left): {e}") from e
+    if error is not None:
+        raise error
+    for who, r in enumerate(reports):
+        if r is not None:
+            raise DataLossError(f"process {who} of the {world} loading processes could not fetch its "
+                                f"share of batch {k + 1} of {batches}: {r[0]}: {r[1]}")
+
+
+def _exchange(dist, group, buffers: list[torch.Tensor], world: int, me: int) -> None:
+    works = []
+    for who in range(world):
+        if buffers[who].numel() == 0:
+            continue
+        works.append(dist.broadcast(buffers[who], group=group, group_src=who, async_op=True))
+    for w in works:
+        w.wait()

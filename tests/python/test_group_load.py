@@ -1,0 +1,118 @@
+"""Cooperative loads against a real Mooncake: the processes of a gloo group
+each fetch a disjoint share of a model and exchange the rest, and every one
+ends with every tensor, bit for bit; a lost tensor or a dead process fails
+every process with an error that says so, within a bounded time."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import clear_mooncake
+from model_fixtures import generated_state_dict
+from mooncake_connector import create_remote_connector, standalone
+
+WORKER = str(Path(__file__).with_name("group_worker.py"))
+
+
+@pytest.fixture
+def cluster(mooncake_cluster):
+    clear_mooncake()
+    return mooncake_cluster
+
+
+def digests(sd: dict[str, torch.Tensor]) -> dict:
+    return {n: [str(t.dtype), list(t.shape),
+                hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()]
+            for n, t in sd.items()}
+
+
+def run_group(url: str, world: int, *extra: object, timeout: float = 120) -> list[dict]:
+    port = standalone.free_port()
+    procs = [subprocess.Popen([sys.executable, WORKER, url, str(r), str(world), str(port), *map(str, extra)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for r in range(world)]
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+def saved_model(url: str) -> dict[str, torch.Tensor]:
+    sd = generated_state_dict(small=40)
+    sd["tied.weight"] = sd["embed_tokens.weight"]  # an alias: stored once, yielded twice
+    with create_remote_connector(url) as c:
+        c.save_state_dict(sd, layout="checkpoint")
+    return sd
+
+
+@pytest.mark.parametrize("world,batch_kib", [(2, 256), (3, 64 << 10)])
+def test_every_process_gets_every_tensor_and_fetches_its_share(cluster, world, batch_kib):
+    url = "mooncake:///org/coop"
+    sd = saved_model(url)
+    with create_remote_connector(url) as c:
+        order = [n for n, _ in c.weight_iterator()]
+        entries = c.model_manifest(0)
+    results = run_group(url, world, batch_kib * 1024)
+    want = digests(sd)
+    largest = max(t.numel() * t.element_size() for t in sd.values())
+    total = sum(t.numel() * t.element_size() for n, t in sd.items() if n != "tied.weight")
+    assert entries["bytes"] == total
+    fetched = 0
+    for r in results:
+        assert "error" not in r, r
+        assert list(r["digests"]) == order  # the stored order on every process
+        assert r["digests"] == want
+        s = r["stats"]
+        assert s["world"] == world and s["total_bytes"] == total
+        assert s["fetched_bytes"] <= total / world + largest, s
+        fetched += s["fetched_bytes"]
+        assert s["fetched_bytes"] + s["received_bytes"] >= total
+    assert fetched == total  # disjoint shares that cover the model: each byte fetched once
+
+
+def test_a_lost_tensor_fails_every_process_naming_it(cluster):
+    url = "mooncake:///org/coop-lost"
+    saved_model(url)
+    with create_remote_connector(url) as c:
+        assert c.remove("org/coop-lost/keys/rank_0/lm_head.weight")
+    start = time.monotonic()
+    results = run_group(url, 2)
+    assert time.monotonic() - start < 60
+    for r in results:
+        assert r.get("error") == "DataLossError", r
+        assert "lm_head.weight" in r["message"]
+
+
+def test_a_process_that_dies_fails_the_others(cluster):
+    url = "mooncake:///org/coop-dead"
+    saved_model(url)
+    port = standalone.free_port()
+    # Rank 1 stops after its first tensor of a load of many small batches
+    # and is killed; rank 0 must fail, not wait for it.
+    procs = [subprocess.Popen([sys.executable, WORKER, url, str(r), "2", str(port), str(64 << 10),
+                               "1" if r == 1 else "-1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True) for r in range(2)]
+    try:
+        line = procs[1].stdout.readline()
+        assert json.loads(line).get("paused"), line
+        procs[1].kill()
+        start = time.monotonic()
+        out, _ = procs[0].communicate(timeout=90)
+        elapsed = time.monotonic() - start
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    r0 = json.loads(out.strip().splitlines()[-1])
+    assert r0.get("error") == "UnavailableError", r0
+    assert "died or left" in r0["message"]
+    assert elapsed < 60
