@@ -178,8 +178,9 @@ struct ModelInfo {
   bool has_manifest = false;
   bool complete = false;  // every part complete and every rank present
   int world_size = 0;
-  // From the rank parts of the manifest; unset without one (or when the
-  // parts disagree, which is then one of the problems).
+  // From the rank parts of the manifest (unset when they disagree, which is
+  // then one of the problems); kEngine for tensors stored without a
+  // manifest (SGLang's save_model).
   std::optional<ModelLayout> layout;
   std::vector<int> ranks;  // ranks with stored tensors or a manifest part
   uint64_t bytes = 0;      // from the manifest; 0 without one

@@ -92,8 +92,13 @@ def _tp_group() -> Optional[Any]:
         return None
     if not ps.model_parallel_is_initialized():
         return None
-    tp = ps.get_tp_group()
-    return tp if tp.world_size > 1 else None
+    try:  # 0.5.23 and later; get_tp_group() is deprecated there
+        from sglang.srt.runtime_context import get_parallel  # noqa: PLC0415
+
+        tp = get_parallel().tp_group
+    except (ImportError, AttributeError):
+        tp = ps.get_tp_group()
+    return tp if tp is not None and tp.world_size > 1 else None
 
 
 class EngineConnector(MooncakeConnector):
@@ -104,20 +109,31 @@ class EngineConnector(MooncakeConnector):
     fail on the first parameter name, or worse, on a shape)."""
 
     def weight_iterator(self, rank: int = 0, **options: Any) -> Iterator[tuple[str, Any]]:
-        manifest = self.model_manifest(rank) if self.model_name else None
-        if manifest is not None and manifest.get("layout", "engine") == "engine":
-            tp = _tp_group()
-            serving = tp.world_size if tp is not None else 1
-            if manifest["world_size"] != serving:
-                from ._errors import InvalidArgumentError  # noqa: PLC0415
+        saved = self._saved_degree(rank) if self.model_name else None
+        tp = _tp_group()
+        serving = tp.world_size if tp is not None else 1
+        if saved is not None and saved != serving:
+            from ._errors import InvalidArgumentError  # noqa: PLC0415
 
-                raise InvalidArgumentError(
-                    f"model '{self.model_name}' was saved by an engine at tensor-parallel degree "
-                    f"{manifest['world_size']} (engine layout: its per-rank fused parameters) and cannot "
-                    f"be loaded at degree {serving}; serve it at TP {manifest['world_size']}, or store "
-                    f"the model's folder with `mooncake-connector save DIR URL` (checkpoint layout: "
-                    f"any degree)")
+            raise InvalidArgumentError(
+                f"model '{self.model_name}' was saved by an engine at tensor-parallel degree {saved} "
+                f"(engine layout: its per-rank fused parameters) and cannot be loaded at degree "
+                f"{serving}; serve it at TP {saved}, or store the model's folder with "
+                f"`mooncake-connector save DIR URL` (checkpoint layout: any degree)")
         return super().weight_iterator(rank, **options)
+
+    def _saved_degree(self, rank: int) -> Optional[int]:
+        """The TP degree the model was saved at: its manifest's world_size,
+        or, for a model SGLang's save_model wrote (no manifest), the number
+        of rank folders stored (ranks 0..N-1). None when nothing is stored
+        (the load then fails on its own, naming what is missing)."""
+        manifest = self.model_manifest(rank)
+        if manifest is not None:
+            return manifest["world_size"] if manifest.get("layout", "engine") == "engine" else None
+        prefix = f"{self.model_name}/keys/rank_"
+        ranks = {key[len(prefix):].split("/", 1)[0] for key in self.list(prefix)}
+        numbers = sorted(int(r) for r in ranks if r.isdigit())
+        return numbers[-1] + 1 if numbers else None
 
 
 class CheckpointModel:

@@ -140,8 +140,7 @@ nb::dict InfoDict(const ModelInfo& m) {
   d["has_manifest"] = m.has_manifest;
   d["complete"] = m.complete;
   d["world_size"] = m.world_size;
-  // "checkpoint" / "engine"; None without a manifest (an engine's layout,
-  // SGLang's own save_model) or when the ranks disagree.
+  // "checkpoint" / "engine" (ModelInfo::layout); None when nothing tells.
   if (m.layout) {
     d["layout"] = ModelLayoutName(*m.layout);
   } else {

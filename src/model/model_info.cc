@@ -139,6 +139,9 @@ Result<ModelInfo> Model::Inspect() {
       info.tensors = tensor_keys.size();
     }
     info.problems.push_back("no manifest (written by SGLang or by hand): loads by listing, unverified");
+    // Only an engine writes rank folders without a manifest (SGLang's
+    // save_model), and that is how such a model is loaded (SGLang's KV path).
+    if (!info.ranks.empty()) info.layout = ModelLayout::kEngine;
   }
   if (info.ranks.empty() && info.parts.empty()) {
     return NotFound("no model '" + name_ + "' in " + store.url());

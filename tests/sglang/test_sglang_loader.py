@@ -105,14 +105,31 @@ def test_mooncake_urls_reach_our_connector(model_name):
     from sglang.srt.connector import ConnectorType, create_remote_connector, get_connector_type
 
     with create_remote_connector(f"mooncake:///{model_name}", device="cpu") as client:
-        assert type(client) is MooncakeConnector
+        assert type(client) is sglang_plugin.EngineConnector  # nothing stored: SGLang's KV path
         assert get_connector_type(client) == ConnectorType.KV
         assert client.model_name == model_name
     # The positional device SGLang's loaders pass, and device=None.
     with create_remote_connector(f"mooncake:///{model_name}", "cpu") as client:
-        assert type(client) is MooncakeConnector
+        assert isinstance(client, MooncakeConnector)
     with create_remote_connector(f"mooncake:///{model_name}") as client:
         assert client.device == "cpu"
+
+
+def test_checkpoint_models_take_sglangs_file_path(model_name):
+    """A model stored under the checkpoint's names is a BaseFileConnector to
+    SGLang (model.load_weights renames and shards it); its files and
+    connector methods stay reachable."""
+    from sglang.srt.connector import ConnectorType, create_remote_connector, get_connector_type
+
+    with mooncake_connector.create_remote_connector(f"mooncake:///{model_name}") as c:
+        c.save_state_dict({"model.norm.weight": torch.ones(8)}, layout="checkpoint")
+        c.save_files({"config.json": b"{}"})
+    with create_remote_connector(f"mooncake:///{model_name}", device="cpu") as client:
+        assert type(client) is sglang_plugin.CheckpointModel
+        assert get_connector_type(client) == ConnectorType.FS
+        assert [n for n, _ in client.weight_iterator()] == ["model.norm.weight"]
+        assert client.pull_files(allow_pattern=["*config.json"]) == ["config.json"]
+        assert client.glob("*.json") == [f"{model_name}/files/config.json"]
 
 
 @pytest.mark.parametrize("url", [
