@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -82,19 +83,35 @@ def _save(args: argparse.Namespace) -> int:
         info = c.inspect_model()
     rate = info["bytes"] / seconds / 1e9 if seconds > 0 else 0.0
     _emit(args, {"model": info["name"], "bytes": info["bytes"], "tensors": info["tensors"],
-                 "files": info["files"], "seconds": seconds, "gb_per_s": rate},
+                 "files": info["files"], "seconds": seconds, "gb_per_s": rate, "layout": info["layout"],
+                 "serves_tp": _serves(info)},
           f"saved {info['name']}: {info['tensors']} tensors, {info['files']} files, "
-          f"{_human(info['bytes'])} in {seconds:.2f} s ({rate:.2f} GB/s)")
+          f"{_human(info['bytes'])} in {seconds:.2f} s ({rate:.2f} GB/s); layout {info['layout']}, "
+          f"serves tensor-parallel degree {_serves(info)}")
     return EXIT_OK
 
 
+def _launched_group() -> Any:
+    """A gloo group of the processes torchrun (or any launcher that sets
+    WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT) started; None for one
+    process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist  # noqa: PLC0415
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.group.WORLD
+
+
 def _load(args: argparse.Namespace) -> int:
+    group = _launched_group()
     with _connect(args.url, args.device) as c:
         start = time.perf_counter()
         tensors = _run_with_progress(
             args, f"load rank {args.rank}",
             lambda p: c.load_state_dict(args.rank, device=args.device, verify=not args.no_verify,
-                                        progress=p))
+                                        progress=p, group=group))
         if args.device and args.device.startswith("cuda"):
             import torch
             torch.cuda.synchronize()
@@ -107,12 +124,16 @@ def _load(args: argparse.Namespace) -> int:
             seen.add(key)
             nbytes += t.numel() * t.element_size()
     rate = nbytes / seconds / 1e9 if seconds > 0 else 0.0
+    stats = c.load_stats if group is not None else {}
+    shared = (f"; process {stats['group_rank']} of {stats['world']} fetched "
+              f"{_human(stats['fetched_bytes'])} and received {_human(stats['received_bytes'])}"
+              if stats else "")
     _emit(args, {"url": args.url, "rank": args.rank, "device": args.device or "cpu",
                  "tensors": len(tensors), "bytes": nbytes, "seconds": seconds, "gb_per_s": rate,
-                 "verified": not args.no_verify},
+                 "verified": not args.no_verify, "group": stats or None},
           f"loaded {len(tensors)} tensors, {_human(nbytes)} in {seconds:.3f} s "
           f"({rate:.2f} GB/s) onto {args.device or 'cpu'}"
-          f"{'' if args.no_verify else ', checksums verified'}")
+          f"{'' if args.no_verify else ', checksums verified'}{shared}")
     return EXIT_OK
 
 
@@ -263,7 +284,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("dir")
     p.add_argument("url")
     p.set_defaults(func=_save)
-    p = sub.add_parser("load", parents=[common], help="load a model's rank and print the throughput")
+    p = sub.add_parser("load", parents=[common], help="load a model's rank and print the throughput",
+                       description="Loads one rank of a model and prints bytes, seconds and GB/s. Started by "
+                       "torchrun (WORLD_SIZE > 1), the processes load it cooperatively over gloo: each "
+                       "fetches a share, they exchange the rest, and each prints what it fetched.")
     p.add_argument("url")
     p.add_argument("--rank", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu (default) or cuda[:N]")

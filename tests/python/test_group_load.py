@@ -5,8 +5,10 @@ every process with an error that says so, within a bounded time."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -34,10 +36,14 @@ def digests(sd: dict[str, torch.Tensor]) -> dict:
             for n, t in sd.items()}
 
 
-def run_group(url: str, world: int, *extra: object, timeout: float = 120) -> list[dict]:
+SHM_FILES = "/dev/shm/mooncake-connector-*"
+
+
+def run_group(url: str, world: int, *extra: object, timeout: float = 120, exchange: str = "auto") -> list[dict]:
     port = standalone.free_port()
+    env = {**os.environ, "MOONCAKE_CONNECTOR_EXCHANGE": exchange}
     procs = [subprocess.Popen([sys.executable, WORKER, url, str(r), str(world), str(port), *map(str, extra)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
              for r in range(world)]
     results = []
     for p in procs:
@@ -54,14 +60,17 @@ def saved_model(url: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-@pytest.mark.parametrize("world,batch_kib", [(2, 256), (3, 64 << 10)])
-def test_every_process_gets_every_tensor_and_fetches_its_share(cluster, world, batch_kib):
+@pytest.mark.parametrize("world,batch_kib,exchange", [(2, 256, "auto"), (3, 64 << 10, "auto"),
+                                                      (2, 256, "broadcast"), (3, 64 << 10, "broadcast")])
+def test_every_process_gets_every_tensor_and_fetches_its_share(cluster, world, batch_kib, exchange):
     url = "mooncake:///org/coop"
     sd = saved_model(url)
     with create_remote_connector(url) as c:
         order = [n for n, _ in c.weight_iterator()]
         entries = c.model_manifest(0)
-    results = run_group(url, world, batch_kib * 1024)
+    before = set(glob.glob(SHM_FILES))
+    results = run_group(url, world, batch_kib * 1024, exchange=exchange)
+    assert set(glob.glob(SHM_FILES)) <= before  # the shared-memory files are gone
     want = digests(sd)
     largest = max(t.numel() * t.element_size() for t in sd.values())
     total = sum(t.numel() * t.element_size() for n, t in sd.items() if n != "tied.weight")
@@ -73,6 +82,7 @@ def test_every_process_gets_every_tensor_and_fetches_its_share(cluster, world, b
         assert r["digests"] == want
         s = r["stats"]
         assert s["world"] == world and s["total_bytes"] == total
+        assert s["exchange"] == ("shared memory" if exchange == "auto" else "broadcast")
         assert s["fetched_bytes"] <= total / world + largest, s
         fetched += s["fetched_bytes"]
         assert s["fetched_bytes"] + s["received_bytes"] >= total
@@ -95,6 +105,7 @@ def test_a_lost_tensor_fails_every_process_naming_it(cluster):
 def test_a_process_that_dies_fails_the_others(cluster):
     url = "mooncake:///org/coop-dead"
     saved_model(url)
+    before = set(glob.glob(SHM_FILES))
     port = standalone.free_port()
     # Rank 1 stops after its first tensor of a load of many small batches
     # and is killed; rank 0 must fail, not wait for it.
@@ -116,3 +127,7 @@ def test_a_process_that_dies_fails_the_others(cluster):
     assert r0.get("error") == "UnavailableError", r0
     assert "died or left" in r0["message"]
     assert elapsed < 60
+    leftover = set(glob.glob(SHM_FILES)) - before  # the killed process's own files stay behind
+    for path in leftover:
+        os.unlink(path)
+    assert len(leftover) <= 2
