@@ -48,7 +48,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 def stored(tmp_path_factory):
     """Each tiny model written as a folder and stored with `mooncake-connector save`."""
     models = {}
-    for kind in ("llama", "llama-tied", "mixtral"):
+    for kind in ("llama", "llama-tied", "mixtral", "llama-fp8"):
         folder = write_model(tmp_path_factory.mktemp(kind) / kind, kind)
         url = f"mooncake:///tp-test/{kind}-{uuid.uuid4().hex[:6]}"
         cli("save", str(folder), url)
@@ -64,7 +64,8 @@ def stored_bytes(url: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("kind,world", [("llama", 1), ("llama", 2), ("llama-tied", 1), ("llama-tied", 2),
-                                        ("mixtral", 1), ("mixtral", 2), ("mixtral", 4)])
+                                        ("mixtral", 1), ("mixtral", 2), ("mixtral", 4),
+                                        ("llama-fp8", 1), ("llama-fp8", 2)])
 def test_checkpoint_model_loads_bit_exact_at_any_degree(stored, kind, world):
     folder, url = stored[kind]
     results = run_ranks("load", folder, url, world)

@@ -2,8 +2,10 @@
 with safetensors under the checkpoints' own tensor names (what
 ``save_pretrained`` writes), with random bf16 weights: a Llama (separate
 q/k/v and gate/up, which SGLang fuses and shards), a Llama with tied
-embeddings (no ``lm_head.weight`` in the checkpoint), and a Mixtral (MoE:
-experts SGLang shards)."""
+embeddings (no ``lm_head.weight`` in the checkpoint), a Mixtral (MoE:
+experts SGLang shards), and a Llama whose linear layers are block-quantized
+fp8 (``float8_e4m3fn`` weights with a float32 ``weight_scale_inv`` per
+16x16 block, DeepSeek-V3's format), which SGLang's CPU path loads."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from safetensors.torch import save_file
 
 HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB = 64, 128, 2, 4, 2, 512
 EXPERTS = 4
+FP8_BLOCK = 16
 
 _BASE = {
     "hidden_size": HIDDEN, "intermediate_size": INTER, "num_hidden_layers": LAYERS,
@@ -29,6 +32,10 @@ CONFIGS = {
                    "tie_word_embeddings": True},
     "mixtral": {**_BASE, "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
                 "tie_word_embeddings": False, "num_local_experts": EXPERTS, "num_experts_per_tok": 2},
+    "llama-fp8": {**_BASE, "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                  "tie_word_embeddings": False,
+                  "quantization_config": {"quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                                          "weight_block_size": [FP8_BLOCK, FP8_BLOCK]}},
 }
 
 
@@ -38,6 +45,13 @@ def _tensors(kind: str, seed: int) -> dict[str, torch.Tensor]:
     def w(*shape: int) -> torch.Tensor:
         return (torch.randn(*shape, generator=g) * 0.05).to(torch.bfloat16)
 
+    def linear(*shape: int) -> dict[str, torch.Tensor]:
+        if kind != "llama-fp8":
+            return {"weight": w(*shape)}
+        blocks = [-(-n // FP8_BLOCK) for n in shape]
+        return {"weight": w(*shape).to(torch.float32).to(torch.float8_e4m3fn),
+                "weight_scale_inv": torch.rand(*blocks, generator=g) + 0.5}
+
     head = HIDDEN // HEADS
     sd = {"model.embed_tokens.weight": w(VOCAB, HIDDEN), "model.norm.weight": w(HIDDEN)}
     if not CONFIGS[kind]["tie_word_embeddings"]:
@@ -46,10 +60,8 @@ def _tensors(kind: str, seed: int) -> dict[str, torch.Tensor]:
         p = f"model.layers.{i}."
         sd[p + "input_layernorm.weight"] = w(HIDDEN)
         sd[p + "post_attention_layernorm.weight"] = w(HIDDEN)
-        sd[p + "self_attn.q_proj.weight"] = w(HEADS * head, HIDDEN)
-        sd[p + "self_attn.k_proj.weight"] = w(KV_HEADS * head, HIDDEN)
-        sd[p + "self_attn.v_proj.weight"] = w(KV_HEADS * head, HIDDEN)
-        sd[p + "self_attn.o_proj.weight"] = w(HIDDEN, HEADS * head)
+        shapes = {"self_attn.q_proj": (HEADS * head, HIDDEN), "self_attn.k_proj": (KV_HEADS * head, HIDDEN),
+                  "self_attn.v_proj": (KV_HEADS * head, HIDDEN), "self_attn.o_proj": (HIDDEN, HEADS * head)}
         if kind == "mixtral":
             sd[p + "block_sparse_moe.gate.weight"] = w(EXPERTS, HIDDEN)
             for e in range(EXPERTS):
@@ -58,9 +70,11 @@ def _tensors(kind: str, seed: int) -> dict[str, torch.Tensor]:
                 sd[q + "w2.weight"] = w(HIDDEN, INTER)
                 sd[q + "w3.weight"] = w(INTER, HIDDEN)
         else:
-            sd[p + "mlp.gate_proj.weight"] = w(INTER, HIDDEN)
-            sd[p + "mlp.up_proj.weight"] = w(INTER, HIDDEN)
-            sd[p + "mlp.down_proj.weight"] = w(HIDDEN, INTER)
+            shapes.update({"mlp.gate_proj": (INTER, HIDDEN), "mlp.up_proj": (INTER, HIDDEN),
+                           "mlp.down_proj": (HIDDEN, INTER)})
+        for module, shape in shapes.items():
+            for suffix, t in linear(*shape).items():
+                sd[f"{p}{module}.{suffix}"] = t
     return sd
 
 
