@@ -107,14 +107,15 @@ class MooncakeConnector:
         if group is not None and _group.group_size(group) > 1:
             return self._cooperative(rank, group, None, verify=verify, batch_bytes=batch_bytes,
                                      progress=progress)
-        return _model.weight_iterator(self._model(), rank, device=self.device, verify=verify,
-                                      batch_bytes=batch_bytes, progress=progress)
+        return _held_by(self, _model.weight_iterator(self._model(), rank, device=self.device, verify=verify,
+                                                     batch_bytes=batch_bytes, progress=progress))
 
     def _cooperative(self, rank: int, group: Any, status_group: Any, **options: Any,
                      ) -> Iterator[tuple[str, torch.Tensor]]:
         self.load_stats = {}
-        return _group.weight_iterator(self._model(), rank, group, device=torch.device(self.device),
-                                      stats=self.load_stats, status_group=status_group, **options)
+        return _held_by(self, _group.weight_iterator(self._model(), rank, group, device=torch.device(self.device),
+                                                     stats=self.load_stats, status_group=status_group,
+                                                     **options))
 
     def load_state_dict(self, rank: int = 0, device: str | torch.device | None = None, *,
                         verify: bool = True, batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
@@ -247,6 +248,15 @@ class MooncakeConnector:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"MooncakeConnector({self._impl.url!r}, device={self.device!r}, {state})"
+
+
+def _held_by(owner: Any, iterator: Iterator[Any]) -> Iterator[Any]:
+    """``iterator``, holding ``owner`` until it is exhausted or dropped: in
+    ``for x in create_remote_connector(url).weight_iterator(): ...`` nothing
+    else holds the connector, which would otherwise be collected (and
+    closed) while its iterator runs."""
+    yield from iterator
+    del owner
 
 
 def _patterns(patterns: Any) -> Optional[list[str]]:

@@ -397,3 +397,17 @@ def test_url_must_name_a_model(store_url):
     with create_remote_connector(store_url) as c:
         with pytest.raises(InvalidArgumentError, match="names no model"):
             c.save_state_dict({"a": torch.ones(1)})
+
+
+def test_an_iterator_keeps_its_connector_open(model, store_url):
+    """`for n, t in create_remote_connector(url).weight_iterator(): ...`: the
+    connector has no other holder while the loop runs; it must not be
+    collected and closed under the iterator."""
+    sd = generated_state_dict(small=12)
+    model.save_state_dict(sd, batch_bytes=64 << 10)  # several batches
+    url = model_url(store_url, "org/gen-model", chunked=True)
+    got = {}
+    for name, tensor in create_remote_connector(url).weight_iterator(batch_bytes=64 << 10):
+        gc.collect()
+        got[name] = tensor.clone()
+    assert_same_state_dict(got, sd)
