@@ -55,8 +55,16 @@ def _human(n: float) -> str:
 
 
 def _connect(url: str, device: Optional[str] = None):
+    """The CLI's connector. On mooncake:// it is a pure client (no segment,
+    whatever MOONCAKE_GLOBAL_SEGMENT_SIZE says): Mooncake may place objects
+    in the writer's own segment, which goes when the process exits, so a
+    CLI that contributed memory could print "saved" for a model that is
+    gone a moment later. What it writes lives in the cluster's storage."""
     from .connector import create_remote_connector
-    return create_remote_connector(url, device=device or "cpu")
+    options = {}
+    if url.split("://", 1)[0].lower() == "mooncake" and not os.environ.get("MOONCAKE_CLIENT"):
+        options["global_segment_size"] = "0"
+    return create_remote_connector(url, device=device or "cpu", **options)
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import clear_mooncake
+from conftest import assert_bit_exact, clear_mooncake
 from model_fixtures import generated_state_dict, write_hf_directory
 from model_worker import digests, rank_state_dict
 from mooncake_connector import FailedPreconditionError, create_remote_connector
@@ -78,9 +78,30 @@ def test_two_ranks_saved_and_loaded_by_two_processes_at_once(cluster):
         assert json.loads(out) == digests(rank_state_dict(r, 12, 200))
 
 
-def cli(*args: str, input_bytes: bytes | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, input_bytes: bytes | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mooncake_connector.cli", *args], capture_output=True,
-                          input=input_bytes, timeout=120)
+                          input=input_bytes, timeout=120, env=None if env is None else {**os.environ, **env})
+
+
+def test_cli_writes_outlive_it_with_a_segment_in_its_environment(cluster, tmp_path):
+    """SGLang's docs have users export MOONCAKE_GLOBAL_SEGMENT_SIZE for their
+    engines; a CLI run in that shell must not keep what it stores in its own
+    memory (Mooncake placed it there, and it was gone when the CLI exited)."""
+    sd = generated_state_dict(seed=4, small=10)
+    root = write_hf_directory(tmp_path / "hf", sd)
+    url = "mooncake:///cli/segment-model"
+    env = {"MOONCAKE_GLOBAL_SEGMENT_SIZE": "256mb"}
+    r = cli("save", str(root), url, env=env)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    blob = os.urandom(5000)
+    assert cli("put", "mooncake:///cli/segment-blob", "-", input_bytes=blob, env=env).returncode == 0
+    # Read back by this process, after the CLI has exited.
+    with create_remote_connector(url) as c:
+        loaded = c.load_state_dict()
+        assert sorted(loaded) == sorted(sd)
+        for name, t in sd.items():
+            assert_bit_exact(loaded[name], t)
+        assert c.getbytes("cli/segment-blob") == blob
 
 
 def test_cli_model_commands_and_exit_codes(cluster, tmp_path):
