@@ -72,6 +72,12 @@ def open_connector(url: str, device: Any = None, **kwargs: Any):
     deleted, so the connectors handed to SGLang are held here instead (closed
     ones are let go at the next open) and closed at exit.
     """
+    if not os.environ.get("MOONCAKE_CLIENT"):
+        # A pure client, whatever MOONCAKE_GLOBAL_SEGMENT_SIZE says: SGLang
+        # closes the connector it saves through (save_model's `with` block),
+        # and Mooncake may have placed what it stored in that connector's
+        # own segment, which goes with it.
+        kwargs.setdefault("global_segment_size", "0")
     conn = EngineConnector(url, device=device, **kwargs)
     with _held_lock:
         _held[:] = [c for c in _held if not c.closed]

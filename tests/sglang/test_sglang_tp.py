@@ -10,6 +10,7 @@ loads at its degree and is a clear error at another."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -26,10 +27,12 @@ WORKER = str(Path(__file__).with_name("tp_worker.py"))
 CLI = str(Path(sys.executable).with_name("mooncake-connector"))
 
 
-def run_ranks(mode: str, folder: Path, url: str, world: int, timeout: float = 300) -> list[dict]:
+def run_ranks(mode: str, folder: Path, url: str, world: int, timeout: float = 300,
+              env: dict | None = None) -> list[dict]:
     port = standalone.free_port()
     procs = [subprocess.Popen([sys.executable, WORKER, mode, str(folder), url, str(r), str(world), str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=None if env is None else {**os.environ, **env})
              for r in range(world)]
     results = []
     for p in procs:
@@ -100,9 +103,12 @@ def test_ls_and_inspect_show_layout_and_degrees(stored):
 
 
 def test_engine_layout_loads_at_its_degree_and_nowhere_else(stored):
+    """Saved by SGLang's own save_model at TP 2, in engine processes that
+    contribute a Mooncake segment (as SGLang's docs configure them): what
+    they stored must outlive the connector save_model closes."""
     folder, _ = stored["llama"]
     url = f"mooncake:///tp-test/engine-{uuid.uuid4().hex[:6]}"
-    for r in run_ranks("save-engine", folder, url, 2):
+    for r in run_ranks("save-engine", folder, url, 2, env={"MOONCAKE_GLOBAL_SEGMENT_SIZE": "256mb"}):
         assert "error" not in r, r.get("trace", r)
     info = json.loads(cli("inspect", url, "--json").stdout)
     assert info["layout"] == "engine" and info["serves_tp"] == "2" and info["ranks"] == [0, 1]
