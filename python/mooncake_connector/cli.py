@@ -127,7 +127,7 @@ def _load(args: argparse.Namespace) -> int:
     seen: set[int] = set()
     nbytes = 0
     for t in tensors.values():
-        key = t.untyped_storage().data_ptr()
+        key = t.data_ptr()  # tied weights share it; views into one buffer do not
         if key not in seen or t.numel() == 0:
             seen.add(key)
             nbytes += t.numel() * t.element_size()

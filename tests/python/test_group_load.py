@@ -131,3 +131,23 @@ def test_a_process_that_dies_fails_the_others(cluster):
     for path in leftover:
         os.unlink(path)
     assert len(leftover) <= 2
+
+
+def test_cli_load_under_torchrun_is_cooperative(cluster, tmp_path):
+    """`torchrun --nproc-per-node 2 -m mooncake_connector.cli load URL --json`:
+    each process loads the whole model, fetches about half, and says so."""
+    url = "mooncake:///org/coop-cli"
+    sd = saved_model(url)
+    total = sum(t.numel() * t.element_size() for n, t in sd.items() if n != "tied.weight")
+    logs = tmp_path / "logs"
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-port", str(standalone.free_port()), "--log-dir", str(logs), "--redirects", "3",
+                        "-m", "mooncake_connector.cli", "load", url, "--json"],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    outs = [json.loads(p.read_text()) for p in sorted(logs.rglob("stdout.log"))]
+    assert len(outs) == 2
+    assert sorted(o["group"]["group_rank"] for o in outs) == [0, 1]
+    assert sum(o["group"]["fetched_bytes"] for o in outs) == total
+    for o in outs:
+        assert o["bytes"] == total and o["verified"] and o["group"]["world"] == 2
