@@ -54,6 +54,22 @@ def _human(n: float) -> str:
     return f"{n} B"
 
 
+def _version() -> str:
+    """This tool's version, and the Mooncake wheel's when it is installed."""
+    from importlib import metadata  # noqa: PLC0415
+
+    from . import __version__  # noqa: PLC0415
+
+    text = f"mooncake-connector {__version__}"
+    for wheel in ("mooncake-transfer-engine-non-cuda", "mooncake-transfer-engine",
+                  "mooncake-transfer-engine-cuda13"):
+        try:
+            return f"{text} (Mooncake: {wheel} {metadata.version(wheel)})"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{text} (no Mooncake wheel installed)"
+
+
 def _connect(url: str, device: Optional[str] = None):
     """The CLI's connector. On mooncake:// it is a pure client (no segment,
     whatever MOONCAKE_GLOBAL_SEGMENT_SIZE says): Mooncake may place objects
@@ -286,6 +302,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="URLs: mooncake:///MODEL (master from MOONCAKE_MASTER), mooncake://HOST:PORT/MODEL, "
                "memory://NAME/MODEL.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("save", parents=[common], help="store a Hugging Face model directory (rank 0)")

@@ -154,6 +154,9 @@ def test_cli_model_commands_and_exit_codes(cluster, tmp_path):
     assert cli("get", "mooncake:///cli/blob").returncode == 3
     assert cli("save", str(tmp_path / "nowhere"), url).returncode == 3
     assert cli("load").returncode == 2
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.decode().startswith("mooncake-connector 0.1.0 (Mooncake: ")
+    assert "0.3.13.post1" in r.stdout.decode()
 
 
 def test_cli_unreachable_master_is_exit_5(cluster):
