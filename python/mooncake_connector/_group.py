@@ -195,7 +195,10 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
         began = time.perf_counter()
         try:
             if mine:
-                _model.load_into(model, rank, mine, verify=verify, strict=False, batch_bytes=batch_bytes)
+                # The reader the plan came from (only this thread uses it from now on):
+                # the manifest is read once per load, not once per batch.
+                _model.load_into(model, rank, mine, verify=verify, strict=False, batch_bytes=batch_bytes,
+                                 reader=reader)
         except BaseException as e:  # noqa: BLE001 - handed to the group, raised below
             return buffers, e
         finally:

@@ -171,9 +171,11 @@ def load_state_dict(model: "_impl.Model", rank: int, *, device: Any = "cpu", ver
 
 def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tensor], *,
               verify: bool = True, strict: bool = True, batch_bytes: int = DEFAULT_BATCH_BYTES,
-              progress: Progress = None) -> list[str]:
+              progress: Progress = None, reader: "Optional[_impl.ModelReader]" = None) -> list[str]:
     """Fills ``tensors`` in place; returns the stored names not asked for
-    (``strict`` raises ``KeyError`` listing them instead). Contiguous CUDA
+    (``strict`` raises ``KeyError`` listing them instead). ``reader``: an
+    open reader of that rank to use (a caller filling a model in several
+    calls reads its manifest once) instead of opening one. Contiguous CUDA
     destinations are filled by the C++ pipeline through pinned buffers; other
     non-CPU or strided ones through a CPU copy."""
     names, pointers, sizes, dtypes, shapes = [], [], [], [], []
@@ -198,7 +200,8 @@ def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tenso
         sizes.append(staging.numel() * staging.element_size())
         dtypes.append(dtype_name(dest.dtype))
         shapes.append(list(dest.shape))
-    reader = model.reader(rank, verify, batch_bytes, progress)
+    if reader is None:
+        reader = model.reader(rank, verify, batch_bytes, progress)
     missed = None  # the stored tensors that no call so far filled, in stored order
     with torch.no_grad():
         if names or not on_cuda:

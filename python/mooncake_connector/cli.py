@@ -76,11 +76,8 @@ def _connect(url: str, device: Optional[str] = None):
     in the writer's own segment, which goes when the process exits, so a
     CLI that contributed memory could print "saved" for a model that is
     gone a moment later. What it writes lives in the cluster's storage."""
-    from .connector import create_remote_connector
-    options = {}
-    if url.split("://", 1)[0].lower() == "mooncake" and not os.environ.get("MOONCAKE_CLIENT"):
-        options["global_segment_size"] = "0"
-    return create_remote_connector(url, device=device or "cpu", **options)
+    from .connector import create_remote_connector, pure_client_options
+    return create_remote_connector(url, device=device or "cpu", **pure_client_options(url))
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:

@@ -98,8 +98,9 @@ class MooncakeConnector:
         ``group`` (a ``torch.distributed`` process group, e.g. a
         tensor-parallel group whose processes all load the same rank):
         each process fetches a disjoint share of the bytes (balanced, whole
-        tensors) and verifies it, the group exchanges the shares (broadcast:
-        gloo on CPUs, NCCL on GPUs) overlapped with the next fetch, and every
+        tensors) and verifies it, the group exchanges the shares (through
+        /dev/shm when all run on one host, else a broadcast: NCCL on GPUs,
+        gloo on CPUs) overlapped with the next fetch, and every
         process yields every tensor in the same order. Every process of the
         group must iterate to the end. A lost tensor, a checksum mismatch or
         a process that dies fails every process. :attr:`load_stats` then
@@ -248,6 +249,17 @@ class MooncakeConnector:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"MooncakeConnector({self._impl.url!r}, device={self.device!r}, {state})"
+
+
+def pure_client_options(url: str) -> dict[str, str]:
+    """Options that make a mooncake:// connector a pure client (no segment of
+    its own, whatever MOONCAKE_GLOBAL_SEGMENT_SIZE says), for short-lived
+    writers: Mooncake may place what a connector stores in its own segment,
+    which goes when the connector closes or the process exits. Empty for
+    other schemes and in standalone-client mode (MOONCAKE_CLIENT)."""
+    if url.split("://", 1)[0].lower() != "mooncake" or os.environ.get("MOONCAKE_CLIENT"):
+        return {}
+    return {"global_segment_size": "0"}
 
 
 def _held_by(owner: Any, iterator: Iterator[Any]) -> Iterator[Any]:

@@ -43,7 +43,7 @@ import threading
 from typing import Any, Iterator, Optional
 
 from ._model import DEFAULT_BATCH_BYTES
-from .connector import MooncakeConnector
+from .connector import MooncakeConnector, pure_client_options
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +72,10 @@ def open_connector(url: str, device: Any = None, **kwargs: Any):
     deleted, so the connectors handed to SGLang are held here instead (closed
     ones are let go at the next open) and closed at exit.
     """
-    if not os.environ.get("MOONCAKE_CLIENT"):
-        # A pure client, whatever MOONCAKE_GLOBAL_SEGMENT_SIZE says: SGLang
-        # closes the connector it saves through (save_model's `with` block),
-        # and Mooncake may have placed what it stored in that connector's
-        # own segment, which goes with it.
-        kwargs.setdefault("global_segment_size", "0")
-    conn = EngineConnector(url, device=device, **kwargs)
+    # A pure client: SGLang closes the connector it saves through
+    # (save_model's `with` block), and what Mooncake placed in that
+    # connector's own segment would go with it. Options SGLang passes win.
+    conn = EngineConnector(url, device=device, **{**pure_client_options(url), **kwargs})
     with _held_lock:
         _held[:] = [c for c in _held if not c.closed]
         _held.append(conn)
