@@ -119,6 +119,10 @@ struct SaveOptions {
   // value).
   uint64_t batch_bytes = uint64_t{256} << 20;
   ProgressFn progress;
+  // SaveDirectory follows links (files and folders) that stay inside the
+  // folder, or inside a Hugging Face cache's blobs; with this, also links
+  // that lead anywhere else.
+  bool links_outside = false;
 };
 
 struct LoadOptions {

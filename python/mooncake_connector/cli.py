@@ -99,7 +99,8 @@ def _run_with_progress(args: argparse.Namespace, desc: str,
 def _save(args: argparse.Namespace) -> int:
     with _connect(args.url) as c:
         start = time.perf_counter()
-        _run_with_progress(args, "save", lambda p: c.save_directory(args.dir, progress=p))
+        _run_with_progress(args, "save", lambda p: c.save_directory(
+            args.dir, progress=p, follow_links_outside=args.follow_links_outside))
         seconds = time.perf_counter() - start
         info = c.inspect_model()
     rate = info["bytes"] / seconds / 1e9 if seconds > 0 else 0.0
@@ -305,6 +306,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("save", parents=[common], help="store a Hugging Face model directory (rank 0)")
     p.add_argument("dir")
     p.add_argument("url")
+    p.add_argument("--follow-links-outside", action="store_true",
+                   help="also follow links that lead outside DIR (by default only links inside it, or "
+                        "into a Hugging Face cache's blobs, are followed)")
     p.set_defaults(func=_save)
     p = sub.add_parser("load", parents=[common], help="load a model's rank and print the throughput",
                        description="Loads one rank of a model and prints bytes, seconds and GB/s. Started by "

@@ -171,11 +171,18 @@ class MooncakeConnector:
         self._model().save_files(paths, arrays, _model.DEFAULT_BATCH_BYTES, progress)
 
     def save_directory(self, path: str | os.PathLike[str], *,
-                       progress: Optional[Callable[[int, int], None]] = None) -> None:
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       follow_links_outside: bool = False) -> None:
         """Stores a Hugging Face style model directory as rank 0: the
         tensors of its ``*.safetensors`` shards and its other files (configs,
-        tokenizer, templates; not hidden files or other weight formats)."""
-        self._model().save_directory(os.fspath(path), _model.DEFAULT_BATCH_BYTES, progress)
+        tokenizer, templates; not hidden files or other weight formats).
+
+        Links to files and folders are followed and stored under the link's
+        own name; a Hugging Face cache snapshot (``snapshots/REV``, links
+        into the repository's ``blobs``) saves as it is. A link leading
+        outside the folder is refused unless ``follow_links_outside``."""
+        self._model().save_directory(os.fspath(path), _model.DEFAULT_BATCH_BYTES, progress,
+                                     follow_links_outside)
 
     def model_manifest(self, rank: Optional[int] = 0) -> Optional[dict[str, Any]]:
         """The summary of rank ``rank``'s manifest part (``None``: the

@@ -444,14 +444,16 @@ NB_MODULE(_impl, m) {
            },
            nb::arg("paths"), nb::arg("arrays"), nb::arg("batch_bytes"), nb::arg("progress").none())
       .def("save_directory",
-           [](Model& model, const std::string& dir, uint64_t batch_bytes, nb::object progress) {
+           [](Model& model, const std::string& dir, uint64_t batch_bytes, nb::object progress,
+              bool links_outside) {
              SaveOptions o;
              o.batch_bytes = batch_bytes;
              o.progress = Progress(std::move(progress));
+             o.links_outside = links_outside;
              nb::gil_scoped_release release;
              Check(model.SaveDirectory(dir, o));
            },
-           nb::arg("dir"), nb::arg("batch_bytes"), nb::arg("progress").none())
+           nb::arg("dir"), nb::arg("batch_bytes"), nb::arg("progress").none(), nb::arg("links_outside") = false)
       // The manifest part of rank `rank` (the files' part for None) as
       // ManifestDict, or None when there is none: one store read, no listing.
       .def("manifest",

@@ -112,6 +112,47 @@ bool IsOtherWeightFormat(const std::string& name) {
   return false;
 }
 
+// Where a link in a saved folder may point: inside the folder, and for a
+// Hugging Face cache snapshot (REPO/snapshots/REV, whose files are relative
+// links into REPO/blobs) inside that repository's blobs.
+Result<std::vector<std::filesystem::path>> LinkAreas(const std::filesystem::path& top) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path root = fs::canonical(top, ec);
+  if (ec) return NotFound("cannot resolve '" + top.string() + "': " + ec.message());
+  std::vector<fs::path> areas = {root};
+  if (root.parent_path().filename() == "snapshots") areas.push_back(root.parent_path().parent_path() / "blobs");
+  return areas;
+}
+
+bool IsWithin(const std::filesystem::path& path, const std::filesystem::path& area) {
+  std::filesystem::path rel = path.lexically_relative(area);
+  return !rel.empty() && *rel.begin() != "..";
+}
+
+// A link met while saving a folder: it must resolve, must not lead back into
+// a folder it sits in (a loop), and must stay inside the folder (or the
+// cache's blobs) unless `anywhere`, so that saving a folder never uploads a
+// file the folder only points at by accident (a key, a home directory).
+Status CheckLink(const std::filesystem::path& link, const std::string& rel,
+                 const std::vector<std::filesystem::path>& areas, bool anywhere) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path target = fs::canonical(link, ec);
+  if (ec) return NotFound("'" + rel + "' is a link that does not resolve: " + ec.message());
+  fs::path parent = fs::canonical(link.parent_path(), ec);
+  if (!ec && fs::is_directory(target, ec) && (parent == target || IsWithin(parent, target))) {
+    return InvalidArgument("'" + rel + "' links to '" + target.string() + "', a folder it is inside (a loop)");
+  }
+  if (anywhere) return Status::Ok();
+  for (const fs::path& area : areas) {
+    if (target == area || IsWithin(target, area)) return Status::Ok();
+  }
+  return InvalidArgument("'" + rel + "' links to '" + target.string() + "', outside the folder '" +
+                         areas.front().string() +
+                         "': copy it in, or allow links outside the folder (--follow-links-outside)");
+}
+
 bool EndsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
@@ -440,16 +481,22 @@ Status Model::SaveDirectory(const std::string& dir, const SaveOptions& options) 
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return NotFound("'" + dir + "' is not a directory");
   std::vector<std::string> shards, others;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
-    std::string rel = fs::relative(it->path(), dir, ec).generic_string();
-    if (ec) break;
+  fs::path top = fs::path(dir).lexically_normal();
+  if (!top.has_filename() && top.has_parent_path() && top != top.root_path()) top = top.parent_path();  // "dir/"
+  MC_ASSIGN_OR_RETURN(std::vector<fs::path> link_areas, LinkAreas(top));
+  for (auto it = fs::recursive_directory_iterator(top, fs::directory_options::follow_directory_symlink, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    // The name as the user sees it in the folder, never the link's target.
+    std::string rel = it->path().lexically_relative(top).generic_string();
     std::string base = it->path().filename().string();
     if (!base.empty() && base[0] == '.') {  // hidden files and folders (.git, .cache)
       if (it->is_directory()) it.disable_recursion_pending();
       continue;
     }
-    if (!it->is_regular_file()) continue;  // follows symlinks (a Hugging Face cache's blobs)
+    if (it->is_symlink()) {
+      MC_RETURN_IF_ERROR(CheckLink(it->path(), rel, link_areas, options.links_outside));
+    }
+    if (!it->is_regular_file()) continue;
     if (EndsWith(base, ".safetensors")) {
       shards.push_back(rel);
     } else if (!IsOtherWeightFormat(base)) {

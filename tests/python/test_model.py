@@ -127,6 +127,66 @@ def test_hf_directory_index_must_match_the_shards(model, tmp_path):
         model.save_directory(tmp_path / "empty")
 
 
+def _as_hf_cache_snapshot(folder: Path, repo: Path) -> Path:
+    """The folder laid out as huggingface_hub caches a download: its bytes in
+    REPO/blobs/<hash>, REPO/snapshots/<rev>/<name> relative links to them."""
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    for i, f in enumerate(sorted(p for p in folder.rglob("*") if p.is_file())):
+        rel = f.relative_to(folder)
+        (repo / "blobs" / f"blob{i:04d}").write_bytes(f.read_bytes())
+        link = snapshot / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(Path(*[".."] * (len(rel.parts) + 1), "blobs", f"blob{i:04d}"))
+    return snapshot
+
+
+def test_hugging_face_cache_snapshot_saves_under_the_links_names(model, tmp_path):
+    sd = generated_state_dict(seed=4, small=12)
+    plain = write_hf_directory(tmp_path / "hf", sd)
+    snapshot = _as_hf_cache_snapshot(plain, tmp_path / "models--org--gen")
+    assert (snapshot / "config.json").is_symlink()
+    model.save_directory(str(snapshot) + "/")
+    assert_same_state_dict(model.load_state_dict(), {n: t.contiguous() for n, t in sd.items()})
+    written = model.pull_files()
+    assert set(written) == EXPECTED_FILES
+    for rel in EXPECTED_FILES:
+        assert (Path(model.get_local_dir()) / rel).read_bytes() == (plain / rel).read_bytes(), rel
+
+
+def test_links_in_a_saved_folder(model, tmp_path):
+    root = write_hf_directory(tmp_path / "hf", {"a": torch.ones(2)}, shards=1)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "merges.txt").write_text("a b\n")
+    (outside / "secret").write_text("not for the store")
+    # A folder linked from inside the folder is followed, under the link's name.
+    (root / "tokenizer" / "extra").mkdir()
+    (root / "tokenizer" / "extra" / "special.json").write_text("{}")
+    (root / "tokenizer-v2").symlink_to("tokenizer", target_is_directory=True)
+    model.save_directory(root)
+    assert {"tokenizer-v2/vocab.txt", "tokenizer-v2/extra/special.json"} <= set(model.pull_files())
+    # A link out of the folder is refused, naming it, unless allowed.
+    (root / "stolen").symlink_to(outside / "secret")
+    with pytest.raises(InvalidArgumentError, match="'stolen' links to .*outside the folder"):
+        model.save_directory(root)
+    (root / "stolen").unlink()
+    (root / "merges").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(InvalidArgumentError, match="'merges' links to .*outside the folder"):
+        model.save_directory(root)
+    model.save_directory(root, follow_links_outside=True)
+    assert "merges/merges.txt" in model.pull_files()
+    (root / "merges").unlink()
+    # A loop and a dangling link are clear errors.
+    (root / "tokenizer" / "up").symlink_to("..", target_is_directory=True)
+    with pytest.raises(InvalidArgumentError, match="'tokenizer(-v2)?/up' links to .*a loop"):
+        model.save_directory(root)
+    (root / "tokenizer" / "up").unlink()
+    (root / "gone.json").symlink_to(tmp_path / "nothing-here")
+    with pytest.raises(NotFoundError, match="'gone.json' is a link that does not resolve"):
+        model.save_directory(root)
+
+
 def test_real_model_from_a_pypi_package_is_bit_exact(model, tmp_path):
     weights = silero_vad_safetensors()
     root = tmp_path / "silero"
