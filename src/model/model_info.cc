@@ -198,11 +198,15 @@ Result<VerifyReport> Model::Verify(const ProgressFn& progress) {
 
 Result<std::vector<ModelInfo>> ListModels(Connector& connector) {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, connector.Use("the connector"));
+  // The URL's path names a model or a folder of models, by whole segments:
+  // "team" lists team and team/..., never teamwork.
   std::string prefix = connector.model_name();
+  while (!prefix.empty() && prefix.back() == '/') prefix.pop_back();
   MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, connector.store().List(prefix));
   std::set<std::string> names;
   for (const std::string& key : keys) {
-    if (auto m = ModelOfKey(key)) names.insert(*m);
+    std::optional<std::string> m = ModelOfKey(key);
+    if (m && (prefix.empty() || *m == prefix || m->starts_with(prefix + "/"))) names.insert(*m);
   }
   std::vector<ModelInfo> out;
   for (const std::string& name : names) {

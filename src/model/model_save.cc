@@ -165,6 +165,21 @@ Result<Model> Model::Open(Connector& connector) {
   if (name.empty()) {
     return InvalidArgument("the URL names no model: give one as its path, e.g. mooncake:///org/model");
   }
+  // A model's keys are MODEL/keys/rank_N/..., MODEL/files/... and
+  // MODEL/manifest/...: a name with one of those segments would read as
+  // another model's keys (and that model's rm or re-save would take them).
+  for (size_t at = 0; at <= name.size();) {
+    size_t end = std::min(name.find('/', at), name.size());
+    std::string_view segment = std::string_view(name).substr(at, end - at);
+    at = end + 1;
+    for (std::string_view reserved : {"keys", "files", "manifest"}) {
+      if (segment == reserved) {
+        return InvalidArgument("model name '" + name + "' has a segment '" + std::string(reserved) +
+                               "', which the key layout reserves (MODEL/keys/rank_N/, MODEL/files/, "
+                               "MODEL/manifest/): choose another name");
+      }
+    }
+  }
   return Model(&connector, std::move(name));
 }
 

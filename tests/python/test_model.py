@@ -377,6 +377,39 @@ def test_list_models(store_url):
     assert not models["sglang-made"]["has_manifest"]
 
 
+def test_model_names_that_read_as_another_models_keys_are_refused(store_url):
+    with create_remote_connector(model_url(store_url, "org")) as org:
+        org.save_state_dict({"w": torch.ones(2)})
+        org.save_files({"config.json": b"{}"})
+        for name in ["org/files/llama", "org/keys/x", "manifest", "a/manifest/b", "files"]:
+            with create_remote_connector(model_url(store_url, name)) as bad:
+                with pytest.raises(InvalidArgumentError, match=f"model name '{name}' has a segment"):
+                    bad.save_state_dict({"w": torch.zeros(2)})
+                with pytest.raises(InvalidArgumentError, match="reserves"):
+                    bad.remove_model()
+        # Segments that only contain a reserved word are ordinary.
+        with create_remote_connector(model_url(store_url, "org/filesystem-model/keys2")) as fine:
+            fine.save_state_dict({"w": torch.zeros(2)})
+        assert [m["name"] for m in org.list_models()] == ["org", "org/filesystem-model/keys2"]
+        org.save_files({"config.json": b"{}"})
+        assert org.remove_model() == 1 + 2 + 1
+        assert [m["name"] for m in org.list_models()] == ["org/filesystem-model/keys2"]
+
+
+def test_listing_a_prefix_matches_whole_segments(store_url):
+    with create_remote_connector(model_url(store_url, "team/m")) as m, \
+            create_remote_connector(model_url(store_url, "team/m/v2")) as v2, \
+            create_remote_connector(model_url(store_url, "team/mx")) as mx, \
+            create_remote_connector(model_url(store_url, "teamwork")) as tw:
+        for c in (m, v2, mx, tw):
+            c.save_state_dict({"w": torch.ones(1)})
+        names = lambda url: [i["name"] for i in create_remote_connector(url).list_models()]
+        assert names(model_url(store_url, "team/m")) == ["team/m", "team/m/v2"]
+        assert names(model_url(store_url, "team/m/")) == ["team/m", "team/m/v2"]
+        assert names(model_url(store_url, "team")) == ["team/m", "team/m/v2", "team/mx"]
+        assert "teamwork" in names(store_url)
+
+
 def test_device_cuda_when_available(model):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device visible to torch on this machine (GPU runs: bench/results/)")
