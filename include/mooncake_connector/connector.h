@@ -75,18 +75,6 @@ class MC_EXPORT Connector {
   // everything in it) by Close().
   Result<std::string> GetLocalDir();
 
-  // SGLang's pull_files: writes the model's files (values under
-  // "{model}/files/", by their path relative to that prefix) into
-  // GetLocalDir(), keeping relative paths; returns the paths written. With
-  // `allow`, only files matching one of its fnmatch patterns; then none
-  // matching one of `ignore` (a pattern counts when it matches the whole key,
-  // as in SGLang, or the relative path). DataLoss, with nothing written, when
-  // a chosen file's stored name is absolute, has "..", "." or empty
-  // components; symlinks inside the directory are never followed.
-  Result<std::vector<std::string>> PullFiles(
-      const std::optional<std::vector<std::string>>& allow = std::nullopt,
-      const std::optional<std::vector<std::string>>& ignore = std::nullopt);
-
   // Releases the store and deletes the local dir. Idempotent. Afterwards every
   // other method fails with FailedPrecondition. Operations under way on
   // other threads end as they would have (the store goes when the last of

@@ -250,6 +250,25 @@ class MC_EXPORT Model {
   // formats (*.bin, *.pt, *.pth, *.ckpt, *.h5, *.msgpack, *.gguf, *.onnx).
   Status SaveDirectory(const std::string& dir, const SaveOptions& options = {});
 
+  // SGLang's pull_files: writes the model's files into the connector's
+  // GetLocalDir(), keeping relative paths; returns the paths written. With
+  // `allow`, only files matching one of its fnmatch patterns; then none
+  // matching one of `ignore` (a pattern counts when it matches the whole key,
+  // as in SGLang, or the relative path). With a files manifest: the files it
+  // lists, each checked (size, XXH3) — FailedPrecondition when that part is
+  // not complete, DataLoss naming a listed file that is missing or differs,
+  // Aborted when a save replaced them meanwhile. Without one (SGLang's own
+  // layout): what "{model}/files/" lists. Every file is read before any is
+  // written: on an error nothing is. DataLoss when a stored name is
+  // absolute, has "..", "." or empty components; symlinks inside the
+  // directory are never followed.
+  Result<std::vector<std::string>> PullFiles(
+      const std::optional<std::vector<std::string>>& allow = std::nullopt,
+      const std::optional<std::vector<std::string>>& ignore = std::nullopt);
+  // File `f`'s stored bytes, checked against its manifest entry: DataLoss
+  // naming it when it is missing or differs.
+  Result<Buffer> ReadCheckedFile(const ManifestFile& f);
+
   // The manifest part, or nullopt when there is none.
   Result<std::optional<ManifestPart>> ReadManifest(std::optional<int> rank);
   Result<ModelInfo> Inspect();

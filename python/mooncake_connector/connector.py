@@ -224,9 +224,16 @@ class MooncakeConnector:
         paths, and returns those paths. ``allow_pattern`` keeps only files
         matching one of its fnmatch patterns, then ``ignore_pattern`` drops
         those matching one of its; a pattern counts when it matches the whole
-        key (as in SGLang) or the relative path. A stored name that is
-        absolute or has ``..`` raises ``DataLossError`` before anything is
-        written; symlinks in the directory are never followed."""
+        key (as in SGLang) or the relative path.
+
+        With a manifest, only the files it lists are pulled, each checked
+        (size, XXH3): ``FailedPreconditionError`` when the files' save is
+        not complete, ``DataLossError`` naming a listed file that is missing
+        or differs, ``AbortedError`` when a save replaced them meanwhile.
+        A model SGLang saved (no manifest) pulls what is stored. Nothing is
+        written unless every file was read (and checked). A stored name that
+        is absolute or has ``..`` raises ``DataLossError``; symlinks in the
+        directory are never followed."""
         return self._impl.pull_files(_patterns(allow_pattern), _patterns(ignore_pattern))
 
     def close(self) -> None:

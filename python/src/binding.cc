@@ -357,7 +357,8 @@ NB_MODULE(_impl, m) {
       .def("pull_files",
            [](PyConnector& s, std::optional<std::vector<std::string>> allow,
               std::optional<std::vector<std::string>> ignore) {
-             return Unwrap(s.get().PullFiles(allow, ignore));
+             Model model = Unwrap(Model::Open(s.get()));
+             return Unwrap(model.PullFiles(allow, ignore));
            },
            nb::arg("allow").none(), nb::arg("ignore").none(), nb::call_guard<nb::gil_scoped_release>())
       .def("close", [](PyConnector& s) { Check(s.get().Close()); },

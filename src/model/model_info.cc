@@ -176,16 +176,11 @@ Result<VerifyReport> Model::Verify(const ProgressFn& progress) {
       continue;
     }
     for (const ManifestFile& f : part.files) {
-      std::string key = FileKey(f.path);
-      Result<Buffer> got = connector_->store().Get(key);
-      if (got.status().code() == StatusCode::kNotFound) {
-        report.problems.push_back("file '" + f.path + "' is in the manifest but not in the store");
+      Result<Buffer> got = ReadCheckedFile(f);
+      if (got.status().code() == StatusCode::kDataLoss) {
+        report.problems.push_back(std::string(got.status().message()));
       } else if (!got.ok()) {
-        return got.status().WithContext("reading file '" + f.path + "'");
-      } else if (got->size() != f.size || Xxh3(got->bytes()) != f.checksum) {
-        report.problems.push_back("file '" + f.path + "' differs from the manifest (" +
-                                  std::to_string(got->size()) + " bytes, manifest says " +
-                                  std::to_string(f.size) + "; or a checksum mismatch)");
+        return got.status();
       }
       ++report.files;
       report.bytes += f.size;

@@ -160,7 +160,7 @@ TEST(Model, SaveDirectoryStoresShardsAndFiles) {
   EXPECT_EQ(info.files, 3u);
   EXPECT_EQ(info.tensors, 4u);
 
-  Result<std::vector<std::string>> pulled = c->PullFiles();
+  Result<std::vector<std::string>> pulled = m.PullFiles();
   ASSERT_TRUE(pulled.ok()) << pulled.status();
   EXPECT_EQ(*pulled, (std::vector<std::string>{"config.json", "model.safetensors.index.json", "sub/tokenizer.model"}));
   fs::path local = *c->GetLocalDir();

@@ -5,12 +5,15 @@ memory:// and on mooncake:// against a real master."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from mooncake_connector import DataLossError, create_remote_connector
+from mooncake_connector import (AbortedError, DataLossError, FailedPreconditionError,
+                                create_remote_connector)
 
 FILES = {
     "config.json": b'{"hidden_size": 64}',
@@ -119,3 +122,87 @@ def test_local_dir_with_files_is_removed_on_close(model):
     assert (root / "sub/dir/preprocessor_config.json").exists()
     model.close()
     assert not root.exists()
+
+
+@pytest.fixture
+def saved(store_url):
+    """A model whose files were saved with a manifest, and a plain connector
+    that writes under it as someone else would."""
+    with create_remote_connector(model_url(store_url, "org/saved")) as c, \
+            create_remote_connector(store_url) as plain:
+        c.save_files(FILES)
+        yield c, plain
+
+
+def test_with_a_manifest_only_its_files_are_pulled_and_checked(saved):
+    c, plain = saved
+    plain.setbytes("org/saved/files/stray.py", b"import os  # not the model's")
+    assert sorted(c.pull_files()) == sorted(FILES)
+    assert pulled(c) == FILES
+
+
+@pytest.mark.parametrize("damage", ["replaced", "same size", "missing"])
+def test_a_listed_file_that_differs_or_is_missing_is_data_loss_and_nothing_is_written(saved, damage):
+    c, plain = saved
+    key = "org/saved/files/config.json"
+    if damage == "replaced":
+        plain.setbytes(key, b'{"layers": 99}')
+    elif damage == "same size":
+        plain.setbytes(key, b'{"hidden_size": 65}')
+    else:
+        plain.remove(key)
+    message = "not in the store" if damage == "missing" else "'config.json' differs from the manifest"
+    with pytest.raises(DataLossError, match=message):
+        c.pull_files()
+    assert pulled(c) == {}
+    # Files the filter leaves out are not read.
+    assert c.pull_files(allow_pattern=["tokenizer.*"]) == ["tokenizer.json", "tokenizer.model"]
+
+
+def test_files_whose_save_did_not_finish_are_refused(saved):
+    c, plain = saved
+    manifest = json.loads(plain.getstr("org/saved/manifest/files.json"))
+    manifest["state"] = "saving"
+    plain.setstr("org/saved/manifest/files.json", json.dumps(manifest))
+    with pytest.raises(FailedPreconditionError, match="not completely saved"):
+        c.pull_files(allow_pattern=["*config.json"])
+    assert pulled(c) == {}
+    c.save_files(FILES)  # finishes it
+    assert sorted(c.pull_files(allow_pattern=["config.json"])) == ["config.json"]
+
+
+def test_pulls_racing_re_saves_get_one_version_or_say_the_files_changed(saved):
+    c, _ = saved
+    versions = [dict(FILES, **{"config.json": f'{{"v": {v}}}'.encode(),
+                               "tokenizer.json": f'{{"tok": {v}}}'.encode()}) for v in range(2)]
+    stop = threading.Event()
+
+    def resave():
+        with create_remote_connector(c.url) as writer:
+            v = 0
+            while not stop.is_set():
+                writer.save_files(versions[v])
+                v ^= 1
+
+    thread = threading.Thread(target=resave)
+    thread.start()
+    outcomes = {"pulled": 0, "changed": 0, "saving": 0}
+    try:
+        for _ in range(60):
+            with create_remote_connector(c.url) as reader:
+                try:
+                    reader.pull_files(allow_pattern=["config.json", "tokenizer.json"])
+                except AbortedError as e:
+                    assert "changed during the pull" in str(e)
+                    outcomes["changed"] += 1
+                    continue
+                except FailedPreconditionError:
+                    outcomes["saving"] += 1
+                    continue
+                got = pulled(reader)
+                assert any(got == {k: v[k] for k in got} for v in [FILES, *versions]), got
+                outcomes["pulled"] += 1
+    finally:
+        stop.set()
+        thread.join()
+    assert outcomes["pulled"] > 0, outcomes
