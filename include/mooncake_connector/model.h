@@ -41,13 +41,19 @@ namespace cuda {
 class Driver;
 }  // namespace cuda
 
-// Version 2: every tensor value of the part carries kManifestMarker in its
-// safetensors "__metadata__". Version 1 (still read) did not.
-inline constexpr int kManifestFormatVersion = 2;
+// Version 3: every save has an id, recorded in its parts and, with
+// kSaveMarker, in the "__metadata__" of every tensor value it writes; each
+// tensor entry names the save that wrote its value. Version 2 (still read):
+// values carry kManifestMarker only. Version 1 (still read): neither.
+inline constexpr int kManifestFormatVersion = 3;
 // The "__metadata__" entry of a tensor value saved with a manifest; its value
 // is the manifest part's key. A load that finds no manifest refuses such a
 // value: the model is incomplete or lost in part, not an SGLang model.
 inline constexpr const char* kManifestMarker = "mooncake_connector.manifest";
+// The "__metadata__" entry naming the save that wrote a tensor value (16 hex
+// digits): a load meets another save's value as a header that differs from
+// the one the manifest implies, with or without checksums.
+inline constexpr const char* kSaveMarker = "mooncake_connector.save";
 
 // "mooncake-connector X.Y.Z": written into manifests.
 MC_EXPORT std::string ToolVersion();
@@ -61,6 +67,9 @@ struct ManifestTensor {
   // Non-empty: this tensor shares storage with the named one; only that one
   // is stored, and loads give both names the same tensor.
   std::string alias_of;
+  // The save that wrote the stored value (version 3; 0 before, and for an
+  // alias): a resumed save keeps values an earlier save wrote.
+  uint64_t save_id = 0;
 };
 
 struct ManifestFile {
@@ -96,6 +105,9 @@ struct ManifestPart {
   ModelLayout layout = ModelLayout::kEngine;
   std::vector<ManifestTensor> tensors;
   std::vector<ManifestFile> files;
+  // This save's id (version 3; 0 before): random, new for every save, so a
+  // save can tell that another save of the same part has started meanwhile.
+  uint64_t save_id = 0;
 
   uint64_t StoredBytes() const;  // tensors (aliases once) and files
 };
@@ -233,8 +245,9 @@ class MC_EXPORT Model {
   std::string TensorKey(int rank, std::string_view param) const;
   std::string FileKey(std::string_view path) const;
   std::string ManifestKey(std::optional<int> rank) const;
-  // The "__metadata__" of rank `rank`'s tensor values (kManifestMarker).
-  std::map<std::string, std::string> ValueMetadata(int rank) const;
+  // The "__metadata__" of rank `rank`'s tensor values written by save
+  // `save_id` (kManifestMarker, and kSaveMarker unless save_id is 0).
+  std::map<std::string, std::string> ValueMetadata(int rank, uint64_t save_id) const;
 
   // Stores rank `rank`'s whole state dict (names unique, valid in a key).
   // Tensors sharing storage (same data pointer, dtype and shape) are stored
@@ -295,8 +308,16 @@ class MC_EXPORT Model {
   friend Result<std::vector<ModelInfo>> ListModels(Connector& connector);
   struct SaveItem;
   Model(Connector* c, std::string name) : connector_(c), name_(std::move(name)) {}
-  Status SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
-                    const SaveOptions& options);
+  Status SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, const SaveOptions& options,
+                    uint64_t save_id);
+  // Which of `items` (an earlier save's, by the manifest `was`) the store
+  // holds exactly as that save wrote them: read back and checked (header,
+  // size and checksum), in batches of options.batch_bytes.
+  std::vector<bool> StoredAsBefore(std::optional<int> rank, std::span<const SaveItem* const> items,
+                                   std::span<const uint64_t> was_save_ids, uint64_t batch_bytes);
+  // Aborted when the stored manifest of the part is another save's: a save
+  // of the same part started after this one.
+  Status CheckStillOurs(const ManifestPart& part);
   Status WriteManifest(const ManifestPart& part, const WriteOptions& write);
   // DataLoss naming the tensors of a remembered part that the store no
   // longer has.
@@ -423,9 +444,13 @@ class MC_EXPORT ModelReader {
   std::vector<ManifestTensor> tensors_;
   bool has_manifest_ = false;
   int format_version_ = 0;  // of the manifest; its values' headers depend on it
-  std::map<std::string, std::string> value_metadata_;  // what those headers carry (ExpectedHeader)
+  uint64_t save_id_ = 0;    // of the manifest part read
+  // Replaces DataLoss in `results` by Aborted ("the model changed during the
+  // load") when the manifest part is no longer the one this reader read: a
+  // value that is not what it listed is then another save's, not damage.
+  void SayIfChanged(std::span<Status> results);
   // ExpectedHeader of each tensor, encoded once per distinct (dtype, shape,
-  // nbytes) when the reader opens: headers_[header_of_[item]] ("" if that
+  // nbytes, save) when the reader opens: headers_[header_of_[item]] ("" if that
   // failed: ExpectedHeader then reports why).
   std::vector<std::string> headers_;
   std::vector<uint32_t> header_of_;

@@ -61,7 +61,7 @@ Result<std::string> Text(const json& object, const char* name, const std::string
   return j->get<std::string>();
 }
 
-Result<ManifestTensor> ParseTensor(const json& j, size_t index) {
+Result<ManifestTensor> ParseTensor(const json& j, size_t index, bool with_save) {
   std::string where = "tensor #" + std::to_string(index);
   if (!j.is_object()) return Bad(where + " is not an object");
   ManifestTensor t;
@@ -90,6 +90,10 @@ Result<ManifestTensor> ParseTensor(const json& j, size_t index) {
       return Bad(where + ": alias_of is not a tensor name");
     }
     t.alias_of = a->get<std::string>();
+  }
+  if (with_save && t.alias_of.empty()) {
+    MC_ASSIGN_OR_RETURN(const json* save, Member(j, "save", where));
+    MC_ASSIGN_OR_RETURN(t.save_id, ParseHex64(*save, where + ": save"));
   }
   return t;
 }
@@ -158,6 +162,7 @@ std::string EncodeManifest(const ManifestPart& part) {
             {"created", part.created},
             {"state", part.state == SaveState::kComplete ? "complete" : "saving"},
             {"world_size", part.world_size}};
+  if (part.format_version >= 3) j["save"] = Hex64(part.save_id);
   if (part.rank) {
     j["rank"] = *part.rank;
     j["layout"] = ModelLayoutName(part.layout);
@@ -169,6 +174,7 @@ std::string EncodeManifest(const ManifestPart& part) {
                 {"nbytes", t.nbytes},
                 {"xxh3", Hex64(t.checksum)}};
       if (!t.alias_of.empty()) e["alias_of"] = t.alias_of;
+      if (part.format_version >= 3 && t.alias_of.empty()) e["save"] = Hex64(t.save_id);
       tensors.push_back(std::move(e));
     }
     j["tensors"] = std::move(tensors);
@@ -216,6 +222,10 @@ Result<ManifestPart> ParseManifest(std::string_view text) {
   MC_ASSIGN_OR_RETURN(uint64_t world, Unsigned(j, "world_size", "the manifest"));
   if (world < 1 || world > kMaxWorldSize) return Bad("world_size " + std::to_string(world) + " is out of range");
   part.world_size = static_cast<int>(world);
+  if (version >= 3) {
+    MC_ASSIGN_OR_RETURN(const json* save, Member(j, "save", "the manifest"));
+    MC_ASSIGN_OR_RETURN(part.save_id, ParseHex64(*save, "the manifest's save"));
+  }
   if (j.contains("rank")) {
     MC_ASSIGN_OR_RETURN(uint64_t rank, Unsigned(j, "rank", "the manifest"));
     if (rank >= world) return Bad("rank " + std::to_string(rank) + " is not below world_size");
@@ -232,7 +242,7 @@ Result<ManifestPart> ParseManifest(std::string_view text) {
     MC_ASSIGN_OR_RETURN(const json* tensors, Member(j, "tensors", "the manifest"));
     if (!tensors->is_array()) return Bad("\"tensors\" is not a list");
     for (size_t i = 0; i < tensors->size(); ++i) {
-      MC_ASSIGN_OR_RETURN(ManifestTensor t, ParseTensor((*tensors)[i], i));
+      MC_ASSIGN_OR_RETURN(ManifestTensor t, ParseTensor((*tensors)[i], i, version >= 3));
       part.tensors.push_back(std::move(t));
     }
     MC_RETURN_IF_ERROR(CheckTensors(part.tensors));

@@ -39,18 +39,20 @@ Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptio
     r->tensors_ = std::move(manifest->tensors);
     r->has_manifest_ = true;
     r->format_version_ = manifest->format_version;
-    // The "__metadata__" every value of this part carries (none before version 2).
-    if (r->format_version_ >= 2) r->value_metadata_ = ValueMetadata(rank);
+    r->save_id_ = manifest->save_id;
     for (const ManifestTensor& t : r->tensors_) r->total_bytes_ += t.alias_of.empty() ? t.nbytes : 0;
-    // Tensors of one shape share a header: each distinct one encoded once
-    // (a load of 2048 tensors of one shape spent a fifth of its time here).
-    std::map<std::tuple<DType, Shape, uint64_t>, uint32_t> distinct;
+    // Tensors of one shape (and save) share a header: each distinct one
+    // encoded once (a load of 2048 tensors of one shape spent a fifth of its
+    // time here).
+    std::map<std::tuple<DType, Shape, uint64_t, uint64_t>, uint32_t> distinct;
     r->header_of_.reserve(r->tensors_.size());
-    for (const ManifestTensor& t : r->tensors_) {
-      auto [it, fresh] = distinct.try_emplace({t.dtype, t.shape, t.nbytes}, static_cast<uint32_t>(r->headers_.size()));
+    for (size_t i = 0; i < r->tensors_.size(); ++i) {
+      const ManifestTensor& t = r->tensors_[i];
+      auto [it, fresh] = distinct.try_emplace({t.dtype, t.shape, t.nbytes, t.save_id},
+                                              static_cast<uint32_t>(r->headers_.size()));
       if (fresh) {
-        Result<EncodedTensor> e = EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, r->value_metadata_);
-        r->headers_.push_back(e.ok() ? std::move(e->header) : std::string());
+        Result<std::string> header = r->ExpectedHeader(i);
+        r->headers_.push_back(header.ok() ? std::move(*header) : std::string());
       }
       r->header_of_.push_back(it->second);
     }
@@ -158,22 +160,46 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::s
       out[j] = DataLoss("checksum mismatch in " + which + ": the stored bytes are corrupted");
     }
   }
+  SayIfChanged(out);
   return out;
+}
+
+void ModelReader::SayIfChanged(std::span<Status> results) {
+  if (!has_manifest_) return;
+  if (std::none_of(results.begin(), results.end(),
+                   [](const Status& s) { return s.code() == StatusCode::kDataLoss; })) {
+    return;
+  }
+  Result<std::optional<ManifestPart>> now = model_.ReadManifest(rank_);
+  if (!now.ok()) return;
+  if (now->has_value() && (*now)->state == SaveState::kComplete && (*now)->save_id == save_id_) return;
+  const std::string what = !now->has_value() ? "removed" : (*now)->state == SaveState::kComplete ? "saved again"
+                                                                                                  : "being saved again";
+  for (Status& s : results) {
+    if (s.code() != StatusCode::kDataLoss) continue;
+    s = Aborted("model '" + model_.name() + "' rank " + std::to_string(rank_) +
+                " changed during the load (it was " + what + " meanwhile: a concurrent save or remove); " +
+                "load it again (" + std::string(s.message()) + ")");
+  }
 }
 
 Result<std::string> ModelReader::ExpectedHeader(size_t item) const {
   if (item < header_of_.size() && !headers_[header_of_[item]].empty()) return headers_[header_of_[item]];
   const ManifestTensor& t = tensors_[item];
-  MC_ASSIGN_OR_RETURN(EncodedTensor encoded,
-                      EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, value_metadata_));
+  // The "__metadata__" every value of the part carries: none before
+  // version 2, the manifest's key from 2, and the save that wrote it from 3.
+  std::map<std::string, std::string> metadata;
+  if (format_version_ >= 2) metadata = model_.ValueMetadata(rank_, t.save_id);
+  MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, metadata));
   return std::move(encoded.header);
 }
 
 Status ModelReader::CheckRead(size_t item, bool as_listed, ConstBytes data) const {
   const ManifestTensor& t = tensors_[item];
   if (!as_listed) {
-    return DataLoss(Describe(item) + " in the store is not the tensor the manifest lists (another dtype or "
-                    "shape: overwritten?)");
+    return DataLoss(Describe(item) + " in the store is not the value the manifest lists: another save of the "
+                    "model wrote it (two saves of this model and rank at once?), or it was overwritten; save "
+                    "the model again");
   }
   if (t.dtype == DType::kBool && std::any_of(data.begin(), data.end(), [](std::byte b) { return b > std::byte{1}; })) {
     return DataLoss(Describe(item) + " has a BOOL element that is neither 0 nor 1");

@@ -182,11 +182,12 @@ std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorD
   for (size_t k = 0, b = 0; b < items.size(); ++b) {
     for (size_t item : items[b]) {
       const Result<Buffer>& v = views[k];
-      if (v.status().code() == StatusCode::kNotFound) {
-        return DataLoss(Describe(item) + " is in the manifest but not in the store (removed?)");
-      }
-      if (!v.ok()) return v.status().WithContext("reading " + Describe(item));
-      MC_RETURN_IF_ERROR(CheckStored(item, v->bytes(), &data[k]));
+      Status checked[1] = {v.status().code() == StatusCode::kNotFound
+                               ? DataLoss(Describe(item) + " is in the manifest but not in the store (removed?)")
+                           : !v.ok() ? v.status().WithContext("reading " + Describe(item))
+                                     : CheckStored(item, v->bytes(), &data[k])};
+      SayIfChanged(checked);
+      MC_RETURN_IF_ERROR(checked[0]);
       ++k;
     }
   }

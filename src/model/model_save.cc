@@ -9,10 +9,13 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cinttypes>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -48,6 +51,14 @@ std::string UtcNow() {
   char text[32];
   std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &tm);
   return text;
+}
+
+// A new save's id: random, never 0.
+uint64_t NewSaveId() {
+  std::random_device device;
+  uint64_t id = (uint64_t{device()} << 32) ^ device() ^
+                static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+  return id == 0 ? 1 : id;
 }
 
 bool SameValue(const ManifestTensor& a, const ManifestTensor& b) {
@@ -217,8 +228,14 @@ Result<std::optional<ManifestPart>> Model::ReadManifest(std::optional<int> rank)
   return std::optional<ManifestPart>(std::move(*part));
 }
 
-std::map<std::string, std::string> Model::ValueMetadata(int rank) const {
-  return {{kManifestMarker, ManifestKey(rank)}};
+std::map<std::string, std::string> Model::ValueMetadata(int rank, uint64_t save_id) const {
+  std::map<std::string, std::string> metadata = {{kManifestMarker, ManifestKey(rank)}};
+  if (save_id != 0) {
+    char hex[17];
+    std::snprintf(hex, sizeof(hex), "%016" PRIx64, save_id);
+    metadata.emplace(kSaveMarker, hex);
+  }
+  return metadata;
 }
 
 Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write) {
@@ -231,8 +248,8 @@ Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write)
   return Status::Ok();
 }
 
-Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
-                         const SaveOptions& options) {
+Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, const SaveOptions& options,
+                         uint64_t save_id) {
   Store& store = connector_->store();
   const std::string prefix = rank ? TensorKey(*rank, "") : FileKey("");
   // What an earlier save (complete or interrupted) left: values with the
@@ -243,6 +260,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
   ManifestPart part;
   part.tool = ToolVersion();
   part.created = UtcNow();
+  part.save_id = save_id;
   part.rank = rank;
   part.world_size = options.world_size;
   part.layout = options.layout;
@@ -289,6 +307,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
   };
 
   std::vector<size_t> candidates;
+  std::vector<uint64_t> candidate_save_ids;  // the save that wrote each candidate's stored value
   // Values of an older format version have other headers: written again.
   if (old.ok() && old->has_value() && (*old)->format_version == kManifestFormatVersion) {
     const ManifestPart& was = **old;
@@ -309,10 +328,16 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
       if (it.alias) continue;
       if (rank) {
         auto f = tensors.find(it.name);
-        if (f != tensors.end() && it.hashed && SameValue(was.tensors[f->second], it.tensor)) candidates.push_back(i);
+        if (f != tensors.end() && it.hashed && SameValue(was.tensors[f->second], it.tensor)) {
+          candidates.push_back(i);
+          candidate_save_ids.push_back(was.tensors[f->second].save_id);
+        }
       } else {
         auto f = files.find(it.name);
-        if (f != files.end() && SameValue(was.files[f->second], it.file)) candidates.push_back(i);
+        if (f != files.end() && SameValue(was.files[f->second], it.file)) {
+          candidates.push_back(i);
+          candidate_save_ids.push_back(0);
+        }
       }
     }
   }
@@ -328,11 +353,16 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
     done_bytes += items[i].data.size();
   };
   if (!candidates.empty()) {
-    std::vector<std::string_view> keys;
-    for (size_t i : candidates) keys.push_back(items[i].key);
-    std::vector<Result<bool>> present = store.BatchExists(keys);
+    // A value is kept only when it is read back as the earlier save wrote
+    // it: one overwritten since (by another save, or a plain set) or damaged
+    // is written again, so saving again repairs.
+    std::vector<const SaveItem*> which;
+    for (size_t i : candidates) which.push_back(&items[i]);
+    std::vector<bool> intact = StoredAsBefore(rank, which, candidate_save_ids, options.batch_bytes);
     for (size_t j = 0; j < candidates.size(); ++j) {
-      if (present[j].ok() && *present[j]) record(candidates[j]);
+      if (!intact[j]) continue;
+      if (rank) items[candidates[j]].tensor.save_id = candidate_save_ids[j];
+      record(candidates[j]);
     }
   }
   MC_RETURN_IF_ERROR(WriteManifest(part, options.write));
@@ -388,6 +418,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
     // says "saving" meanwhile, and a save cut short there writes that batch
     // again when run again.
     const bool last = !failed && b + 1 == batches.size();
+    MC_RETURN_IF_ERROR(CheckStillOurs(part));
     Status manifest = last ? Status::Ok() : WriteManifest(part, options.write);
     if (failed) return *failed;
     MC_RETURN_IF_ERROR(manifest);
@@ -425,7 +456,59 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items,
     }
   }
   part.state = SaveState::kComplete;
+  MC_RETURN_IF_ERROR(CheckStillOurs(part));
   return WriteManifest(part, options.write);
+}
+
+Status Model::CheckStillOurs(const ManifestPart& part) {
+  Result<std::optional<ManifestPart>> now = ReadManifest(part.rank);
+  // Gone (a master restart) or unreadable: this save writes it again.
+  if (!now.ok() || !now->has_value() || (*now)->save_id == part.save_id) return Status::Ok();
+  return Aborted("another save of model '" + name_ + "' " +
+                 (part.rank ? "rank " + std::to_string(*part.rank) : std::string("(its files)")) + ", started " +
+                 (*now)->created + ", began while this one ran (two saves at once): this one stops without "
+                 "publishing, so that the model holds one save's values; the other's stands once it "
+                 "finishes. Save again to store this one's.");
+}
+
+std::vector<bool> Model::StoredAsBefore(std::optional<int> rank, std::span<const SaveItem* const> items,
+                                        std::span<const uint64_t> was_save_ids, uint64_t batch_bytes) {
+  std::vector<bool> intact(items.size(), false);
+  for (size_t from = 0; from < items.size();) {
+    size_t to = from;
+    uint64_t bytes = 0;
+    while (to < items.size() && (to == from || bytes + items[to]->data.size() <= batch_bytes)) {
+      bytes += items[to++]->data.size();
+    }
+    std::unique_ptr<std::byte[]> scratch(new std::byte[std::max<uint64_t>(bytes, 1)]);
+    std::vector<std::string> expected(to - from), heads(to - from);
+    std::vector<uint64_t> hashes(to - from, 0);
+    std::vector<GetIntoRequest> requests(to - from);
+    uint64_t at = 0;
+    for (size_t k = from; k < to; ++k) {
+      const SaveItem& it = *items[k];
+      const size_t j = k - from;
+      if (rank) {
+        Result<EncodedTensor> e = EncodeTensor(TensorView{it.tensor.dtype, it.tensor.shape, nullptr, it.tensor.nbytes},
+                                               ValueMetadata(*rank, was_save_ids[k]));
+        if (e.ok()) expected[j] = std::move(e->header);
+      }
+      heads[j].assign(expected[j].size(), '\0');
+      requests[j] = GetIntoRequest{it.key, MutableBytes(scratch.get() + at, it.data.size()),
+                                   MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size()),
+                                   &hashes[j], /*exact=*/true};
+      at += it.data.size();
+    }
+    std::vector<Result<uint64_t>> got = connector_->store().BatchGetInto(requests);
+    for (size_t k = from; k < to; ++k) {
+      const size_t j = k - from;
+      const uint64_t checksum = rank ? items[k]->tensor.checksum : items[k]->file.checksum;
+      intact[k] = got[j].ok() && *got[j] == expected[j].size() + items[k]->data.size() && heads[j] == expected[j] &&
+                  hashes[j] == checksum;
+    }
+    from = to;
+  }
+  return intact;
 }
 
 Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
@@ -437,7 +520,8 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
   // Tensors that share storage (same data, dtype and shape) are stored once.
   std::map<std::tuple<const std::byte*, uint64_t, DType, Shape>, size_t> by_storage;
   std::map<std::tuple<DType, Shape, uint64_t>, std::string> headers;
-  const std::map<std::string, std::string> metadata = ValueMetadata(rank);
+  const uint64_t save_id = NewSaveId();
+  const std::map<std::string, std::string> metadata = ValueMetadata(rank, save_id);
   for (const NamedTensorView& t : tensors) {
     if (t.name.empty()) return InvalidArgument("a tensor has an empty name");
     if (!IsValidUtf8(t.name)) return InvalidArgument("tensor name '" + t.name + "' is not valid UTF-8");
@@ -455,19 +539,20 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
     }
     it.header = header->second;
     it.data = t.tensor.bytes();
-    it.tensor = ManifestTensor{t.name, t.tensor.dtype, t.tensor.shape, t.tensor.nbytes, 0, ""};
+    it.tensor = ManifestTensor{t.name, t.tensor.dtype, t.tensor.shape, t.tensor.nbytes, 0, "", save_id};
     if (t.tensor.nbytes > 0) {
       auto [found, inserted] = by_storage.try_emplace(
           std::make_tuple(t.tensor.data, t.tensor.nbytes, t.tensor.dtype, t.tensor.shape), items.size());
       if (!inserted) {
         it.alias = true;
         it.tensor.alias_of = items[found->second].name;
+        it.tensor.save_id = 0;
       }
     }
     items.push_back(std::move(it));
   }
   // Checksums are computed by SaveValues, batch by batch.
-  return SaveValues(rank, items, options);
+  return SaveValues(rank, items, options, save_id);
 }
 
 Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& options) {
@@ -487,7 +572,7 @@ Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& o
     it.hashed = true;
     items.push_back(std::move(it));
   }
-  return SaveValues(std::nullopt, items, options);
+  return SaveValues(std::nullopt, items, options, NewSaveId());
 }
 
 Status Model::SaveDirectory(const std::string& dir, const SaveOptions& options) {

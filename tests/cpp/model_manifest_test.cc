@@ -259,10 +259,16 @@ TEST(PlanShares, AnAliasReadsItsTargetInItsBatchOnce) {
 
 TEST(ModelManifest, NewerFormatVersionIsUnimplemented) {
   std::string text = Manifest("\"world_size\": 1, \"files\": []", "complete",
-                              "mooncake-connector-model-manifest", 3);
+                              "mooncake-connector-model-manifest", 4);
   Status s = ParseManifest(text).status();
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s;
-  EXPECT_TRUE(Contains(s.message(), "version 3")) << s;
+  EXPECT_TRUE(Contains(s.message(), "version 4")) << s;
+  // Version 3 names the save.
+  EXPECT_TRUE(Contains(ParseManifest(Manifest("\"world_size\": 1, \"files\": []", "complete",
+                                              "mooncake-connector-model-manifest", 3))
+                           .status()
+                           .message(),
+                       "lacks \"save\""));
   // Version 1 (values without the marker) is still read.
   Result<ManifestPart> v1 = ParseManifest(Manifest("\"world_size\": 1, \"files\": []", "complete",
                                                    "mooncake-connector-model-manifest", 1));

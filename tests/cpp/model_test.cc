@@ -378,7 +378,11 @@ TEST(Model, AManifestChangedByAnotherClientIsReadAnew) {
 // Stores `t` under rank 0's key for `name` as a save of `m` would (with the
 // manifest marker), so that only the bytes differ from what was saved.
 void PutAsSaved(Connector& c, Model& m, const std::string& name, const TensorView& t) {
-  EncodedTensor e = *EncodeTensor(t, m.ValueMetadata(0));
+  uint64_t save_id = 0;  // the save that wrote `name`'s value, by the manifest
+  for (const ManifestTensor& entry : (*m.ReadManifest(0))->tensors) {
+    if (entry.name == name) save_id = entry.save_id;
+  }
+  EncodedTensor e = *EncodeTensor(t, m.ValueMetadata(0, save_id));
   auto parts = e.parts();
   ASSERT_TRUE(c.store().Put(m.TensorKey(0, name), parts).ok());
 }
@@ -418,7 +422,7 @@ TEST(Model, CorruptedAndMissingValuesAreDataLoss) {
   // Another dtype under the same key.
   Tensor other = Filled(DType::kI16, {3, 5}, 1);
   PutAsSaved(*c, m, "b", other.view());
-  EXPECT_STATUS(DrainError(**m.OpenReader(0, unverified)), kDataLoss, "not the tensor the manifest lists");
+  EXPECT_STATUS(DrainError(**m.OpenReader(0, unverified)), kDataLoss, "not the value the manifest lists");
   // A value another writer put there (no marker: another header size).
   ASSERT_TRUE(c->Set(m.TensorKey(0, "b"), other.view()).ok());
   EXPECT_STATUS(DrainError(**m.OpenReader(0, unverified)), kDataLoss, "does not match the manifest");
