@@ -55,6 +55,9 @@ inline constexpr const char* kManifestMarker = "mooncake_connector.manifest";
 // the one the manifest implies, with or without checksums.
 inline constexpr const char* kSaveMarker = "mooncake_connector.save";
 
+// The most ranks a model may be saved for (manifests with more are refused).
+inline constexpr int kMaxWorldSize = 1 << 16;
+
 // "mooncake-connector X.Y.Z": written into manifests.
 MC_EXPORT std::string ToolVersion();
 
@@ -318,6 +321,8 @@ class MC_EXPORT Model {
   // Aborted when the stored manifest of the part is another save's: a save
   // of the same part started after this one.
   Status CheckStillOurs(const ManifestPart& part);
+  // Removes the tensors and manifest parts of ranks >= world_size.
+  Status RemoveRanksFrom(int world_size);
   Status WriteManifest(const ManifestPart& part, const WriteOptions& write);
   // DataLoss naming the tensors of a remembered part that the store no
   // longer has.

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 
 from . import _impl
+from ._errors import InvalidArgumentError
 from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name
 
 #: One batched store call moves at most this many bytes by default.
@@ -184,6 +185,9 @@ def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tenso
     for name, dest in tensors.items():
         if not isinstance(dest, torch.Tensor):
             raise TypeError(f"load_into expects torch tensors, got {type(dest).__name__} for {name!r}")
+        if dest.device.type == "meta":
+            raise InvalidArgumentError(f"cannot load into {name!r}: it is on the meta device, which has no "
+                                       "storage (materialize the model first, e.g. to_empty(device=...))")
         dense = dest.is_contiguous() and dest.layout == torch.strided
         if dense and dest.device.type == "cuda":
             on_cuda.setdefault(dest.device.index, []).append((name, dest))

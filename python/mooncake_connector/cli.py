@@ -18,7 +18,8 @@ import time
 from typing import Any, Callable, Optional
 
 from . import standalone
-from ._errors import DataLossError, MooncakeConnectorError, NotFoundError, UnavailableError
+from ._errors import (DataLossError, InvalidArgumentError, MooncakeConnectorError, NotFoundError,
+                      UnavailableError)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DATA_LOSS, EXIT_UNAVAILABLE = 0, 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130
@@ -52,6 +53,12 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def _printable(text: str) -> str:
+    """Stored text (model names, manifest strings) for a terminal: control
+    characters and escape sequences shown escaped, never interpreted."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def _version() -> str:
@@ -138,6 +145,8 @@ def _load(args: argparse.Namespace) -> int:
             import torch
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
+        # Checksums are checked only against a manifest: a model SGLang saved has none.
+        verified = not args.no_verify and c.model_manifest(args.rank) is not None
     seen: set[int] = set()
     nbytes = 0
     for t in tensors.values():
@@ -152,10 +161,11 @@ def _load(args: argparse.Namespace) -> int:
               if stats else "")
     _emit(args, {"url": args.url, "rank": args.rank, "device": args.device or "cpu",
                  "tensors": len(tensors), "bytes": nbytes, "seconds": seconds, "gb_per_s": rate,
-                 "verified": not args.no_verify, "group": stats or None},
+                 "verified": verified, "group": stats or None},
           f"loaded {len(tensors)} tensors, {_human(nbytes)} in {seconds:.3f} s "
           f"({rate:.2f} GB/s) onto {args.device or 'cpu'}"
-          f"{'' if args.no_verify else ', checksums verified'}{shared}")
+          f"{', checksums verified' if verified else ', not verified (no manifest)' if not args.no_verify else ''}"
+          f"{shared}")
     return EXIT_OK
 
 
@@ -190,7 +200,7 @@ def _ls(args: argparse.Namespace) -> int:
           f"{'TP':>3}  STATUS")
     for r in rows:
         size = _human(r["bytes"]) if r["status"] != "no manifest" else "?"
-        print(f"{r['name']:<{width}}  {size:>11}  {len(r['ranks']):>5}  {r['tensors']:>7}  "
+        print(f"{_printable(r['name']):<{width}}  {size:>11}  {len(r['ranks']):>5}  {r['tensors']:>7}  "
               f"{r['files']:>5}  {r['layout'] or '-':<10}  {r['serves_tp']:>3}  {r['status']}")
     return EXIT_OK
 
@@ -198,15 +208,15 @@ def _ls(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
     with _connect(args.url) as c:
         info = c.inspect_model()
-    lines = [f"model      {info['name']}", f"status     {_status(info)}",
+    lines = [f"model      {_printable(info['name'])}", f"status     {_status(info)}",
              f"size       {_human(info['bytes'])}" if info["has_manifest"] else "size       unknown",
              f"ranks      {info['ranks']} (world size {info['world_size']})",
              f"layout     {info['layout'] or 'unknown (no manifest)'}: serves tensor-parallel degree "
              f"{_serves(info)}",
              f"tensors    {info['tensors']}", f"files      {info['files']}"]
     if info["created"]:
-        lines += [f"created    {info['created']}", f"written by {info['tool']}"]
-    lines += [f"problem    {p}" for p in info["problems"]]
+        lines += [f"created    {_printable(info['created'])}", f"written by {_printable(info['tool'])}"]
+    lines += [f"problem    {_printable(p)}" for p in info["problems"]]
     _emit(args, {**info, "serves_tp": _serves(info)}, "\n".join(lines))
     return EXIT_OK
 
@@ -372,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnavailableError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except InvalidArgumentError as e:  # bad usage: a bad URL, option, name or input
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (MooncakeConnectorError, OSError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR

@@ -253,8 +253,17 @@ NB_MODULE(_impl, m) {
       std::rethrow_exception(p);
     } catch (const StatusError& e) {
       nb::object errors = nb::module_::import_("mooncake_connector._errors");
-      nb::object exc = errors.attr("from_status")(static_cast<int>(e.status.code()),
-                                                  std::string(e.status.message()));
+      // Messages name untrusted things (file names, keys) that need not be
+      // UTF-8: undecodable bytes are shown escaped rather than lost to a
+      // UnicodeDecodeError.
+      std::string_view text = e.status.message();
+      nb::object message = nb::steal(PyUnicode_DecodeUTF8(text.data(), static_cast<Py_ssize_t>(text.size()),
+                                                           "backslashreplace"));
+      if (!message.is_valid()) {
+        PyErr_Clear();
+        message = nb::str("(an undecodable message)");
+      }
+      nb::object exc = errors.attr("from_status")(static_cast<int>(e.status.code()), message);
       PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
     }
   });

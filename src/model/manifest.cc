@@ -20,7 +20,6 @@ using nlohmann::json;
 constexpr size_t kMaxManifestBytes = size_t{256} << 20;
 // root -> "tensors" -> entry -> "shape" -> dimension.
 constexpr int kMaxJsonDepth = 4;
-constexpr int kMaxWorldSize = 1 << 16;
 
 Status Bad(const std::string& why) { return DataLoss("invalid model manifest: " + why); }
 

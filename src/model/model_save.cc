@@ -268,6 +268,10 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     return InvalidArgument("a checkpoint-layout model is saved unsharded, as rank 0 of 1 (world_size " +
                            std::to_string(options.world_size) + " given)");
   }
+  if (options.world_size < 1 || options.world_size > kMaxWorldSize) {
+    return InvalidArgument("world_size " + std::to_string(options.world_size) + " is out of range (1 to " +
+                           std::to_string(kMaxWorldSize) + ")");
+  }
   if (rank && (*rank < 0 || *rank >= options.world_size)) {
     return InvalidArgument("rank " + std::to_string(*rank) + " is not below world_size " +
                            std::to_string(options.world_size));
@@ -457,7 +461,29 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   }
   part.state = SaveState::kComplete;
   MC_RETURN_IF_ERROR(CheckStillOurs(part));
-  return WriteManifest(part, options.write);
+  MC_RETURN_IF_ERROR(WriteManifest(part, options.write));
+  // Rank 0 of a save for fewer ranks than before removes the ranks the model
+  // no longer has, so that it is complete (e.g. saved at TP 2, then at 1).
+  return rank == 0 ? RemoveRanksFrom(options.world_size) : Status::Ok();
+}
+
+Status Model::RemoveRanksFrom(int world_size) {
+  Store& store = connector_->store();
+  MC_ASSIGN_OR_RETURN(std::vector<std::string> parts, store.List(name_ + "/manifest/"));
+  for (const std::string& key : parts) {
+    std::optional<int> rank;
+    if (!ManifestPartOf(name_, key, &rank) || !rank || *rank < world_size) continue;
+    MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, store.List(TensorKey(*rank, "")));
+    keys.push_back(key);  // the part goes last
+    for (const std::string& k : keys) {
+      Status s = store.Remove(k);
+      if (!s.ok() && s.code() != StatusCode::kNotFound) {
+        return s.WithContext("removing rank " + std::to_string(*rank) + " of model '" + name_ + "', saved now for " +
+                             std::to_string(world_size) + " rank(s)");
+      }
+    }
+  }
+  return Status::Ok();
 }
 
 Status Model::CheckStillOurs(const ManifestPart& part) {
@@ -539,6 +565,11 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
     }
     it.header = header->second;
     it.data = t.tensor.bytes();
+    if (t.tensor.dtype == DType::kBool &&
+        std::any_of(it.data.begin(), it.data.end(), [](std::byte b) { return b > std::byte{1}; })) {
+      return InvalidArgument("tensor '" + t.name + "' is BOOL but holds a byte that is neither 0 nor 1 "
+                             "(no load could return it as saved)");
+    }
     it.tensor = ManifestTensor{t.name, t.tensor.dtype, t.tensor.shape, t.tensor.nbytes, 0, "", save_id};
     if (t.tensor.nbytes > 0) {
       auto [found, inserted] = by_storage.try_emplace(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import threading
 import time
@@ -494,6 +495,33 @@ def test_list_models(store_url):
     assert models["m1"]["complete"] and models["m1"]["bytes"] == 16
     assert not models["team/m2"]["complete"] and models["team/m2"]["world_size"] == 2
     assert not models["sglang-made"]["has_manifest"]
+
+
+def test_bad_inputs_a_save_or_load_must_refuse(model, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="world_size 65537 is out of range"):
+        model.save_state_dict({"w": torch.ones(1)}, rank=0, world_size=65537)
+    flags = torch.tensor([True, False])
+    flags.view(torch.uint8)[0] = 2  # a BOOL no load could return as saved
+    with pytest.raises(InvalidArgumentError, match="'flags' is BOOL but holds a byte"):
+        model.save_state_dict({"flags": flags})
+    model.save_state_dict({"w": torch.ones(4)})
+    with pytest.raises(InvalidArgumentError, match="meta device"):
+        model.load_into({"w": torch.empty(4, device="meta")})
+    root = write_hf_directory(tmp_path / "hf", {"a": torch.ones(2)}, shards=1)
+    (root / os.fsdecode(b"bad-\xff.json")).write_bytes(b"{}")
+    with pytest.raises(InvalidArgumentError, match="not valid UTF-8"):
+        model.save_directory(root)
+
+
+def test_resave_for_fewer_ranks_leaves_a_complete_model(model, store_url):
+    for rank in range(2):
+        model.save_state_dict({"w": torch.full((4,), float(rank))}, rank=rank, world_size=2)
+    assert model.inspect_model()["complete"]
+    model.save_state_dict({"w": torch.full((8,), 7.0)}, rank=0, world_size=1)
+    info = model.inspect_model()
+    assert info["complete"] and info["world_size"] == 1 and info["ranks"] == [0], info["problems"]
+    with create_remote_connector(store_url) as plain:
+        assert plain.list("org/gen-model/") == ["org/gen-model/keys/rank_0/w", "org/gen-model/manifest/rank_0.json"]
 
 
 def test_model_names_that_read_as_another_models_keys_are_refused(store_url):

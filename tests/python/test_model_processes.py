@@ -154,6 +154,23 @@ def test_cli_model_commands_and_exit_codes(cluster, tmp_path):
     assert cli("get", "mooncake:///cli/blob").returncode == 3
     assert cli("save", str(tmp_path / "nowhere"), url).returncode == 3
     assert cli("load").returncode == 2
+    # Bad usage the parser cannot see is exit 2 too: a name the layout reserves, a bad URL.
+    assert cli("inspect", "mooncake:///cli/files/x").returncode == 2
+    assert cli("ls", "mooncake://host-without-port/m").returncode == 2
+    # A model SGLang saved (no manifest) loads unverified, and says so.
+    with create_remote_connector("mooncake://") as c:
+        c.set("cli/sglang-made/keys/rank_0/w", torch.ones(3))
+    with create_remote_connector("mooncake:///cli/esc") as c:
+        # A manifest whose strings hold a terminal escape, stored by hand.
+        c.save_state_dict({"w": torch.ones(1)})
+        manifest = json.loads(c.getstr("cli/esc/manifest/rank_0.json"))
+        manifest["tool"] = "\x1b]0;owned\x07"
+        c.setstr("cli/esc/manifest/rank_0.json", json.dumps(manifest))
+    r = cli("load", "mooncake:///cli/sglang-made", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["verified"] is False
+    assert b"not verified (no manifest)" in cli("load", "mooncake:///cli/sglang-made").stdout
+    shown = cli("inspect", "mooncake:///cli/esc").stdout
+    assert b"\x1b" not in shown and b"\\x1b]0;owned\\x07" in shown, shown
     r = cli("--version")
     assert r.returncode == 0 and r.stdout.decode().startswith("mooncake-connector 0.1.0 (Mooncake: ")
     assert "0.3.13.post1" in r.stdout.decode()
