@@ -5,6 +5,11 @@ generated model over mooncake:// (the parent exported MOONCAKE_* for it).
       prints "progress DONE TOTAL" lines as the save goes, then "saved"
   model_worker.py load URL RANK
       prints {name: sha256 of the tensor's bytes} as JSON
+  model_worker.py resave URL SECONDS N_TENSORS TENSOR_KIB BATCH_KIB
+      saves rank 0 of 1 again and again for SECONDS, alternating between
+      the generated versions 0 and 1 (rank_state_dict's seed), and prints
+      {"saved": N, "stopped": M} (saves that stopped because another save
+      of the model began meanwhile) as JSON
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import time
 
 import torch
 
-from mooncake_connector import create_remote_connector
+from mooncake_connector import AbortedError, create_remote_connector
 
 
 def rank_state_dict(rank: int, n: int, kib: int) -> dict[str, torch.Tensor]:
@@ -42,6 +48,21 @@ def main() -> None:
             c.save_state_dict(rank_state_dict(rank, n, kib), rank=rank, world_size=world,
                               batch_bytes=batch_kib * 1024, progress=progress)
             print("saved", flush=True)
+        elif mode == "resave":
+            seconds = float(sys.argv[3])
+            n, kib, batch_kib = map(int, sys.argv[4:7])
+            versions = [rank_state_dict(v, n, kib) for v in range(2)]
+            counts = {"saved": 0, "stopped": 0}
+            end, v = time.monotonic() + seconds, 1
+            while time.monotonic() < end:
+                try:
+                    c.save_state_dict(versions[v], batch_bytes=batch_kib * 1024)
+                    counts["saved"] += 1
+                except AbortedError as e:
+                    assert "two saves at once" in str(e), e
+                    counts["stopped"] += 1
+                v ^= 1
+            print(json.dumps(counts), flush=True)
         else:
             rank = int(sys.argv[3])
             print(json.dumps(digests(c.load_state_dict(rank))), flush=True)
