@@ -134,6 +134,11 @@ struct SaveOptions {
   // value).
   uint64_t batch_bytes = uint64_t{256} << 20;
   ProgressFn progress;
+  // Values and manifests are written with Mooncake's hard pin (never
+  // evicted), on top of `write`; false leaves what `write` and the store's
+  // own pin option say (an unpinned value may be evicted under memory
+  // pressure). Stores that never evict ignore it.
+  bool pin = true;
   // SaveDirectory follows links (files and folders) that stay inside the
   // folder, or inside a Hugging Face cache's blobs; with this, also links
   // that lead anywhere else.
@@ -209,6 +214,10 @@ struct ModelInfo {
   std::string tool;
   std::vector<ManifestPart> parts;  // as stored
   std::vector<std::string> problems;  // why it is not complete
+  // Values a complete manifest part lists that the store no longer has
+  // (evicted, removed): such a model is damaged, not complete.
+  uint64_t missing = 0;
+  uint64_t listed = 0;  // the values the complete parts list (missing counts among them)
 };
 
 struct VerifyReport {
@@ -321,6 +330,9 @@ class MC_EXPORT Model {
   // Aborted when the stored manifest of the part is another save's: a save
   // of the same part started after this one.
   Status CheckStillOurs(const ManifestPart& part);
+  // Sets info.listed/missing from one batched existence check of the values
+  // its complete parts list; a model missing any is not complete.
+  Status CountMissing(ModelInfo& info);
   // Removes the tensors and manifest parts of ranks >= world_size.
   Status RemoveRanksFrom(int world_size);
   Status WriteManifest(const ManifestPart& part, const WriteOptions& write);

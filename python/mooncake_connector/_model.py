@@ -24,7 +24,8 @@ def _device(device: Any) -> torch.device:
 
 def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, Any], *,
                     world_size: int = 1, layout: str = "engine",
-                    batch_bytes: int = DEFAULT_BATCH_BYTES, progress: Progress = None) -> None:
+                    batch_bytes: int = DEFAULT_BATCH_BYTES, progress: Progress = None,
+                    pin: bool = True) -> None:
     names, pointers, sizes, dtypes, shapes = [], [], [], [], []
     keep = []  # the tensors whose addresses go to C++ (CPU copies of GPU ones) live until the save returns
     for name, value in state_dict.items():
@@ -40,7 +41,7 @@ def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, An
         dtypes.append(dtype_name(tensor.dtype))
         shapes.append(list(tensor.shape))
     model.save_state_dict(rank, names, pointers, sizes, dtypes, shapes, world_size, layout, batch_bytes,
-                          progress)
+                          progress, pin)
 
 
 def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:

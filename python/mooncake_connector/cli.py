@@ -77,14 +77,15 @@ def _version() -> str:
     return f"{text} (no Mooncake wheel installed)"
 
 
-def _connect(url: str, device: Optional[str] = None):
+def _connect(url: str, device: Optional[str] = None, **options: str):
     """The CLI's connector. On mooncake:// it is a pure client (no segment,
     whatever MOONCAKE_GLOBAL_SEGMENT_SIZE says): Mooncake may place objects
     in the writer's own segment, which goes when the process exits, so a
     CLI that contributed memory could print "saved" for a model that is
-    gone a moment later. What it writes lives in the cluster's storage."""
-    from .connector import create_remote_connector, pure_client_options
-    return create_remote_connector(url, device=device or "cpu", **pure_client_options(url))
+    gone a moment later. What it writes lives in the cluster's storage,
+    hard-pinned unless the URL's pin= or MOONCAKE_PIN says otherwise."""
+    from .connector import create_remote_connector, writer_options
+    return create_remote_connector(url, device=device or "cpu", **{**writer_options(url), **options})
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], text: str) -> None:
@@ -107,7 +108,7 @@ def _save(args: argparse.Namespace) -> int:
     with _connect(args.url) as c:
         start = time.perf_counter()
         _run_with_progress(args, "save", lambda p: c.save_directory(
-            args.dir, progress=p, follow_links_outside=args.follow_links_outside))
+            args.dir, progress=p, follow_links_outside=args.follow_links_outside, pin=not args.no_pin))
         seconds = time.perf_counter() - start
         info = c.inspect_model()
     rate = info["bytes"] / seconds / 1e9 if seconds > 0 else 0.0
@@ -172,6 +173,8 @@ def _load(args: argparse.Namespace) -> int:
 def _status(info: dict[str, Any]) -> str:
     if not info["has_manifest"]:
         return "no manifest"
+    if info.get("missing"):
+        return f"damaged ({info['missing']} of {info['listed']} values gone)"
     return "complete" if info["complete"] else "incomplete"
 
 
@@ -250,10 +253,22 @@ def _rm(args: argparse.Namespace) -> int:
 
 def _put(args: argparse.Namespace) -> int:
     data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
-    with _connect(args.url) as c:
+    mooncake = args.url.split("://", 1)[0].lower() == "mooncake"
+    with _connect(args.url, **({"pin": args.pin} if mooncake and args.pin else {})) as c:
         c.setbytes(c.model_name, data)
-        _emit(args, {"key": c.model_name, "bytes": len(data)}, f"stored {len(data)} bytes at {c.model_name}")
+        pin = (args.pin or _pin_of(args.url)) if mooncake else None
+        note = {"hard": "never evicted; rm frees it", "soft": "evicted last under memory pressure",
+                "none": "Mooncake may evict it under memory pressure"}.get(pin or "", "")
+        _emit(args, {"key": c.model_name, "bytes": len(data), "pin": pin},
+              f"stored {len(data)} bytes at {c.model_name}" + (f" (pin {pin}: {note})" if pin else ""))
     return EXIT_OK
+
+
+def _pin_of(url: str) -> str:
+    """The pin a mooncake:// write through _connect uses."""
+    import urllib.parse
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    return (query.get("pin") or [os.environ.get("MOONCAKE_PIN") or "hard"])[0]
 
 
 def _get(args: argparse.Namespace) -> int:
@@ -316,6 +331,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("save", parents=[common], help="store a Hugging Face model directory (rank 0)")
     p.add_argument("dir")
     p.add_argument("url")
+    p.add_argument("--no-pin", action="store_true",
+                   help="save without Mooncake's hard pin (by default saved models are never evicted; "
+                        "unpinned ones may be under memory pressure, and ls then shows them damaged)")
     p.add_argument("--follow-links-outside", action="store_true",
                    help="also follow links that lead outside DIR (by default only links inside it, or "
                         "into a Hugging Face cache's blobs, are followed)")
@@ -346,6 +364,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("put", parents=[common], help="store a file's bytes at the key the URL path names")
     p.add_argument("url")
     p.add_argument("file", help="a file, or - for stdin")
+    p.add_argument("--pin", choices=["none", "soft", "hard"], default=None,
+                   help="Mooncake's pin for the value (default hard: never evicted; none: may be evicted "
+                        "under memory pressure)")
     p.set_defaults(func=_put)
     p = sub.add_parser("get", parents=[common], help="write the value at the URL's key to stdout or a file")
     p.add_argument("url")

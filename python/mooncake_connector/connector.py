@@ -4,6 +4,7 @@ core. Only type conversion happens here."""
 from __future__ import annotations
 
 import os
+import urllib.parse
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
@@ -146,7 +147,7 @@ class MooncakeConnector:
 
     def save_state_dict(self, state_dict: Mapping[str, Any], rank: int = 0, *, world_size: int = 1,
                         layout: str = "engine", batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
-                        progress: Optional[Callable[[int, int], None]] = None) -> None:
+                        progress: Optional[Callable[[int, int], None]] = None, pin: bool = True) -> None:
         """Stores rank ``rank``'s whole state dict in SGLang's layout plus a
         manifest, in batches. Tensors sharing storage are stored once. Saving
         again resumes an interrupted save (values already stored with the same
@@ -157,22 +158,28 @@ class MooncakeConnector:
         engine's own per-rank state dict (SGLang loads it only at the same
         tensor-parallel degree, ``world_size``); ``"checkpoint"`` for a
         checkpoint's own names, unsharded (rank 0 of 1), which SGLang renames
-        and shards itself at any degree, as :meth:`save_directory` writes."""
+        and shards itself at any degree, as :meth:`save_directory` writes.
+
+        ``pin`` (default): written with Mooncake's hard pin, so memory
+        pressure never evicts the model (``remove_model`` frees it);
+        ``pin=False`` leaves the connector's own ``pin`` option, under which
+        Mooncake may evict values (``inspect_model`` then says ``damaged``).
+        The same holds for :meth:`save_files` and :meth:`save_directory`."""
         _model.save_state_dict(self._model(), rank, state_dict, world_size=world_size, layout=layout,
-                               batch_bytes=batch_bytes, progress=progress)
+                               batch_bytes=batch_bytes, progress=progress, pin=pin)
 
     def save_files(self, files: Mapping[str, bytes], *,
-                   progress: Optional[Callable[[int, int], None]] = None) -> None:
+                   progress: Optional[Callable[[int, int], None]] = None, pin: bool = True) -> None:
         """Stores ``{relative path: bytes}`` under ``{model}/files/`` with a
         manifest (the same resume and cleanup rules as tensors)."""
         paths = list(files)
         arrays = [np.frombuffer(memoryview(files[p]).cast("B"), dtype=np.uint8) if len(files[p])
                   else np.empty(0, dtype=np.uint8) for p in paths]
-        self._model().save_files(paths, arrays, _model.DEFAULT_BATCH_BYTES, progress)
+        self._model().save_files(paths, arrays, _model.DEFAULT_BATCH_BYTES, progress, pin)
 
     def save_directory(self, path: str | os.PathLike[str], *,
                        progress: Optional[Callable[[int, int], None]] = None,
-                       follow_links_outside: bool = False) -> None:
+                       follow_links_outside: bool = False, pin: bool = True) -> None:
         """Stores a Hugging Face style model directory as rank 0: the
         tensors of its ``*.safetensors`` shards and its other files (configs,
         tokenizer, templates; not hidden files or other weight formats).
@@ -182,7 +189,7 @@ class MooncakeConnector:
         into the repository's ``blobs``) saves as it is. A link leading
         outside the folder is refused unless ``follow_links_outside``."""
         self._model().save_directory(os.fspath(path), _model.DEFAULT_BATCH_BYTES, progress,
-                                     follow_links_outside)
+                                     follow_links_outside, pin)
 
     def model_manifest(self, rank: Optional[int] = 0) -> Optional[dict[str, Any]]:
         """The summary of rank ``rank``'s manifest part (``None``: the
@@ -265,15 +272,24 @@ class MooncakeConnector:
         return f"MooncakeConnector({self._impl.url!r}, device={self.device!r}, {state})"
 
 
-def pure_client_options(url: str) -> dict[str, str]:
-    """Options that make a mooncake:// connector a pure client (no segment of
-    its own, whatever MOONCAKE_GLOBAL_SEGMENT_SIZE says), for short-lived
-    writers: Mooncake may place what a connector stores in its own segment,
-    which goes when the connector closes or the process exits. Empty for
-    other schemes and in standalone-client mode (MOONCAKE_CLIENT)."""
-    if url.split("://", 1)[0].lower() != "mooncake" or os.environ.get("MOONCAKE_CLIENT"):
+def writer_options(url: str) -> dict[str, str]:
+    """Options for a mooncake:// connector whose writes must outlive it (the
+    CLI's, the SGLang plugin's): a pure client (no segment of its own,
+    whatever MOONCAKE_GLOBAL_SEGMENT_SIZE says; Mooncake may place what a
+    connector stores in its own segment, which goes when the connector
+    closes or the process exits), and Mooncake's hard pin unless the URL's
+    ``pin=`` or MOONCAKE_PIN chooses (an unpinned value may be evicted under
+    memory pressure). Empty for other schemes; in standalone-client mode
+    (MOONCAKE_CLIENT) the segment is the client process's, so only the pin."""
+    if url.split("://", 1)[0].lower() != "mooncake":
         return {}
-    return {"global_segment_size": "0"}
+    options = {}
+    if not os.environ.get("MOONCAKE_CLIENT"):
+        options["global_segment_size"] = "0"
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    if "pin" not in query and not os.environ.get("MOONCAKE_PIN"):
+        options["pin"] = "hard"
+    return options
 
 
 def _held_by(owner: Any, iterator: Iterator[Any]) -> Iterator[Any]:

@@ -43,7 +43,7 @@ import threading
 from typing import Any, Iterator, Optional
 
 from ._model import DEFAULT_BATCH_BYTES
-from .connector import MooncakeConnector, pure_client_options
+from .connector import MooncakeConnector, writer_options
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def open_connector(url: str, device: Any = None, **kwargs: Any):
     # A pure client: SGLang closes the connector it saves through
     # (save_model's `with` block), and what Mooncake placed in that
     # connector's own segment would go with it. Options SGLang passes win.
-    conn = EngineConnector(url, device=device, **{**pure_client_options(url), **kwargs})
+    conn = EngineConnector(url, device=device, **{**writer_options(url), **kwargs})
     with _held_lock:
         _held[:] = [c for c in _held if not c.closed]
         _held.append(conn)

@@ -153,6 +153,8 @@ nb::dict InfoDict(const ModelInfo& m) {
   d["created"] = m.created;
   d["tool"] = m.tool;
   d["problems"] = m.problems;
+  d["missing"] = m.missing;
+  d["listed"] = m.listed;
   nb::list parts;
   for (const ManifestPart& p : m.parts) parts.append(ManifestDict(p));
   d["parts"] = parts;
@@ -419,7 +421,7 @@ NB_MODULE(_impl, m) {
            [](Model& model, int rank, const std::vector<std::string>& names, const std::vector<uintptr_t>& pointers,
               const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
               const std::vector<std::vector<int64_t>>& shapes, int world_size, const std::string& layout,
-              uint64_t batch_bytes, nb::object progress) {
+              uint64_t batch_bytes, nb::object progress, bool pin) {
              if (pointers.size() != names.size() || sizes.size() != names.size() ||
                  dtypes.size() != names.size() || shapes.size() != names.size()) {
                Check(InvalidArgument("save_state_dict: names, pointers, sizes, dtypes and shapes differ in length"));
@@ -435,35 +437,40 @@ NB_MODULE(_impl, m) {
              o.layout = Unwrap(ParseModelLayout(layout));
              o.batch_bytes = batch_bytes;
              o.progress = Progress(std::move(progress));
+             o.pin = pin;
              nb::gil_scoped_release release;
              Check(model.SaveStateDict(rank, views, o));
            },
            nb::arg("rank"), nb::arg("names"), nb::arg("pointers"), nb::arg("sizes"), nb::arg("dtypes"),
            nb::arg("shapes"), nb::arg("world_size"), nb::arg("layout"), nb::arg("batch_bytes"),
-           nb::arg("progress").none())
+           nb::arg("progress").none(), nb::arg("pin") = true)
       .def("save_files",
            [](Model& model, const std::vector<std::string>& paths, std::vector<ByteArray> arrays,
-              uint64_t batch_bytes, nb::object progress) {
+              uint64_t batch_bytes, nb::object progress, bool pin) {
              std::vector<FileContent> files;
              for (size_t i = 0; i < paths.size(); ++i) files.push_back({paths[i], AsConst(arrays[i])});
              SaveOptions o;
              o.batch_bytes = batch_bytes;
              o.progress = Progress(std::move(progress));
+             o.pin = pin;
              nb::gil_scoped_release release;
              Check(model.SaveFiles(files, o));
            },
-           nb::arg("paths"), nb::arg("arrays"), nb::arg("batch_bytes"), nb::arg("progress").none())
+           nb::arg("paths"), nb::arg("arrays"), nb::arg("batch_bytes"), nb::arg("progress").none(),
+           nb::arg("pin") = true)
       .def("save_directory",
            [](Model& model, const std::string& dir, uint64_t batch_bytes, nb::object progress,
-              bool links_outside) {
+              bool links_outside, bool pin) {
              SaveOptions o;
              o.batch_bytes = batch_bytes;
              o.progress = Progress(std::move(progress));
              o.links_outside = links_outside;
+             o.pin = pin;
              nb::gil_scoped_release release;
              Check(model.SaveDirectory(dir, o));
            },
-           nb::arg("dir"), nb::arg("batch_bytes"), nb::arg("progress").none(), nb::arg("links_outside") = false)
+           nb::arg("dir"), nb::arg("batch_bytes"), nb::arg("progress").none(), nb::arg("links_outside") = false,
+           nb::arg("pin") = true)
       // The manifest part of rank `rank` (the files' part for None) as
       // ManifestDict, or None when there is none: one store read, no listing.
       .def("manifest",

@@ -146,7 +146,39 @@ Result<ModelInfo> Model::Inspect() {
   if (info.ranks.empty() && info.parts.empty()) {
     return NotFound("no model '" + name_ + "' in " + store.url());
   }
+  MC_RETURN_IF_ERROR(CountMissing(info));
   return info;
+}
+
+Status Model::CountMissing(ModelInfo& info) {
+  // One batched existence check of every value the complete parts list.
+  std::vector<std::string> keys;
+  for (const ManifestPart& p : info.parts) {
+    if (p.state != SaveState::kComplete) continue;
+    for (const ManifestTensor& t : p.tensors) {
+      if (t.alias_of.empty()) keys.push_back(TensorKey(*p.rank, t.name));
+    }
+    for (const ManifestFile& f : p.files) keys.push_back(FileKey(f.path));
+  }
+  if (keys.empty()) return Status::Ok();
+  std::vector<std::string_view> views(keys.begin(), keys.end());
+  std::vector<Result<bool>> exists = connector_->store().BatchExists(views);
+  std::vector<std::string> gone;
+  for (size_t i = 0; i < exists.size(); ++i) {
+    if (!exists[i].ok()) return exists[i].status().WithContext("checking the values of model '" + name_ + "'");
+    if (!*exists[i]) gone.push_back(keys[i]);
+  }
+  info.listed = keys.size();
+  info.missing = gone.size();
+  if (gone.empty()) return Status::Ok();
+  info.complete = false;
+  std::string names;
+  for (size_t i = 0; i < gone.size() && i < 4; ++i) names += (i ? ", '" : "'") + gone[i] + "'";
+  if (gone.size() > 4) names += ", ...";
+  info.problems.push_back("damaged: " + std::to_string(gone.size()) + " of its " + std::to_string(keys.size()) +
+                          " values are gone from the store (" + names +
+                          "): evicted (saved unpinned?) or removed; save it again");
+  return Status::Ok();
 }
 
 Result<VerifyReport> Model::Verify(const ProgressFn& progress) {

@@ -243,7 +243,12 @@ Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write)
   ConstBytes bytes(reinterpret_cast<const std::byte*>(text.data()), text.size());
   const std::string key = ManifestKey(part.rank);
   connector_->ForgetManifests(key);  // a new save supersedes what was seen
-  MC_RETURN_IF_ERROR(connector_->store().Put(key, bytes, write).WithContext("writing the manifest"));
+  // Always hard-pinned (a few hundred bytes): a model saved unpinned may
+  // lose values to eviction, but never its manifest, so it shows as damaged
+  // rather than vanishing.
+  WriteOptions pinned = write;
+  pinned.hard_pin = true;
+  MC_RETURN_IF_ERROR(connector_->store().Put(key, bytes, pinned).WithContext("writing the manifest"));
   if (part.state == SaveState::kComplete) connector_->RememberManifest(key, part, std::move(text));
   return Status::Ok();
 }
@@ -252,6 +257,8 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
                          uint64_t save_id) {
   Store& store = connector_->store();
   const std::string prefix = rank ? TensorKey(*rank, "") : FileKey("");
+  WriteOptions write = options.write;
+  write.hard_pin |= options.pin;
   // What an earlier save (complete or interrupted) left: values with the
   // same checksum that are still stored are not written again.
   Result<std::optional<ManifestPart>> old = ReadManifest(rank);
@@ -369,7 +376,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       record(candidates[j]);
     }
   }
-  MC_RETURN_IF_ERROR(WriteManifest(part, options.write));
+  MC_RETURN_IF_ERROR(WriteManifest(part, write));
   if (options.progress) options.progress(done_bytes, total);
 
   // Batches of at most batch_bytes (at least one value), one store call each.
@@ -403,7 +410,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       if (header.empty()) p = p.subspan(1);
       requests.push_back(PutRequest{it.key, p, it.value_xxh3});
     }
-    std::vector<Status> results = store.BatchPut(requests, options.write);
+    std::vector<Status> results = store.BatchPut(requests, write);
     std::optional<Status> failed;
     for (size_t j = 0; j < batch.size(); ++j) {
       if (results[j].ok()) {
@@ -423,7 +430,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     // again when run again.
     const bool last = !failed && b + 1 == batches.size();
     MC_RETURN_IF_ERROR(CheckStillOurs(part));
-    Status manifest = last ? Status::Ok() : WriteManifest(part, options.write);
+    Status manifest = last ? Status::Ok() : WriteManifest(part, write);
     if (failed) return *failed;
     MC_RETURN_IF_ERROR(manifest);
     if (options.progress) options.progress(done_bytes, total);
@@ -461,7 +468,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   }
   part.state = SaveState::kComplete;
   MC_RETURN_IF_ERROR(CheckStillOurs(part));
-  MC_RETURN_IF_ERROR(WriteManifest(part, options.write));
+  MC_RETURN_IF_ERROR(WriteManifest(part, write));
   // Rank 0 of a save for fewer ranks than before removes the ranks the model
   // no longer has, so that it is complete (e.g. saved at TP 2, then at 1).
   return rank == 0 ? RemoveRanksFrom(options.world_size) : Status::Ok();

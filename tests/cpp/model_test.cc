@@ -435,8 +435,13 @@ TEST(Model, CorruptedAndMissingValuesAreDataLoss) {
   EXPECT_STATUS(DrainError(**m.OpenReader(0, unverified)), kDataLoss, "tensor 'd'");
   report = m.Verify();
   ASSERT_TRUE(report.ok()) << report.status();
-  ASSERT_EQ(report->problems.size(), 1u);
-  EXPECT_TRUE(Contains(report->problems[0], "'d'")) << report->problems[0];
+  // Inspect's count of what is gone, then the tensor by name.
+  ASSERT_EQ(report->problems.size(), 2u);
+  EXPECT_TRUE(Contains(report->problems[0], "damaged: 1 of its 5 values are gone")) << report->problems[0];
+  EXPECT_TRUE(Contains(report->problems[1], "'d'")) << report->problems[1];
+  ModelInfo info = *m.Inspect();
+  EXPECT_FALSE(info.complete);
+  EXPECT_EQ(info.missing, 1u);
 }
 
 // ---------------------------------------------------------------- inspect and list

@@ -159,21 +159,30 @@ def test_storage_killed_one_replica_the_load_names_what_was_lost(two_storage):
         assert all(torch.equal(back[k], v) for k, v in sd.items())
 
 
-def test_memory_pressure_evicts_the_unpinned_model_and_its_load_says_so(instance):
-    """Fill the 256 MB pool far past its size with other keys: the model saved
-    with pin=hard loads bit-exact, the unpinned one is DataLoss naming what
-    was evicted."""
+def test_memory_pressure_evicts_only_a_model_saved_unpinned_and_says_so(instance):
+    """Fill the 256 MB pool far past its high watermark with other (unpinned)
+    keys: a model saved as by default (hard-pinned) loads bit-exact and stays
+    complete; one saved with pin=False is evicted in part, inspect/ls say
+    'damaged' with the count, and its load is DataLoss naming what went."""
     sd = state_dict(n=16, kib=1024)  # 16 x 4 MiB
     base = f"mooncake://{instance.master_address}"
-    with create_remote_connector(f"{base}/org/pinned?pin=hard") as pinned, \
+    with create_remote_connector(f"{base}/org/pinned") as pinned, \
             create_remote_connector(f"{base}/org/unpinned") as unpinned, \
             create_remote_connector(f"{base}/filler") as filler:
         pinned.save_state_dict(sd)
-        unpinned.save_state_dict(sd)
+        unpinned.save_state_dict(sd, pin=False)
+        assert unpinned.inspect_model()["complete"]
         assert fill_pool(filler, 30) == 30  # 30 x 16 MiB through a 256 MB segment
+        info = unpinned.inspect_model()
+        assert not info["complete"] and 0 < info["missing"] <= info["listed"] == 16, info
+        assert any(p.startswith(f"damaged: {info['missing']} of its 16 values are gone") for p in info["problems"])
+        with create_remote_connector(base) as everything:
+            listed = {m["name"]: m for m in everything.list_models()}
+        assert listed["org/unpinned"]["missing"] == info["missing"] and listed["org/pinned"]["complete"]
         with pytest.raises(DataLossError) as evicted:
             unpinned.load_state_dict()
         assert "org/unpinned" in str(evicted.value) and "layers." in str(evicted.value)
+        assert pinned.inspect_model()["complete"] and pinned.inspect_model()["missing"] == 0
         back = pinned.load_state_dict()
         assert all(torch.equal(back[k], v) for k, v in sd.items())
 

@@ -140,7 +140,10 @@ def test_cli_model_commands_and_exit_codes(cluster, tmp_path):
 
     src = tmp_path / "blob.bin"
     src.write_bytes(os.urandom(3000))
-    assert cli("put", "mooncake:///cli/blob", str(src)).returncode == 0
+    r = cli("put", "mooncake:///cli/blob", str(src))
+    assert r.returncode == 0 and b"(pin hard: never evicted" in r.stdout, r.stdout
+    r = cli("put", "mooncake:///cli/unpinned", str(src), "--pin", "none", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["pin"] == "none"
     r = cli("get", "mooncake:///cli/blob")
     assert r.returncode == 0 and r.stdout == src.read_bytes()
     assert cli("put", "mooncake:///cli/stdin", "-", input_bytes=b"from stdin").returncode == 0
