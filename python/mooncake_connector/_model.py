@@ -9,11 +9,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 import torch
 
 from . import _impl
+from ._defaults import DEFAULT_BATCH_BYTES
 from ._errors import InvalidArgumentError
 from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name
 
-#: One batched store call moves at most this many bytes by default.
-DEFAULT_BATCH_BYTES = 256 << 20
 
 Progress = Optional[Callable[[int, int], None]]
 

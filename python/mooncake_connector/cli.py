@@ -320,6 +320,8 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the result as JSON")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="show Mooncake's own log lines (by default they go to a log file)")
     parser = argparse.ArgumentParser(
         prog="mooncake-connector", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -387,8 +389,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mooncake_log_aside(verbose: bool) -> Optional[str]:
+    """Mooncake's client logs a dozen lines to stderr (file descriptor 2,
+    from C++) whenever it connects, one of them an 'E… metadata not found'
+    that is no error. Unless ``verbose``, descriptor 2 goes to a log file and
+    this command's own messages (sys.stderr) to a duplicate of the terminal's
+    stderr. Returns the log file's path (None when it could not be opened)."""
+    if verbose:
+        return None
+    folder = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                          "mooncake-connector")
+    path: Optional[str] = os.path.join(folder, "mooncake.log")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError:
+        fd, path = os.open(os.devnull, os.O_WRONLY), None
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    log = _mooncake_log_aside(getattr(args, "verbose", True))  # standalone has no -v: its processes log to files
+    try:
+        return _run(args, log)
+    finally:
+        sys.stderr.flush()
+
+
+def _run(args: argparse.Namespace, log: Optional[str]) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -401,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DATA_LOSS
     except UnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}" + (f" (Mooncake's log: {log})" if log else ""), file=sys.stderr)
         return EXIT_UNAVAILABLE
     except InvalidArgumentError as e:  # bad usage: a bad URL, option, name or input
         print(f"error: {e}", file=sys.stderr)

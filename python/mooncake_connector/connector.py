@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
-import torch
 
-from . import _group, _impl, _model
+from . import _impl
+from ._defaults import DEFAULT_BATCH_BYTES
 from ._errors import InvalidArgumentError
-from ._tensors import as_cpu_tensor, from_wire, to_wire
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MooncakeConnector:
@@ -39,6 +41,7 @@ class MooncakeConnector:
         wire = self._impl.get_tensor(_key(key))
         if wire is None:
             return None
+        from ._tensors import from_wire  # torch: imported on first use (see _defaults)
         tensor = from_wire(*wire)
         return tensor if self.device.startswith("cpu") else tensor.to(self.device)
 
@@ -46,6 +49,8 @@ class MooncakeConnector:
         return self._impl.getstr(_key(key))
 
     def set(self, key: str, tensor: Any) -> None:
+        import torch
+        from ._tensors import as_cpu_tensor, to_wire
         if isinstance(tensor, torch.Tensor) and tensor.device.type != "cpu":
             tensor = tensor.detach().to("cpu")
         tensor = as_cpu_tensor(tensor)
@@ -85,7 +90,7 @@ class MooncakeConnector:
 
     # -- model weights (the URL path names the model) ---------------------
     def weight_iterator(self, rank: int = 0, *, verify: bool = True,
-                        batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                        batch_bytes: int = DEFAULT_BATCH_BYTES,
                         progress: Optional[Callable[[int, int], None]] = None,
                         group: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yields ``(name, tensor)`` for every tensor of tensor-parallel rank
@@ -106,6 +111,7 @@ class MooncakeConnector:
         group must iterate to the end. A lost tensor, a checksum mismatch or
         a process that dies fails every process. :attr:`load_stats` then
         says what this process fetched and received. Needs a manifest."""
+        from . import _group, _model
         if group is not None and _group.group_size(group) > 1:
             return self._cooperative(rank, group, None, verify=verify, batch_bytes=batch_bytes,
                                      progress=progress)
@@ -114,18 +120,22 @@ class MooncakeConnector:
 
     def _cooperative(self, rank: int, group: Any, status_group: Any, **options: Any,
                      ) -> Iterator[tuple[str, torch.Tensor]]:
+        import torch
+        from . import _group
         self.load_stats = {}
         return _held_by(self, _group.weight_iterator(self._model(), rank, group, device=torch.device(self.device),
                                                      stats=self.load_stats, status_group=status_group,
                                                      **options))
 
     def load_state_dict(self, rank: int = 0, device: str | torch.device | None = None, *,
-                        verify: bool = True, batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                        verify: bool = True, batch_bytes: int = DEFAULT_BATCH_BYTES,
                         progress: Optional[Callable[[int, int], None]] = None,
                         group: Any = None) -> dict[str, torch.Tensor]:
         """The rank's tensors as a dict (tied weights share storage), on
         ``device`` (default: this connector's). ``group``: a cooperative
         load, as :meth:`weight_iterator` says."""
+        import torch
+        from . import _group, _model
         if group is not None and _group.group_size(group) > 1:
             target = torch.device(device or self.device)
             return {name: t if t.device == target else t.to(target)
@@ -135,18 +145,19 @@ class MooncakeConnector:
                                       verify=verify, batch_bytes=batch_bytes, progress=progress)
 
     def load_into(self, tensors: Mapping[str, torch.Tensor], rank: int = 0, *, verify: bool = True,
-                  strict: bool = True, batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                  strict: bool = True, batch_bytes: int = DEFAULT_BATCH_BYTES,
                   progress: Optional[Callable[[int, int], None]] = None) -> list[str]:
         """Fills tensors the caller allocated (an engine's parameters) in
         place, without allocating: contiguous CPU tensors are read into
         directly. Every name must be stored with the same dtype and shape.
         Returns the stored names not asked for; ``strict`` (default) raises
         ``KeyError`` if there are any."""
+        from . import _model
         return _model.load_into(self._model(), rank, tensors, verify=verify, strict=strict,
                                 batch_bytes=batch_bytes, progress=progress)
 
     def save_state_dict(self, state_dict: Mapping[str, Any], rank: int = 0, *, world_size: int = 1,
-                        layout: str = "engine", batch_bytes: int = _model.DEFAULT_BATCH_BYTES,
+                        layout: str = "engine", batch_bytes: int = DEFAULT_BATCH_BYTES,
                         progress: Optional[Callable[[int, int], None]] = None, pin: bool = True) -> None:
         """Stores rank ``rank``'s whole state dict in SGLang's layout plus a
         manifest, in batches. Tensors sharing storage are stored once. Saving
@@ -165,6 +176,7 @@ class MooncakeConnector:
         ``pin=False`` leaves the connector's own ``pin`` option, under which
         Mooncake may evict values (``inspect_model`` then says ``damaged``).
         The same holds for :meth:`save_files` and :meth:`save_directory`."""
+        from . import _model
         _model.save_state_dict(self._model(), rank, state_dict, world_size=world_size, layout=layout,
                                batch_bytes=batch_bytes, progress=progress, pin=pin)
 
@@ -175,7 +187,7 @@ class MooncakeConnector:
         paths = list(files)
         arrays = [np.frombuffer(memoryview(files[p]).cast("B"), dtype=np.uint8) if len(files[p])
                   else np.empty(0, dtype=np.uint8) for p in paths]
-        self._model().save_files(paths, arrays, _model.DEFAULT_BATCH_BYTES, progress, pin)
+        self._model().save_files(paths, arrays, DEFAULT_BATCH_BYTES, progress, pin)
 
     def save_directory(self, path: str | os.PathLike[str], *,
                        progress: Optional[Callable[[int, int], None]] = None,
@@ -188,7 +200,7 @@ class MooncakeConnector:
         own name; a Hugging Face cache snapshot (``snapshots/REV``, links
         into the repository's ``blobs``) saves as it is. A link leading
         outside the folder is refused unless ``follow_links_outside``."""
-        self._model().save_directory(os.fspath(path), _model.DEFAULT_BATCH_BYTES, progress,
+        self._model().save_directory(os.fspath(path), DEFAULT_BATCH_BYTES, progress,
                                      follow_links_outside, pin)
 
     def model_manifest(self, rank: Optional[int] = 0) -> Optional[dict[str, Any]]:

@@ -1,0 +1,7 @@
+"""Defaults shared by the connector and the loaders, in a module without
+torch: importing torch takes 1.5-2.5 s, so the connector imports it (and the
+modules that need it) only when a call handles tensors, and the CLI's
+commands that never do (ls, inspect, verify, rm, put, get) start quickly."""
+
+# One batched store call moves at most this many bytes (and at least one value).
+DEFAULT_BATCH_BYTES = 256 << 20
