@@ -291,7 +291,7 @@ def _standalone(args: argparse.Namespace) -> int:
         inst = standalone.start(segment_size=args.segment_size,
                                 local_buffer_size=args.local_buffer_size,
                                 lease_ttl_ms=args.lease_ttl_ms, log_dir=args.log_dir,
-                                storage_processes=args.storage_processes)
+                                storage_processes=args.storage_processes, host=args.host)
     except (standalone.StandaloneError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_ERROR
@@ -301,9 +301,13 @@ def _standalone(args: argparse.Namespace) -> int:
     print(f"Mooncake standalone instance running ({args.storage_processes} storage process(es) "
           f"of {args.segment_size} each); "
           f"logs in {inst.log_dir}", flush=True)
+    time.sleep(0.3)  # the storage processes open their transfer listeners just after they serve
+    for name, address, port, why in inst.listening():
+        print(f"# {name} listens on {address}:{port}" + (f" (all interfaces: {why})" if why else ""))
     print("# export these in the shell that runs your program:")
     for k, v in inst.env().items():
         print(f"export {k}={v}")
+    print("# Everything stored here lives in these processes' memory: stopping the instance drops it.")
     print("# Ctrl-C (or SIGTERM) stops it.", flush=True)
     try:
         while not stop.wait(0.5):
@@ -311,8 +315,9 @@ def _standalone(args: argparse.Namespace) -> int:
                 print(f"error: a Mooncake process exited; see {inst.log_dir}", file=sys.stderr)
                 return EXIT_ERROR
     finally:
+        held = inst.stored_keys() if inst.alive() else None
         inst.stop()
-        print("stopped", flush=True)
+        print("stopped" + (f"; the {held} key(s) it held are gone" if held else ""), flush=True)
     return EXIT_OK
 
 
@@ -382,6 +387,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-ttl-ms", type=int, default=1000,
                    help="master's read lease in ms (default 1000; removes wait it out)")
     p.add_argument("--log-dir", default=None, help="where the processes log (default: a temp dir)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="the address its sockets bind to (default 127.0.0.1; give this machine's address "
+                        "to serve other machines). Mooncake binds three to all interfaces regardless: the "
+                        "output names them")
     p.add_argument("--storage-processes", type=int, default=1,
                    help="storage processes, each contributing --segment-size (default 1; 2 or more "
                         "give replica_num=2 distinct segments)")

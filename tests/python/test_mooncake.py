@@ -233,12 +233,15 @@ def test_cli_standalone_serves_and_stops_on_sigterm(tmp_path):
          "--log-dir", str(tmp_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     env = {}
+    sockets = []
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
+            if " listens on " in line:
+                sockets.append(line)
             if line.startswith("export "):
                 k, v = line[len("export "):].strip().split("=", 1)
                 env[k] = v
@@ -256,7 +259,17 @@ def test_cli_standalone_serves_and_stops_on_sigterm(tmp_path):
         proc.send_signal(signal.SIGTERM)
         rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
-    assert "stopped" in rest
+    assert "stopped; the 1 key(s) it held are gone" in rest
+    # Every socket is on loopback but those Mooncake binds to all interfaces
+    # regardless, each named with the reason: of the master only the HTTP
+    # metadata server.
+    metadata_port = env["MOONCAKE_TE_META_DATA_SERVER"].rsplit(":", 1)[1].split("/")[0]
+    for line in sockets:
+        on_loopback = " listens on 127.0.0.1:" in line
+        assert on_loopback != ("(all interfaces: " in line), line
+        if line.startswith("# mooncake_master") and not on_loopback:
+            assert f":{metadata_port} (all interfaces: the master's HTTP metadata server" in line, line
+    assert sum("mooncake_master" in line for line in sockets) == 3, sockets
     master_port = int(env["MOONCAKE_MASTER"].rsplit(":", 1)[1])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", master_port)) != 0  # the master is gone
