@@ -101,6 +101,12 @@ test-install:
 	cmake -S examples/cmake_consumer -B $(BUILD)/consumer -G Ninja -DCMAKE_PREFIX_PATH=$(CURDIR)/$(BUILD)/prefix
 	cmake --build $(BUILD)/consumer
 	$(BUILD)/consumer/consumer_example
+	# The package as a user installs it: pip in a fresh venv, no make, no
+	# torch, no Mooncake wheel (build requirements and numpy from PyPI).
+	rm -rf $(BUILD)/pip-venv
+	python3 -m venv $(BUILD)/pip-venv
+	$(BUILD)/pip-venv/bin/python -m pip install -q -C build-dir=$(BUILD)/python-pip .
+	$(BUILD)/pip-venv/bin/python tests/install_check.py
 
 test-python: python-package
 	$(PY) -m pytest -q tests/python

@@ -58,6 +58,9 @@ struct Api {
   int (*unregister_buffer)(Handle, void* buffer) = nullptr;
 
   // Optional entries (null when the provider lacks them).
+  // Why this provider cannot work at all (its library is not installed, and
+  // how to install it), asked before anything else; null or "" when it can.
+  const char* (*missing)() = nullptr;
   // Standalone-client mode: talk to a running mooncake_client at `address`.
   int (*setup_dummy)(Handle, uint64_t mem_pool_size, uint64_t local_buffer_size,
                      const char* address) = nullptr;

@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator, Optional
 
-import torch
+from ._torch import torch
 
 from . import _impl
 from ._errors import DataLossError, InvalidArgumentError, MooncakeConnectorError, UnavailableError

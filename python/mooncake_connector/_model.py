@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-import torch
+from ._torch import torch
 
 from . import _impl
 from ._defaults import DEFAULT_BATCH_BYTES
-from ._errors import InvalidArgumentError
+from ._errors import FailedPreconditionError, InvalidArgumentError
 from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name
 
 
@@ -18,7 +18,15 @@ Progress = Optional[Callable[[int, int], None]]
 
 
 def _device(device: Any) -> torch.device:
-    return torch.device("cpu" if device is None else device)
+    """The torch device to load onto; FailedPreconditionError when it is a
+    CUDA device this process cannot use (torch built without CUDA, no GPU)."""
+    target = torch.device("cpu" if device is None else device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise FailedPreconditionError(
+            f"device {str(target)!r} was asked for, but CUDA is not available here (torch "
+            f"{torch.__version__}{' is built without CUDA' if torch.version.cuda is None else ' sees no GPU'}): "
+            "load onto the CPU, or install a CUDA build of torch on a machine with a GPU")
+    return target
 
 
 def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, Any], *,

@@ -8,7 +8,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-import torch
+from ._torch import torch
 
 _TORCH_TO_NAME = {
     torch.bool: "BOOL",

@@ -49,7 +49,7 @@ class MooncakeConnector:
         return self._impl.getstr(_key(key))
 
     def set(self, key: str, tensor: Any) -> None:
-        import torch
+        from ._torch import torch
         from ._tensors import as_cpu_tensor, to_wire
         if isinstance(tensor, torch.Tensor) and tensor.device.type != "cpu":
             tensor = tensor.detach().to("cpu")
@@ -120,10 +120,9 @@ class MooncakeConnector:
 
     def _cooperative(self, rank: int, group: Any, status_group: Any, **options: Any,
                      ) -> Iterator[tuple[str, torch.Tensor]]:
-        import torch
-        from . import _group
+        from . import _group, _model
         self.load_stats = {}
-        return _held_by(self, _group.weight_iterator(self._model(), rank, group, device=torch.device(self.device),
+        return _held_by(self, _group.weight_iterator(self._model(), rank, group, device=_model._device(self.device),
                                                      stats=self.load_stats, status_group=status_group,
                                                      **options))
 
@@ -134,10 +133,9 @@ class MooncakeConnector:
         """The rank's tensors as a dict (tied weights share storage), on
         ``device`` (default: this connector's). ``group``: a cooperative
         load, as :meth:`weight_iterator` says."""
-        import torch
         from . import _group, _model
         if group is not None and _group.group_size(group) > 1:
-            target = torch.device(device or self.device)
+            target = _model._device(device or self.device)
             return {name: t if t.device == target else t.to(target)
                     for name, t in self.weight_iterator(rank, verify=verify, batch_bytes=batch_bytes,
                                                         progress=progress, group=group)}

@@ -138,6 +138,22 @@ Handle Create() {
   });
 }
 
+// Api::missing: the wheel's module cannot be imported.
+const char* Missing() {
+  static std::string text;
+  if (!Py_IsInitialized() || Finalizing()) return nullptr;
+  nb::gil_scoped_acquire gil;
+  try {
+    nb::module_::import_("mooncake.store");
+    return nullptr;
+  } catch (const nb::python_error& e) {
+    if (!e.matches(PyExc_ImportError)) return nullptr;  // create() reports it
+    text = std::string("the Mooncake wheel is not installed (") + e.what() +
+           "): pip install 'mooncake-connector[mooncake]' (the extra pyproject.toml pins)";
+    return text.c_str();
+  }
+}
+
 void Destroy(Handle h) {
   PyStore* s = Self(h);
   // At interpreter exit the objects cannot be touched any more; leak them.
@@ -154,6 +170,7 @@ const mooncake::Api kApi = [] {
   mooncake::Api api;
   api.provider = "the mooncake.store Python wheel (MooncakeDistributedStore)";
   api.create = &Create;
+  api.missing = &Missing;
   api.destroy = &Destroy;
   api.setup = [](Handle h, const char* local_hostname, const char* metadata_server, uint64_t segment,
                  uint64_t local_buffer, const char* protocol, const char* device,

@@ -513,6 +513,16 @@ def test_bad_inputs_a_save_or_load_must_refuse(model, tmp_path):
         model.save_directory(root)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_a_cuda_load_without_cuda_says_so(model):
+    model.save_state_dict({"w": torch.ones(2)})
+    with pytest.raises(FailedPreconditionError, match="'cuda' was asked for, but CUDA is not available here"):
+        model.load_state_dict(device="cuda")
+    with create_remote_connector(model.url, device="cuda:0") as on_gpu:
+        with pytest.raises(FailedPreconditionError, match="CUDA is not available here"):
+            list(on_gpu.weight_iterator())
+
+
 def test_resave_for_fewer_ranks_leaves_a_complete_model(model, store_url):
     for rank in range(2):
         model.save_state_dict({"w": torch.full((4,), float(rank))}, rank=rank, world_size=2)

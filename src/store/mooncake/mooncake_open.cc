@@ -63,6 +63,11 @@ Result<std::shared_ptr<Store>> ConnectNewClient(const MooncakeConfig& config, co
     return Unimplemented(std::string("MOONCAKE_CLIENT (standalone-client mode) needs the Python "
                                      "provider; ") + api->provider + " has no setup_dummy");
   }
+  // A provider that cannot work at all (its library is not installed) says
+  // so before any address is tried.
+  if (const char* why = api->missing != nullptr ? api->missing() : nullptr; why != nullptr && *why != '\0') {
+    return FailedPrecondition(why);
+  }
   // Mooncake's setup blocks for a long time on an unreachable peer; a probe
   // bounds the wait and names the address.
   if (client_mode) {
