@@ -143,6 +143,9 @@ struct SaveOptions {
   // folder, or inside a Hugging Face cache's blobs; with this, also links
   // that lead anywhere else.
   bool links_outside = false;
+  // When set, the bytes (tensor data, file bytes) this save wrote are added
+  // to it: what an earlier save left intact is not written again.
+  uint64_t* written_bytes = nullptr;
 };
 
 struct LoadOptions {

@@ -1,5 +1,5 @@
-"""The ``mooncake-connector`` command: save, load, list, inspect, verify and
-remove models in a Mooncake Store (or ``memory://``), move single keys and
+"""The mooncake-connector command: save, load, list, inspect, verify and
+remove models in a Mooncake Store (or memory://), move single keys and
 files, and run a local standalone instance.
 
 Exit codes: 0 success; 1 other errors; 2 bad usage; 3 not found; 4 data
@@ -107,17 +107,19 @@ def _run_with_progress(args: argparse.Namespace, desc: str,
 def _save(args: argparse.Namespace) -> int:
     with _connect(args.url) as c:
         start = time.perf_counter()
-        _run_with_progress(args, "save", lambda p: c.save_directory(
+        written = _run_with_progress(args, "save", lambda p: c.save_directory(
             args.dir, progress=p, follow_links_outside=args.follow_links_outside, pin=not args.no_pin))
         seconds = time.perf_counter() - start
         info = c.inspect_model()
-    rate = info["bytes"] / seconds / 1e9 if seconds > 0 else 0.0
-    _emit(args, {"model": info["name"], "bytes": info["bytes"], "tensors": info["tensors"],
-                 "files": info["files"], "seconds": seconds, "gb_per_s": rate, "layout": info["layout"],
-                 "serves_tp": _serves(info)},
-          f"saved {info['name']}: {info['tensors']} tensors, {info['files']} files, "
-          f"{_human(info['bytes'])} in {seconds:.2f} s ({rate:.2f} GB/s); layout {info['layout']}, "
-          f"serves tensor-parallel degree {_serves(info)}")
+    # The rate of what moved: values an earlier save left intact are not sent again.
+    rate = written / seconds / 1e9 if seconds > 0 else 0.0
+    moved = (f"{_human(written)} sent in {seconds:.2f} s ({rate:.2f} GB/s)" if written else
+             f"0 bytes to send (all already stored; checked in {seconds:.2f} s)")
+    _emit(args, {"model": info["name"], "bytes": info["bytes"], "written_bytes": written,
+                 "tensors": info["tensors"], "files": info["files"], "seconds": seconds, "gb_per_s": rate,
+                 "layout": info["layout"], "serves_tp": _serves(info)},
+          f"saved {info['name']}: {info['tensors']} tensors, {info['files']} files, {_human(info['bytes'])}; "
+          f"{moved}; layout {info['layout']}, serves tensor-parallel degree {_serves(info)}")
     return EXIT_OK
 
 
@@ -331,7 +333,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="mooncake-connector", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="URLs: mooncake:///MODEL (master from MOONCAKE_MASTER), mooncake://HOST:PORT/MODEL, "
-               "memory://NAME/MODEL.")
+               "memory://NAME/MODEL.\n\n"
+               "examples:\n"
+               "  mooncake-connector standalone --segment-size 8gb     # a local Mooncake; prints what to export\n"
+               "  mooncake-connector save ~/models/Qwen2.5-0.5B mooncake:///qwen\n"
+               "  mooncake-connector ls\n"
+               "  mooncake-connector load mooncake:///qwen --device cuda\n"
+               "  torchrun --nproc-per-node 2 -m mooncake_connector.cli load mooncake:///qwen\n"
+               "  mooncake-connector verify mooncake:///qwen && mooncake-connector rm mooncake:///qwen\n"
+               "  echo '{}' | mooncake-connector put mooncake:///cfg/x - && mooncake-connector get mooncake:///cfg/x\n"
+               "\nSGLang: --model-path mooncake:///qwen --load-format remote (this package installed beside it).")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 

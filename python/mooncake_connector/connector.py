@@ -189,7 +189,7 @@ class MooncakeConnector:
 
     def save_directory(self, path: str | os.PathLike[str], *,
                        progress: Optional[Callable[[int, int], None]] = None,
-                       follow_links_outside: bool = False, pin: bool = True) -> None:
+                       follow_links_outside: bool = False, pin: bool = True) -> int:
         """Stores a Hugging Face style model directory as rank 0: the
         tensors of its ``*.safetensors`` shards and its other files (configs,
         tokenizer, templates; not hidden files or other weight formats).
@@ -197,8 +197,11 @@ class MooncakeConnector:
         Links to files and folders are followed and stored under the link's
         own name; a Hugging Face cache snapshot (``snapshots/REV``, links
         into the repository's ``blobs``) saves as it is. A link leading
-        outside the folder is refused unless ``follow_links_outside``."""
-        self._model().save_directory(os.fspath(path), DEFAULT_BATCH_BYTES, progress,
+        outside the folder is refused unless ``follow_links_outside``.
+
+        Returns the bytes written: what an earlier save of the same folder
+        left intact (read back and checked) is not written again."""
+        return self._model().save_directory(os.fspath(path), DEFAULT_BATCH_BYTES, progress,
                                      follow_links_outside, pin)
 
     def model_manifest(self, rank: Optional[int] = 0) -> Optional[dict[str, Any]]:

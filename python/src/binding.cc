@@ -466,8 +466,11 @@ NB_MODULE(_impl, m) {
              o.progress = Progress(std::move(progress));
              o.links_outside = links_outside;
              o.pin = pin;
+             uint64_t written = 0;
+             o.written_bytes = &written;
              nb::gil_scoped_release release;
              Check(model.SaveDirectory(dir, o));
+             return written;
            },
            nb::arg("dir"), nb::arg("batch_bytes"), nb::arg("progress").none(), nb::arg("links_outside") = false,
            nb::arg("pin") = true)

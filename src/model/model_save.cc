@@ -378,6 +378,8 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   }
   MC_RETURN_IF_ERROR(WriteManifest(part, write));
   if (options.progress) options.progress(done_bytes, total);
+  const uint64_t kept_bytes = done_bytes;
+  uint64_t written_so_far = 0;  // of done_bytes - kept_bytes, added to options.written_bytes
 
   // Batches of at most batch_bytes (at least one value), one store call each.
   std::vector<std::vector<size_t>> batches;
@@ -431,6 +433,8 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     const bool last = !failed && b + 1 == batches.size();
     MC_RETURN_IF_ERROR(CheckStillOurs(part));
     Status manifest = last ? Status::Ok() : WriteManifest(part, write);
+    if (options.written_bytes != nullptr) *options.written_bytes += done_bytes - kept_bytes - written_so_far;
+    written_so_far = done_bytes - kept_bytes;
     if (failed) return *failed;
     MC_RETURN_IF_ERROR(manifest);
     if (options.progress) options.progress(done_bytes, total);

@@ -112,6 +112,10 @@ def test_cli_model_commands_and_exit_codes(cluster, tmp_path):
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     saved = json.loads(r.stdout)
     assert saved["model"] == "cli/model" and saved["tensors"] == 24 and saved["files"] == 6
+    assert saved["written_bytes"] == saved["bytes"]
+    # Saved again unchanged: nothing moves, and the rate does not pretend otherwise.
+    r = cli("save", str(root), url)
+    assert r.returncode == 0 and b"0 bytes to send (all already stored" in r.stdout, r.stdout
 
     r = cli("ls", "--json")
     assert r.returncode == 0
