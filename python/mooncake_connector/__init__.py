@@ -16,7 +16,7 @@ from ._errors import (
     UnavailableError,
     UnimplementedError,
 )
-from .connector import MooncakeConnector, create_remote_connector, supported_schemes
+from .connector import MooncakeConnector, OwnSegmentWarning, create_remote_connector, supported_schemes
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ __all__ = [
     "MooncakeConnector",
     "MooncakeConnectorError",
     "NotFoundError",
+    "OwnSegmentWarning",
     "ResourceExhaustedError",
     "UnavailableError",
     "UnimplementedError",

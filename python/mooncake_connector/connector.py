@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 import numpy as np
@@ -33,8 +34,12 @@ class MooncakeConnector:
         #: fetched and received: world, group_rank, total_bytes,
         #: fetched_bytes, received_bytes, batches, seconds.
         self.load_stats: dict[str, Any] = {}
-        self._impl = _impl.Connector.create(
-            url, self.device, {k: _option_text(v) for k, v in options.items()})
+        texts = {k: _option_text(v) for k, v in options.items()}
+        self._impl = _impl.Connector.create(url, self.device, texts)
+        # Memory this connector contributes to the cluster: what Mooncake
+        # places there goes when the process exits (see _saving).
+        self._own_segment = _impl.own_segment_bytes(url, texts)
+        self._saved = False
 
     # -- BaseKVConnector -------------------------------------------------
     def get(self, key: str) -> Optional[torch.Tensor]:
@@ -173,8 +178,15 @@ class MooncakeConnector:
         pressure never evicts the model (``remove_model`` frees it);
         ``pin=False`` leaves the connector's own ``pin`` option, under which
         Mooncake may evict values (``inspect_model`` then says ``damaged``).
-        The same holds for :meth:`save_files` and :meth:`save_directory`."""
+        The same holds for :meth:`save_files` and :meth:`save_directory`.
+
+        Through a connector that contributes memory of its own to the
+        cluster (``global_segment_size`` > 0), Mooncake may place the values
+        there, and they go when the process exits: such a save warns
+        (:class:`OwnSegmentWarning`); save through a pure client for models
+        that must outlive the process."""
         from . import _model
+        self._saving()
         _model.save_state_dict(self._model(), rank, state_dict, world_size=world_size, layout=layout,
                                batch_bytes=batch_bytes, progress=progress, pin=pin)
 
@@ -185,6 +197,7 @@ class MooncakeConnector:
         paths = list(files)
         arrays = [np.frombuffer(memoryview(files[p]).cast("B"), dtype=np.uint8) if len(files[p])
                   else np.empty(0, dtype=np.uint8) for p in paths]
+        self._saving()
         self._model().save_files(paths, arrays, DEFAULT_BATCH_BYTES, progress, pin)
 
     def save_directory(self, path: str | os.PathLike[str], *,
@@ -201,6 +214,7 @@ class MooncakeConnector:
 
         Returns the bytes written: what an earlier save of the same folder
         left intact (read back and checked) is not written again."""
+        self._saving()
         return self._model().save_directory(os.fspath(path), DEFAULT_BATCH_BYTES, progress,
                                      follow_links_outside, pin)
 
@@ -256,13 +270,37 @@ class MooncakeConnector:
         directory are never followed."""
         return self._impl.pull_files(_patterns(allow_pattern), _patterns(ignore_pattern))
 
+    def _saving(self) -> None:
+        """Warns, once per connector, that a save lands in memory that goes
+        with this process when the connector contributes a segment."""
+        if self._own_segment and not self._saved:
+            warnings.warn(
+                f"saving model {self.model_name!r} through a connector that contributes "
+                f"{self._own_segment / (1 << 30):.2f} GiB of this process's memory to Mooncake "
+                "(global_segment_size / MOONCAKE_GLOBAL_SEGMENT_SIZE): Mooncake may store the values there, "
+                "only in this process's memory, and they are gone when the process exits. For a model that "
+                "must outlive it, save through a pure client (global_segment_size=0, as the CLI does).",
+                OwnSegmentWarning, stacklevel=3)
+        self._saved = True
+
     def close(self) -> None:
         """Releases the store (and a Mooncake client no other open connector
         shares). Idempotent; afterwards every other method raises
         ``FailedPreconditionError``. Loads, saves and key operations under way
         on other threads end as they would have or raise that error at their
         next step; the client goes when the last of them ends. Tensors already
-        returned stay valid."""
+        returned stay valid.
+
+        A connector that contributes a segment and saved a model warns
+        (:class:`OwnSegmentWarning`) that what Mooncake placed there goes
+        with the last connector sharing its client, or the process."""
+        if self._own_segment and self._saved and not self._impl.closed:
+            warnings.warn(
+                f"closing connector {self.url!r}: its segment ({self._own_segment / (1 << 30):.2f} GiB of this "
+                "process's memory) goes when the last connector sharing its Mooncake client closes or the "
+                "process exits, and with it every value Mooncake placed there, the models this connector "
+                "saved included (verify them from another process with `mooncake-connector verify`)",
+                OwnSegmentWarning, stacklevel=2)
         self._impl.close()
 
     @property
@@ -283,6 +321,12 @@ class MooncakeConnector:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"MooncakeConnector({self._impl.url!r}, device={self.device!r}, {state})"
+
+
+class OwnSegmentWarning(UserWarning):
+    """A save went through a connector that contributes memory of its own to
+    the cluster: Mooncake may keep the values only there, and they go with
+    the process."""
 
 
 def writer_options(url: str) -> dict[str, str]:

@@ -279,6 +279,16 @@ NB_MODULE(_impl, m) {
   });
 
   m.def("supported_schemes", &SupportedSchemes);
+  // The memory a mooncake:// connector of `url` with `options` contributes
+  // to the cluster as its own segment (0: a pure or standalone client, or
+  // another scheme). What Mooncake places there goes with the process.
+  m.def("own_segment_bytes", [](const std::string& text, const std::map<std::string, std::string>& options) {
+    Result<Url> url = ParseUrl(text);
+    if (!url.ok() || url->scheme != "mooncake") return uint64_t{0};
+    Result<MooncakeConfig> config = MooncakeConfigFrom(*url, options);
+    if (!config.ok() || !config->client_address.empty()) return uint64_t{0};
+    return config->global_segment_size;
+  });
   // Every StatusCode by name (codes are contiguous from kOk), so a test can
   // hold _errors.py's table to the C++ enum.
   m.def("status_codes", [] {

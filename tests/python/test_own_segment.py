@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import warnings
 
 import pytest
 import torch
 
 from conftest import assert_bit_exact, export, random_tensor
-from mooncake_connector import DataLossError, create_remote_connector, standalone
+from mooncake_connector import DataLossError, OwnSegmentWarning, create_remote_connector, standalone
 
 MiB = 1 << 20
 
@@ -119,3 +120,19 @@ def test_a_flipped_bit_in_the_segment_is_a_checksum_mismatch(own_segment):
             byte.value ^= 0x40
         assert_same(c.load_state_dict(), sd)
         c.remove_model()
+
+
+def test_a_save_through_a_connector_with_its_own_segment_warns(own_segment):
+    """What a connector that contributes memory saves may live only in this
+    process: the save says so, and so does closing the connector. A pure
+    client saves without a word."""
+    c = create_remote_connector("mooncake:///own/warned")  # the environment contributes 512 MB
+    with pytest.warns(OwnSegmentWarning, match="only in this process's memory"):
+        c.save_state_dict({"w": torch.ones(4)})
+    with pytest.warns(OwnSegmentWarning, match="closing connector .* the models this connector saved"):
+        c.close()
+    with create_remote_connector("mooncake:///own/quiet", global_segment_size=0) as pure, \
+            warnings.catch_warnings():
+        warnings.simplefilter("error", OwnSegmentWarning)
+        pure.save_state_dict({"w": torch.ones(4)})
+        pure.close()
