@@ -36,6 +36,25 @@ def digests(sd: dict[str, torch.Tensor]) -> dict[str, str]:
             for n, t in sd.items()}
 
 
+def resave(c, n: int, kib: int, batch_kib: int, go_on, first: int = 0) -> dict[str, int]:
+    """Saves rank 0 of 1 again and again while go_on(), alternating the
+    generated versions 0 and 1 (starting with `first`); returns how many
+    saves finished and how many stopped because another save of the model
+    began meanwhile."""
+    versions = [rank_state_dict(v, n, kib) for v in range(2)]
+    counts = {"saved": 0, "stopped": 0}
+    v = first
+    while go_on():
+        try:
+            c.save_state_dict(versions[v], batch_bytes=batch_kib * 1024)
+            counts["saved"] += 1
+        except AbortedError as e:
+            assert "two saves at once" in str(e), e
+            counts["stopped"] += 1
+        v ^= 1
+    return counts
+
+
 def main() -> None:
     mode, url = sys.argv[1], sys.argv[2]
     with create_remote_connector(url) as c:
@@ -49,19 +68,9 @@ def main() -> None:
                               batch_bytes=batch_kib * 1024, progress=progress)
             print("saved", flush=True)
         elif mode == "resave":
-            seconds = float(sys.argv[3])
+            end = time.monotonic() + float(sys.argv[3])
             n, kib, batch_kib = map(int, sys.argv[4:7])
-            versions = [rank_state_dict(v, n, kib) for v in range(2)]
-            counts = {"saved": 0, "stopped": 0}
-            end, v = time.monotonic() + seconds, 1
-            while time.monotonic() < end:
-                try:
-                    c.save_state_dict(versions[v], batch_bytes=batch_kib * 1024)
-                    counts["saved"] += 1
-                except AbortedError as e:
-                    assert "two saves at once" in str(e), e
-                    counts["stopped"] += 1
-                v ^= 1
+            counts = resave(c, n, kib, batch_kib, lambda: time.monotonic() < end, first=1)
             print(json.dumps(counts), flush=True)
         else:
             rank = int(sys.argv[3])

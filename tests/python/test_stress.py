@@ -107,21 +107,12 @@ def test_model_writers_and_loads_racing_mooncake(mooncake_cluster):
     proc = subprocess.Popen([sys.executable, str(Path(model_worker.__file__)), "resave", url, str(seconds),
                              str(n), str(kib), str(batch_kib)], stdout=subprocess.PIPE, text=True,
                             env=os.environ.copy())
-    here = {"saved": 0, "stopped": 0}
+    here: dict[str, int] = {}
     stop = threading.Event()
 
     def resave() -> None:
-        sds = [model_worker.rank_state_dict(v, n, kib) for v in range(2)]
         with create_remote_connector(url) as c:
-            v = 0
-            while not stop.is_set():
-                try:
-                    c.save_state_dict(sds[v], batch_bytes=batch_kib * 1024)
-                    here["saved"] += 1
-                except AbortedError as e:
-                    assert "two saves at once" in str(e), e
-                    here["stopped"] += 1
-                v ^= 1
+            here.update(model_worker.resave(c, n, kib, batch_kib, lambda: not stop.is_set()))
 
     writer = threading.Thread(target=resave)
     writer.start()
