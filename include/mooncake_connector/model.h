@@ -146,6 +146,10 @@ struct SaveOptions {
   // When set, the bytes (tensor data, file bytes) this save wrote are added
   // to it: what an earlier save left intact is not written again.
   uint64_t* written_bytes = nullptr;
+  // Called before each batch is written and before the save is published:
+  // an error stops the save unfinished (SaveDirectory uses it to stop when a
+  // file it saves changes under it).
+  std::function<Status()> check_sources;
 };
 
 struct LoadOptions {

@@ -93,18 +93,37 @@ class MappedFile {
       }
       f->data_ = static_cast<std::byte*>(p);
     }
-    ::close(fd);
+    f->fd_ = fd;  // kept to notice a change of the file while it is saved
+    f->mtime_ = st.st_mtim;
     return f;
   }
   ~MappedFile() {
     if (data_ != nullptr) ::munmap(data_, size_);
+    if (fd_ >= 0) ::close(fd_);
   }
   ConstBytes bytes() const { return {data_, size_}; }
+
+  // InvalidArgument naming `name` when the file was truncated or rewritten
+  // since it was mapped: its bytes are no longer the ones being saved (and
+  // pages past a new end cannot be read at all).
+  Status Unchanged(const std::string& name) const {
+    struct stat st{};
+    if (::fstat(fd_, &st) != 0) return Internal("cannot stat '" + name + "': " + std::strerror(errno));
+    if (static_cast<size_t>(st.st_size) == size_ && st.st_mtim.tv_sec == mtime_.tv_sec &&
+        st.st_mtim.tv_nsec == mtime_.tv_nsec) {
+      return Status::Ok();
+    }
+    return InvalidArgument("'" + name + "' changed while it was being saved (" + std::to_string(st.st_size) +
+                           " bytes now, " + std::to_string(size_) + " when the save began): the save stops "
+                           "unfinished; save again once the folder is stable");
+  }
 
  private:
   MappedFile() = default;
   std::byte* data_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;
+  struct timespec mtime_{};
 };
 
 // A caller's file name: relative, safe, UTF-8 (the manifest is JSON).
@@ -395,11 +414,13 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       bytes += items[i].value_size();
     }
   }
+  if (options.check_sources) MC_RETURN_IF_ERROR(options.check_sources());  // before hashing reads them
   if (!batches.empty()) hash(batches[0], CopyThreads());
   Background hashing;  // the next batch's checksums (one thread: the transfer has the other cores)
   for (size_t b = 0; b < batches.size(); ++b) {
     const std::vector<size_t>& batch = batches[b];
     hashing.Wait();
+    if (options.check_sources) MC_RETURN_IF_ERROR(options.check_sources());
     if (b + 1 < batches.size()) hashing.Run([&, b] { hash(batches[b + 1], 1); });
     std::vector<std::array<ConstBytes, 2>> parts;
     parts.reserve(batch.size());
@@ -471,6 +492,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     }
   }
   part.state = SaveState::kComplete;
+  if (options.check_sources) MC_RETURN_IF_ERROR(options.check_sources());
   MC_RETURN_IF_ERROR(CheckStillOurs(part));
   MC_RETURN_IF_ERROR(WriteManifest(part, write));
   // Rank 0 of a save for fewer ranks than before removes the ranks the model
@@ -700,6 +722,15 @@ Status Model::SaveDirectory(const std::string& dir, const SaveOptions& options) 
   tensor_options.world_size = 1;
   tensor_options.layout = ModelLayout::kCheckpoint;  // the checkpoint's own names, unsharded
   file_options.world_size = 1;
+  // A shard truncated or rewritten under the save stops it at the next
+  // batch with its name, instead of transfers failing on pages past its end.
+  auto unchanged = [&, caller = options.check_sources]() -> Status {
+    for (size_t i = 0; i < mapped.size(); ++i) MC_RETURN_IF_ERROR(mapped[i]->Unchanged(shards[i]));
+    for (size_t i = 0; i < file_maps.size(); ++i) MC_RETURN_IF_ERROR(file_maps[i]->Unchanged(others[i]));
+    return caller ? caller() : Status::Ok();
+  };
+  tensor_options.check_sources = unchanged;
+  file_options.check_sources = unchanged;
   MC_RETURN_IF_ERROR(SaveStateDict(0, tensors, tensor_options));
   return SaveFiles(files, file_options);
 }

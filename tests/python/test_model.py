@@ -191,6 +191,25 @@ def test_links_in_a_saved_folder(model, tmp_path):
         model.save_directory(root)
 
 
+@pytest.mark.parametrize("change", ["truncated", "appended to"])
+def test_a_shard_that_changes_during_the_save_stops_it_naming_the_shard(model, tmp_path, change):
+    root = write_hf_directory(tmp_path / "hf", generated_state_dict(seed=6, small=8), shards=2)
+    shard = sorted(root.glob("*.safetensors"))[0]
+
+    def meddle(done: int, total: int) -> None:
+        if change == "truncated":
+            os.truncate(shard, shard.stat().st_size // 2)
+        else:
+            with open(shard, "ab") as f:
+                f.write(b"\0" * 100)
+
+    start = time.monotonic()
+    with pytest.raises(InvalidArgumentError, match=f"'{shard.name}' changed while it was being saved"):
+        model.save_directory(root, progress=meddle)
+    assert time.monotonic() - start < 10
+    assert not model.inspect_model()["complete"]
+
+
 def test_real_model_from_a_pypi_package_is_bit_exact(model, tmp_path):
     weights = silero_vad_safetensors()
     root = tmp_path / "silero"
