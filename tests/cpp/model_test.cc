@@ -379,7 +379,9 @@ TEST(Model, AManifestChangedByAnotherClientIsReadAnew) {
 // manifest marker), so that only the bytes differ from what was saved.
 void PutAsSaved(Connector& c, Model& m, const std::string& name, const TensorView& t) {
   uint64_t save_id = 0;  // the save that wrote `name`'s value, by the manifest
-  for (const ManifestTensor& entry : (*m.ReadManifest(0))->tensors) {
+  Result<std::optional<ManifestPart>> manifest = m.ReadManifest(0);
+  ASSERT_TRUE(manifest.ok() && manifest->has_value()) << manifest.status();
+  for (const ManifestTensor& entry : (*manifest)->tensors) {
     if (entry.name == name) save_id = entry.save_id;
   }
   EncodedTensor e = *EncodeTensor(t, m.ValueMetadata(0, save_id));
