@@ -254,23 +254,17 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _put(args: argparse.Namespace) -> int:
+    from .connector import chosen_pin
     data = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()
     mooncake = args.url.split("://", 1)[0].lower() == "mooncake"
     with _connect(args.url, **({"pin": args.pin} if mooncake and args.pin else {})) as c:
         c.setbytes(c.model_name, data)
-        pin = (args.pin or _pin_of(args.url)) if mooncake else None
+        pin = (args.pin or chosen_pin(args.url) or "hard") if mooncake else None  # as _connect writes
         note = {"hard": "never evicted; rm frees it", "soft": "evicted last under memory pressure",
                 "none": "Mooncake may evict it under memory pressure"}.get(pin or "", "")
         _emit(args, {"key": c.model_name, "bytes": len(data), "pin": pin},
               f"stored {len(data)} bytes at {c.model_name}" + (f" (pin {pin}: {note})" if pin else ""))
     return EXIT_OK
-
-
-def _pin_of(url: str) -> str:
-    """The pin a mooncake:// write through _connect uses."""
-    import urllib.parse
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-    return (query.get("pin") or [os.environ.get("MOONCAKE_PIN") or "hard"])[0]
 
 
 def _get(args: argparse.Namespace) -> int:

@@ -343,10 +343,16 @@ def writer_options(url: str) -> dict[str, str]:
     options = {}
     if not os.environ.get("MOONCAKE_CLIENT"):
         options["global_segment_size"] = "0"
-    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
-    if "pin" not in query and not os.environ.get("MOONCAKE_PIN"):
+    if chosen_pin(url) is None:
         options["pin"] = "hard"
     return options
+
+
+def chosen_pin(url: str) -> Optional[str]:
+    """The pin a mooncake:// URL's ``pin=`` or MOONCAKE_PIN chooses; None
+    when neither does."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    return (query.get("pin") or [None])[0] or os.environ.get("MOONCAKE_PIN") or None
 
 
 def _held_by(owner: Any, iterator: Iterator[Any]) -> Iterator[Any]:

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "connector/local_files_internal.h"
+#include "model/model_internal.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/value_format.h"
 
@@ -22,12 +23,6 @@ constexpr size_t kMaxManifestBytes = size_t{256} << 20;
 constexpr int kMaxJsonDepth = 4;
 
 Status Bad(const std::string& why) { return DataLoss("invalid model manifest: " + why); }
-
-std::string Hex64(uint64_t v) {
-  char text[17];
-  std::snprintf(text, sizeof(text), "%016" PRIx64, v);
-  return text;
-}
 
 Result<uint64_t> ParseHex64(const json& j, const std::string& what) {
   if (!j.is_string() || j.get_ref<const std::string&>().size() != 16) {
@@ -132,6 +127,12 @@ Status CheckTensors(const std::vector<ManifestTensor>& tensors) {
 }
 
 }  // namespace
+
+std::string Hex64(uint64_t v) {
+  char text[17];
+  std::snprintf(text, sizeof(text), "%016" PRIx64, v);
+  return text;
+}
 
 const char* ModelLayoutName(ModelLayout layout) {
   return layout == ModelLayout::kCheckpoint ? "checkpoint" : "engine";

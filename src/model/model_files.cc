@@ -49,12 +49,14 @@ Result<std::vector<std::string>> Model::PullFiles(const std::optional<std::vecto
                                 "' are not completely saved (their manifest part says 'saving'): a save is "
                                 "under way or was interrupted; save them again");
     }
+    std::vector<const ManifestFile*> chosen;
     for (const ManifestFile& f : part->files) {
       if (!PassesFilter(allow, ignore, prefix + f.path, f.path)) continue;
       MC_RETURN_IF_ERROR(CheckStoredFileName(f.path));
+      chosen.push_back(&f);
     }
-    for (const ManifestFile& f : part->files) {
-      if (!PassesFilter(allow, ignore, prefix + f.path, f.path)) continue;
+    for (const ManifestFile* file : chosen) {
+      const ManifestFile& f = *file;
       Result<Buffer> got = ReadCheckedFile(f);
       if (got.status().code() == StatusCode::kDataLoss) {
         // Another save may have replaced the files since the manifest was

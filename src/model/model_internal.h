@@ -1,6 +1,7 @@
 // Private helpers of the model layer.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -11,6 +12,18 @@
 #include "mooncake_connector/tensor.h"
 
 namespace mooncake_connector {
+
+class Model;
+struct ManifestTensor;
+
+// 16 lowercase hex digits (checksums and save ids in manifests and values).
+std::string Hex64(uint64_t v);
+
+// The header a stored value of tensor `t` (rank `rank` of `model`, in a
+// manifest part of version `format_version`) starts with: its
+// "__metadata__" carries nothing before version 2, the part's key from 2,
+// and the save that wrote the value from 3.
+Result<std::string> ValueHeader(const Model& model, int rank, const ManifestTensor& t, int format_version);
 
 // OK if a model.safetensors.index.json's weight_map names exactly the
 // tensors the shards hold (`shard_of`: tensor -> shard). InvalidArgument

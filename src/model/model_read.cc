@@ -185,13 +185,7 @@ void ModelReader::SayIfChanged(std::span<Status> results) {
 
 Result<std::string> ModelReader::ExpectedHeader(size_t item) const {
   if (item < header_of_.size() && !headers_[header_of_[item]].empty()) return headers_[header_of_[item]];
-  const ManifestTensor& t = tensors_[item];
-  // The "__metadata__" every value of the part carries: none before
-  // version 2, the manifest's key from 2, and the save that wrote it from 3.
-  std::map<std::string, std::string> metadata;
-  if (format_version_ >= 2) metadata = model_.ValueMetadata(rank_, t.save_id);
-  MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, metadata));
-  return std::move(encoded.header);
+  return ValueHeader(model_, rank_, tensors_[item], format_version_);
 }
 
 Status ModelReader::CheckRead(size_t item, bool as_listed, ConstBytes data) const {

@@ -9,14 +9,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cinttypes>
-#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
@@ -249,12 +249,15 @@ Result<std::optional<ManifestPart>> Model::ReadManifest(std::optional<int> rank)
 
 std::map<std::string, std::string> Model::ValueMetadata(int rank, uint64_t save_id) const {
   std::map<std::string, std::string> metadata = {{kManifestMarker, ManifestKey(rank)}};
-  if (save_id != 0) {
-    char hex[17];
-    std::snprintf(hex, sizeof(hex), "%016" PRIx64, save_id);
-    metadata.emplace(kSaveMarker, hex);
-  }
+  if (save_id != 0) metadata.emplace(kSaveMarker, Hex64(save_id));
   return metadata;
+}
+
+Result<std::string> ValueHeader(const Model& model, int rank, const ManifestTensor& t, int format_version) {
+  std::map<std::string, std::string> metadata;
+  if (format_version >= 2) metadata = model.ValueMetadata(rank, t.save_id);
+  MC_ASSIGN_OR_RETURN(EncodedTensor encoded, EncodeTensor(TensorView{t.dtype, t.shape, nullptr, t.nbytes}, metadata));
+  return std::move(encoded.header);
 }
 
 Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write) {
@@ -533,6 +536,8 @@ Status Model::CheckStillOurs(const ManifestPart& part) {
 std::vector<bool> Model::StoredAsBefore(std::optional<int> rank, std::span<const SaveItem* const> items,
                                         std::span<const uint64_t> was_save_ids, uint64_t batch_bytes) {
   std::vector<bool> intact(items.size(), false);
+  // Values of one shape written by one save share their header: encoded once.
+  std::map<std::tuple<DType, Shape, uint64_t, uint64_t>, std::string> headers;
   for (size_t from = 0; from < items.size();) {
     size_t to = from;
     uint64_t bytes = 0;
@@ -548,9 +553,14 @@ std::vector<bool> Model::StoredAsBefore(std::optional<int> rank, std::span<const
       const SaveItem& it = *items[k];
       const size_t j = k - from;
       if (rank) {
-        Result<EncodedTensor> e = EncodeTensor(TensorView{it.tensor.dtype, it.tensor.shape, nullptr, it.tensor.nbytes},
-                                               ValueMetadata(*rank, was_save_ids[k]));
-        if (e.ok()) expected[j] = std::move(e->header);
+        ManifestTensor was = it.tensor;
+        was.save_id = was_save_ids[k];
+        auto [header, fresh] = headers.try_emplace({was.dtype, was.shape, was.nbytes, was.save_id});
+        if (fresh) {
+          Result<std::string> encoded = ValueHeader(*this, *rank, was, kManifestFormatVersion);
+          if (encoded.ok()) header->second = std::move(*encoded);  // else "": never intact, written again
+        }
+        expected[j] = header->second;
       }
       heads[j].assign(expected[j].size(), '\0');
       requests[j] = GetIntoRequest{it.key, MutableBytes(scratch.get() + at, it.data.size()),
