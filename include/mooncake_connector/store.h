@@ -76,16 +76,33 @@ struct GetIntoRequest {
   // itself (against a manifest), so a store may skip checksums of its own
   // over the same value (a chunked value's).
   bool exact = false;
+  // Optional byte range (as tensorstore's byte-range reads): when `partial`
+  // is set, only the value's bytes [offset, offset + head.size() +
+  // destination.size()) are delivered (to head, then destination); the
+  // value must hold at least that many bytes and may hold more. A store
+  // reads no more of the value than it must (a chunked value: the chunks
+  // the range touches) and cannot check a checksum of the whole value: the
+  // caller verifies what it assembles. data_xxh3 hashes the destination's
+  // bytes. Not combined with `exact`. A successful read returns the size of
+  // the whole value.
+  bool partial = false;
+  uint64_t offset = 0;
 
   // True when the caller verifies this value itself (see `exact`).
   bool CallerVerifies() const { return exact && data_xxh3 != nullptr; }
 
-  // Ok if a value of `size` bytes fits; InvalidArgument naming the size (and
-  // the key) otherwise, also when the value is shorter than `head`.
+  // Ok if a value of `size` bytes fits (partial: covers the range);
+  // InvalidArgument naming the size (and the key) otherwise, also when the
+  // value is shorter than `head`.
   Status CheckFits(uint64_t size) const;
   // Copies the value's bytes [offset, offset + bytes.size()) to where they
-  // belong. REQUIRES: CheckFits(offset + bytes.size()).
+  // belong (partial: those of them in the range). REQUIRES:
+  // CheckFits(offset + bytes.size()), or `partial`.
   void CopyAt(uint64_t offset, ConstBytes bytes) const;
+  // Partial: the part of the value's bytes [*offset, *offset + bytes.size())
+  // in the range, *offset made relative to the range's start. Otherwise
+  // `bytes` unchanged.
+  ConstBytes Clip(uint64_t* offset, ConstBytes bytes) const;
 };
 
 class MC_EXPORT Store {

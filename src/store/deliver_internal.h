@@ -13,7 +13,8 @@ namespace mooncake_connector {
 
 // As r.CopyAt(offset, bytes), block by block; after each block, the bytes of
 // it that went to r.destination are fed to `data` and all of it to `value`
-// (either may be null). Pieces of one value must come in order.
+// (either may be null). Pieces of one value must come in order. A partial
+// request takes the bytes in its range and feeds nothing to `value`.
 void DeliverAt(const GetIntoRequest& r, uint64_t offset, ConstBytes bytes, Xxh3Stream* data,
                Xxh3Stream* value = nullptr);
 

@@ -62,13 +62,17 @@ class MemoryStore final : public Store {
         continue;
       }
       values[i] = std::move(*value);
+      const GetIntoRequest& r = requests[i];
       uint64_t size = values[i]->size();
       out.emplace_back(size);
-      bytes += size;
-      uint64_t step = requests[i].data_xxh3 != nullptr ? std::max<uint64_t>(size, 1) : kPieceBytes;
-      for (uint64_t at = 0; at < size || at == 0; at += step) {
-        pieces.push_back({i, at, std::min(step, size - at)});
-        if (size == 0) break;
+      // The bytes asked for: all of the value, or a partial read's range.
+      const uint64_t lo = r.partial ? r.offset : 0;
+      const uint64_t hi = r.partial ? r.offset + r.head.size() + r.destination.size() : size;
+      bytes += hi - lo;
+      uint64_t step = r.data_xxh3 != nullptr ? std::max<uint64_t>(hi - lo, 1) : kPieceBytes;
+      for (uint64_t at = lo; at < hi || at == lo; at += step) {
+        pieces.push_back({i, at, std::min(step, hi - at)});
+        if (hi == lo) break;
       }
     }
     ParallelFor(pieces.size(), bytes >= kParallelBytes ? CopyThreads() : 1, [&](size_t k) {

@@ -25,6 +25,15 @@ Status ValidateKey(std::string_view key) {
 }
 
 Status GetIntoRequest::CheckFits(uint64_t size) const {
+  if (partial) {
+    const uint64_t end = offset + head.size() + destination.size();
+    if (end < offset || size < end) {
+      return InvalidArgument("the " + std::to_string(size) + "-byte value of '" + std::string(key) +
+                             "' does not hold the bytes [" + std::to_string(offset) + ", " +
+                             std::to_string(end) + ") asked for");
+    }
+    return Status::Ok();
+  }
   if (size < head.size()) {
     return InvalidArgument("the " + std::to_string(size) + "-byte value of '" + std::string(key) +
                            "' is shorter than the " + std::to_string(head.size()) +
@@ -38,11 +47,33 @@ Status GetIntoRequest::CheckFits(uint64_t size) const {
   return Status::Ok();
 }
 
-void GetIntoRequest::CopyAt(uint64_t offset, ConstBytes bytes) const {
-  ForEachPiece(*this, offset, bytes.size(), [&](MutableBytes piece, bool) {
+ConstBytes GetIntoRequest::Clip(uint64_t* at, ConstBytes bytes) const {
+  if (!partial) return bytes;
+  const uint64_t lo = std::max(*at, offset);
+  const uint64_t hi = std::min(*at + bytes.size(), offset + head.size() + destination.size());
+  if (lo >= hi) {
+    *at = 0;
+    return {};
+  }
+  ConstBytes in = bytes.subspan(static_cast<size_t>(lo - *at), static_cast<size_t>(hi - lo));
+  *at = lo - offset;
+  return in;
+}
+
+namespace {
+// Copies bytes [at, at + bytes.size()) of what `r` asks for (its range, for
+// a partial read) to head, then destination.
+void CopyInRange(const GetIntoRequest& r, uint64_t at, ConstBytes bytes) {
+  ForEachPiece(r, at, bytes.size(), [&](MutableBytes piece, bool) {
     std::memcpy(piece.data(), bytes.data(), piece.size());
     bytes = bytes.subspan(piece.size());
   });
+}
+}  // namespace
+
+void GetIntoRequest::CopyAt(uint64_t at, ConstBytes bytes) const {
+  bytes = Clip(&at, bytes);
+  CopyInRange(*this, at, bytes);
 }
 
 namespace {
@@ -53,13 +84,17 @@ constexpr size_t kDeliverBlock = 256 << 10;
 
 void DeliverAt(const GetIntoRequest& r, uint64_t offset, ConstBytes bytes, Xxh3Stream* data,
                Xxh3Stream* value) {
+  if (r.partial) {
+    value = nullptr;  // a range cannot check the whole value's hash
+    bytes = r.Clip(&offset, bytes);
+  }
   if (data == nullptr && value == nullptr) {
-    r.CopyAt(offset, bytes);
+    CopyInRange(r, offset, bytes);
     return;
   }
   while (!bytes.empty()) {
     ConstBytes block = bytes.first(std::min(bytes.size(), kDeliverBlock));
-    r.CopyAt(offset, block);
+    CopyInRange(r, offset, block);
     if (value != nullptr) value->Update(block);
     if (data != nullptr && offset + block.size() > r.head.size()) {
       uint64_t skip = offset < r.head.size() ? r.head.size() - offset : 0;

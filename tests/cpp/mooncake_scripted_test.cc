@@ -441,6 +441,22 @@ TEST_F(Scripted, BatchGetIntoReadsManyKeysWithFewCalls) {
 }
 
 
+TEST_F(Scripted, APartialReadFetchesOnlyTheChunksItsRangeTouches) {
+  Open();  // chunks of 4096 bytes
+  auto value = Bytes(40960, 7);  // a header and ten chunks
+  ASSERT_TRUE(Put("ten", value).ok());
+  std::vector<std::byte> dest(2 * 4096 - 20);
+  GetIntoRequest r{"ten", dest};
+  r.partial = true;
+  r.offset = 3 * 4096 + 10;  // inside chunks 3 and 4
+  int gets = sm_.calls["get_into"];
+  Result<uint64_t> got = store_->BatchGetInto({&r, 1})[0];
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, value.size());
+  EXPECT_EQ(std::memcmp(dest.data(), value.data() + r.offset, dest.size()), 0);
+  EXPECT_EQ(sm_.calls["get_into"] - gets, 3) << "the header and two chunks";
+}
+
 TEST_F(Scripted, ValuesLargerThanAChunkAreTheOnesStoredWithAChecksum) {
   // What a model save asks before hashing each value a second time.
   Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);

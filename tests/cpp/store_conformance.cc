@@ -244,6 +244,66 @@ TEST_P(StoreConformance, GetIntoHashesTheBytesItWrote) {
   }
 }
 
+TEST_P(StoreConformance, PartialReadsDeliverTheRangeAskedFor) {
+  // Ranges of a small value and of values spanning chunks (mooncake://:
+  // several chunks; a range inside one chunk, across chunk edges, at the
+  // end), with and without a head and a hash, in one batch with whole reads.
+  std::vector<std::string> keys, values;
+  for (size_t size : {size_t{10}, size_t{5} << 20, size_t{33} << 20}) {
+    std::string value(size, '\0');
+    for (size_t i = 0; i < size; ++i) value[i] = static_cast<char>((i * 131 + i / 4093) & 0xff);
+    keys.push_back(Key("range" + std::to_string(size)));
+    values.push_back(value);
+    ASSERT_TRUE(store_->Put(keys.back(), AsBytes(value)).ok());
+  }
+  struct Case {
+    size_t value;
+    uint64_t offset, head, size;
+  };
+  std::vector<Case> cases = {{0, 0, 0, 10}, {0, 3, 0, 4}, {0, 8, 1, 1}, {0, 10, 0, 0}, {1, 1, 0, 4096},
+                             {1, (5u << 20) - 7, 2, 5}, {1, 123456, 5, 3u << 20}, {2, 0, 0, 33u << 20},
+                             {2, (16u << 20) - 100, 0, 200}, {2, (1u << 20) + 3, 11, 31u << 20},
+                             {2, (33u << 20) - 1, 0, 1}};
+  std::vector<std::vector<std::byte>> heads, dests;
+  std::vector<uint64_t> hashes(cases.size() + 1, 0);
+  for (const Case& c : cases) {
+    heads.emplace_back(c.head);
+    dests.emplace_back(c.size + 9, std::byte{0x5a});
+  }
+  std::vector<GetIntoRequest> requests;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    GetIntoRequest r{keys[cases[i].value], std::span(dests[i]).first(cases[i].size), heads[i],
+                     i % 2 == 0 ? &hashes[i] : nullptr};
+    r.partial = true;
+    r.offset = cases[i].offset;
+    requests.push_back(r);
+  }
+  std::vector<std::byte> whole(values[1].size());
+  requests.push_back(GetIntoRequest{keys[1], whole, {}, &hashes.back()});
+  std::vector<Result<uint64_t>> got = store_->BatchGetInto(requests);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    const std::string& value = values[c.value];
+    ASSERT_TRUE(got[i].ok()) << i << ": " << got[i].status();
+    EXPECT_EQ(*got[i], value.size()) << i;
+    EXPECT_EQ(std::memcmp(heads[i].data(), value.data() + c.offset, c.head), 0) << i;
+    std::string_view data(value.data() + c.offset + c.head, c.size);
+    EXPECT_EQ(std::memcmp(dests[i].data(), data.data(), c.size), 0) << i;
+    EXPECT_EQ(dests[i][c.size], std::byte{0x5a}) << i << ": wrote past the range";
+    if (i % 2 == 0) EXPECT_EQ(hashes[i], Xxh3(AsBytes(data))) << i;
+  }
+  ASSERT_TRUE(got.back().ok()) << got.back().status();
+  EXPECT_EQ(hashes.back(), Xxh3(AsBytes(values[1])));
+  // A range past the end of the value.
+  std::vector<std::byte> past(8);
+  GetIntoRequest beyond{keys[1], past};
+  beyond.partial = true;
+  beyond.offset = values[1].size() - 4;
+  Result<uint64_t> refused = store_->BatchGetInto({&beyond, 1})[0];
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument) << refused.status();
+  EXPECT_NE(refused.status().message().find(std::to_string(values[1].size())), std::string_view::npos);
+}
+
 TEST_P(StoreConformance, LargeValueRoundTrips) {
   std::vector<uint8_t> big(32u << 20);
   std::iota(big.begin(), big.end(), 0);

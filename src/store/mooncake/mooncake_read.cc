@@ -43,7 +43,9 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
         out[next] = valid;
         continue;
       }
-      if (repeated[next]) continue;
+      // Repeated keys, and ranges (the value may be larger than what a
+      // range asks for): ReadValue.
+      if (repeated[next] || r.partial) continue;
       uint64_t want = std::max<uint64_t>(r.head.size() + r.destination.size(), kChunkHeaderSize);
       if (ReadsDirectly(r)) {
         // A value of this size is one raw object, read straight into place
@@ -243,11 +245,20 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
   Xxh3Stream hash;
   Xxh3Stream data;  // of what goes to target->destination, if asked for
   Xxh3Stream* data_hash = via_slots && target->data_xxh3 != nullptr ? &data : nullptr;
-  // The value's own checksum, unless the caller checks what it asked for.
-  const bool check = h.has_checksum() && !(via_slots && target->CallerVerifies());
+  // The value's own checksum, unless the caller checks what it asked for
+  // (or asked for a range of it: the chunks the range touches, no more).
+  const bool partial = via_slots && target->partial;
+  const bool check = h.has_checksum() && !(via_slots && (target->CallerVerifies() || partial));
+  uint64_t from = 0, to = h.num_chunks;
+  if (partial && h.chunk_size > 0) {
+    from = target->offset / h.chunk_size;
+    const uint64_t end = target->offset + target->head.size() + target->destination.size();
+    to = std::max(from, std::min<uint64_t>(h.num_chunks, (end + h.chunk_size - 1) / h.chunk_size));
+  }
   // A share of the slots per call, so that read_threads() reads run at once.
   const size_t per_call = std::max<size_t>(1, arena_->slots() / read_threads());
-  Status s = ForEachBatch(h.num_chunks, per_call, [&](uint64_t first, size_t n) -> Status {
+  Status s = ForEachBatch(to - from, per_call, [&](uint64_t skip, size_t n) -> Status {
+    const uint64_t first = from + skip;
     std::optional<TransferArena::Lease> slots;
     if (via_slots) slots.emplace(arena_->Acquire(n));
     ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* {
@@ -293,7 +304,8 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     return Status::Ok();
   });
   MC_RETURN_IF_ERROR(s);
-  if ((via_slots ? check : h.has_checksum()) && hash.Digest() != h.checksum) {
+  if ((via_slots ? check : h.has_checksum() && from == 0 && to == h.num_chunks) &&
+      hash.Digest() != h.checksum) {
     return DataLoss("checksum mismatch in the " + std::to_string(h.total_size) + "-byte value of '" +
                     key + "' (corrupted or mixed chunks)");
   }
@@ -306,7 +318,7 @@ Result<uint64_t> MooncakeStore::ReadRegistered(
     const std::function<Result<uint64_t>(MutableBytes)>& read) {
   Buffer scratch;
   MutableBytes dst = target.destination.first(std::min<uint64_t>(size, target.destination.size()));
-  if (!target.head.empty()) {
+  if (!target.head.empty() || target.partial) {
     MC_ASSIGN_OR_RETURN(scratch, Buffer::Allocate(size));
     dst = scratch.bytes();
   }
