@@ -76,7 +76,7 @@ def worker(args: argparse.Namespace) -> None:
     """One process of a sample: prints {"seconds", "fetched", "received"}."""
     import torch.distributed as dist
 
-    from mooncake_connector import _model, create_remote_connector
+    from mooncake_connector import _group, _model, create_remote_connector
 
     rank, world = args.rank, args.world
     cuda = args.device == "cuda"
@@ -107,11 +107,18 @@ def worker(args: argparse.Namespace) -> None:
             model = c._model()  # noqa: SLF001 - the cooperative plan, without its exchange
             reader = model.reader(0, True, _model.DEFAULT_BATCH_BYTES, None)
             entries = reader.tensors()
-            for _, read, owner in reader.plan_shares(world, _model.DEFAULT_BATCH_BYTES):
-                mine = {entries[i][0]: dest[entries[i][0]] for i, who in zip(read, owner) if who == rank}
-                if mine:
-                    _model.load_into(model, 0, mine, strict=False)
-                out["fetched"] += sum(t.numel() * t.element_size() for t in mine.values())
+            for _, pieces in reader.plan_shares(world, _model.DEFAULT_BATCH_BYTES,
+                                                min_piece_bytes=_group._min_piece_bytes()):
+                mine = [p for p in pieces if p[3] == rank]
+                whole = {entries[i][0]: dest[entries[i][0]] for i, _, _, _, w in mine if w}
+                if whole:
+                    _model.load_into(model, 0, whole, strict=False)
+                split = [(i, offset, dest[entries[i][0]].view(-1).view(torch.uint8)[offset:offset + size])
+                         for i, offset, size, _, w in mine if not w]
+                if split:
+                    reader.read_pieces([i for i, _, _ in split], [o for _, o, _ in split],
+                                       [v.data_ptr() for _, _, v in split], [v.numel() for _, _, v in split])
+                out["fetched"] += sum(p[2] for p in mine)
         else:  # disk: what SGLang's safetensors_weights_iterator does per tensor, then the copy
             from safetensors import safe_open
 

@@ -239,18 +239,42 @@ struct VerifyReport {
 // and the group exchanges them, so that every loader ends with every tensor.
 // The rank's tensors (in stored order) are cut into batches of about
 // batch_bytes (at least one tensor); each batch reads the stored tensors
-// its tensors need that no earlier batch read (an alias needs its target),
-// each given to one loader: the largest first, each to the loader with the
-// fewest bytes so far over the whole plan, so a loader fetches at most
-// total / world + the largest tensor. Whole tensors only: a tensor is not
-// split between loaders. Deterministic: every loader computes the same plan.
-struct ShareBatch {
-  size_t end = 0;             // the batch is tensors[previous end, end)
-  std::vector<size_t> read;   // indices of the stored tensors it reads, in stored order
-  std::vector<int> owner;     // the loader that fetches each of them
+// its tensors need that no earlier batch read (an alias needs its target).
+// A stored tensor larger than the batch's share (its bytes / world) is split
+// by rows (its first dimension) into min(world, rows) pieces of equal rows,
+// one to each of the least loaded loaders; the other tensors go whole, the
+// largest first, each to the loader with the fewest bytes so far over the
+// whole plan. So a loader fetches at most total / world + one batch share
+// (tensors not split) + one row. Deterministic: every loader computes the
+// same plan.
+struct SharePiece {
+  size_t index = 0;     // the stored tensor
+  uint64_t offset = 0;  // its bytes [offset, offset + size) (row boundaries)
+  uint64_t size = 0;
+  int owner = 0;        // the loader that fetches them
+  bool whole = true;    // the piece is the whole tensor
 };
+struct ShareBatch {
+  size_t end = 0;                  // the batch is tensors[previous end, end)
+  std::vector<SharePiece> pieces;  // by stored order, then offset
+};
+// No piece is smaller than min_piece_bytes (a tensor is cut into at most
+// nbytes / min_piece_bytes pieces): a store reads a value in objects (a
+// mooncake:// value above its chunk size in chunks, one below it whole), so
+// a range transfers the objects it touches, and pieces much smaller than an
+// object would transfer more than they save. split=false: whole tensors
+// only (a loader then fetches up to total / world + the largest tensor).
 MC_EXPORT std::vector<ShareBatch> PlanShares(std::span<const ManifestTensor> tensors, int world,
-                                             uint64_t batch_bytes);
+                                             uint64_t batch_bytes, bool split = true,
+                                             uint64_t min_piece_bytes = 0);
+
+// Bytes [offset, offset + destination.size()) of a stored tensor (a piece of
+// a cooperative load's plan), for ModelReader::ReadPieces.
+struct TensorPiece {
+  size_t index = 0;
+  uint64_t offset = 0;
+  MutableBytes destination;
+};
 
 class ModelReader;
 
@@ -395,6 +419,16 @@ class MC_EXPORT ModelReader {
   // each against the manifest (checksums too). One line per problem; empty
   // when all is well. FailedPrecondition without a manifest.
   Result<std::vector<std::string>> Check();
+
+  // Reads pieces of stored tensors (indices into tensors()), each into its
+  // destination: one status per piece. A piece is checked against the
+  // manifest as far as a piece can be (the value's size; the piece at
+  // offset 0 also the value's header: dtype, shape, save), not by checksum:
+  // once the pieces of a tensor are together, CheckAssembled checks it.
+  std::vector<Status> ReadPieces(std::span<const TensorPiece> pieces);
+  // The whole tensor `index` assembled from pieces: its checksum (when the
+  // reader verifies) and element values, as a read of it whole checks them.
+  Status CheckAssembled(size_t index, ConstBytes data);
 
  private:
   friend class Model;

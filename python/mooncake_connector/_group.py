@@ -4,11 +4,14 @@ exchange them, so every process yields every tensor while each byte leaves
 the store once per group.
 
 Who fetches what is planned in C++ (``PlanShares``, model.h: batches of
-about ``batch_bytes``, whole tensors balanced by bytes; every process
-computes the same plan). Each process fetches its share of a batch with the
-C++ ``load_into`` (checksums verified) into one flat buffer per owner, the
-group agrees that every share arrived (one ``all_gather_object``), then the
-shares are exchanged. The next batch is fetched on a helper thread while
+about ``batch_bytes``, balanced by bytes, a tensor larger than a share split
+by rows between the processes; every process computes the same plan). Each
+process fetches its share of a batch into one flat buffer per owner: whole
+tensors with the C++ ``load_into`` (checksums verified), pieces of split
+tensors with ``read_pieces`` (a byte range of the stored value; each split
+tensor is checked whole, by every process, once its pieces are together
+after the exchange). The group agrees that every share arrived (one
+``all_gather_object``), then the shares are exchanged. The next batch is fetched on a helper thread while
 the current one is exchanged and handed on.
 
 The exchange: on GPUs (an NCCL group) each owner broadcasts its buffer. On
@@ -120,30 +123,57 @@ def _dist():
     return dist
 
 
+def _min_piece_bytes() -> int:
+    """The chunk size mooncake:// values are written in (MOONCAKE_CHUNK_SIZE,
+    16 MiB by default): a piece of a split tensor is not smaller."""
+    try:
+        return max(int(os.environ.get("MOONCAKE_CHUNK_SIZE", 16 << 20)), 1)
+    except ValueError:
+        return 16 << 20
+
+
 def group_size(group: Any) -> int:
     return _dist().get_world_size(group)
 
 
 class _Batch:
-    """One batch of the plan: where each stored tensor sits in its owner's buffer."""
+    """One batch of the plan: where each piece of a stored tensor sits in its
+    owner's buffer. A piece is a whole tensor, or rows of one split between
+    the processes (``PlanShares``), put together again after the exchange."""
 
-    def __init__(self, end: int, read: list[int], owner: list[int], entries, world: int):
+    def __init__(self, end: int, pieces: list, entries, world: int):
         self.end = end
-        self.read = read
-        self.owner = owner
+        self.pieces = pieces  # [(index, offset, size, owner, whole)]
+        self.read = sorted({p[0] for p in pieces})
         self.sizes = [0] * world
-        self.offset: dict[int, int] = {}
-        self.owner_of = dict(zip(read, owner))
-        for index, who in zip(read, owner):
-            self.offset[index] = self.sizes[who]
-            nbytes = entries[index][3]
-            self.sizes[who] += -(-nbytes // _ALIGN) * _ALIGN if nbytes else 0
+        self.at: list[int] = []  # each piece's offset in its owner's buffer
+        for _, _, size, who, _ in pieces:
+            self.at.append(self.sizes[who])
+            self.sizes[who] += -(-size // _ALIGN) * _ALIGN
+        self.whole = {p[0]: k for k, p in enumerate(pieces) if p[4]}
 
-    def view(self, buffers: list[torch.Tensor], entries, index: int) -> torch.Tensor:
+    def mine(self, me: int) -> list[int]:
+        return [k for k, p in enumerate(self.pieces) if p[3] == me]
+
+    def piece(self, buffers: list[torch.Tensor], k: int) -> torch.Tensor:
+        _, _, size, who, _ = self.pieces[k]
+        return buffers[who][self.at[k]:self.at[k] + size]
+
+    def view(self, buffers: list[torch.Tensor], entries, index: int, reader) -> torch.Tensor:
+        """The stored tensor ``index``: a view of its owner's buffer, or, split,
+        its pieces copied together and checked as a whole (every process
+        checks the same bytes, so all reach the same verdict)."""
         name, dtype, shape, nbytes, _ = entries[index]
-        who = self.owner_of[index]
-        start = self.offset[index]
-        return buffers[who][start:start + nbytes].view(_NAME_TO_TORCH[dtype]).view(shape)
+        k = self.whole.get(index)
+        if k is not None:
+            flat = self.piece(buffers, k)
+        else:
+            flat = torch.empty(nbytes, dtype=torch.uint8, device=buffers[0].device)
+            for j, (i, offset, size, _, _) in enumerate(self.pieces):
+                if i == index:
+                    flat[offset:offset + size].copy_(self.piece(buffers, j))
+            reader.check_assembled(index, flat.data_ptr(), nbytes)
+        return flat.view(_NAME_TO_TORCH[dtype]).view(shape)
 
 
 def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torch.device,
@@ -160,15 +190,20 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
     world, me = dist.get_world_size(group), dist.get_rank(group)
     reader = model.reader(rank, verify, batch_bytes, None)
     entries = reader.tensors()
-    plan = [_Batch(end, read, owner, entries, world)
-            for end, read, owner in reader.plan_shares(world, batch_bytes)]
     nccl = dist.get_backend(group) == "nccl"
+    # Tensors larger than a share are split between the processes, except
+    # in an NCCL group (its buffers are in device memory, which pieces are
+    # not read into; not built yet). Pieces of at least a Mooncake chunk.
+    plan = [_Batch(end, pieces, entries, world)
+            for end, pieces in reader.plan_shares(world, batch_bytes, split=not nccl,
+                                                  min_piece_bytes=_min_piece_bytes())]
     where = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     total = sum(e[3] for e in entries if not e[4])
     # Seconds: fetching this process's shares (on the helper thread), waiting
     # for a fetch to finish, agreeing, exchanging; the rest is the caller's.
     stats.update(world=world, group_rank=me, total_bytes=total, fetched_bytes=0, received_bytes=0,
-                 batches=len(plan), seconds=0.0, fetch_s=0.0, wait_s=0.0, agree_s=0.0, exchange_s=0.0)
+                 batches=len(plan), split_tensors=len({p[0] for b in plan for p in b.pieces if not p[4]}),
+                 seconds=0.0, fetch_s=0.0, wait_s=0.0, agree_s=0.0, exchange_s=0.0)
     start = time.perf_counter()
 
     # Every process on this host (and not an NCCL group): exchange through /dev/shm.
@@ -190,27 +225,33 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
                 buffers[me] = shared.create(k, b.sizes[me])
         except OSError as e:
             return buffers, e
-        mine = {entries[i][0]: b.view(buffers, entries, i)
-                for i, who in zip(b.read, b.owner) if who == me}
+        mine = b.mine(me)
+        whole = {entries[b.pieces[k][0]][0]: b.view(buffers, entries, b.pieces[k][0], reader)
+                 for k in mine if b.pieces[k][4]}
+        split = [k for k in mine if not b.pieces[k][4]]
         began = time.perf_counter()
         try:
-            if mine:
+            if whole:
                 # The reader the plan came from (only this thread uses it from now on):
                 # the manifest is read once per load, not once per batch.
-                _model.load_into(model, rank, mine, verify=verify, strict=False, batch_bytes=batch_bytes,
+                _model.load_into(model, rank, whole, verify=verify, strict=False, batch_bytes=batch_bytes,
                                  reader=reader)
+            if split:  # checked once put together, after the exchange
+                views = [b.piece(buffers, k) for k in split]
+                reader.read_pieces([b.pieces[k][0] for k in split], [b.pieces[k][1] for k in split],
+                                   [v.data_ptr() for v in views], [v.numel() for v in views])
         except BaseException as e:  # noqa: BLE001 - handed to the group, raised below
             return buffers, e
         finally:
             stats["fetch_s"] += time.perf_counter() - began
-        stats["fetched_bytes"] += sum(entries[i][3] for i, who in zip(b.read, b.owner) if who == me)
+        stats["fetched_bytes"] += sum(b.pieces[k][2] for k in mine)
         return buffers, None
 
     needed_later = {e[4] for e in entries if e[4]}
     by_name = {e[0]: i for i, e in enumerate(entries)}
     try:
         yield from _batches(plan, fetch, dist, group, status_group, world, me, shared, entries, by_name,
-                            needed_later, device, stats, progress, total)
+                            needed_later, device, stats, progress, total, reader)
     finally:
         if shared is not None:
             shared.unlink()
@@ -221,7 +262,7 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
 
 
 def _batches(plan, fetch, dist, group, status_group, world, me, shared, entries, by_name, needed_later,
-             device, stats, progress, total) -> Iterator[tuple[str, torch.Tensor]]:
+             device, stats, progress, total, reader) -> Iterator[tuple[str, torch.Tensor]]:
     kept: dict[int, torch.Tensor] = {}  # stored tensors that later aliases still need
     done = 0
     begin = 0
@@ -253,7 +294,7 @@ def _batches(plan, fetch, dist, group, status_group, world, me, shared, entries,
                     f"failed (a process of the group died or left): {e}") from e
             stats["exchange_s"] += time.perf_counter() - t2
             stats["received_bytes"] += sum(n for who, n in enumerate(b.sizes) if who != me)
-            here = {i: b.view(buffers, entries, i) for i in b.read}
+            here = {i: b.view(buffers, entries, i, reader) for i in b.read}
             for i in range(begin, b.end):
                 name, _, _, _, alias = entries[i]
                 stored = by_name[alias] if alias else i

@@ -214,6 +214,35 @@ class PyModelReader {
     return Unwrap(r_->LoadIntoCuda(dests, CudaTarget{device, stream}));
   }
 
+  // Pieces of stored tensors (ModelReader::ReadPieces) into this process's
+  // memory, given as addresses: raises the first piece's error.
+  void ReadPieces(const std::vector<size_t>& indices, const std::vector<uint64_t>& offsets,
+                  const std::vector<uintptr_t>& pointers, const std::vector<uint64_t>& sizes) {
+    if (offsets.size() != indices.size() || pointers.size() != indices.size() || sizes.size() != indices.size()) {
+      Check(InvalidArgument("read_pieces: indices, offsets, pointers and sizes differ in length"));
+    }
+    std::vector<TensorPiece> pieces;
+    pieces.reserve(indices.size());
+    for (size_t i = 0; i < indices.size(); ++i) {
+      pieces.push_back({indices[i], offsets[i], MutableBytes(reinterpret_cast<std::byte*>(pointers[i]), sizes[i])});
+    }
+    std::vector<Status> results;
+    {
+      nb::gil_scoped_release release;
+      results = r_->ReadPieces(pieces);
+    }
+    for (const Status& s : results) Check(s);
+  }
+
+  void CheckAssembled(size_t index, uintptr_t pointer, uint64_t size) {
+    Status s;
+    {
+      nb::gil_scoped_release release;
+      s = r_->CheckAssembled(index, ConstBytes(reinterpret_cast<const std::byte*>(pointer), size));
+    }
+    Check(s);
+  }
+
   ModelReader& get() { return *r_; }
 
  private:
@@ -406,17 +435,24 @@ NB_MODULE(_impl, m) {
       .def("next_batch", &PyModelReader::NextBatch)
       .def("load_into", &PyModelReader::LoadInto)
       .def("load_into_cuda", &PyModelReader::LoadIntoCuda)
-      // PlanShares over the manifest's tensors: [(end, [read index], [owner])].
+      .def("read_pieces", &PyModelReader::ReadPieces)
+      .def("check_assembled", &PyModelReader::CheckAssembled)
+      // PlanShares over the manifest's tensors:
+      // [(end, [(index, offset, size, owner, whole)])].
       .def("plan_shares",
-           [](PyModelReader& r, int world, uint64_t batch_bytes) {
+           [](PyModelReader& r, int world, uint64_t batch_bytes, bool split, uint64_t min_piece_bytes) {
              if (!r.get().has_manifest()) Check(FailedPrecondition("a cooperative load needs a manifest"));
              nb::list out;
-             for (ShareBatch& b : PlanShares(r.get().tensors(), world, batch_bytes)) {
-               out.append(nb::make_tuple(b.end, b.read, b.owner));
+             for (const ShareBatch& b : PlanShares(r.get().tensors(), world, batch_bytes, split, min_piece_bytes)) {
+               nb::list pieces;
+               for (const SharePiece& p : b.pieces) {
+                 pieces.append(nb::make_tuple(p.index, p.offset, p.size, p.owner, p.whole));
+               }
+               out.append(nb::make_tuple(b.end, pieces));
              }
              return out;
            },
-           nb::arg("world"), nb::arg("batch_bytes"))
+           nb::arg("world"), nb::arg("batch_bytes"), nb::arg("split") = true, nb::arg("min_piece_bytes") = 0)
       .def_prop_ro("has_manifest", [](PyModelReader& r) { return r.get().has_manifest(); })
       .def_prop_ro("total_bytes", [](PyModelReader& r) { return r.get().total_bytes(); });
 

@@ -183,6 +183,67 @@ void ModelReader::SayIfChanged(std::span<Status> results) {
   }
 }
 
+std::vector<Status> ModelReader::ReadPieces(std::span<const TensorPiece> pieces) {
+  const size_t n = pieces.size();
+  std::vector<std::string> keys(n), expected(n), heads(n);
+  std::vector<GetIntoRequest> requests(n);
+  std::vector<Status> out(n);
+  for (size_t j = 0; j < n; ++j) {
+    const TensorPiece& p = pieces[j];
+    if (p.index >= tensors_.size() || p.offset > tensors_[p.index].nbytes ||
+        p.destination.size() > tensors_[p.index].nbytes - p.offset) {
+      out[j] = InvalidArgument("piece " + std::to_string(j) + " is not within a stored tensor of " +
+                               (p.index < tensors_.size() ? Describe(p.index) : "this rank"));
+      continue;
+    }
+    keys[j] = model_.TensorKey(rank_, tensors_[p.index].name);
+    Result<std::string> header = ExpectedHeader(p.index);
+    if (!header.ok()) {
+      out[j] = header.status();
+      continue;
+    }
+    expected[j] = std::move(*header);
+    GetIntoRequest r{keys[j], p.destination};
+    r.partial = true;
+    r.offset = expected[j].size() + p.offset;
+    if (p.offset == 0) {  // the piece that starts the tensor also reads its header
+      heads[j].assign(expected[j].size(), '\0');
+      r.head = MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size());
+      r.offset = 0;
+    }
+    requests[j] = r;
+  }
+  std::vector<Result<uint64_t>> got = model_.connector().store().BatchGetInto(requests);
+  for (size_t j = 0; j < n; ++j) {
+    if (!out[j].ok()) continue;
+    const size_t item = pieces[j].index;
+    const std::string which = Describe(item);
+    const Result<uint64_t>& r = got[j];
+    if (r.status().code() == StatusCode::kNotFound) {
+      out[j] = DataLoss(which + " is in the manifest but not in the store (evicted under memory "
+                        "pressure, or removed)");
+    } else if (r.status().code() == StatusCode::kInvalidArgument) {
+      out[j] = DataLoss(which + " in the store does not match the manifest: " + std::string(r.status().message()));
+    } else if (!r.ok()) {
+      out[j] = r.status().WithContext("reading " + which);
+    } else if (*r != expected[j].size() + tensors_[item].nbytes || (!heads[j].empty() && heads[j] != expected[j])) {
+      out[j] = CheckRead(item, /*as_listed=*/false, {});
+    }
+  }
+  SayIfChanged(out);
+  return out;
+}
+
+Status ModelReader::CheckAssembled(size_t index, ConstBytes data) {
+  if (index >= tensors_.size() || data.size() != tensors_[index].nbytes) {
+    return InvalidArgument("the assembled bytes are not those of a stored tensor of this rank");
+  }
+  std::vector<Status> result{CheckRead(index, /*as_listed=*/true, data)};
+  if (result[0].ok() && options_.verify) result[0] = CheckChecksum(index, data);
+  SayIfChanged(result);  // another save's bytes, not damage
+  return result[0];
+}
+
 Result<std::string> ModelReader::ExpectedHeader(size_t item) const {
   if (item < header_of_.size() && !headers_[header_of_[item]].empty()) return headers_[header_of_[item]];
   return ValueHeader(model_, rank_, tensors_[item], format_version_);

@@ -6,8 +6,20 @@
 #include "mooncake_connector/model.h"
 
 namespace mooncake_connector {
+namespace {
 
-std::vector<ShareBatch> PlanShares(std::span<const ManifestTensor> tensors, int world, uint64_t batch_bytes) {
+// The loaders, least loaded first (ties: the lower rank).
+std::vector<int> ByLoad(const std::vector<uint64_t>& load) {
+  std::vector<int> order(load.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return load[a] < load[b]; });
+  return order;
+}
+
+}  // namespace
+
+std::vector<ShareBatch> PlanShares(std::span<const ManifestTensor> tensors, int world, uint64_t batch_bytes,
+                                   bool split, uint64_t min_piece_bytes) {
   world = std::max(world, 1);
   std::map<std::string_view, size_t> index;
   for (size_t i = 0; i < tensors.size(); ++i) index.emplace(tensors[i].name, i);
@@ -22,30 +34,52 @@ std::vector<ShareBatch> PlanShares(std::span<const ManifestTensor> tensors, int 
   size_t next = 0;
   while (next < tensors.size()) {
     ShareBatch batch;
+    std::vector<size_t> read;
     uint64_t bytes = 0;
-    while (next < tensors.size() && (batch.read.empty() || bytes < batch_bytes)) {
+    while (next < tensors.size() && (read.empty() || bytes < batch_bytes)) {
       size_t c = canonical(next);
       if (!planned[c]) {
         planned[c] = true;
-        batch.read.push_back(c);
+        read.push_back(c);
         bytes += tensors[c].nbytes;
       }
       ++next;
     }
     batch.end = next;
-    std::sort(batch.read.begin(), batch.read.end());
-    // Largest first, to the least loaded; ties to the lower index and rank.
-    std::vector<size_t> by_size(batch.read.size());
-    std::iota(by_size.begin(), by_size.end(), size_t{0});
-    std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) {
-      return tensors[batch.read[a]].nbytes > tensors[batch.read[b]].nbytes;
-    });
-    batch.owner.assign(batch.read.size(), 0);
-    for (size_t k : by_size) {
-      size_t least = static_cast<size_t>(std::min_element(load.begin(), load.end()) - load.begin());
-      batch.owner[k] = static_cast<int>(least);
-      load[least] += tensors[batch.read[k]].nbytes;
+    std::sort(read.begin(), read.end());
+    const uint64_t share = (bytes + static_cast<uint64_t>(world) - 1) / static_cast<uint64_t>(world);
+    std::vector<size_t> whole;
+    for (size_t i : read) {
+      const ManifestTensor& t = tensors[i];
+      const uint64_t rows = t.shape.empty() ? 0 : static_cast<uint64_t>(std::max<int64_t>(t.shape[0], 0));
+      const uint64_t k = std::min({static_cast<uint64_t>(world), rows,
+                                   min_piece_bytes > 0 ? t.nbytes / min_piece_bytes : t.nbytes});
+      if (!split || k < 2 || t.nbytes <= share || t.nbytes % rows != 0) {
+        whole.push_back(i);
+        continue;
+      }
+      // Split by rows, a piece to each of the least loaded.
+      const uint64_t row_bytes = t.nbytes / rows;
+      std::vector<int> order = ByLoad(load);
+      for (uint64_t j = 0; j < k; ++j) {
+        const uint64_t first = j * rows / k, last = (j + 1) * rows / k;
+        SharePiece p{i, first * row_bytes, (last - first) * row_bytes, order[j], false};
+        load[static_cast<size_t>(p.owner)] += p.size;
+        batch.pieces.push_back(p);
+      }
     }
+    // Whole tensors: the largest first, to the least loaded.
+    std::vector<size_t> by_size = whole;
+    std::stable_sort(by_size.begin(), by_size.end(),
+                     [&](size_t a, size_t b) { return tensors[a].nbytes > tensors[b].nbytes; });
+    for (size_t i : by_size) {
+      int least = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+      load[static_cast<size_t>(least)] += tensors[i].nbytes;
+      batch.pieces.push_back(SharePiece{i, 0, tensors[i].nbytes, least, true});
+    }
+    std::sort(batch.pieces.begin(), batch.pieces.end(), [](const SharePiece& a, const SharePiece& b) {
+      return a.index != b.index ? a.index < b.index : a.offset < b.offset;
+    });
     batches.push_back(std::move(batch));
   }
   return batches;

@@ -220,29 +220,68 @@ TEST(PlanShares, SharesAreDisjointCoverEverythingAndBalance) {
     for (uint64_t batch : {uint64_t{1}, uint64_t{100}, uint64_t{1} << 30}) {
       SCOPED_TRACE(std::to_string(world) + " loaders, batches of " + std::to_string(batch));
       std::vector<ShareBatch> plan = PlanShares(tensors, world, batch);
-      std::vector<int> times(tensors.size(), 0);
+      std::vector<uint64_t> covered(tensors.size(), 0);  // bytes, pieces in order
       std::vector<uint64_t> load(world, 0);
+      uint64_t largest = 0;
       size_t begin = 0;
       for (const ShareBatch& b : plan) {
         EXPECT_GT(b.end, begin);
-        ASSERT_EQ(b.read.size(), b.owner.size());
-        for (size_t k = 0; k < b.read.size(); ++k) {
-          EXPECT_GE(b.read[k], begin);
-          EXPECT_LT(b.read[k], b.end);
-          ASSERT_GE(b.owner[k], 0);
-          ASSERT_LT(b.owner[k], world);
-          ++times[b.read[k]];
-          load[b.owner[k]] += tensors[b.read[k]].nbytes;
+        for (const SharePiece& p : b.pieces) {
+          EXPECT_GE(p.index, begin);
+          EXPECT_LT(p.index, b.end);
+          ASSERT_GE(p.owner, 0);
+          ASSERT_LT(p.owner, world);
+          EXPECT_EQ(p.offset, covered[p.index]) << "pieces of tensor " << p.index << " in order, no gap";
+          EXPECT_EQ(p.whole, p.offset == 0 && p.size == tensors[p.index].nbytes);
+          covered[p.index] += p.size;
+          load[p.owner] += p.size;
+          largest = std::max(largest, p.size);
         }
         begin = b.end;
       }
       EXPECT_EQ(begin, tensors.size());
-      for (int t : times) EXPECT_EQ(t, 1);  // each tensor fetched once
+      for (size_t i = 0; i < tensors.size(); ++i) EXPECT_EQ(covered[i], tensors[i].nbytes) << i;
       uint64_t total = 0;
       for (const ManifestTensor& t : tensors) total += t.nbytes;
-      for (uint64_t l : load) EXPECT_LE(l, total / world + 200);  // + the largest tensor
+      for (uint64_t l : load) EXPECT_LE(l, total / world + largest);
+      if (world > 1 && batch == 1) EXPECT_LE(largest, (200 + world - 1) / world) << "every tensor split";
     }
   }
+}
+
+TEST(PlanShares, ATensorLargerThanAShareIsSplitByRowsAmongTheLoaders) {
+  std::vector<ManifestTensor> tensors = Sized({40, 10});
+  tensors[0].shape = {10, 4};  // rows of 4 bytes
+  tensors.push_back({"t2", DType::kF32, {}, 4, 0, ""});  // a scalar: never split
+  std::vector<ShareBatch> plan = PlanShares(tensors, 3, 1 << 20);
+  ASSERT_EQ(plan.size(), 1u);
+  std::vector<SharePiece> split;
+  for (const SharePiece& p : plan[0].pieces) {
+    if (p.index == 0) split.push_back(p);
+  }
+  ASSERT_EQ(split.size(), 3u);  // the share is 18 bytes: 40 > 18
+  std::vector<int> owners;
+  for (const SharePiece& p : split) {
+    EXPECT_FALSE(p.whole);
+    EXPECT_EQ(p.offset % 4, 0u);
+    EXPECT_EQ(p.size % 4, 0u);
+    owners.push_back(p.owner);
+  }
+  std::sort(owners.begin(), owners.end());
+  EXPECT_EQ(owners, (std::vector<int>{0, 1, 2}));
+  EXPECT_EQ(split[0].size + split[1].size + split[2].size, 40u);
+  // Pieces of at least 20 bytes: two.
+  std::vector<ShareBatch> two = PlanShares(tensors, 3, 1 << 20, true, 20);
+  EXPECT_EQ(std::count_if(two[0].pieces.begin(), two[0].pieces.end(), [](const SharePiece& p) { return p.index == 0; }),
+            2);
+  std::vector<ShareBatch> none = PlanShares(tensors, 3, 1 << 20, /*split=*/false);
+  EXPECT_EQ(none[0].pieces.size(), 3u);
+  // Two loaders and a tensor of one row: not split.
+  std::vector<ManifestTensor> one = Sized({40});
+  one[0].shape = {1, 40};
+  std::vector<ShareBatch> whole = PlanShares(one, 2, 1);
+  ASSERT_EQ(whole[0].pieces.size(), 1u);
+  EXPECT_TRUE(whole[0].pieces[0].whole);
 }
 
 TEST(PlanShares, AnAliasReadsItsTargetInItsBatchOnce) {
@@ -252,9 +291,10 @@ TEST(PlanShares, AnAliasReadsItsTargetInItsBatchOnce) {
   std::vector<ShareBatch> plan = PlanShares(tensors, 2, 1);
   ASSERT_EQ(plan.size(), 2u);
   EXPECT_EQ(plan[0].end, 1u);  // the alias's batch reads its target
-  EXPECT_EQ(plan[0].read, std::vector<size_t>{2});
+  ASSERT_FALSE(plan[0].pieces.empty());
+  for (const SharePiece& p : plan[0].pieces) EXPECT_EQ(p.index, 2u);
   EXPECT_EQ(plan[1].end, 3u);  // and nothing is read twice
-  EXPECT_TRUE(plan[1].read.empty());
+  EXPECT_TRUE(plan[1].pieces.empty());
 }
 
 TEST(ModelManifest, NewerFormatVersionIsUnimplemented) {

@@ -217,6 +217,35 @@ TEST(Model, LoadIntoCallerBuffers) {
   EXPECT_EQ(std::memcmp(a2.data(), Find(s, "a")->data, 128), 0);
 }
 
+TEST(Model, PiecesOfATensorReadApartAndCheckedTogether) {
+  auto c = Open(UniqueUrl());
+  Model m = *Model::Open(*c);
+  Sample s = MakeSample(3);
+  ASSERT_TRUE(m.SaveStateDict(0, s.views).ok());
+  std::unique_ptr<ModelReader> reader = *m.OpenReader(0);
+  size_t a = 0;
+  while (reader->tensors()[a].name != "a") ++a;
+  // Rows [0, 1) and [1, 4) of the 4 x 8 F32 tensor 'a', into one buffer.
+  std::vector<std::byte> whole(128, std::byte{0});
+  std::vector<TensorPiece> pieces = {{a, 32, MutableBytes(whole).subspan(32)}, {a, 0, MutableBytes(whole).first(32)}};
+  std::vector<Status> got = reader->ReadPieces(pieces);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_TRUE(got[0].ok()) << got[0];
+  EXPECT_TRUE(got[1].ok()) << got[1];
+  EXPECT_EQ(std::memcmp(whole.data(), Find(s, "a")->data, 128), 0);
+  EXPECT_TRUE(reader->CheckAssembled(a, whole).ok());
+  // A byte changed in between: the checksum of the whole says so.
+  whole[100] ^= std::byte{1};
+  EXPECT_STATUS(reader->CheckAssembled(a, whole), kDataLoss, "checksum mismatch in tensor 'a'");
+  // A piece outside the tensor, and a stored value of another save: named.
+  std::vector<TensorPiece> outside = {{a, 120, MutableBytes(whole).first(16)}};
+  EXPECT_EQ(reader->ReadPieces(outside)[0].code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(c->SetBytes(m.TensorKey(0, "a"), ConstBytes(whole)).ok());
+  std::vector<Status> replaced = reader->ReadPieces(pieces);
+  EXPECT_EQ(replaced[0].code(), StatusCode::kDataLoss) << replaced[0];
+  EXPECT_EQ(replaced[1].code(), StatusCode::kDataLoss) << replaced[1];
+}
+
 TEST(Model, LoadIntoRejectsBadDestinations) {
   auto c = Open(UniqueUrl());
   Model m = *Model::Open(*c);

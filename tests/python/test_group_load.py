@@ -60,19 +60,34 @@ def saved_model(url: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+CHUNK = 64 << 10  # values above it are stored in chunks; pieces of split tensors are not smaller
+
+
 @pytest.mark.parametrize("world,batch_kib,exchange", [(2, 256, "auto"), (3, 64 << 10, "auto"),
                                                       (2, 256, "broadcast"), (3, 64 << 10, "broadcast")])
-def test_every_process_gets_every_tensor_and_fetches_its_share(cluster, world, batch_kib, exchange):
+def test_every_process_gets_every_tensor_and_fetches_its_share(cluster, world, batch_kib, exchange,
+                                                               monkeypatch):
+    # Small chunks, so that this small model's larger tensors are split
+    # between the processes (each reads a byte range of a stored value).
+    monkeypatch.setenv("MOONCAKE_CHUNK_SIZE", str(CHUNK))
     url = "mooncake:///org/coop"
     sd = saved_model(url)
     with create_remote_connector(url) as c:
         order = [n for n, _ in c.weight_iterator()]
         entries = c.model_manifest(0)
+        plan = c._model().reader(0, True, batch_kib * 1024, None).plan_shares(  # noqa: SLF001
+            world, batch_kib * 1024, min_piece_bytes=CHUNK)
+    planned = [0] * world
+    for _, pieces in plan:
+        for _, _, size, owner, _ in pieces:
+            planned[owner] += size
+    largest_piece = max(p[2] for _, pieces in plan for p in pieces)
+    split = {p[0] for _, pieces in plan for p in pieces if not p[4]}
+    assert split, "the plan splits the largest tensors"
     before = set(glob.glob(SHM_FILES))
     results = run_group(url, world, batch_kib * 1024, exchange=exchange)
     assert set(glob.glob(SHM_FILES)) <= before  # the shared-memory files are gone
     want = digests(sd)
-    largest = max(t.numel() * t.element_size() for t in sd.values())
     total = sum(t.numel() * t.element_size() for n, t in sd.items() if n != "tied.weight")
     assert entries["bytes"] == total
     fetched = 0
@@ -83,13 +98,18 @@ def test_every_process_gets_every_tensor_and_fetches_its_share(cluster, world, b
         s = r["stats"]
         assert s["world"] == world and s["total_bytes"] == total
         assert s["exchange"] == ("shared memory" if exchange == "auto" else "broadcast")
-        assert s["fetched_bytes"] <= total / world + largest, s
+        assert s["split_tensors"] == len(split)
+        assert s["fetched_bytes"] == planned[s["group_rank"]], s
+        assert s["fetched_bytes"] <= total / world + largest_piece, s
         fetched += s["fetched_bytes"]
         assert s["fetched_bytes"] + s["received_bytes"] >= total
     assert fetched == total  # disjoint shares that cover the model: each byte fetched once
 
 
-def test_a_lost_tensor_fails_every_process_naming_it(cluster):
+@pytest.mark.parametrize("chunk", [None, CHUNK])
+def test_a_lost_tensor_fails_every_process_naming_it(cluster, chunk, monkeypatch):
+    if chunk:  # lm_head.weight is then split: a lost piece
+        monkeypatch.setenv("MOONCAKE_CHUNK_SIZE", str(chunk))
     url = "mooncake:///org/coop-lost"
     saved_model(url)
     with create_remote_connector(url) as c:
