@@ -3,6 +3,8 @@ processes of one torch.distributed group), side by side in one run:
 
   cooperative     weight_iterator(group=...): each process fetches its share
                   of the bytes and the group exchanges the rest
+  coop. whole     the same with whole tensors only (no tensor split between
+                  the processes; what the plan did before splitting)
   share only      each process fetches just its share (load_into of the
                   cooperative plan) into its destinations, no exchange:
                   the cooperative row less the exchange
@@ -38,14 +40,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import write_result  # noqa: E402
 
-ROWS = ["cooperative", "share only", "every rank", "disk"]
+ROWS = ["cooperative", "coop. whole", "share only", "every rank", "disk"]
 
 
-def write_folder(folder: Path, size_mib: int) -> int:
+def write_folder(folder: Path, size_mib: int, vocab: int = 32000) -> int:
     """A Llama-like checkpoint of about size_mib MiB in bf16, two shards."""
     from safetensors.torch import save_file
 
-    hidden, inter, vocab = 2048, 5632, 32000
+    hidden, inter = 2048, 5632
     per_layer = (4 * hidden * hidden + 3 * hidden * inter + 2 * hidden) * 2
     layers = max(1, (size_mib * 2**20 - 2 * vocab * hidden * 2) // per_layer)
     g = torch.Generator().manual_seed(0)
@@ -93,12 +95,15 @@ def worker(args: argparse.Namespace) -> None:
                 for name, dtype, shape, _, _ in c._model().reader(0, True, 1 << 30, None).tensors()}
         dist.barrier()
         start = time.perf_counter()
-        if args.row == "cooperative":
+        if args.row == "coop. whole":  # the same, no tensor split between processes
+            _group._min_piece_bytes = lambda: 1 << 62  # noqa: SLF001 - a bench-only switch
+        if args.row in ("cooperative", "coop. whole"):
             for name, t in c.weight_iterator(group=dist.group.WORLD):
                 dest[name].copy_(t)
             out.update(fetched=c.load_stats["fetched_bytes"], received=c.load_stats["received_bytes"],
                        exchange=c.load_stats["exchange"],
-                       phases={k: v for k, v in c.load_stats.items() if k.endswith("_s")})
+                       phases={k: v for k, v in c.load_stats.items() if k.endswith("_s")},
+                       split=c.load_stats["split_tensors"])
         elif args.row == "every rank":
             for name, t in c.weight_iterator():
                 dest[name].copy_(t)
@@ -147,7 +152,7 @@ def sample(args: argparse.Namespace, row: str, url: str, folder: Path) -> dict:
         outs.append(json.loads(text.strip().splitlines()[-1]))
     return {"seconds": max(o["seconds"] for o in outs), "fetched": [o["fetched"] for o in outs],
             "received": [o["received"] for o in outs], "exchange": outs[0].get("exchange"),
-            "phases": outs[0].get("phases")}
+            "phases": outs[0].get("phases"), "split": outs[0].get("split")}
 
 
 def main() -> None:
@@ -156,6 +161,9 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--vocab", type=int, default=32000,
+                        help="embedding rows (128256, Llama 3's, makes embed_tokens and lm_head larger than a "
+                             "batch's share, so they are split between the processes)")
     parser.add_argument("--out", default="bench/results/bench_tp.json")
     for hidden in ("--worker", "--row", "--url", "--folder", "--rank", "--port"):
         parser.add_argument(hidden, help=argparse.SUPPRESS, **({"action": "store_true"} if hidden == "--worker"
@@ -169,7 +177,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
-        total = write_folder(folder, args.size_mib)
+        total = write_folder(folder, args.size_mib, args.vocab)
         segment_mib = max(2048, 3 * (total >> 20))
         with standalone.start(segment_size=f"{segment_mib}mb", local_buffer_size="64mb",
                               lease_ttl_ms=None) as inst:
@@ -183,7 +191,7 @@ def main() -> None:
             fetched: dict[str, list[int]] = {}
             received: dict[str, list[int]] = {}
             phases: list[dict] = []
-            exchange = "?"
+            exchange, split = "?", 0
             for _ in range(args.samples):
                 for row in ROWS:  # alternated, so drift hits every row alike
                     s = sample(args, row, url, folder)
@@ -191,7 +199,7 @@ def main() -> None:
                     fetched[row], received[row] = s["fetched"], s["received"]
                     if row == "cooperative":
                         phases.append(s["phases"])
-                        exchange = s["exchange"]
+                        exchange, split = s["exchange"], s["split"]
     every = statistics.median(times["every rank"])
     share = statistics.median(times["share only"])
     rows = []
@@ -209,16 +217,17 @@ def main() -> None:
     phase_medians = {k: statistics.median(p[k] for p in phases) for k in phases[0]} if phases else {}
     print("cooperative, process 0, median seconds: " +
           ", ".join(f"{k[:-2]} {v:.3f}" for k, v in phase_medians.items()) +
-          " (fetch runs on a helper thread beside the rest)")
+          f" (fetch runs on a helper thread beside the rest); tensors split between processes: {split}")
     coop = statistics.median(times["cooperative"])
     targets = {"cooperative <= 0.6x every rank": coop / every <= 0.6,
                "exchange adds <= 10% to one share": coop / share <= 1.10}
     for name, ok in targets.items():
         print(f"target {name}: {'met' if ok else 'missed'}")
     command = f"python bench/bench_tp.py --size-mib {args.size_mib} --world {args.world} " \
-              f"--samples {args.samples} --device {args.device}"
+              f"--samples {args.samples} --device {args.device} --vocab {args.vocab}"
     write_result(args.out, "bench_tp", command, world=args.world, total_bytes=total, device=args.device,
-                 exchange=exchange, cooperative_phases_s=phase_medians, rows=rows, targets=targets)
+                 exchange=exchange, split_tensors=split, cooperative_phases_s=phase_medians, rows=rows,
+                 targets=targets)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import os
 import threading
 from typing import Any, Iterator, Optional
 
+from ._errors import InvalidArgumentError
 from ._model import DEFAULT_BATCH_BYTES
 from .connector import MooncakeConnector, writer_options
 
@@ -139,6 +140,21 @@ class EngineConnector(MooncakeConnector):
         return numbers[-1] + 1 if numbers else None
 
 
+def _batch_bytes() -> int:
+    """A cooperative load's batch size: MOONCAKE_CONNECTOR_BATCH_BYTES (SGLang
+    passes no options), else 256 MiB. Each process holds about two batches
+    at once; a tensor larger than a batch's share is split between ranks."""
+    value = os.environ.get("MOONCAKE_CONNECTOR_BATCH_BYTES")
+    if value is None:
+        return DEFAULT_BATCH_BYTES
+    try:
+        if int(value) > 0:
+            return int(value)
+    except ValueError:
+        pass
+    raise InvalidArgumentError(f"MOONCAKE_CONNECTOR_BATCH_BYTES={value!r}: a positive number of bytes")
+
+
 class CheckpointModel:
     """What SGLang gets for a ``checkpoint``-layout model: a
     ``BaseFileConnector`` (registered by :func:`register`), so SGLang's
@@ -160,7 +176,7 @@ class CheckpointModel:
             group = tp.device_group if on_gpu else tp.cpu_group
             return self.connector._cooperative(  # noqa: SLF001 - the plugin is part of the package
                 rank, group, tp.cpu_group, verify=options.get("verify", True),
-                batch_bytes=options.get("batch_bytes", DEFAULT_BATCH_BYTES),
+                batch_bytes=options.get("batch_bytes", _batch_bytes()),
                 progress=options.get("progress"))
         return self.connector.weight_iterator(rank, **options)
 

@@ -66,12 +66,18 @@ def stored_bytes(url: str) -> tuple[int, int]:
     return sum(sizes), max(sizes)
 
 
-@pytest.mark.parametrize("kind,world", [("llama", 1), ("llama", 2), ("llama-tied", 1), ("llama-tied", 2),
-                                        ("mixtral", 1), ("mixtral", 2), ("mixtral", 4),
-                                        ("llama-fp8", 1), ("llama-fp8", 2)])
-def test_checkpoint_model_loads_bit_exact_at_any_degree(stored, kind, world):
+@pytest.mark.parametrize("kind,world,split", [("llama", 1, False), ("llama", 2, False), ("llama-tied", 1, False),
+                                              ("llama-tied", 2, False), ("llama-tied", 2, True),
+                                              ("mixtral", 1, False), ("mixtral", 2, False), ("mixtral", 2, True),
+                                              ("mixtral", 4, False), ("llama-fp8", 1, False),
+                                              ("llama-fp8", 2, False)])
+def test_checkpoint_model_loads_bit_exact_at_any_degree(stored, kind, world, split):
     folder, url = stored[kind]
-    results = run_ranks("load", folder, url, world)
+    # split: batches of 64 KiB and pieces as small as 4 KiB, so that these
+    # tiny models' larger tensors are split by rows between the ranks (as a
+    # real model's tensors larger than a batch's share are).
+    results = run_ranks("load", folder, url, world,
+                        env={"MOONCAKE_CHUNK_SIZE": "4096", "MOONCAKE_CONNECTOR_BATCH_BYTES": "65536"} if split else None)
     total, largest = stored_bytes(url)
     fetched = 0
     for r in results:
@@ -85,6 +91,7 @@ def test_checkpoint_model_loads_bit_exact_at_any_degree(stored, kind, world):
         assert s["world"] == world and s["total_bytes"] == total
         assert s["fetched_bytes"] <= total / world + largest, s
         assert s["fetched_bytes"] + s["received_bytes"] >= total
+        assert (s["split_tensors"] > 0) == split, s
         fetched += s["fetched_bytes"]
     if world > 1:
         assert fetched == total  # each byte left the store once for the whole group
