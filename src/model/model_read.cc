@@ -118,6 +118,21 @@ Status ModelReader::CheckChecksum(size_t item, ConstBytes data) const {
   return DataLoss("checksum mismatch in " + Describe(item) + ": the stored bytes are corrupted");
 }
 
+namespace {
+
+// A failed read of the stored tensor `which`, as a load reports it.
+Status ReadFailure(const std::string& which, const Status& s) {
+  if (s.code() == StatusCode::kNotFound) {
+    return DataLoss(which + " is in the manifest but not in the store (evicted under memory pressure, or removed)");
+  }
+  if (s.code() == StatusCode::kInvalidArgument) {
+    return DataLoss(which + " in the store does not match the manifest: " + std::string(s.message()));
+  }
+  return s.WithContext("reading " + which);
+}
+
+}  // namespace
+
 std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::span<const MutableBytes> targets,
                                            bool checksums) {
   const size_t n = items.size();
@@ -145,13 +160,8 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::s
     const ManifestTensor& t = tensors_[items[j]];
     const std::string which = Describe(items[j]);
     const Result<uint64_t>& r = got[j];
-    if (r.status().code() == StatusCode::kNotFound) {
-      out[j] = DataLoss(which + " is in the manifest but not in the store (evicted under memory "
-                        "pressure, or removed)");
-    } else if (r.status().code() == StatusCode::kInvalidArgument) {
-      out[j] = DataLoss(which + " in the store does not match the manifest: " + std::string(r.status().message()));
-    } else if (!r.ok()) {
-      out[j] = r.status().WithContext("reading " + which);
+    if (!r.ok()) {
+      out[j] = ReadFailure(which, r.status());
     } else if (Status s = CheckRead(items[j], *r == expected[j].size() + t.nbytes && heads[j] == expected[j],
                                     targets[j].first(std::min<uint64_t>(t.nbytes, targets[j].size())));
                !s.ok()) {
@@ -219,13 +229,8 @@ std::vector<Status> ModelReader::ReadPieces(std::span<const TensorPiece> pieces)
     const size_t item = pieces[j].index;
     const std::string which = Describe(item);
     const Result<uint64_t>& r = got[j];
-    if (r.status().code() == StatusCode::kNotFound) {
-      out[j] = DataLoss(which + " is in the manifest but not in the store (evicted under memory "
-                        "pressure, or removed)");
-    } else if (r.status().code() == StatusCode::kInvalidArgument) {
-      out[j] = DataLoss(which + " in the store does not match the manifest: " + std::string(r.status().message()));
-    } else if (!r.ok()) {
-      out[j] = r.status().WithContext("reading " + which);
+    if (!r.ok()) {
+      out[j] = ReadFailure(which, r.status());
     } else if (*r != expected[j].size() + tensors_[item].nbytes || (!heads[j].empty() && heads[j] != expected[j])) {
       out[j] = CheckRead(item, /*as_listed=*/false, {});
     }
