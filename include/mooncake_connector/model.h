@@ -428,6 +428,8 @@ class MC_EXPORT ModelReader {
   std::vector<Status> ReadPieces(std::span<const TensorPiece> pieces);
   // The whole tensor `index` assembled from pieces: its checksum (when the
   // reader verifies) and element values, as a read of it whole checks them.
+  // May run beside another call on this reader (a cooperative load checks
+  // one batch while it fetches the next).
   Status CheckAssembled(size_t index, ConstBytes data);
 
  private:
