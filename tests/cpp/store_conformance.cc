@@ -286,7 +286,7 @@ TEST_P(StoreConformance, PartialReadsDeliverTheRangeAskedFor) {
     const std::string& value = values[c.value];
     ASSERT_TRUE(got[i].ok()) << i << ": " << got[i].status();
     EXPECT_EQ(*got[i], value.size()) << i;
-    EXPECT_EQ(std::memcmp(heads[i].data(), value.data() + c.offset, c.head), 0) << i;
+    if (c.head > 0) EXPECT_EQ(std::memcmp(heads[i].data(), value.data() + c.offset, c.head), 0) << i;
     std::string_view data(value.data() + c.offset + c.head, c.size);
     EXPECT_EQ(std::memcmp(dests[i].data(), data.data(), c.size), 0) << i;
     EXPECT_EQ(dests[i][c.size], std::byte{0x5a}) << i << ": wrote past the range";
