@@ -217,7 +217,8 @@ def main() -> None:
     phase_medians = {k: statistics.median(p[k] for p in phases) for k in phases[0]} if phases else {}
     print("cooperative, process 0, median seconds: " +
           ", ".join(f"{k[:-2]} {v:.3f}" for k, v in phase_medians.items()) +
-          f" (fetch runs on a helper thread beside the rest); tensors split between processes: {split}")
+          f" (create and fetch on a helper thread, the rest on the caller's: caller is its own copying);"
+          f" tensors split between processes: {split}")
     coop = statistics.median(times["cooperative"])
     targets = {"cooperative <= 0.6x every rank": coop / every <= 0.6,
                "exchange adds <= 10% to one share": coop / share <= 1.10}

@@ -199,11 +199,12 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
                                                   min_piece_bytes=_min_piece_bytes())]
     where = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     total = sum(e[3] for e in entries if not e[4])
-    # Seconds: fetching this process's shares (on the helper thread), waiting
-    # for a fetch to finish, agreeing, exchanging; the rest is the caller's.
+    # Seconds: on the helper thread, creating this process's shared-memory
+    # files and fetching its shares; on the caller's, waiting for a fetch to
+    # finish, agreeing, exchanging, and the caller's own time between yields.
     stats.update(world=world, group_rank=me, total_bytes=total, fetched_bytes=0, received_bytes=0,
                  batches=len(plan), split_tensors=len({p[0] for b in plan for p in b.pieces if not p[4]}),
-                 seconds=0.0, fetch_s=0.0, wait_s=0.0, agree_s=0.0, exchange_s=0.0)
+                 seconds=0.0, create_s=0.0, fetch_s=0.0, wait_s=0.0, agree_s=0.0, exchange_s=0.0, caller_s=0.0)
     start = time.perf_counter()
 
     # Every process on this host (and not an NCCL group): exchange through /dev/shm.
@@ -220,15 +221,18 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
     def fetch(k: int, b: _Batch) -> tuple[list[torch.Tensor], Optional[BaseException]]:
         buffers = [torch.empty(n if shared is None or who == me else 0, dtype=torch.uint8, device=where)
                    for who, n in enumerate(b.sizes)]
+        created = time.perf_counter()
         try:
             if shared is not None and b.sizes[me]:
                 buffers[me] = shared.create(k, b.sizes[me])
         except OSError as e:
             return buffers, e
+        finally:
+            stats["create_s"] += time.perf_counter() - created
         mine = b.mine(me)
-        whole = {entries[b.pieces[k][0]][0]: b.view(buffers, entries, b.pieces[k][0], reader)
-                 for k in mine if b.pieces[k][4]}
-        split = [k for k in mine if not b.pieces[k][4]]
+        whole = {entries[b.pieces[j][0]][0]: b.view(buffers, entries, b.pieces[j][0], reader)
+                 for j in mine if b.pieces[j][4]}
+        split = [j for j in mine if not b.pieces[j][4]]
         began = time.perf_counter()
         try:
             if whole:
@@ -237,14 +241,14 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
                 _model.load_into(model, rank, whole, verify=verify, strict=False, batch_bytes=batch_bytes,
                                  reader=reader)
             if split:  # checked once put together, after the exchange
-                views = [b.piece(buffers, k) for k in split]
-                reader.read_pieces([b.pieces[k][0] for k in split], [b.pieces[k][1] for k in split],
+                views = [b.piece(buffers, j) for j in split]
+                reader.read_pieces([b.pieces[j][0] for j in split], [b.pieces[j][1] for j in split],
                                    [v.data_ptr() for v in views], [v.numel() for v in views])
         except BaseException as e:  # noqa: BLE001 - handed to the group, raised below
             return buffers, e
         finally:
             stats["fetch_s"] += time.perf_counter() - began
-        stats["fetched_bytes"] += sum(b.pieces[k][2] for k in mine)
+        stats["fetched_bytes"] += sum(b.pieces[j][2] for j in mine)
         return buffers, None
 
     needed_later = {e[4] for e in entries if e[4]}
@@ -303,7 +307,9 @@ def _batches(plan, fetch, dist, group, status_group, world, me, shared, entries,
                     tensor = kept[stored]
                 elif entries[stored][0] in needed_later:
                     kept[stored] = tensor
+                handed = time.perf_counter()
                 yield name, tensor if tensor.device == device else tensor.to(device)
+                stats["caller_s"] += time.perf_counter() - handed
             done += sum(entries[i][3] for i in b.read)
             begin = b.end
             if progress is not None:
