@@ -33,6 +33,7 @@ a batch that was not exchanged whole.
 
 from __future__ import annotations
 
+import glob
 import logging
 import mmap
 import os
@@ -133,6 +134,15 @@ class _SharedFiles:
             gone = [b for b in self.mine if before is None or b < before]
             paths = [self.mine.pop(b) for b in gone]
         for path in paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def sweep(self) -> None:
+        """Unlinks every process's files of this load (a failed load: a
+        process that died cannot unlink its own)."""
+        for path in glob.glob(glob.escape(self.prefix) + "-*"):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -285,6 +295,13 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
     try:
         yield from _batches(plan, fetch, dist, group, status_group, world, me, shared, entries, by_name,
                             needed_later, device, stats, progress, total, reader)
+    except Exception:
+        # The load failed for the whole group: the files a process that died
+        # left behind would stay in /dev/shm until reboot; they go too.
+        if shared is not None:
+            shared.close()
+            shared.sweep()
+        raise
     finally:
         if shared is not None:
             shared.close()
