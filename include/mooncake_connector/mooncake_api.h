@@ -85,6 +85,15 @@ struct Api {
   int (*batch_get_into_multi)(Handle, const char** keys, size_t count, void* const* buffers,
                               const size_t* sizes, const size_t* pieces,
                               int64_t* results_out) = nullptr;
+  // Reads a byte range of each key's object: bytes [offsets[i], offsets[i] +
+  // sizes[i]) of key i into buffers[i], which must be registered memory (the
+  // wheel's get_into_ranges refuses other memory with -600). One result per
+  // key: the bytes read, or a negative ErrorCode (-704 when the key is gone,
+  // -600 for a range past the object's end). Whole call: 0, or
+  // kErrNotSupported when the provider cannot. Reads of a part of a value
+  // (GetIntoRequest::partial) use it for the chunks the range only touches.
+  int (*batch_get_range_into)(Handle, const char** keys, size_t count, void* const* buffers,
+                              const uint64_t* offsets, const size_t* sizes, int64_t* results_out) = nullptr;
   // Puts each key's object from a gather list (the pieces as for
   // batch_get_into_multi, in order): put semantics, one result per key (0 or
   // a negative ErrorCode). Whole call: 0, or kErrNotSupported. With a full

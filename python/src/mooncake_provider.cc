@@ -241,6 +241,39 @@ const mooncake::Api kApi = [] {
       return 0;
     });
   };
+  api.batch_get_range_into = [](Handle h, const char** keys, size_t n, void* const* buffers,
+                                const uint64_t* offsets, const size_t* sizes, int64_t* results) -> int {
+    return WithGil(kInternalError, [&] {
+      // The wheel's get_into_ranges: per buffer, per key, lists of
+      // (destination offset, source offset, size); here one range each.
+      nb::object store = Self(h)->store;
+      if (!nb::hasattr(store, "get_into_ranges")) return mooncake::kErrNotSupported;
+      nb::list ptrs, all_keys, dst_offsets, src_offsets, all_sizes;
+      auto one = [](auto v) {
+        nb::list inner, outer;
+        inner.append(v);
+        outer.append(inner);
+        return outer;
+      };
+      for (size_t i = 0; i < n; ++i) {
+        ptrs.append(reinterpret_cast<uintptr_t>(buffers[i]));
+        nb::list key;
+        key.append(nb::str(keys[i]));
+        all_keys.append(key);
+        dst_offsets.append(one(uint64_t{0}));
+        src_offsets.append(one(offsets[i]));
+        all_sizes.append(one(static_cast<uint64_t>(sizes[i])));
+      }
+      nb::object r = store.attr("get_into_ranges")(ptrs, all_keys, dst_offsets, src_offsets, all_sizes);
+      size_t i = 0;
+      for (nb::handle per_buffer : r) {
+        if (i == n) break;
+        results[i++] = nb::cast<int64_t>(per_buffer[0][0]);
+      }
+      for (; i < n; ++i) results[i] = mooncake::kErrInvalidParams;
+      return 0;
+    });
+  };
   api.batch_put_from_multi = [](Handle h, const char** keys, size_t n, void* const* buffers,
                                 const size_t* sizes, const size_t* pieces, const ReplicateConfig* c,
                                 int* results) -> int {

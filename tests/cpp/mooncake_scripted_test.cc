@@ -441,20 +441,65 @@ TEST_F(Scripted, BatchGetIntoReadsManyKeysWithFewCalls) {
 }
 
 
-TEST_F(Scripted, APartialReadFetchesOnlyTheChunksItsRangeTouches) {
+// A read of bytes [3 * 4096 + 10, 5 * 4096 - 10) of a ten-chunk value.
+struct PartialRead {
+  std::vector<std::byte> dest = std::vector<std::byte>(2 * 4096 - 20);
+  GetIntoRequest r{"ten", dest};
+  PartialRead() {
+    r.partial = true;
+    r.offset = 3 * 4096 + 10;  // inside chunks 3 and 4
+  }
+};
+
+TEST_F(Scripted, APartialReadFetchesOnlyTheBytesItsRangeTouches) {
   Open();  // chunks of 4096 bytes
   auto value = Bytes(40960, 7);  // a header and ten chunks
   ASSERT_TRUE(Put("ten", value).ok());
-  std::vector<std::byte> dest(2 * 4096 - 20);
-  GetIntoRequest r{"ten", dest};
-  r.partial = true;
-  r.offset = 3 * 4096 + 10;  // inside chunks 3 and 4
+  PartialRead p;
   int gets = sm_.calls["get_into"];
-  Result<uint64_t> got = store_->BatchGetInto({&r, 1})[0];
+  uint64_t read = sm_.bytes_read;
+  Result<uint64_t> got = store_->BatchGetInto({&p.r, 1})[0];
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, value.size());
-  EXPECT_EQ(std::memcmp(dest.data(), value.data() + r.offset, dest.size()), 0);
+  EXPECT_EQ(std::memcmp(p.dest.data(), value.data() + p.r.offset, p.dest.size()), 0);
   EXPECT_EQ(sm_.calls["get_into"] - gets, 3) << "the header and two chunks";
+  EXPECT_EQ(sm_.calls["native batch_get_range_into"], 2) << "both chunks are edges of the range";
+  EXPECT_EQ(sm_.bytes_read - read, mooncake::kChunkHeaderSize + p.dest.size()) << "the header and the range";
+}
+
+TEST_F(Scripted, WithoutRangedReadsAPartialReadFetchesTheChunksItTouchesWhole) {
+  sm_.with_extensions = false;
+  Open();
+  auto value = Bytes(40960, 7);
+  ASSERT_TRUE(Put("ten", value).ok());
+  PartialRead p;
+  uint64_t read = sm_.bytes_read;
+  Result<uint64_t> got = store_->BatchGetInto({&p.r, 1})[0];
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(std::memcmp(p.dest.data(), value.data() + p.r.offset, p.dest.size()), 0);
+  EXPECT_EQ(sm_.bytes_read - read, mooncake::kChunkHeaderSize + 2 * 4096);
+}
+
+TEST_F(Scripted, AFailedRangedReadIsReadWholeAndSaysWhatIsWrong) {
+  Open();
+  auto value = Bytes(40960, 7);
+  ASSERT_TRUE(Put("ten", value).ok());
+  // Chunk 4 is shorter than its header says: the ranged read of it fails,
+  // the whole read names it.
+  std::string chunk4;
+  for (const std::string& k : sm_.Keys()) {
+    if (k.size() > 2 && k.substr(k.size() - 2) == ".4") chunk4 = k;
+  }
+  ASSERT_FALSE(chunk4.empty());
+  {
+    std::lock_guard lock(sm_.mu);
+    sm_.Find(chunk4)->resize(100);
+  }
+  PartialRead p;
+  Result<uint64_t> got = store_->BatchGetInto({&p.r, 1})[0];
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.status().code(), StatusCode::kDataLoss) << got.status();
+  EXPECT_NE(got.status().message().find("chunk 4"), std::string::npos) << got.status();
 }
 
 TEST_F(Scripted, ValuesLargerThanAChunkAreTheOnesStoredWithAChecksum) {

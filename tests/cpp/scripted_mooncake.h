@@ -59,6 +59,9 @@ class ScriptedMooncake {
   // and by native entry ("native get_into", "native batch_get_into",
   // "native put_from", "native batch_put_from").
   std::map<std::string, int> calls;
+  // Bytes the get entries copied out of objects (REQUIRES: mu to read while
+  // calls may run).
+  uint64_t bytes_read = 0;
 
   std::mutex mu;
 

@@ -255,9 +255,46 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     const uint64_t end = target->offset + target->head.size() + target->destination.size();
     to = std::max(from, std::min<uint64_t>(h.num_chunks, (end + h.chunk_size - 1) / h.chunk_size));
   }
-  // A share of the slots per call, so that read_threads() reads run at once.
-  const size_t per_call = std::max<size_t>(1, arena_->slots() / read_threads());
-  Status s = ForEachBatch(to - from, per_call, [&](uint64_t skip, size_t n) -> Status {
+  // A range that only touches its first or last chunk reads just its bytes
+  // of it, where the provider reads ranges; on any error the chunk is read
+  // whole below, which says what is wrong.
+  const bool ranges = partial && !check && api_->batch_get_range_into != nullptr;
+  auto edge = [&](uint64_t c) -> std::pair<uint64_t, uint64_t> {  // the range's bytes of chunk c
+    const uint64_t begin = target->offset;
+    const uint64_t end = begin + target->head.size() + target->destination.size();
+    const uint64_t c_begin = c * h.chunk_size;
+    return {std::max(begin, c_begin), std::min(end, c_begin + h.ChunkLength(c))};
+  };
+  auto is_edge = [&](uint64_t c) {
+    auto [lo, hi] = edge(c);
+    return ranges && lo < hi && (lo != c * h.chunk_size || hi != c * h.chunk_size + h.ChunkLength(c));
+  };
+  auto read_edge = [&](uint64_t c) -> bool {
+    auto [lo, hi] = edge(c);
+    const uint64_t c_begin = c * h.chunk_size;
+    TransferArena::Lease slot = arena_->Acquire(1);
+    const std::string chunk_key = h.ChunkKey(key, c);
+    const char* c_key = chunk_key.c_str();
+    void* buffer = slot[0];
+    const uint64_t offset = lo - c_begin;
+    const size_t size = hi - lo;
+    int64_t result = 0;
+    int call = -1;
+    RetryTransient(deadline, [&]() -> int64_t {
+      std::unique_lock<std::mutex> my_turn;
+      if (turn != nullptr) my_turn = std::unique_lock(*turn);
+      call = api_->batch_get_range_into(handle_, &c_key, 1, &buffer, &offset, &size, &result);
+      return call != 0 ? call : result;
+    });
+    if (call != 0 || result != static_cast<int64_t>(size)) return false;
+    DeliverAt(*target, lo, ConstBytes(static_cast<const std::byte*>(buffer), size), data_hash);
+    return true;
+  };
+  if (from < to && is_edge(from) && read_edge(from)) ++from;
+  // The last chunk is read after the others, so that bytes arrive in order.
+  const bool last_edge = from < to && is_edge(to - 1);
+  const uint64_t middle_end = last_edge ? to - 1 : to;
+  auto read_batch = [&](uint64_t skip, size_t n) -> Status {
     const uint64_t first = from + skip;
     std::optional<TransferArena::Lease> slots;
     if (via_slots) slots.emplace(arena_->Acquire(n));
@@ -302,8 +339,11 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
       }
     }
     return Status::Ok();
-  });
-  MC_RETURN_IF_ERROR(s);
+  };
+  // A share of the slots per call, so that read_threads() reads run at once.
+  const size_t per_call = std::max<size_t>(1, arena_->slots() / read_threads());
+  MC_RETURN_IF_ERROR(ForEachBatch(middle_end - from, per_call, read_batch));
+  if (last_edge && !read_edge(to - 1)) MC_RETURN_IF_ERROR(read_batch(to - 1 - from, 1));
   if ((via_slots ? check : h.has_checksum() && from == 0 && to == h.num_chunks) &&
       hash.Digest() != h.checksum) {
     return DataLoss("checksum mismatch in the " + std::to_string(h.total_size) + "-byte value of '" +
