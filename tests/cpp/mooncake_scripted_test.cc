@@ -502,6 +502,24 @@ TEST_F(Scripted, AFailedRangedReadIsReadWholeAndSaysWhatIsWrong) {
   EXPECT_NE(got.status().message().find("chunk 4"), std::string::npos) << got.status();
 }
 
+TEST_F(Scripted, ValuesWrittenInLargerChunksReadWholeAndInPart) {
+  // A writer with twice this reader's chunk_size: its chunks do not fit a
+  // staging slot and are read straight into registered memory.
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/8192);
+  auto value = Bytes(5 * 8192 + 100, 3);
+  ASSERT_TRUE(Put("wide", value).ok());
+  Open(std::chrono::milliseconds(2000), /*chunk_size=*/4096);
+  ExpectValue("wide", value);
+  std::vector<std::byte> dest(8192 + 17);
+  GetIntoRequest r{"wide", dest};
+  r.partial = true;
+  r.offset = 8192 + 5;
+  Result<uint64_t> got = store_->BatchGetInto({&r, 1})[0];
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(*got, value.size());
+  EXPECT_EQ(std::memcmp(dest.data(), value.data() + r.offset, dest.size()), 0);
+}
+
 TEST_F(Scripted, ValuesLargerThanAChunkAreTheOnesStoredWithAChecksum) {
   // What a model save asks before hashing each value a second time.
   Open(std::chrono::milliseconds(2000), /*chunk_size=*/2 << 20);

@@ -266,8 +266,9 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     return {std::max(begin, c_begin), std::min(end, c_begin + h.ChunkLength(c))};
   };
   auto is_edge = [&](uint64_t c) {
+    if (!ranges) return false;  // (and target may be null)
     auto [lo, hi] = edge(c);
-    return ranges && lo < hi && (lo != c * h.chunk_size || hi != c * h.chunk_size + h.ChunkLength(c));
+    return lo < hi && (lo != c * h.chunk_size || hi != c * h.chunk_size + h.ChunkLength(c));
   };
   auto read_edge = [&](uint64_t c) -> bool {
     auto [lo, hi] = edge(c);
