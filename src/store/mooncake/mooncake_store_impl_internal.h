@@ -184,13 +184,18 @@ class MooncakeStore final : public Store {
   Status PutObject(const std::string& key, std::span<const ConstBytes> parts, uint64_t offset,
                    uint64_t size, const ReplicateConfig& replicate, bool upsert,
                    Deadline& deadline);
+  // One value's chunks under a fresh generation (chunks of several values:
+  // PutChunkObjects, whose calls they share). Ok, or the first chunk that
+  // could not be put.
+  struct ChunkWrite {
+    const std::string* key;
+    const ChunkHeader* header;
+    std::span<const ConstBytes> parts;
+  };
+  std::vector<Status> PutChunkObjects(std::span<const ChunkWrite> values, const ReplicateConfig& replicate,
+                                      Deadline& deadline);
   Status PutChunks(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
                    const ReplicateConfig& replicate, Deadline& deadline);
-  // PutChunks straight from `parts`, calls of about kDirectCallBytes;
-  // nullopt when the provider cannot (then nothing was written).
-  std::optional<Status> PutChunksDirect(const std::string& key, const ChunkHeader& h,
-                                        std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
-                                        Deadline& deadline);
   Status CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
                       const ReplicateConfig& replicate, Deadline& deadline);
   void SettleHeader(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,

@@ -211,38 +211,11 @@ void MooncakeStore::PutNewChunkedValues(std::span<const PutRequest> requests, st
   }
   Deadline deadline = NewDeadline();
 
-  // The chunks, in order; a retried call puts them all again (those already
-  // in are kept). No key locks: chunk keys carry this write's generation.
-  std::vector<std::pair<size_t, uint64_t>> chunks;  // (value, chunk)
-  for (size_t v = 0; v < values.size(); ++v) {
-    for (uint64_t c = 0; c < values[v].header.num_chunks; ++c) chunks.emplace_back(v, c);
-  }
-  for (size_t next = 0; next < chunks.size();) {
-    const size_t first = next;
-    uint64_t bytes = 0;
-    std::vector<std::string> keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> lengths, pieces;
-    for (; next < chunks.size(); ++next) {
-      const auto [v, c] = chunks[next];
-      const ChunkHeader& h = values[v].header;
-      if (next > first && bytes + h.ChunkLength(c) > kDirectCallBytes) break;
-      keys.push_back(h.ChunkKey(values[v].key, c));
-      pieces.push_back(
-          AppendPieces(requests[values[v].request].parts, c * h.chunk_size, h.ChunkLength(c), buffers, lengths));
-      bytes += h.ChunkLength(c);
-    }
-    std::vector<const char*> c_keys = CStrings(keys);
-    std::vector<int> results(keys.size(), -1);
-    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
-      int r = api_->batch_put_from_multi(handle_, c_keys.data(), keys.size(), buffers.data(), lengths.data(),
-                                         pieces.data(), &replicate, results.data());
-      return r != 0 ? r : FirstRetryable(results);
-    });
-    for (size_t j = 0; j < keys.size(); ++j) {
-      if (rc != 0 || results[j] != 0) values[chunks[first + j].first].failed = true;
-    }
-  }
+  // The chunks of all the values, sharing calls.
+  std::vector<ChunkWrite> writes;
+  for (const NewValue& v : values) writes.push_back({&v.key, &v.header, requests[v.request].parts});
+  std::vector<Status> put = PutChunkObjects(writes, replicate, deadline);
+  for (size_t v = 0; v < values.size(); ++v) values[v].failed = !put[v].ok();
 
   // Every header whose chunks are all in, by upsert (as CommitHeader for a
   // key without a value: a value created meanwhile is replaced, so our
@@ -379,71 +352,88 @@ Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstByt
   return Status::Ok();
 }
 
+std::vector<Status> MooncakeStore::PutChunkObjects(std::span<const ChunkWrite> values,
+                                                   const ReplicateConfig& replicate, Deadline& deadline) {
+  // The chunks of all the values in order, in calls that several values
+  // share: straight from the callers' memory (direct writes) in calls of
+  // about kDirectCallBytes, or gathered into the staging slots, a slots'
+  // worth per call. A value whose chunk failed has its other chunks skipped.
+  // A retried call puts every chunk again (those already in are kept). No
+  // key locks: chunk keys carry their write's own generation.
+  std::vector<Status> out(values.size());
+  std::vector<std::pair<size_t, uint64_t>> chunks;  // (value, chunk)
+  for (size_t v = 0; v < values.size(); ++v) {
+    for (uint64_t c = 0; c < values[v].header->num_chunks; ++c) chunks.emplace_back(v, c);
+  }
+  for (size_t next = 0; next < chunks.size();) {
+    const size_t first = next;
+    bool direct = false;
+    uint64_t bytes = 0;
+    std::vector<std::pair<size_t, uint64_t>> batch;
+    std::vector<std::string> keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> lengths, pieces;  // direct: lengths of the pieces; staged: of the chunks
+    for (; next < chunks.size(); ++next) {
+      const auto [v, c] = chunks[next];
+      if (!out[v].ok()) continue;
+      const ChunkHeader& h = *values[v].header;
+      const size_t length = static_cast<size_t>(h.ChunkLength(c));
+      const bool this_direct = WritesDirectly(h.total_size);
+      if (batch.empty()) {
+        direct = this_direct;
+      } else if (this_direct != direct ||
+                 (direct ? bytes + length > kDirectCallBytes : batch.size() == arena_->slots())) {
+        break;
+      }
+      batch.emplace_back(v, c);
+      keys.push_back(h.ChunkKey(*values[v].key, c));
+      if (direct) {
+        pieces.push_back(AppendPieces(values[v].parts, c * h.chunk_size, length, buffers, lengths));
+      } else {
+        lengths.push_back(length);
+      }
+      bytes += length;
+    }
+    if (batch.empty()) break;
+    std::optional<TransferArena::Lease> slots;
+    if (!direct) {
+      slots.emplace(arena_->Acquire(batch.size()));
+      for (size_t j = 0; j < batch.size(); ++j) {
+        const auto [v, c] = batch[j];
+        buffers.push_back((*slots)[j]);
+        Gather(values[v].parts, c * values[v].header->chunk_size, {(*slots)[j], lengths[j]});
+      }
+    }
+    std::vector<const char*> c_keys = CStrings(keys);
+    std::vector<int> results(batch.size(), -1);
+    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
+      int r = direct ? api_->batch_put_from_multi(handle_, c_keys.data(), batch.size(), buffers.data(),
+                                                  lengths.data(), pieces.data(), &replicate, results.data())
+                     : api_->batch_put_from(handle_, c_keys.data(), buffers.data(), lengths.data(), batch.size(),
+                                            &replicate, results.data());
+      return r != 0 ? r : FirstRetryable(results);
+    });
+    if (direct && rc == kErrNotSupported) {  // nothing was written: these chunks again, staged
+      direct_writes_.store(false);
+      next = first;
+      continue;
+    }
+    for (size_t j = 0; j < batch.size(); ++j) {
+      const auto [v, c] = batch[j];
+      const int64_t r = rc != 0 ? rc : results[j];
+      if (r != 0 && out[v].ok()) {
+        out[v] = Fail(r, "put_from chunk " + std::to_string(c) + " of '" + *values[v].key + "'");
+      }
+    }
+  }
+  return out;
+}
+
 Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
                                 std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
                                 Deadline& deadline) {
-  if (WritesDirectly(h.total_size)) {
-    std::optional<Status> s = PutChunksDirect(key, h, parts, replicate, deadline);
-    if (s) return *s;
-  }
-  return ForEachBatch(h.num_chunks, arena_->slots(), [&](uint64_t first, size_t n) -> Status {
-    TransferArena::Lease slots = arena_->Acquire(n);
-    ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* { return slots[j]; });
-    for (size_t j = 0; j < n; ++j) Gather(parts, (first + j) * h.chunk_size, {slots[j], b.sizes[j]});
-    std::vector<const char*> c_keys = CStrings(b.keys);
-    std::vector<int> results(n, 0);
-    // A retried batch puts every chunk again; those already in are kept.
-    // No key locks: chunk keys carry this write's own generation.
-    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
-      int r = api_->batch_put_from(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
-                                   &replicate, results.data());
-      return r != 0 ? r : FirstRetryable(results);
-    });
-    for (size_t j = 0; j < n; ++j) {
-      int64_t r = rc != 0 ? rc : results[j];
-      if (r != 0) return Fail(r, "put_from chunk " + std::to_string(first + j) + " of '" + key + "'");
-    }
-    return Status::Ok();
-  });
-}
-
-std::optional<Status> MooncakeStore::PutChunksDirect(const std::string& key, const ChunkHeader& h,
-                                                     std::span<const ConstBytes> parts,
-                                                     const ReplicateConfig& replicate, Deadline& deadline) {
-  const size_t per_call = static_cast<size_t>(std::max<uint64_t>(1, kDirectCallBytes / h.chunk_size));
-  bool unsupported = false;
-  Status s = ForEachBatch(h.num_chunks, per_call, [&](uint64_t first, size_t n) -> Status {
-    std::vector<std::string> keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> sizes, pieces;
-    for (size_t j = 0; j < n; ++j) {
-      keys.push_back(h.ChunkKey(key, first + j));
-      pieces.push_back(AppendPieces(parts, (first + j) * h.chunk_size, h.ChunkLength(first + j), buffers, sizes));
-    }
-    std::vector<const char*> c_keys = CStrings(keys);
-    std::vector<int> results(n, 0);
-    // As PutChunks: a retried batch puts every chunk again (those already in
-    // are kept); no key locks, chunk keys carry this write's generation.
-    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
-      int r = api_->batch_put_from_multi(handle_, c_keys.data(), n, buffers.data(), sizes.data(), pieces.data(),
-                                         &replicate, results.data());
-      return r != 0 ? r : FirstRetryable(results);
-    });
-    if (rc == kErrNotSupported) {
-      unsupported = true;
-      return Status::Ok();  // `unsupported` is checked first
-    }
-    for (size_t j = 0; j < n; ++j) {
-      int64_t r = rc != 0 ? rc : results[j];
-      if (r != 0) return Fail(r, "put_from chunk " + std::to_string(first + j) + " of '" + key + "'");
-    }
-    return Status::Ok();
-  });
-  if (unsupported) {
-    direct_writes_.store(false);
-    return std::nullopt;
-  }
-  return s;
+  const ChunkWrite write{&key, &h, parts};
+  return PutChunkObjects({&write, 1}, replicate, deadline)[0];
 }
 
 Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replicate) {
