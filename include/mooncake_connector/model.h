@@ -278,10 +278,16 @@ struct TensorPiece {
 
 class ModelReader;
 
+class ModelMemory;
+
 class MC_EXPORT Model {
  public:
   // The model the connector's URL path names. InvalidArgument when the path
-  // is empty.
+  // is empty. The connector must outlive the model, its copies and every
+  // reader they open. Keep the model for as long as the connector: copies
+  // share what it remembers (the manifests it read or wrote, so that a
+  // model lost from the store afterwards is reported as lost rather than as
+  // never saved; the values a load has checked), a new Open starts afresh.
   static Result<Model> Open(Connector& connector);
 
   const std::string& name() const { return name_; }
@@ -350,7 +356,8 @@ class MC_EXPORT Model {
  private:
   friend Result<std::vector<ModelInfo>> ListModels(Connector& connector);
   struct SaveItem;
-  Model(Connector* c, std::string name) : connector_(c), name_(std::move(name)) {}
+  friend class ModelReader;
+  Model(Connector* c, std::string name);
   Status SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, const SaveOptions& options,
                     uint64_t save_id);
   // Which of `items` (an earlier save's, by the manifest `was`) the store
@@ -373,6 +380,7 @@ class MC_EXPORT Model {
 
   Connector* connector_;
   std::string name_;
+  std::shared_ptr<ModelMemory> memory_;
 };
 
 // The models in a store: every name with a manifest or SGLang-layout keys.
@@ -426,6 +434,12 @@ class MC_EXPORT ModelReader {
   // offset 0 also the value's header: dtype, shape, save), not by checksum:
   // once the pieces of a tensor are together, CheckAssembled checks it.
   std::vector<Status> ReadPieces(std::span<const TensorPiece> pieces);
+  // PlanShares over this rank's tensors for a cooperative load by `world`
+  // processes, pieces of split tensors no smaller than min_piece_bytes, by
+  // default the store's chunk size (StoreFeatures::chunk_bytes).
+  // FailedPrecondition without a manifest.
+  Result<std::vector<ShareBatch>> PlanShares(int world, uint64_t batch_bytes, bool split = true,
+                                             std::optional<uint64_t> min_piece_bytes = std::nullopt);
   // The whole tensor `index` assembled from pieces: its checksum (when the
   // reader verifies) and element values, as a read of it whole checks them.
   // May run beside another call on this reader (a cooperative load checks

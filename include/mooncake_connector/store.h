@@ -105,6 +105,24 @@ struct GetIntoRequest {
   ConstBytes Clip(uint64_t* offset, ConstBytes bytes) const;
 };
 
+// What a store offers beyond the calls every store has, for callers that
+// plan around it (as tensorstore's SupportedFeatures): asked once, constant
+// for the store's life.
+struct StoreFeatures {
+  // A first write of a value of more than this many bytes stores a
+  // checksum of the whole value, so that PutRequest::value_xxh3 spares the
+  // store a pass over it (an overwrite may record one at any size, computing
+  // it itself when not given). UINT64_MAX: no checksum is stored.
+  uint64_t checksums_values_above = UINT64_MAX;
+  // Values above this size are stored in objects of this many bytes
+  // (mooncake://'s chunk_size); a reader plans pieces of at least this
+  // size. 0: values are kept whole.
+  uint64_t chunk_bytes = 0;
+  // BatchView lends the stored values themselves (memory://); otherwise it
+  // answers Unimplemented.
+  bool lends_values = false;
+};
+
 class MC_EXPORT Store {
  public:
   virtual ~Store() = default;
@@ -153,11 +171,12 @@ class MC_EXPORT Store {
   // nothing). The default: nothing.
   virtual void StreamingLoadDone(uint64_t batch_bytes, uint64_t largest);
 
+  // What this store offers beyond the calls every store has (see
+  // StoreFeatures). The default: nothing beyond them.
+  virtual StoreFeatures Features() const;
   // Whether a first write of a value of `size` bytes stores a checksum of
-  // the whole value, so that PutRequest::value_xxh3 spares the store a pass
-  // over it (an overwrite may record one at any size, computing it itself
-  // when not given). The default: no checksum is stored.
-  virtual bool RecordsValueChecksum(uint64_t size) const;
+  // the whole value (StoreFeatures::checksums_values_above).
+  bool RecordsValueChecksum(uint64_t size) const { return size > Features().checksums_values_above; }
 
   // Single-key forms of the batch calls.
   Status Put(std::string_view key, std::span<const ConstBytes> parts,

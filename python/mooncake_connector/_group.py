@@ -160,15 +160,6 @@ def _dist():
     return dist
 
 
-def _min_piece_bytes() -> int:
-    """The chunk size mooncake:// values are written in (MOONCAKE_CHUNK_SIZE,
-    16 MiB by default): a piece of a split tensor is not smaller."""
-    try:
-        return max(int(os.environ.get("MOONCAKE_CHUNK_SIZE", 16 << 20)), 1)
-    except ValueError:
-        return 16 << 20
-
-
 def group_size(group: Any) -> int:
     return _dist().get_world_size(group)
 
@@ -230,10 +221,9 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
     nccl = dist.get_backend(group) == "nccl"
     # Tensors larger than a share are split between the processes, except
     # in an NCCL group (its buffers are in device memory, which pieces are
-    # not read into; not built yet). Pieces of at least a Mooncake chunk.
+    # not read into; not built yet). Pieces of at least the store's chunk size.
     plan = [_Batch(end, pieces, entries, world)
-            for end, pieces in reader.plan_shares(world, batch_bytes, split=not nccl,
-                                                  min_piece_bytes=_min_piece_bytes())]
+            for end, pieces in reader.plan_shares(world, batch_bytes, split=not nccl)]
     where = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     total = sum(e[3] for e in entries if not e[4])
     # Seconds: on the helper thread, waiting for this process's shared-memory
@@ -292,19 +282,20 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
 
     needed_later = {e[4] for e in entries if e[4]}
     by_name = {e[0]: i for i, e in enumerate(entries)}
+    failed = False
     try:
         yield from _batches(plan, fetch, dist, group, status_group, world, me, shared, entries, by_name,
                             needed_later, device, stats, progress, total, reader)
     except Exception:
-        # The load failed for the whole group: the files a process that died
-        # left behind would stay in /dev/shm until reboot; they go too.
-        if shared is not None:
-            shared.close()
-            shared.sweep()
+        failed = True
         raise
     finally:
         if shared is not None:
             shared.close()
+            # The load failed for the whole group: the files a process that
+            # died left behind would stay in /dev/shm until reboot; they go too.
+            if failed:
+                shared.sweep()
     stats["seconds"] = time.perf_counter() - start
     logger.info("cooperative load of %s rank %d: process %d of %d fetched %d of %d bytes, received %d (%s)",
                 model.name, rank, me, world, stats["fetched_bytes"], total, stats["received_bytes"],

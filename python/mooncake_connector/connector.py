@@ -4,6 +4,7 @@ core. Only type conversion happens here."""
 from __future__ import annotations
 
 import os
+import threading
 import urllib.parse
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
@@ -40,6 +41,10 @@ class MooncakeConnector:
         # places there goes when the process exits (see _saving).
         self._own_segment = _impl.own_segment_bytes(url, texts)
         self._saved = False
+        # The model this URL names, opened once: it remembers the manifests
+        # it read (a model lost from the store later is reported as lost).
+        self._model_handle: Optional[_impl.Model] = None
+        self._model_lock = threading.Lock()
 
     # -- BaseKVConnector -------------------------------------------------
     def get(self, key: str) -> Optional[torch.Tensor]:
@@ -244,7 +249,10 @@ class MooncakeConnector:
         return _impl.list_models(self._impl)
 
     def _model(self) -> "_impl.Model":
-        return _impl.Model.open(self._impl)
+        with self._model_lock:
+            if self._model_handle is None:
+                self._model_handle = _impl.Model.open(self._impl)
+            return self._model_handle
 
     # -- BaseConnector -----------------------------------------------------
     def get_local_dir(self) -> str:
@@ -268,7 +276,7 @@ class MooncakeConnector:
         written unless every file was read (and checked). A stored name that
         is absolute or has ``..`` raises ``DataLossError``; symlinks in the
         directory are never followed."""
-        return self._impl.pull_files(_patterns(allow_pattern), _patterns(ignore_pattern))
+        return self._model().pull_files(_patterns(allow_pattern), _patterns(ignore_pattern))
 
     def _saving(self) -> None:
         """Warns, once per connector, that a save lands in memory that goes

@@ -404,13 +404,6 @@ NB_MODULE(_impl, m) {
            },
            nb::call_guard<nb::gil_scoped_release>())
       .def("get_local_dir", [](PyConnector& s) { return Call<&Connector::GetLocalDir>(s); })
-      .def("pull_files",
-           [](PyConnector& s, std::optional<std::vector<std::string>> allow,
-              std::optional<std::vector<std::string>> ignore) {
-             Model model = Unwrap(Model::Open(s.get()));
-             return Unwrap(model.PullFiles(allow, ignore));
-           },
-           nb::arg("allow").none(), nb::arg("ignore").none(), nb::call_guard<nb::gil_scoped_release>())
       .def("close", [](PyConnector& s) { Check(s.get().Close()); },
            nb::call_guard<nb::gil_scoped_release>())
       .def_prop_ro("closed", [](PyConnector& s) { return s.get().closed(); })
@@ -440,10 +433,9 @@ NB_MODULE(_impl, m) {
       // PlanShares over the manifest's tensors:
       // [(end, [(index, offset, size, owner, whole)])].
       .def("plan_shares",
-           [](PyModelReader& r, int world, uint64_t batch_bytes, bool split, uint64_t min_piece_bytes) {
-             if (!r.get().has_manifest()) Check(FailedPrecondition("a cooperative load needs a manifest"));
+           [](PyModelReader& r, int world, uint64_t batch_bytes, bool split, std::optional<uint64_t> min_piece_bytes) {
              nb::list out;
-             for (const ShareBatch& b : PlanShares(r.get().tensors(), world, batch_bytes, split, min_piece_bytes)) {
+             for (const ShareBatch& b : Unwrap(r.get().PlanShares(world, batch_bytes, split, min_piece_bytes))) {
                nb::list pieces;
                for (const SharePiece& p : b.pieces) {
                  pieces.append(nb::make_tuple(p.index, p.offset, p.size, p.owner, p.whole));
@@ -452,7 +444,7 @@ NB_MODULE(_impl, m) {
              }
              return out;
            },
-           nb::arg("world"), nb::arg("batch_bytes"), nb::arg("split") = true, nb::arg("min_piece_bytes") = 0)
+           nb::arg("world"), nb::arg("batch_bytes"), nb::arg("split") = true, nb::arg("min_piece_bytes").none() = nb::none())
       .def_prop_ro("has_manifest", [](PyModelReader& r) { return r.get().has_manifest(); })
       .def_prop_ro("total_bytes", [](PyModelReader& r) { return r.get().total_bytes(); });
 
@@ -461,6 +453,10 @@ NB_MODULE(_impl, m) {
       .def_prop_ro("name", &Model::name)
       .def("tensor_key", &Model::TensorKey)
       .def("file_key", &Model::FileKey)
+      .def("pull_files",
+           [](Model& model, std::optional<std::vector<std::string>> allow,
+              std::optional<std::vector<std::string>> ignore) { return Unwrap(model.PullFiles(allow, ignore)); },
+           nb::arg("allow").none(), nb::arg("ignore").none(), nb::call_guard<nb::gil_scoped_release>())
       .def("save_state_dict",
            // Tensors given as addresses (contiguous CPU tensors' data_ptr())
            // and sizes, which the caller keeps alive: no array object each.

@@ -6,7 +6,6 @@
 #include <system_error>
 
 #include "mooncake_connector/memory_store.h"
-#include "mooncake_connector/model.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "mooncake_connector/value_format.h"
 
@@ -201,51 +200,6 @@ Result<bool> Connector::Remove(std::string_view key) {
   if (s.ok()) return true;
   if (s.code() == StatusCode::kNotFound) return false;
   return s;
-}
-
-void Connector::RememberManifest(const std::string& key, const ManifestPart& part, std::string text) {
-  auto copy = std::make_shared<const ManifestPart>(part);
-  std::lock_guard lock(manifests_mutex_);
-  manifests_[key] = {std::move(copy), std::move(text)};
-}
-
-std::shared_ptr<const ManifestPart> Connector::RecalledManifest(const std::string& key) {
-  std::lock_guard lock(manifests_mutex_);
-  auto it = manifests_.find(key);
-  return it == manifests_.end() ? nullptr : it->second.part;
-}
-
-std::shared_ptr<const ManifestPart> Connector::RecalledManifest(const std::string& key, std::string_view text) {
-  std::lock_guard lock(manifests_mutex_);
-  auto it = manifests_.find(key);
-  return it == manifests_.end() || it->second.text != text ? nullptr : it->second.part;
-}
-
-void Connector::ForgetManifests(std::string_view prefix) {
-  std::lock_guard lock(manifests_mutex_);
-  auto it = manifests_.lower_bound(prefix);
-  while (it != manifests_.end() && std::string_view(it->first).starts_with(prefix)) it = manifests_.erase(it);
-}
-
-void Connector::RememberChecked(const std::string& key, const Buffer& view, ConstBytes checked,
-                                uint64_t checksum) {
-  if (view.owner() == nullptr) return;
-  std::lock_guard lock(checked_mutex_);
-  // Bounded: entries of freed values go first, then all.
-  constexpr size_t kMaxEntries = size_t{1} << 20;
-  if (checked_.size() >= kMaxEntries) std::erase_if(checked_, [](const auto& e) { return e.second.owner.expired(); });
-  if (checked_.size() >= kMaxEntries) checked_.clear();
-  checked_[key] = {view.owner(), checked.data(), checked.size(), checksum};
-}
-
-bool Connector::CheckedBefore(const std::string& key, const Buffer& view, ConstBytes checked, uint64_t checksum) {
-  if (view.owner() == nullptr) return false;
-  std::lock_guard lock(checked_mutex_);
-  auto it = checked_.find(key);
-  if (it == checked_.end()) return false;
-  const Checked& c = it->second;
-  return c.owner.lock() == view.owner() && c.data == checked.data() && c.size == checked.size() &&
-         c.checksum == checksum;
 }
 
 Result<std::string> Connector::GetLocalDir() {

@@ -10,6 +10,7 @@
 
 #include "core/hash_internal.h"
 #include "model/model_internal.h"
+#include "model/model_memory_internal.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/value_format.h"
 
@@ -21,10 +22,10 @@ Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptio
   std::unique_ptr<ModelReader> r(new ModelReader(*this, rank, options));
   MC_ASSIGN_OR_RETURN(std::optional<ManifestPart> manifest, ReadManifest(rank));
   if (!manifest) {
-    // Seen complete by this connector, now gone from the store: lost, not
+    // Seen complete by this model (its connector), now gone from the store: lost, not
     // never saved. Loaded by the remembered manifest if its tensors are all
     // still there (their checksums are checked as ever).
-    if (std::shared_ptr<const ManifestPart> seen = connector_->RecalledManifest(ManifestKey(rank))) {
+    if (std::shared_ptr<const ManifestPart> seen = memory_->RecalledManifest(ManifestKey(rank))) {
       MC_RETURN_IF_ERROR(CheckRecalledTensors(rank, *seen));
       manifest = *seen;
     }

@@ -19,6 +19,7 @@
 #include "core/cuda_internal.h"
 #include "core/parallel_internal.h"
 #include "model/model_internal.h"
+#include "model/model_memory_internal.h"
 #include "mooncake_connector/model.h"
 
 namespace mooncake_connector {
@@ -161,6 +162,8 @@ Status ModelReader::LoadIntoCudaStaged(std::span<const TensorDestination> destin
 std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorDestination> destinations,
                                                          std::span<const size_t> which, const Plan& plan,
                                                          const cuda::Driver& driver, void* cu_stream) {
+  Store& store = model_.connector().store();
+  if (!store.Features().lends_values) return std::nullopt;
   auto stream = reinterpret_cast<cuda::Stream>(cu_stream);
   // The stored tensors, batch by batch, each once (into its first destination).
   std::vector<std::vector<size_t>> items(plan.batches.size());
@@ -172,7 +175,7 @@ std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorD
     }
   }
   std::vector<std::string_view> key_views(keys.begin(), keys.end());
-  std::vector<Result<Buffer>> views = model_.connector().store().BatchView(key_views);
+  std::vector<Result<Buffer>> views = store.BatchView(key_views);
   for (const Result<Buffer>& v : views) {
     if (v.status().code() == StatusCode::kUnimplemented) return std::nullopt;
     if (v.ok() && v->size() > 0 && !driver.IsPinned(v->data())) return std::nullopt;
@@ -214,15 +217,15 @@ std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorD
     for (size_t k = 0; k < order.size(); ++k) order[k] = k;
     std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return data[x].size() > data[y].size(); });
     std::vector<Status> verdicts(data.size());
-    // A value this connector checked before, still the same stored value
+    // A value this model checked before, still the same stored value
     // (memory:// values never change), is not hashed again.
-    Connector& connector = model_.connector();
+    ModelMemory& memory = *model_.memory_;
     ParallelFor(order.size(), CopyThreads(), [&](size_t n) {
       const size_t k = order[n];
       const uint64_t checksum = tensors_[item_of[k]].checksum;
-      if (connector.CheckedBefore(keys[k], *views[k], data[k], checksum)) return;
+      if (memory.CheckedBefore(keys[k], *views[k], data[k], checksum)) return;
       verdicts[k] = CheckChecksum(item_of[k], data[k]);
-      if (verdicts[k].ok()) connector.RememberChecked(keys[k], *views[k], data[k], checksum);
+      if (verdicts[k].ok()) memory.RememberChecked(keys[k], *views[k], data[k], checksum);
     });
     for (const Status& s : verdicts) MC_RETURN_IF_ERROR(s);
   }

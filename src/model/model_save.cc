@@ -24,6 +24,7 @@
 #include "core/hash_internal.h"
 #include "core/parallel_internal.h"
 #include "model/model_internal.h"
+#include "model/model_memory_internal.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/value_format.h"
 
@@ -213,6 +214,9 @@ Result<Model> Model::Open(Connector& connector) {
   return Model(&connector, std::move(name));
 }
 
+Model::Model(Connector* c, std::string name)
+    : connector_(c), name_(std::move(name)), memory_(std::make_shared<ModelMemory>()) {}
+
 Result<Connector::InUse> Model::Use() const {
   return connector_->Use("the connector of model '" + name_ + "'");
 }
@@ -237,13 +241,13 @@ Result<std::optional<ManifestPart>> Model::ReadManifest(std::optional<int> rank)
   // A complete part read before in exactly this text (every load of a model
   // reads its manifest; parsing one of thousands of tensors costs more than
   // comparing the bytes).
-  if (std::shared_ptr<const ManifestPart> seen = connector_->RecalledManifest(key, text)) {
+  if (std::shared_ptr<const ManifestPart> seen = memory_->RecalledManifest(key, text)) {
     return std::optional<ManifestPart>(*seen);
   }
   Result<ManifestPart> part = ParseManifest(text);
   if (!part.ok()) return part.status().WithContext("'" + key + "'");
   if (part->rank != rank) return DataLoss("'" + key + "' is the manifest of another part");
-  if (part->state == SaveState::kComplete) connector_->RememberManifest(key, *part, std::string(text));
+  if (part->state == SaveState::kComplete) memory_->RememberManifest(key, *part, std::string(text));
   return std::optional<ManifestPart>(std::move(*part));
 }
 
@@ -264,14 +268,14 @@ Status Model::WriteManifest(const ManifestPart& part, const WriteOptions& write)
   std::string text = EncodeManifest(part);
   ConstBytes bytes(reinterpret_cast<const std::byte*>(text.data()), text.size());
   const std::string key = ManifestKey(part.rank);
-  connector_->ForgetManifests(key);  // a new save supersedes what was seen
+  memory_->ForgetManifests(key);  // a new save supersedes what was seen
   // Always hard-pinned (a few hundred bytes): a model saved unpinned may
   // lose values to eviction, but never its manifest, so it shows as damaged
   // rather than vanishing.
   WriteOptions pinned = write;
   pinned.hard_pin = true;
   MC_RETURN_IF_ERROR(connector_->store().Put(key, bytes, pinned).WithContext("writing the manifest"));
-  if (part.state == SaveState::kComplete) connector_->RememberManifest(key, part, std::move(text));
+  if (part.state == SaveState::kComplete) memory_->RememberManifest(key, part, std::move(text));
   return Status::Ok();
 }
 
@@ -749,7 +753,7 @@ Result<uint64_t> Model::Remove() {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   Store& store = connector_->store();
   uint64_t removed = 0;
-  connector_->ForgetManifests(name_ + "/manifest/");
+  memory_->ForgetManifests(name_ + "/manifest/");
   // First every manifest part is marked not complete: the model stops
   // looking complete before its values go, yet keeps a manifest, so a load
   // meanwhile (or after a remove that fails half-way) is refused instead of
@@ -765,7 +769,7 @@ Result<uint64_t> Model::Remove() {
     MC_RETURN_IF_ERROR(WriteManifest(**part, WriteOptions{}).WithContext("marking model '" + name_ +
                                                                          "' as being removed"));
   }
-  connector_->ForgetManifests(name_ + "/manifest/");
+  memory_->ForgetManifests(name_ + "/manifest/");
   for (const char* part : {"/keys/", "/files/", "/manifest/"}) {
     MC_ASSIGN_OR_RETURN(std::vector<std::string> keys, store.List(name_ + part));
     for (const std::string& key : keys) {

@@ -85,4 +85,14 @@ std::vector<ShareBatch> PlanShares(std::span<const ManifestTensor> tensors, int 
   return batches;
 }
 
+Result<std::vector<ShareBatch>> ModelReader::PlanShares(int world, uint64_t batch_bytes, bool split,
+                                                       std::optional<uint64_t> min_piece_bytes) {
+  if (!has_manifest_) return FailedPrecondition("a cooperative load needs a manifest");
+  if (!min_piece_bytes) {
+    MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
+    min_piece_bytes = model_.connector().store().Features().chunk_bytes;
+  }
+  return mooncake_connector::PlanShares(tensors_, world, batch_bytes, split, *min_piece_bytes);
+}
+
 }  // namespace mooncake_connector

@@ -106,6 +106,8 @@ class MemoryStore final : public Store {
     return value->size();
   }
 
+  StoreFeatures Features() const override { return {.lends_values = true}; }
+
   std::vector<Result<Buffer>> BatchView(std::span<const std::string_view> keys) override {
     // Values are never changed in place (a put replaces the buffer), so a
     // view sharing the buffer's memory stays as it was.

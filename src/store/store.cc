@@ -145,7 +145,7 @@ Result<Buffer> Store::Get(std::string_view key) {
   return Aborted("value of key '" + std::string(key) + "' kept changing size while being read");
 }
 
-bool Store::RecordsValueChecksum(uint64_t) const { return false; }
+StoreFeatures Store::Features() const { return {}; }
 
 Result<Buffer> Store::AllocateForRead(size_t size) { return Buffer::Allocate(size); }
 

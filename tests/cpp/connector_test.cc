@@ -103,39 +103,6 @@ TEST(Connector, OptionsAreCheckedAndApplied) {
   EXPECT_EQ(c->Set("big", big.view()).code(), StatusCode::kResourceExhausted);
 }
 
-TEST(Connector, CheckedValuesAreRecognisedOnlyWhileTheSameValueIsStored) {
-  auto c = Open("memory://checked-values");
-  Store& store = c->store();
-  auto bytes = [](const char* s) { return ConstBytes(reinterpret_cast<const std::byte*>(s), std::strlen(s)); };
-  auto view = [&](std::string_view key) {
-    std::string_view keys[] = {key};
-    return std::move(store.BatchView(keys)[0]).value();
-  };
-  ASSERT_TRUE(store.Put("k", bytes("header:data")).ok());
-  Buffer first = view("k");
-  ConstBytes data = first.bytes().subspan(7);
-  EXPECT_FALSE(c->CheckedBefore("k", first, data, 42));
-  c->RememberChecked("k", first, data, 42);
-  EXPECT_TRUE(c->CheckedBefore("k", view("k"), view("k").bytes().subspan(7), 42));  // the same value, lent again
-  EXPECT_FALSE(c->CheckedBefore("k", first, data, 43));                     // another checksum expected
-  EXPECT_FALSE(c->CheckedBefore("k", first, first.bytes(), 42));            // other bytes of it
-  EXPECT_FALSE(c->CheckedBefore("other", first, data, 42));                 // another key
-
-  // Overwritten (same size, other bytes): a new value, not checked.
-  ASSERT_TRUE(store.Put("k", bytes("header:DATA")).ok());
-  Buffer second = view("k");
-  EXPECT_FALSE(c->CheckedBefore("k", second, second.bytes().subspan(7), 42));
-  // Removed, every view dropped, stored again: nothing matches, even where
-  // the new value's memory is where the old one was.
-  c->RememberChecked("k", second, second.bytes().subspan(7), 7);
-  first = Buffer();
-  second = Buffer();
-  ASSERT_TRUE(store.Remove("k").ok());
-  ASSERT_TRUE(store.Put("k", bytes("header:DATA")).ok());
-  Buffer third = view("k");
-  EXPECT_FALSE(c->CheckedBefore("k", third, third.bytes().subspan(7), 7));
-}
-
 TEST(Connector, LocalDirLivesUntilClose) {
   auto c = Open("memory://connector-dir");
   std::string dir = *c->GetLocalDir();

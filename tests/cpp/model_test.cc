@@ -11,6 +11,7 @@
 
 #include "mooncake_connector/connector.h"
 #include "mooncake_connector/value_format.h"
+#include "model/model_memory_internal.h"
 #include "model_test_util.h"
 
 namespace mooncake_connector {
@@ -760,6 +761,40 @@ TEST(Model, NamesThatAreNotUtf8AreInvalidArgument) {
   EXPECT_TRUE(c->List("")->empty());  // nothing written
 }
 
+
+TEST(ModelMemory, CheckedValuesAreRecognisedOnlyWhileTheSameValueIsStored) {
+  auto c = Open("memory://checked-values");
+  ModelMemory memory;
+  Store& store = c->store();
+  auto bytes = [](const char* s) { return ConstBytes(reinterpret_cast<const std::byte*>(s), std::strlen(s)); };
+  auto view = [&](std::string_view key) {
+    std::string_view keys[] = {key};
+    return std::move(store.BatchView(keys)[0]).value();
+  };
+  ASSERT_TRUE(store.Put("k", bytes("header:data")).ok());
+  Buffer first = view("k");
+  ConstBytes data = first.bytes().subspan(7);
+  EXPECT_FALSE(memory.CheckedBefore("k", first, data, 42));
+  memory.RememberChecked("k", first, data, 42);
+  EXPECT_TRUE(memory.CheckedBefore("k", view("k"), view("k").bytes().subspan(7), 42));  // the same value, lent again
+  EXPECT_FALSE(memory.CheckedBefore("k", first, data, 43));                     // another checksum expected
+  EXPECT_FALSE(memory.CheckedBefore("k", first, first.bytes(), 42));            // other bytes of it
+  EXPECT_FALSE(memory.CheckedBefore("other", first, data, 42));                 // another key
+
+  // Overwritten (same size, other bytes): a new value, not checked.
+  ASSERT_TRUE(store.Put("k", bytes("header:DATA")).ok());
+  Buffer second = view("k");
+  EXPECT_FALSE(memory.CheckedBefore("k", second, second.bytes().subspan(7), 42));
+  // Removed, every view dropped, stored again: nothing matches, even where
+  // the new value's memory is where the old one was.
+  memory.RememberChecked("k", second, second.bytes().subspan(7), 7);
+  first = Buffer();
+  second = Buffer();
+  ASSERT_TRUE(store.Remove("k").ok());
+  ASSERT_TRUE(store.Put("k", bytes("header:DATA")).ok());
+  Buffer third = view("k");
+  EXPECT_FALSE(memory.CheckedBefore("k", third, third.bytes().subspan(7), 7));
+}
 
 }  // namespace
 }  // namespace mooncake_connector

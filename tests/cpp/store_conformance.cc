@@ -666,4 +666,54 @@ TEST_P(StoreConformance, ExactReadsAreReadsOfAKnownSize) {
   ASSERT_TRUE(store_->Remove(key).ok());
 }
 
+TEST_P(StoreConformance, FeaturesKeepWhatTheyPromise) {
+  const StoreFeatures f = store_->Features();
+  // lends_values: BatchView lends the stored bytes; otherwise Unimplemented.
+  ASSERT_TRUE(store_->Put(Key("lent"), AsBytes("lent bytes")).ok());
+  const std::string lent = Key("lent");
+  std::string_view keys[] = {lent};
+  std::vector<Result<Buffer>> views = store_->BatchView(keys);
+  if (f.lends_values) {
+    ASSERT_TRUE(views[0].ok()) << views[0].status();
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(views[0]->data()), views[0]->size()), "lent bytes");
+  } else {
+    EXPECT_EQ(views[0].status().code(), StatusCode::kUnimplemented) << views[0].status();
+  }
+  // checksums_values_above: a value above it written with a wrong
+  // value_xxh3 records that checksum, and reads of it fail; at or below
+  // it, the given checksum is not kept and reads succeed.
+  const uint64_t above = f.checksums_values_above;
+  if (above < (uint64_t{64} << 20)) {
+    std::vector<std::byte> big(above + 1, std::byte{5});
+    ConstBytes whole(big);
+    const std::string key = Key("checked");
+    PutRequest wrong{key, {&whole, 1}, Xxh3(whole) ^ 1};
+    ASSERT_TRUE(store_->BatchPut({&wrong, 1}, {})[0].ok());
+    EXPECT_EQ(store_->Get(key).status().code(), StatusCode::kDataLoss);
+    EXPECT_TRUE(store_->RecordsValueChecksum(above + 1));
+  }
+  {
+    const uint64_t size = std::min(above, uint64_t{1} << 20);
+    EXPECT_FALSE(store_->RecordsValueChecksum(size));
+    std::vector<std::byte> small(size, std::byte{6});
+    ConstBytes whole(small);
+    const std::string key = Key("unchecked");
+    PutRequest wrong{key, {&whole, 1}, Xxh3(whole) ^ 1};
+    ASSERT_TRUE(store_->BatchPut({&wrong, 1}, {})[0].ok());
+    Result<Buffer> b = store_->Get(key);
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ(b->size(), size);
+  }
+  // chunk_bytes: a value larger than a chunk still reads back whole.
+  if (f.chunk_bytes > 0 && f.chunk_bytes < (uint64_t{32} << 20)) {
+    std::vector<std::byte> v(2 * f.chunk_bytes + 3);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<std::byte>(i * 7);
+    ASSERT_TRUE(store_->Put(Key("chunks"), ConstBytes(v)).ok());
+    Result<Buffer> b = store_->Get(Key("chunks"));
+    ASSERT_TRUE(b.ok()) << b.status();
+    ASSERT_EQ(b->size(), v.size());
+    EXPECT_EQ(std::memcmp(b->data(), v.data(), v.size()), 0);
+  }
+}
+
 }  // namespace mooncake_connector::testing

@@ -56,7 +56,9 @@ class MooncakeStore final : public Store {
 
   std::string url() const override;
   // Values larger than a chunk are chunked, with a checksum in their header.
-  bool RecordsValueChecksum(uint64_t size) const override { return size > slot_size(); }
+  StoreFeatures Features() const override {
+    return {.checksums_values_above = slot_size(), .chunk_bytes = slot_size()};
+  }
   // In standalone-client mode, values of kDirectTransferMin bytes or more
   // get a block of the client's shared memory (SharedBlocks), read into
   // directly, where one is free; ordinary memory otherwise.
