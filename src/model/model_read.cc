@@ -10,6 +10,7 @@
 
 #include "core/hash_internal.h"
 #include "model/model_internal.h"
+#include "model/model_reader_internal.h"
 #include "model/model_memory_internal.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/value_format.h"
@@ -19,7 +20,7 @@ namespace mooncake_connector {
 Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptions& options) {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   if (rank < 0) return InvalidArgument("rank " + std::to_string(rank) + " is negative");
-  std::unique_ptr<ModelReader> r(new ModelReader(*this, rank, options));
+  auto r = std::make_unique<ModelReaderImpl>(*this, rank, options);
   MC_ASSIGN_OR_RETURN(std::optional<ManifestPart> manifest, ReadManifest(rank));
   if (!manifest) {
     // Seen complete by this model (its connector), now gone from the store: lost, not
@@ -71,7 +72,7 @@ Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptio
     }
   }
   for (size_t i = 0; i < r->tensors_.size(); ++i) r->index_.emplace(r->tensors_[i].name, i);
-  return r;
+  return std::unique_ptr<ModelReader>(new ModelReader(std::move(r)));
 }
 
 Status Model::CheckRecalledTensors(int rank, const ManifestPart& part) {
@@ -100,21 +101,21 @@ Status Model::CheckRecalledTensors(int rank, const ManifestPart& part) {
                   "save it again");
 }
 
-size_t ModelReader::Canonical(size_t index) const {
+size_t ModelReaderImpl::Canonical(size_t index) const {
   const std::string& target = tensors_[index].alias_of;
   return target.empty() ? index : index_.at(target);
 }
 
-void ModelReader::Report(uint64_t bytes) {
+void ModelReaderImpl::Report(uint64_t bytes) {
   done_bytes_ += bytes;
   if (options_.progress) options_.progress(done_bytes_, total_bytes_);
 }
 
-std::string ModelReader::Describe(size_t item) const {
+std::string ModelReaderImpl::Describe(size_t item) const {
   return "tensor '" + tensors_[item].name + "' (rank " + std::to_string(rank_) + " of model '" + model_.name() + "')";
 }
 
-Status ModelReader::CheckChecksum(size_t item, ConstBytes data) const {
+Status ModelReaderImpl::CheckChecksum(size_t item, ConstBytes data) const {
   if (Xxh3(data) == tensors_[item].checksum) return Status::Ok();
   return DataLoss("checksum mismatch in " + Describe(item) + ": the stored bytes are corrupted");
 }
@@ -134,7 +135,7 @@ Status ReadFailure(const std::string& which, const Status& s) {
 
 }  // namespace
 
-std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::span<const MutableBytes> targets,
+std::vector<Status> ModelReaderImpl::ReadBatch(std::span<const size_t> items, std::span<const MutableBytes> targets,
                                            bool checksums) {
   const size_t n = items.size();
   std::vector<std::string> keys(n), expected(n), heads(n);
@@ -175,7 +176,7 @@ std::vector<Status> ModelReader::ReadBatch(std::span<const size_t> items, std::s
   return out;
 }
 
-void ModelReader::SayIfChanged(std::span<Status> results) {
+void ModelReaderImpl::SayIfChanged(std::span<Status> results) {
   if (!has_manifest_) return;
   if (std::none_of(results.begin(), results.end(),
                    [](const Status& s) { return s.code() == StatusCode::kDataLoss; })) {
@@ -194,7 +195,7 @@ void ModelReader::SayIfChanged(std::span<Status> results) {
   }
 }
 
-std::vector<Status> ModelReader::ReadPieces(std::span<const TensorPiece> pieces) {
+std::vector<Status> ModelReaderImpl::ReadPieces(std::span<const TensorPiece> pieces) {
   const size_t n = pieces.size();
   std::vector<std::string> keys(n), expected(n), heads(n);
   std::vector<GetIntoRequest> requests(n);
@@ -240,7 +241,7 @@ std::vector<Status> ModelReader::ReadPieces(std::span<const TensorPiece> pieces)
   return out;
 }
 
-Status ModelReader::CheckAssembled(size_t index, ConstBytes data) {
+Status ModelReaderImpl::CheckAssembled(size_t index, ConstBytes data) {
   if (index >= tensors_.size() || data.size() != tensors_[index].nbytes) {
     return InvalidArgument("the assembled bytes are not those of a stored tensor of this rank");
   }
@@ -250,12 +251,12 @@ Status ModelReader::CheckAssembled(size_t index, ConstBytes data) {
   return result[0];
 }
 
-Result<std::string> ModelReader::ExpectedHeader(size_t item) const {
+Result<std::string> ModelReaderImpl::ExpectedHeader(size_t item) const {
   if (item < header_of_.size() && !headers_[header_of_[item]].empty()) return headers_[header_of_[item]];
   return ValueHeader(model_, rank_, tensors_[item], format_version_);
 }
 
-Status ModelReader::CheckRead(size_t item, bool as_listed, ConstBytes data) const {
+Status ModelReaderImpl::CheckRead(size_t item, bool as_listed, ConstBytes data) const {
   const ManifestTensor& t = tensors_[item];
   if (!as_listed) {
     return DataLoss(Describe(item) + " in the store is not the value the manifest lists: another save of the "
@@ -268,7 +269,7 @@ Status ModelReader::CheckRead(size_t item, bool as_listed, ConstBytes data) cons
   return Status::Ok();
 }
 
-Status ModelReader::CheckStored(size_t item, ConstBytes value, ConstBytes* data) const {
+Status ModelReaderImpl::CheckStored(size_t item, ConstBytes value, ConstBytes* data) const {
   MC_ASSIGN_OR_RETURN(std::string header, ExpectedHeader(item));
   const uint64_t nbytes = tensors_[item].nbytes;
   const bool as_listed = value.size() == header.size() + nbytes &&
@@ -277,7 +278,7 @@ Status ModelReader::CheckStored(size_t item, ConstBytes value, ConstBytes* data)
   return CheckRead(item, as_listed, *data);
 }
 
-Result<Tensor> ModelReader::ReadUnknown(size_t index) {
+Result<Tensor> ModelReaderImpl::ReadUnknown(size_t index) {
   const ManifestTensor& t = tensors_[index];
   std::string key = model_.TensorKey(rank_, t.name);
   Result<Buffer> value = model_.connector().store().Get(key);
@@ -300,7 +301,7 @@ Result<Tensor> ModelReader::ReadUnknown(size_t index) {
   return tensor;
 }
 
-ModelReader::~ModelReader() {
+ModelReaderImpl::~ModelReaderImpl() {
   stop_preparing_.store(true);
   if (preparer_.joinable()) preparer_.join();
   // A reader may go after its connector closed (a generator collected
@@ -312,7 +313,7 @@ ModelReader::~ModelReader() {
   }
 }
 
-Result<Tensor> ModelReader::AllocateTensor(size_t index) {
+Result<Tensor> ModelReaderImpl::AllocateTensor(size_t index) {
   const ManifestTensor& t = tensors_[index];
   if (!options_.streaming) return Tensor::Allocate(t.dtype, t.shape);
   for (uint64_t was = streamed_bytes_.load(); was < t.nbytes && !streamed_bytes_.compare_exchange_weak(was, t.nbytes);) {
@@ -321,7 +322,7 @@ Result<Tensor> ModelReader::AllocateTensor(size_t index) {
   return Tensor::FromBuffer(t.dtype, t.shape, std::move(buffer));
 }
 
-ModelReader::BatchPlan ModelReader::PlanBatch(size_t from, const std::vector<size_t>& pending) const {
+ModelReaderImpl::BatchPlan ModelReaderImpl::PlanBatch(size_t from, const std::vector<size_t>& pending) const {
   BatchPlan plan{from, {}};
   std::set<size_t> have(pending.begin(), pending.end());
   uint64_t bytes = 0;
@@ -337,7 +338,7 @@ ModelReader::BatchPlan ModelReader::PlanBatch(size_t from, const std::vector<siz
   return plan;
 }
 
-void ModelReader::Prepare(size_t from, std::vector<size_t> read) {
+void ModelReaderImpl::Prepare(size_t from, std::vector<size_t> read) {
   if (preparer_.joinable()) preparer_.join();
   prepared_from_ = from;
   prepared_.clear();
@@ -366,7 +367,7 @@ void ModelReader::Prepare(size_t from, std::vector<size_t> read) {
   });
 }
 
-std::vector<Tensor> ModelReader::TakePrepared(size_t from) {
+std::vector<Tensor> ModelReaderImpl::TakePrepared(size_t from) {
   stop_preparing_.store(true);
   if (preparer_.joinable()) preparer_.join();
   std::vector<Tensor> out;
@@ -376,7 +377,7 @@ std::vector<Tensor> ModelReader::TakePrepared(size_t from) {
   return out;
 }
 
-Result<std::vector<NamedTensor>> ModelReader::NextBatch() {
+Result<std::vector<NamedTensor>> ModelReaderImpl::NextBatch() {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   std::vector<NamedTensor> out;
   if (!has_manifest_) {
@@ -445,13 +446,13 @@ Status CheckFitsDestination(DType dtype, const Shape& shape, const TensorDestina
 
 }  // namespace
 
-Result<Tensor> ModelReader::ReadUnknownFor(size_t index, const TensorDestination& d) {
+Result<Tensor> ModelReaderImpl::ReadUnknownFor(size_t index, const TensorDestination& d) {
   MC_ASSIGN_OR_RETURN(Tensor t, ReadUnknown(index));
   MC_RETURN_IF_ERROR(CheckFitsDestination(t.dtype(), t.shape(), d));
   return t;
 }
 
-Result<std::vector<size_t>> ModelReader::Resolve(std::span<const TensorDestination> destinations) const {
+Result<std::vector<size_t>> ModelReaderImpl::Resolve(std::span<const TensorDestination> destinations) const {
   std::vector<size_t> which(destinations.size());
   for (size_t i = 0; i < destinations.size(); ++i) {
     const TensorDestination& d = destinations[i];
@@ -472,7 +473,7 @@ Result<std::vector<size_t>> ModelReader::Resolve(std::span<const TensorDestinati
   return which;
 }
 
-std::vector<std::string> ModelReader::Missed(std::span<const size_t> which) const {
+std::vector<std::string> ModelReaderImpl::Missed(std::span<const size_t> which) const {
   std::vector<bool> covered(tensors_.size(), false);
   for (size_t i : which) covered[i] = true;
   std::vector<std::string> missed;
@@ -482,7 +483,7 @@ std::vector<std::string> ModelReader::Missed(std::span<const size_t> which) cons
   return missed;
 }
 
-ModelReader::Plan ModelReader::PlanReads(std::span<const size_t> which, uint64_t batch_bytes) const {
+ModelReaderImpl::Plan ModelReaderImpl::PlanReads(std::span<const size_t> which, uint64_t batch_bytes) const {
   Plan plan;
   std::vector<size_t> batch;
   uint64_t bytes = 0;
@@ -502,7 +503,7 @@ ModelReader::Plan ModelReader::PlanReads(std::span<const size_t> which, uint64_t
   return plan;
 }
 
-Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDestination> destinations) {
+Result<std::vector<std::string>> ModelReaderImpl::LoadInto(std::span<const TensorDestination> destinations) {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   MC_ASSIGN_OR_RETURN(std::vector<size_t> which, Resolve(destinations));
   if (!has_manifest_) {
@@ -543,7 +544,7 @@ Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDes
   return Missed(which);
 }
 
-Result<std::vector<std::string>> ModelReader::Check() {
+Result<std::vector<std::string>> ModelReaderImpl::Check() {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   if (!has_manifest_) {
     return FailedPrecondition("model '" + model_.name() + "' rank " + std::to_string(rank_) +

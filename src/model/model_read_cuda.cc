@@ -19,6 +19,7 @@
 #include "core/cuda_internal.h"
 #include "core/parallel_internal.h"
 #include "model/model_internal.h"
+#include "model/model_reader_internal.h"
 #include "model/model_memory_internal.h"
 #include "mooncake_connector/model.h"
 
@@ -90,7 +91,7 @@ uint64_t Address(const TensorDestination& d) { return reinterpret_cast<uintptr_t
 
 }  // namespace
 
-Status ModelReader::LoadIntoCudaStaged(std::span<const TensorDestination> destinations,
+Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> destinations,
                                        std::span<const size_t> which, const Plan& plan,
                                        const cuda::Driver& driver, void* cu_stream) {
   auto stream = reinterpret_cast<cuda::Stream>(cu_stream);
@@ -159,7 +160,7 @@ Status ModelReader::LoadIntoCudaStaged(std::span<const TensorDestination> destin
   return Status::Ok();
 }
 
-std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorDestination> destinations,
+std::optional<Status> ModelReaderImpl::LoadIntoCudaFromStore(std::span<const TensorDestination> destinations,
                                                          std::span<const size_t> which, const Plan& plan,
                                                          const cuda::Driver& driver, void* cu_stream) {
   Store& store = model_.connector().store();
@@ -238,7 +239,7 @@ std::optional<Status> ModelReader::LoadIntoCudaFromStore(std::span<const TensorD
   return Status::Ok();
 }
 
-Result<std::vector<std::string>> ModelReader::LoadIntoCuda(std::span<const TensorDestination> destinations,
+Result<std::vector<std::string>> ModelReaderImpl::LoadIntoCuda(std::span<const TensorDestination> destinations,
                                                            const CudaTarget& target) {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   MC_ASSIGN_OR_RETURN(std::vector<size_t> which, Resolve(destinations));

@@ -3,6 +3,7 @@
 #include <map>
 #include <numeric>
 
+#include "model/model_reader_internal.h"
 #include "mooncake_connector/model.h"
 
 namespace mooncake_connector {
@@ -85,7 +86,7 @@ std::vector<ShareBatch> PlanShares(std::span<const ManifestTensor> tensors, int 
   return batches;
 }
 
-Result<std::vector<ShareBatch>> ModelReader::PlanShares(int world, uint64_t batch_bytes, bool split,
+Result<std::vector<ShareBatch>> ModelReaderImpl::PlanShares(int world, uint64_t batch_bytes, bool split,
                                                        std::optional<uint64_t> min_piece_bytes) {
   if (!has_manifest_) return FailedPrecondition("a cooperative load needs a manifest");
   if (!min_piece_bytes) {
