@@ -12,7 +12,7 @@
 
 #include "scripted_mooncake.h"
 #include "store/mooncake/chunked_value_internal.h"
-#include "store/mooncake/mooncake_store_internal.h"
+#include "store/mooncake/new_store_internal.h"
 
 using namespace mooncake_connector;
 

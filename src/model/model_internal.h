@@ -31,6 +31,10 @@ Result<std::string> ValueHeader(const Model& model, int rank, const ManifestTens
 Status CheckShardIndex(ConstBytes index, const std::map<std::string, std::string>& shard_of,
                        const std::string& where);
 
+// InvalidArgument unless `path` may name a saved file: relative, safe
+// (CheckStoredFileName), UTF-8 (the manifest is JSON).
+Status CheckFileToSave(const std::string& path);
+
 // "[2, 3]"
 std::string ShapeText(const Shape& shape);
 

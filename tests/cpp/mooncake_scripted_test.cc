@@ -19,7 +19,7 @@
 #include "store_conformance.h"
 #include "store/mooncake/chunked_value_internal.h"
 #include "store/mooncake/retry_internal.h"
-#include "store/mooncake/mooncake_store_internal.h"
+#include "store/mooncake/new_store_internal.h"
 
 namespace mooncake_connector {
 namespace {

@@ -16,7 +16,7 @@
 #include "core/hash_internal.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "scripted_mooncake.h"
-#include "store/mooncake/mooncake_store_internal.h"
+#include "store/mooncake/new_store_internal.h"
 
 namespace mooncake_connector::testing {
 

@@ -7,7 +7,7 @@
 
 #include "mooncake_connector/mooncake_store.h"
 #include "store/mooncake/mooncake_api_internal.h"
-#include "store/mooncake/mooncake_store_internal.h"
+#include "store/mooncake/new_store_internal.h"
 #include "store/mooncake/network_internal.h"
 
 // Connecting: provider choice, reachability probes, client setup, and the

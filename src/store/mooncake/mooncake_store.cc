@@ -2,7 +2,7 @@
 #include <cstring>
 
 #include "store/mooncake/mooncake_store_impl_internal.h"
-#include "store/mooncake/mooncake_store_internal.h"
+#include "store/mooncake/new_store_internal.h"
 #include "store/mooncake/network_internal.h"
 
 namespace mooncake_connector::mooncake {
