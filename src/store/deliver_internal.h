@@ -1,10 +1,13 @@
 // Putting a value's bytes where a GetIntoRequest wants them, with the hashes
 // computed on the way (while each block is in cache) instead of in a second
-// pass over memory.
+// pass over memory; and the mirror for writes, taking them from a
+// PutRequest's parts (Gather, AppendPieces).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "core/hash_internal.h"
 #include "mooncake_connector/store.h"
@@ -47,5 +50,14 @@ void HashInPlaceAt(const GetIntoRequest& r, uint64_t offset, uint64_t size, Xxh3
 // Sets *r.data_xxh3 (if asked for) from the first `n` bytes of
 // r.destination, for a path that wrote them without hashing.
 void HashDelivered(const GetIntoRequest& r, uint64_t n);
+
+// Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
+void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst);
+
+// Appends to buffers/sizes the memory of bytes [offset, offset + size) of
+// the concatenation of `parts` (a gather list for a direct put); returns how
+// many pieces it appended.
+size_t AppendPieces(std::span<const ConstBytes> parts, uint64_t offset, uint64_t size, std::vector<void*>& buffers,
+                    std::vector<size_t>& sizes);
 
 }  // namespace mooncake_connector

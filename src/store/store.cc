@@ -105,6 +105,41 @@ void DeliverAt(const GetIntoRequest& r, uint64_t offset, ConstBytes bytes, Xxh3S
   }
 }
 
+void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst) {
+  size_t written = 0;
+  for (ConstBytes part : parts) {
+    if (written == dst.size()) break;
+    if (offset >= part.size()) {
+      offset -= part.size();
+      continue;
+    }
+    size_t n = std::min(part.size() - offset, dst.size() - written);
+    std::memcpy(dst.data() + written, part.data() + offset, n);
+    written += n;
+    offset = 0;
+  }
+}
+
+size_t AppendPieces(std::span<const ConstBytes> parts, uint64_t offset, uint64_t size, std::vector<void*>& buffers,
+                    std::vector<size_t>& sizes) {
+  size_t appended = 0;
+  for (ConstBytes part : parts) {
+    if (size == 0) break;
+    if (offset >= part.size()) {
+      offset -= part.size();
+      continue;
+    }
+    size_t n = static_cast<size_t>(std::min<uint64_t>(part.size() - offset, size));
+    // Mooncake only reads through these pointers.
+    buffers.push_back(const_cast<std::byte*>(part.data() + offset));
+    sizes.push_back(n);
+    size -= n;
+    offset = 0;
+    ++appended;
+  }
+  return appended;
+}
+
 void HashInPlaceAt(const GetIntoRequest& r, uint64_t offset, uint64_t size, Xxh3Stream* data,
                    Xxh3Stream* value) {
   if (data == nullptr && value == nullptr) return;

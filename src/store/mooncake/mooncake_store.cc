@@ -18,41 +18,6 @@ std::vector<const char*> CStrings(const std::vector<std::string>& keys) {
   return out;
 }
 
-void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst) {
-  size_t written = 0;
-  for (ConstBytes part : parts) {
-    if (written == dst.size()) break;
-    if (offset >= part.size()) {
-      offset -= part.size();
-      continue;
-    }
-    size_t n = std::min(part.size() - offset, dst.size() - written);
-    std::memcpy(dst.data() + written, part.data() + offset, n);
-    written += n;
-    offset = 0;
-  }
-}
-
-size_t AppendPieces(std::span<const ConstBytes> parts, uint64_t offset, uint64_t size, std::vector<void*>& buffers,
-                    std::vector<size_t>& sizes) {
-  size_t appended = 0;
-  for (ConstBytes part : parts) {
-    if (size == 0) break;
-    if (offset >= part.size()) {
-      offset -= part.size();
-      continue;
-    }
-    size_t n = static_cast<size_t>(std::min<uint64_t>(part.size() - offset, size));
-    // Mooncake only reads through these pointers.
-    buffers.push_back(const_cast<std::byte*>(part.data() + offset));
-    sizes.push_back(n);
-    size -= n;
-    offset = 0;
-    ++appended;
-  }
-  return appended;
-}
-
 MooncakeStore::MooncakeStore(MooncakeConfig config, const Api* api, Handle handle)
     : config_(std::move(config)), api_(api), handle_(handle) {
   replicate_.replica_num = static_cast<size_t>(config_.replica_num);

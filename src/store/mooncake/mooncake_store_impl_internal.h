@@ -17,6 +17,7 @@
 
 #include "core/parallel_internal.h"
 #include "mooncake_connector/mooncake_store.h"
+#include "store/deliver_internal.h"
 #include "store/mooncake/chunked_value_internal.h"
 #include "store/mooncake/deferred_removal_internal.h"
 #include "store/mooncake/mooncake_api_internal.h"
@@ -229,15 +230,6 @@ class MooncakeStore final : public Store {
   std::shared_ptr<SharedBlocks> shared_;
   std::atomic<int> streaming_loads_{0};
 };
-
-// Copies bytes [offset, offset + dst.size()) of the concatenation of `parts`.
-void Gather(std::span<const ConstBytes> parts, uint64_t offset, MutableBytes dst);
-
-// Appends to buffers/sizes the memory of bytes [offset, offset + size) of
-// the concatenation of `parts` (a gather list for a direct put); returns how
-// many pieces it appended.
-size_t AppendPieces(std::span<const ConstBytes> parts, uint64_t offset, uint64_t size, std::vector<void*>& buffers,
-                    std::vector<size_t>& sizes);
 
 // Which requests name a key that another request of the same call names too.
 // Those stay out of native batch calls (Mooncake mixes up a key given twice
