@@ -258,9 +258,7 @@ Status MooncakeStore::Remove(std::string_view key) {
 }
 
 Status MooncakeStore::WriteTombstone(const std::string& key, Deadline& deadline) {
-  auto bytes = MakeTombstone(1).Encode();
-  ConstBytes tombstone(bytes.data(), bytes.size());
-  return PutObject(key, {&tombstone, 1}, 0, tombstone.size(), replicate_, /*upsert=*/true, deadline);
+  return WriteHeader(key, MakeTombstone(1), /*upsert=*/true, replicate_, deadline);
 }
 
 Result<std::vector<std::string>> MooncakeStore::AllKeys(std::string_view prefix) {

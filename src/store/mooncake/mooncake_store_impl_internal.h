@@ -5,6 +5,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -184,9 +185,20 @@ class MooncakeStore final : public Store {
                            std::span<const uint64_t> sizes, const ReplicateConfig& replicate,
                            std::vector<std::optional<Status>>& done);
   Status PutOne(const PutRequest& r, const ReplicateConfig& replicate);
+  // One raw object: bytes [offset, offset + size) of `parts`, put.
   Status PutObject(const std::string& key, std::span<const ConstBytes> parts, uint64_t offset,
-                   uint64_t size, const ReplicateConfig& replicate, bool upsert,
-                   Deadline& deadline);
+                   uint64_t size, const ReplicateConfig& replicate, Deadline& deadline);
+  // Header objects of several keys (a value's header, a tombstone, a
+  // reservation), by upsert or put; one Mooncake code per header (0: written).
+  // WriteHeader: one, with the error named.
+  struct HeaderWrite {
+    const std::string* key;
+    std::array<std::byte, kChunkHeaderSize> bytes;
+  };
+  std::vector<int64_t> WriteHeaders(std::span<const HeaderWrite> headers, bool upsert,
+                                    const ReplicateConfig& replicate, Deadline& deadline);
+  Status WriteHeader(const std::string& key, const ChunkHeader& h, bool upsert, const ReplicateConfig& replicate,
+                     Deadline& deadline);
   // One value's chunks under a fresh generation (chunks of several values:
   // PutChunkObjects, whose calls they share). Ok, or the first chunk that
   // could not be put.
@@ -203,6 +215,13 @@ class MooncakeStore final : public Store {
                       const ReplicateConfig& replicate, Deadline& deadline);
   void SettleHeader(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
                     const ReplicateConfig& replicate, Deadline& deadline);
+  // Whether each value's commit stands: its header read back is ours and
+  // every chunk is there (kYes; also for values with too many chunks to
+  // check), a later write's header replaced it (kSuperseded), it is torn
+  // (kTorn), some chunk is gone (kChunksMissing), or the key is gone or
+  // unreachable (kUnknown). Reads only key, header of each.
+  enum class Settled { kYes, kSuperseded, kTorn, kChunksMissing, kUnknown };
+  std::vector<Settled> CheckSettled(std::span<const ChunkWrite> values, Deadline& deadline);
   // Which of the chunks of `h` exist (all of them when it has too many to
   // check one by one). Takes read leases on them.
   Result<bool> AllChunksExist(const std::string& key, const ChunkHeader& h);

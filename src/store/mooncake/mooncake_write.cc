@@ -219,40 +219,21 @@ void MooncakeStore::PutNewChunkedValues(std::span<const PutRequest> requests, st
 
   // Every header whose chunks are all in, by upsert (as CommitHeader for a
   // key without a value: a value created meanwhile is replaced, so our
-  // chunks never end up unreferenced), from slot memory, 64 bytes apiece.
+  // chunks never end up unreferenced).
   std::vector<size_t> committed;
-  const size_t per_slot = static_cast<size_t>(slot_size() / kChunkHeaderSize);
   std::vector<size_t> ready;
+  std::vector<HeaderWrite> headers;
   for (size_t v = 0; v < values.size(); ++v) {
-    if (!values[v].failed) ready.push_back(v);
+    if (values[v].failed) continue;
+    ready.push_back(v);
+    headers.push_back({&values[v].key, values[v].header.Encode()});
   }
-  for (size_t at = 0; at < ready.size(); at += per_slot) {
-    const size_t n = std::min(per_slot, ready.size() - at);
-    TransferArena::Lease slot = arena_->Acquire(1);
-    std::vector<const char*> c_keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> lengths(n, kChunkHeaderSize);
-    for (size_t j = 0; j < n; ++j) {
-      const NewValue& v = values[ready[at + j]];
-      auto bytes = v.header.Encode();
-      std::byte* to = slot[0] + j * kChunkHeaderSize;
-      std::copy(bytes.begin(), bytes.end(), to);
-      c_keys.push_back(v.key.c_str());
-      buffers.push_back(to);
-    }
-    std::vector<int> results(n, -1);
-    auto locks = LockKeysForWrite(c_keys);
-    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
-      int r = api_->batch_upsert_from(handle_, c_keys.data(), buffers.data(), lengths.data(), n, &replicate,
-                                      results.data());
-      return r != 0 ? r : FirstRetryable(results);
-    });
-    for (size_t j = 0; j < n; ++j) {
-      if (rc == 0 && results[j] == 0) {
-        committed.push_back(ready[at + j]);
-      } else {
-        values[ready[at + j]].failed = true;
-      }
+  std::vector<int64_t> written = WriteHeaders(headers, /*upsert=*/true, replicate, deadline);
+  for (size_t j = 0; j < ready.size(); ++j) {
+    if (written[j] == 0) {
+      committed.push_back(ready[j]);
+    } else {
+      values[ready[j]].failed = true;
     }
   }
   for (const NewValue& v : values) {
@@ -261,61 +242,26 @@ void MooncakeStore::PutNewChunkedValues(std::span<const PutRequest> requests, st
     RemoveGeneration(v.key, v.header, &cleanup);
   }
 
-  // The settle check: each header read back (ours, whole?) and every chunk
-  // of those that are still there (a remove racing us may have swept them
-  // before our header landed).
-  std::vector<bool> settled(values.size(), false);
-  for (size_t at = 0; at < committed.size(); at += per_slot) {
-    const size_t n = std::min(per_slot, committed.size() - at);
-    TransferArena::Lease slot = arena_->Acquire(1);
-    std::vector<const char*> c_keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> lengths(n, kChunkHeaderSize);
-    for (size_t j = 0; j < n; ++j) {
-      c_keys.push_back(values[committed[at + j]].key.c_str());
-      buffers.push_back(slot[0] + j * kChunkHeaderSize);
+  // The settle check for all of them at once; SettleHeader settles any it
+  // finds amiss (a later writer's header, a torn one, a chunk swept by a
+  // remove) as ever.
+  std::vector<ChunkWrite> check;
+  for (size_t v : committed) check.push_back({&values[v].key, &values[v].header, {}});
+  std::vector<Settled> settled = CheckSettled(check, deadline);
+  for (size_t j = 0; j < committed.size(); ++j) {
+    const NewValue& value = values[committed[j]];
+    if (settled[j] != Settled::kYes) {
+      SettleHeader(value.key, value.header, requests[value.request].parts, replicate, deadline);
     }
-    std::vector<int64_t> results(n, -1);
-    if (api_->batch_get_into(handle_, c_keys.data(), buffers.data(), lengths.data(), n, results.data()) != 0) {
-      continue;
-    }
-    std::vector<size_t> ours;
-    std::vector<std::string> chunk_keys;
-    for (size_t j = 0; j < n; ++j) {
-      const NewValue& v = values[committed[at + j]];
-      if (results[j] != static_cast<int64_t>(kChunkHeaderSize)) continue;
-      Result<ChunkHeader> now =
-          ParseChunkHeader({static_cast<const std::byte*>(buffers[j]), static_cast<size_t>(kChunkHeaderSize)});
-      if (!now.ok() || now->generation != v.header.generation || v.header.num_chunks > kMaxExplicitChunkRemoves) {
-        continue;
-      }
-      ours.push_back(committed[at + j]);
-      std::vector<std::string> k = ChunkKeys(v.key, v.header);
-      chunk_keys.insert(chunk_keys.end(), k.begin(), k.end());
-    }
-    if (ours.empty()) continue;
-    std::vector<const char*> c_chunks = CStrings(chunk_keys);
-    std::vector<int> exist(c_chunks.size(), 0);
-    if (api_->batch_is_exist(handle_, c_chunks.data(), c_chunks.size(), exist.data()) != 0) continue;
-    size_t k = 0;
-    for (size_t v : ours) {
-      const size_t count = static_cast<size_t>(values[v].header.num_chunks);
-      settled[v] = std::all_of(exist.begin() + k, exist.begin() + k + count, [](int e) { return e == 1; });
-      k += count;
-    }
-  }
-  for (size_t v : committed) {
-    const NewValue& value = values[v];
-    if (!settled[v]) SettleHeader(value.key, value.header, requests[value.request].parts, replicate, deadline);
     done[value.request] = Status::Ok();
   }
 }
 
 Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstBytes> parts,
                                 uint64_t offset, uint64_t size, const ReplicateConfig& replicate,
-                                bool upsert, Deadline& deadline) {
-  // A large put goes straight from the caller's memory (upserts are headers).
-  const bool direct = !upsert && WritesDirectly(size);
+                                Deadline& deadline) {
+  // A large put goes straight from the caller's memory.
+  const bool direct = WritesDirectly(size);
   std::optional<TransferArena::Lease> slot;
   std::vector<void*> buffers;
   std::vector<size_t> sizes;
@@ -325,7 +271,6 @@ Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstByt
     slot.emplace(arena_->Acquire(1));
     Gather(parts, offset, {(*slot)[0], size});
   }
-  auto call = upsert ? api_->upsert_from : api_->put_from;
   int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
     auto lock = LockKeyForWrite(key);
     if (direct) {
@@ -336,19 +281,13 @@ Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstByt
                                          &result);
       return r != 0 ? r : result;
     }
-    int r = call(handle_, key.c_str(), (*slot)[0], size, &replicate);
-    // An upsert whose key a remove() took away mid-way: do it again (it
-    // inserts then).
-    return upsert && r == kErrObjectNotFound ? kErrReplicaNotReady : r;
+    return api_->put_from(handle_, key.c_str(), (*slot)[0], size, &replicate);
   });
   if (direct && rc == kErrNotSupported) {
     direct_writes_.store(false);
-    return PutObject(key, parts, offset, size, replicate, upsert, deadline);
+    return PutObject(key, parts, offset, size, replicate, deadline);
   }
-  if (rc != 0) {
-    return Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
-                        std::to_string(size) + " bytes)");
-  }
+  if (rc != 0) return Fail(rc, "put_from '" + key + "' (" + std::to_string(size) + " bytes)");
   return Status::Ok();
 }
 
@@ -451,7 +390,7 @@ Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replica
     // A raw object, byte for byte what other Mooncake clients write. If a
     // concurrent writer created the key meanwhile, Mooncake keeps theirs and
     // reports success: that write simply won the race.
-    return PutObject(key, r.parts, 0, size, replicate, /*upsert=*/false, deadline);
+    return PutObject(key, r.parts, 0, size, replicate, deadline);
   }
 
   ChunkHeader h = MakeChunkHeader(size, slot_size(), NewGeneration(),
@@ -463,90 +402,13 @@ Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replica
     // A failed in-place upsert makes Mooncake erase the object: put the old
     // header back (its chunks are untouched). A plain put, so that a value
     // another writer committed meanwhile is kept rather than replaced.
-    if (old.header) {
-      auto bytes = old.header->Encode();
-      ConstBytes previous(bytes.data(), bytes.size());
-      (void)PutObject(key, {&previous, 1}, 0, previous.size(), replicate, /*upsert=*/false, cleanup);
-    }
+    if (old.header) (void)WriteHeader(key, *old.header, /*upsert=*/false, replicate, cleanup);
     RemoveGeneration(key, h, &cleanup);
     return s;
   }
   SettleHeader(key, h, r.parts, replicate, deadline);
   if (old.header && old.header->generation != h.generation) RemoveGeneration(key, *old.header, nullptr);
   return Status::Ok();
-}
-
-Status MooncakeStore::CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
-                                   const ReplicateConfig& replicate, Deadline& deadline) {
-  auto bytes = h.Encode();
-  ConstBytes header(bytes.data(), bytes.size());
-  std::span<const ConstBytes> parts(&header, 1);
-  const bool can_upsert = api_->upsert_from != nullptr;
-  if (!old.exists) {
-    // Insert. With upsert a concurrently created value is replaced rather
-    // than silently kept, so our chunks never end up unreferenced.
-    return PutObject(key, parts, 0, header.size(), replicate, can_upsert, deadline);
-  }
-  if (!can_upsert) {
-    // Fallback without upsert (a native library that lacks it): remove, then
-    // put. Readers can find the key missing in between.
-    int64_t rc = RetryTransient(deadline, [&] { return api_->remove(handle_, key.c_str(), 0); });
-    if (rc != 0 && rc != kErrObjectNotFound) return Fail(rc, "remove '" + key + "' to overwrite it");
-    return PutObject(key, parts, 0, header.size(), replicate, false, deadline);
-  }
-  if (old.object_size == kChunkHeaderSize) {
-    // Same size: Mooncake rewrites the object in place, allocating nothing.
-    return PutObject(key, parts, 0, header.size(), replicate, true, deadline);
-  }
-  // A raw value of another size: Mooncake drops it before allocating the
-  // header's 64 bytes. Prove those bytes exist and free them just before.
-  std::string reservation = h.ReservationKey(key);
-  MC_RETURN_IF_ERROR(PutObject(reservation, parts, 0, header.size(), replicate, false, deadline)
-                         .WithContext("reserving space to overwrite '" + key + "'"));
-  MC_RETURN_IF_ERROR(RemoveKeys({reservation}, deadline, "'" + key + "'"));
-  Status s = PutObject(key, parts, 0, header.size(), replicate, true, deadline);
-  // The freed bytes went to another writer first: the old value is gone
-  // already, so keep trying to get the new one in until the deadline.
-  while (s.code() == StatusCode::kResourceExhausted && deadline.Backoff()) {
-    s = PutObject(key, parts, 0, header.size(), replicate, true, deadline);
-  }
-  if (s.code() == StatusCode::kResourceExhausted) {
-    return DataLoss("overwriting '" + key + "': the store ran out of space between reserving and "
-                    "committing, and Mooncake dropped the previous value (" + std::string(s.message()) + ")");
-  }
-  return s;
-}
-
-void MooncakeStore::SettleHeader(const std::string& key, const ChunkHeader& h,
-                                 std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
-                                 Deadline& deadline) {
-  // After the commit, three races are settled here:
-  //  - two writers rewriting one header in place at once can leave it torn
-  //    (its own checksum fails): write ours again;
-  //  - a header of another generation means a later write won: our chunks
-  //    are superseded;
-  //  - a remove() racing us can have swept our chunks before our header
-  //    landed: put them again (the remove then linearizes before this write).
-  for (int round = 0; round < 3; ++round) {
-    Result<ChunkHeader> now = ReadHeader(key, deadline);
-    if (!now.ok() && now.status().code() != StatusCode::kDataLoss) return;  // removed, or unreachable
-    if (now.ok()) {
-      if (now->generation != h.generation) {
-        RemoveGeneration(key, h, nullptr);
-        return;
-      }
-      Result<bool> complete = AllChunksExist(key, h);
-      if (!complete.ok() || *complete) return;
-      if (!PutChunks(key, h, parts, replicate, deadline).ok()) return;
-      continue;
-    }
-    auto bytes = h.Encode();
-    ConstBytes header(bytes.data(), bytes.size());
-    if (!PutObject(key, {&header, 1}, 0, header.size(), replicate, api_->upsert_from != nullptr,
-                   deadline).ok()) {
-      return;
-    }
-  }
 }
 
 }  // namespace mooncake_connector::mooncake

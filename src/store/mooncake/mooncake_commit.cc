@@ -1,0 +1,201 @@
+// Committing a write (mooncake_write.cc puts the bytes): the 64-byte header
+// objects that make a value's chunks its value, written by upsert (in place
+// over an old header; over a raw object of another size after proving and
+// freeing the 64 bytes), and the check after the commit that settles the
+// races a commit can lose (a torn header, a later writer, a remove that swept
+// the chunks). docs/mooncake_layout.md describes the protocol.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "store/mooncake/key_write_locks_internal.h"
+#include "store/mooncake/mooncake_store_impl_internal.h"
+
+namespace mooncake_connector::mooncake {
+
+std::vector<int64_t> MooncakeStore::WriteHeaders(std::span<const HeaderWrite> headers, bool upsert,
+                                                 const ReplicateConfig& replicate, Deadline& deadline) {
+  // From slot memory, a slot's worth of 64-byte objects per call: the
+  // batch entry where the provider has it and there are several, the
+  // single-key entry otherwise. A retried call writes every header of it
+  // again (same bytes).
+  std::vector<int64_t> out(headers.size(), 0);
+  auto batch = upsert ? api_->batch_upsert_from : api_->batch_put_from;
+  auto one = upsert ? api_->upsert_from : api_->put_from;
+  const size_t per_slot = static_cast<size_t>(slot_size() / kChunkHeaderSize);
+  for (size_t at = 0; at < headers.size(); at += per_slot) {
+    const size_t n = std::min(per_slot, headers.size() - at);
+    TransferArena::Lease slot = arena_->Acquire(1);
+    std::vector<const char*> c_keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> lengths(n, kChunkHeaderSize);
+    for (size_t j = 0; j < n; ++j) {
+      const HeaderWrite& h = headers[at + j];
+      std::byte* to = slot[0] + j * kChunkHeaderSize;
+      std::copy(h.bytes.begin(), h.bytes.end(), to);
+      c_keys.push_back(h.key->c_str());
+      buffers.push_back(to);
+    }
+    std::vector<int> results(n, -1);
+    int call = 0;
+    auto locks = LockKeysForWrite(c_keys);
+    RetryTransient(deadline, [&]() -> int64_t {
+      if (batch != nullptr && n > 1) {
+        call = batch(handle_, c_keys.data(), buffers.data(), lengths.data(), n, &replicate, results.data());
+        if (call != 0) return call;
+      } else {
+        for (size_t j = 0; j < n; ++j) results[j] = one(handle_, c_keys[j], buffers[j], kChunkHeaderSize, &replicate);
+      }
+      // An upsert whose key a remove() took away mid-way: do it again (it
+      // inserts then).
+      if (upsert) std::replace(results.begin(), results.end(), kErrObjectNotFound, kErrReplicaNotReady);
+      return FirstRetryable(results);
+    });
+    for (size_t j = 0; j < n; ++j) out[at + j] = call != 0 ? call : results[j];
+  }
+  return out;
+}
+
+Status MooncakeStore::WriteHeader(const std::string& key, const ChunkHeader& h, bool upsert,
+                                  const ReplicateConfig& replicate, Deadline& deadline) {
+  const HeaderWrite write{&key, h.Encode()};
+  const int64_t rc = WriteHeaders({&write, 1}, upsert, replicate, deadline)[0];
+  if (rc != 0) {
+    return Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
+                        std::to_string(kChunkHeaderSize) + " bytes)");
+  }
+  return Status::Ok();
+}
+
+Status MooncakeStore::CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
+                                   const ReplicateConfig& replicate, Deadline& deadline) {
+  const bool can_upsert = api_->upsert_from != nullptr;
+  if (!old.exists) {
+    // Insert. With upsert a concurrently created value is replaced rather
+    // than silently kept, so our chunks never end up unreferenced.
+    return WriteHeader(key, h, can_upsert, replicate, deadline);
+  }
+  if (!can_upsert) {
+    // Fallback without upsert (a native library that lacks it): remove, then
+    // put. Readers can find the key missing in between.
+    int64_t rc = RetryTransient(deadline, [&] { return api_->remove(handle_, key.c_str(), 0); });
+    if (rc != 0 && rc != kErrObjectNotFound) return Fail(rc, "remove '" + key + "' to overwrite it");
+    return WriteHeader(key, h, false, replicate, deadline);
+  }
+  if (old.object_size == kChunkHeaderSize) {
+    // Same size: Mooncake rewrites the object in place, allocating nothing.
+    return WriteHeader(key, h, true, replicate, deadline);
+  }
+  // A raw value of another size: Mooncake drops it before allocating the
+  // header's 64 bytes. Prove those bytes exist and free them just before.
+  std::string reservation = h.ReservationKey(key);
+  MC_RETURN_IF_ERROR(WriteHeader(reservation, h, false, replicate, deadline)
+                         .WithContext("reserving space to overwrite '" + key + "'"));
+  MC_RETURN_IF_ERROR(RemoveKeys({reservation}, deadline, "'" + key + "'"));
+  Status s = WriteHeader(key, h, true, replicate, deadline);
+  // The freed bytes went to another writer first: the old value is gone
+  // already, so keep trying to get the new one in until the deadline.
+  while (s.code() == StatusCode::kResourceExhausted && deadline.Backoff()) {
+    s = WriteHeader(key, h, true, replicate, deadline);
+  }
+  if (s.code() == StatusCode::kResourceExhausted) {
+    return DataLoss("overwriting '" + key + "': the store ran out of space between reserving and "
+                    "committing, and Mooncake dropped the previous value (" + std::string(s.message()) + ")");
+  }
+  return s;
+}
+
+std::vector<MooncakeStore::Settled> MooncakeStore::CheckSettled(std::span<const ChunkWrite> values,
+                                                                 Deadline& deadline) {
+  // Each header read back (a slot's worth per call: a batch call for
+  // several, get_into for one), then the chunks of those that are ours, in
+  // one existence check.
+  std::vector<Settled> out(values.size(), Settled::kUnknown);
+  const size_t per_slot = static_cast<size_t>(slot_size() / kChunkHeaderSize);
+  for (size_t at = 0; at < values.size(); at += per_slot) {
+    const size_t n = std::min(per_slot, values.size() - at);
+    TransferArena::Lease slot = arena_->Acquire(1);
+    std::vector<const char*> c_keys;
+    std::vector<void*> buffers;
+    std::vector<size_t> lengths(n, kChunkHeaderSize);
+    for (size_t j = 0; j < n; ++j) {
+      c_keys.push_back(values[at + j].key->c_str());
+      buffers.push_back(slot[0] + j * kChunkHeaderSize);
+    }
+    std::vector<int64_t> results(n, -1);
+    int call = 0;
+    RetryTransient(deadline, [&]() -> int64_t {
+      if (n == 1) return results[0] = api_->get_into(handle_, c_keys[0], buffers[0], kChunkHeaderSize);
+      call = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), lengths.data(), n, results.data());
+      return call != 0 ? call : FirstRetryable(results);
+    });
+    if (call != 0) continue;
+    std::vector<size_t> ours;  // indices into values
+    std::vector<std::string> chunk_keys;
+    for (size_t j = 0; j < n; ++j) {
+      const ChunkWrite& v = values[at + j];
+      if (results[j] < 0) continue;  // removed, or unreachable: nothing to settle
+      Result<ChunkHeader> now =
+          ParseChunkHeader({static_cast<const std::byte*>(buffers[j]), static_cast<size_t>(results[j])});
+      if (!now.ok()) {
+        if (now.status().code() == StatusCode::kDataLoss) out[at + j] = Settled::kTorn;
+        continue;
+      }
+      if (now->generation != v.header->generation) {
+        out[at + j] = Settled::kSuperseded;
+        continue;
+      }
+      // Too many chunks to check one by one: taken as there.
+      if (v.header->num_chunks == 0 || v.header->num_chunks > kMaxExplicitChunkRemoves) {
+        out[at + j] = Settled::kYes;
+        continue;
+      }
+      ours.push_back(at + j);
+      std::vector<std::string> k = ChunkKeys(*v.key, *v.header);
+      chunk_keys.insert(chunk_keys.end(), k.begin(), k.end());
+    }
+    if (ours.empty()) continue;
+    std::vector<const char*> c_chunks = CStrings(chunk_keys);
+    std::vector<int> exist(c_chunks.size(), 0);
+    if (api_->batch_is_exist(handle_, c_chunks.data(), c_chunks.size(), exist.data()) != 0) continue;
+    size_t k = 0;
+    for (size_t i : ours) {
+      const size_t count = static_cast<size_t>(values[i].header->num_chunks);
+      const bool all = std::all_of(exist.begin() + k, exist.begin() + k + count, [](int e) { return e == 1; });
+      out[i] = all ? Settled::kYes : Settled::kChunksMissing;
+      k += count;
+    }
+  }
+  return out;
+}
+
+void MooncakeStore::SettleHeader(const std::string& key, const ChunkHeader& h,
+                                 std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
+                                 Deadline& deadline) {
+  // After the commit, three races are settled here:
+  //  - two writers rewriting one header in place at once can leave it torn
+  //    (its own checksum fails): write ours again;
+  //  - a header of another generation means a later write won: our chunks
+  //    are superseded;
+  //  - a remove() racing us can have swept our chunks before our header
+  //    landed: put them again (the remove then linearizes before this write).
+  const ChunkWrite ours{&key, &h, parts};
+  for (int round = 0; round < 3; ++round) {
+    switch (CheckSettled({&ours, 1}, deadline)[0]) {
+      case Settled::kYes:
+      case Settled::kUnknown:  // removed, or unreachable
+        return;
+      case Settled::kSuperseded:
+        RemoveGeneration(key, h, nullptr);
+        return;
+      case Settled::kChunksMissing:
+        if (!PutChunks(key, h, parts, replicate, deadline).ok()) return;
+        break;
+      case Settled::kTorn:
+        if (!WriteHeader(key, h, api_->upsert_from != nullptr, replicate, deadline).ok()) return;
+        break;
+    }
+  }
+}
+
+}  // namespace mooncake_connector::mooncake
