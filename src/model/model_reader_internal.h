@@ -112,62 +112,19 @@ class ModelReaderImpl {
   std::atomic<bool> stop_preparing_{false};
   std::atomic<uint64_t> streamed_bytes_{0};  // the largest tensor a streaming load allocated
 
-  // The public API (model.h documents it).
-  // The rank's tensors in stored order. From the manifest when there is one;
-  // otherwise from listing, with dtype and shape unknown until read.
+  // ModelReader's API, as model.h documents it.
   const std::vector<ManifestTensor>& tensors() const { return tensors_; }
   bool has_manifest() const { return has_manifest_; }
   uint64_t total_bytes() const { return total_bytes_; }
-
   ~ModelReaderImpl();
-
-  // The next tensors (at most batch_bytes of them, at least one), read with
-  // one batched store call into new 64-byte aligned storage; empty when all
-  // were returned. Aliases come back sharing their target's storage. While a
-  // batch is fetched, the next one's storage is allocated and its pages
-  // touched on another thread (first-touch page faults off the fetch's path;
-  // at most one batch more memory).
   Result<std::vector<NamedTensor>> NextBatch();
-
-  // Fills the caller's memory, no allocation for values that match the
-  // manifest. Every destination must name a tensor of the rank with the same
-  // dtype and shape (NotFound / InvalidArgument otherwise). Returns the names
-  // of the rank's tensors no destination asked for.
   Result<std::vector<std::string>> LoadInto(std::span<const TensorDestination> destinations);
-
-  // LoadInto for memory of a CUDA device: each destination's bytes are device
-  // addresses of target.device (checked; never touched by the CPU). Values are
-  // read into pinned host buffers, a batch at a time, and copied to the
-  // device on target.stream while the next batches are fetched; checksums
-  // are computed off that path, on other threads. Returns when every copy has
-  // finished and every checksum matched. Needs the CUDA driver at run time
-  // (FailedPrecondition without one). The pinned buffers (up to four, each
-  // the size of the largest batch: batch_bytes, or one larger tensor) are
-  // kept for the next load.
   Result<std::vector<std::string>> LoadIntoCuda(std::span<const TensorDestination> destinations,
                                                 const CudaTarget& target);
-
-  // Reads every stored tensor into scratch memory, batch by batch, checking
-  // each against the manifest (checksums too). One line per problem; empty
-  // when all is well. FailedPrecondition without a manifest.
   Result<std::vector<std::string>> Check();
-
-  // Reads pieces of stored tensors (indices into tensors()), each into its
-  // destination: one status per piece. A piece is checked against the
-  // manifest as far as a piece can be (the value's size; the piece at
-  // offset 0 also the value's header: dtype, shape, save), not by checksum:
-  // once the pieces of a tensor are together, CheckAssembled checks it.
   std::vector<Status> ReadPieces(std::span<const TensorPiece> pieces);
-  // PlanShares over this rank's tensors for a cooperative load by `world`
-  // processes, pieces of split tensors no smaller than min_piece_bytes, by
-  // default the store's chunk size (StoreFeatures::chunk_bytes).
-  // FailedPrecondition without a manifest.
-  Result<std::vector<ShareBatch>> PlanShares(int world, uint64_t batch_bytes, bool split = true,
-                                             std::optional<uint64_t> min_piece_bytes = std::nullopt);
-  // The whole tensor `index` assembled from pieces: its checksum (when the
-  // reader verifies) and element values, as a read of it whole checks them.
-  // May run beside another call on this reader (a cooperative load checks
-  // one batch while it fetches the next).
+  Result<std::vector<ShareBatch>> PlanShares(int world, uint64_t batch_bytes, bool split,
+                                             std::optional<uint64_t> min_piece_bytes);
   Status CheckAssembled(size_t index, ConstBytes data);
 };
 

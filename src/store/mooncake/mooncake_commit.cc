@@ -13,6 +13,29 @@
 
 namespace mooncake_connector::mooncake {
 
+// Header objects of keys [at, at + n) of a call, in one staging slot: 64
+// bytes apiece.
+struct MooncakeStore::HeaderSlot {
+  TransferArena::Lease slot;
+  std::vector<const char*> keys;
+  std::vector<void*> buffers;
+  std::vector<size_t> lengths;
+};
+
+template <typename KeyOf, typename Fn>
+void MooncakeStore::ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn) {
+  const size_t per_slot = static_cast<size_t>(slot_size() / kChunkHeaderSize);
+  for (size_t at = 0; at < count; at += per_slot) {
+    const size_t n = std::min(per_slot, count - at);
+    HeaderSlot h{arena_->Acquire(1), {}, {}, std::vector<size_t>(n, kChunkHeaderSize)};
+    for (size_t j = 0; j < n; ++j) {
+      h.keys.push_back(key_of(at + j).c_str());
+      h.buffers.push_back(h.slot[0] + j * kChunkHeaderSize);
+    }
+    fn(at, n, h);
+  }
+}
+
 std::vector<int64_t> MooncakeStore::WriteHeaders(std::span<const HeaderWrite> headers, bool upsert,
                                                  const ReplicateConfig& replicate, Deadline& deadline) {
   // From slot memory, a slot's worth of 64-byte objects per call: the
@@ -22,29 +45,22 @@ std::vector<int64_t> MooncakeStore::WriteHeaders(std::span<const HeaderWrite> he
   std::vector<int64_t> out(headers.size(), 0);
   auto batch = upsert ? api_->batch_upsert_from : api_->batch_put_from;
   auto one = upsert ? api_->upsert_from : api_->put_from;
-  const size_t per_slot = static_cast<size_t>(slot_size() / kChunkHeaderSize);
-  for (size_t at = 0; at < headers.size(); at += per_slot) {
-    const size_t n = std::min(per_slot, headers.size() - at);
-    TransferArena::Lease slot = arena_->Acquire(1);
-    std::vector<const char*> c_keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> lengths(n, kChunkHeaderSize);
+  auto key_of = [&](size_t i) -> const std::string& { return *headers[i].key; };
+  ForEachHeaderSlot(headers.size(), key_of, [&](size_t at, size_t n, HeaderSlot& hs) {
     for (size_t j = 0; j < n; ++j) {
-      const HeaderWrite& h = headers[at + j];
-      std::byte* to = slot[0] + j * kChunkHeaderSize;
-      std::copy(h.bytes.begin(), h.bytes.end(), to);
-      c_keys.push_back(h.key->c_str());
-      buffers.push_back(to);
+      std::copy(headers[at + j].bytes.begin(), headers[at + j].bytes.end(), static_cast<std::byte*>(hs.buffers[j]));
     }
     std::vector<int> results(n, -1);
     int call = 0;
-    auto locks = LockKeysForWrite(c_keys);
+    auto locks = LockKeysForWrite(hs.keys);
     RetryTransient(deadline, [&]() -> int64_t {
       if (batch != nullptr && n > 1) {
-        call = batch(handle_, c_keys.data(), buffers.data(), lengths.data(), n, &replicate, results.data());
+        call = batch(handle_, hs.keys.data(), hs.buffers.data(), hs.lengths.data(), n, &replicate, results.data());
         if (call != 0) return call;
       } else {
-        for (size_t j = 0; j < n; ++j) results[j] = one(handle_, c_keys[j], buffers[j], kChunkHeaderSize, &replicate);
+        for (size_t j = 0; j < n; ++j) {
+          results[j] = one(handle_, hs.keys[j], hs.buffers[j], kChunkHeaderSize, &replicate);
+        }
       }
       // An upsert whose key a remove() took away mid-way: do it again (it
       // inserts then).
@@ -52,7 +68,7 @@ std::vector<int64_t> MooncakeStore::WriteHeaders(std::span<const HeaderWrite> he
       return FirstRetryable(results);
     });
     for (size_t j = 0; j < n; ++j) out[at + j] = call != 0 ? call : results[j];
-  }
+  });
   return out;
 }
 
@@ -111,25 +127,18 @@ std::vector<MooncakeStore::Settled> MooncakeStore::CheckSettled(std::span<const 
   // several, get_into for one), then the chunks of those that are ours, in
   // one existence check.
   std::vector<Settled> out(values.size(), Settled::kUnknown);
-  const size_t per_slot = static_cast<size_t>(slot_size() / kChunkHeaderSize);
-  for (size_t at = 0; at < values.size(); at += per_slot) {
-    const size_t n = std::min(per_slot, values.size() - at);
-    TransferArena::Lease slot = arena_->Acquire(1);
-    std::vector<const char*> c_keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> lengths(n, kChunkHeaderSize);
-    for (size_t j = 0; j < n; ++j) {
-      c_keys.push_back(values[at + j].key->c_str());
-      buffers.push_back(slot[0] + j * kChunkHeaderSize);
-    }
+  auto key_of = [&](size_t i) -> const std::string& { return *values[i].key; };
+  ForEachHeaderSlot(values.size(), key_of, [&](size_t at, size_t n, HeaderSlot& hs) {
+    std::vector<const char*>& c_keys = hs.keys;
+    std::vector<void*>& buffers = hs.buffers;
     std::vector<int64_t> results(n, -1);
     int call = 0;
     RetryTransient(deadline, [&]() -> int64_t {
       if (n == 1) return results[0] = api_->get_into(handle_, c_keys[0], buffers[0], kChunkHeaderSize);
-      call = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), lengths.data(), n, results.data());
+      call = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), hs.lengths.data(), n, results.data());
       return call != 0 ? call : FirstRetryable(results);
     });
-    if (call != 0) continue;
+    if (call != 0) return;
     std::vector<size_t> ours;  // indices into values
     std::vector<std::string> chunk_keys;
     for (size_t j = 0; j < n; ++j) {
@@ -154,10 +163,10 @@ std::vector<MooncakeStore::Settled> MooncakeStore::CheckSettled(std::span<const 
       std::vector<std::string> k = ChunkKeys(*v.key, *v.header);
       chunk_keys.insert(chunk_keys.end(), k.begin(), k.end());
     }
-    if (ours.empty()) continue;
+    if (ours.empty()) return;
     std::vector<const char*> c_chunks = CStrings(chunk_keys);
     std::vector<int> exist(c_chunks.size(), 0);
-    if (api_->batch_is_exist(handle_, c_chunks.data(), c_chunks.size(), exist.data()) != 0) continue;
+    if (api_->batch_is_exist(handle_, c_chunks.data(), c_chunks.size(), exist.data()) != 0) return;
     size_t k = 0;
     for (size_t i : ours) {
       const size_t count = static_cast<size_t>(values[i].header->num_chunks);
@@ -165,7 +174,7 @@ std::vector<MooncakeStore::Settled> MooncakeStore::CheckSettled(std::span<const 
       out[i] = all ? Settled::kYes : Settled::kChunksMissing;
       k += count;
     }
-  }
+  });
   return out;
 }
 

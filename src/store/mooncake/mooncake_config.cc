@@ -8,11 +8,11 @@ namespace mooncake_connector {
 namespace {
 
 // Each setting: its option name, its environment variable, and how to apply
-// a text value to the config.
+// a text value to the config (given the option name, for messages).
 struct Setting {
   const char* option;
   const char* env;  // may be null
-  Status (*apply)(MooncakeConfig&, const std::string&);
+  Status (*apply)(MooncakeConfig&, const std::string& value, const char* option);
 };
 
 Result<int64_t> ParseInt(const std::string& text, const char* what, int64_t lo, int64_t hi) {
@@ -45,90 +45,73 @@ Result<std::chrono::milliseconds> ParseDuration(const std::string& text) {
   return std::chrono::milliseconds(static_cast<int64_t>(ms));
 }
 
-#define MC_TEXT_SETTING(field) \
-  [](MooncakeConfig& c, const std::string& v) { c.field = v; return Status::Ok(); }
+// The setters of the kinds of settings: text, a byte size, an integer in
+// [Lo, Hi] (a flag: 0 or 1), a duration.
+template <auto Field>
+Status TextSetting(MooncakeConfig& c, const std::string& v, const char*) {
+  c.*Field = v;
+  return Status::Ok();
+}
+
+template <auto Field>
+Status SizeSetting(MooncakeConfig& c, const std::string& v, const char*) {
+  MC_ASSIGN_OR_RETURN(c.*Field, ParseByteSize(v));
+  return Status::Ok();
+}
+
+template <auto Field, int64_t Lo, int64_t Hi>
+Status IntSetting(MooncakeConfig& c, const std::string& v, const char* option) {
+  MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, option, Lo, Hi));
+  c.*Field = static_cast<std::remove_reference_t<decltype(c.*Field)>>(n);
+  return Status::Ok();
+}
+
+template <auto Field>
+Status DurationSetting(MooncakeConfig& c, const std::string& v, const char*) {
+  MC_ASSIGN_OR_RETURN(c.*Field, ParseDuration(v));
+  return Status::Ok();
+}
+
+using C = MooncakeConfig;
 
 const Setting kSettings[] = {
-    {"master", "MOONCAKE_MASTER", MC_TEXT_SETTING(master_address)},
-    {"client", "MOONCAKE_CLIENT", MC_TEXT_SETTING(client_address)},
-    {"protocol", "MOONCAKE_PROTOCOL", MC_TEXT_SETTING(protocol)},
-    {"device", "MOONCAKE_DEVICE", MC_TEXT_SETTING(device_name)},
-    {"metadata_server", "MOONCAKE_TE_META_DATA_SERVER", MC_TEXT_SETTING(metadata_server)},
-    {"local_hostname", "MOONCAKE_LOCAL_HOSTNAME", MC_TEXT_SETTING(local_hostname)},
-    {"library", "MOONCAKE_STORE_LIBRARY", MC_TEXT_SETTING(library)},
-    {"global_segment_size", "MOONCAKE_GLOBAL_SEGMENT_SIZE",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(c.global_segment_size, ParseByteSize(v));
-       return Status::Ok();
-     }},
-    {"local_buffer_size", "MOONCAKE_LOCAL_BUFFER_SIZE",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(c.local_buffer_size, ParseByteSize(v));
-       return Status::Ok();
-     }},
+    {"master", "MOONCAKE_MASTER", TextSetting<&C::master_address>},
+    {"client", "MOONCAKE_CLIENT", TextSetting<&C::client_address>},
+    {"protocol", "MOONCAKE_PROTOCOL", TextSetting<&C::protocol>},
+    {"device", "MOONCAKE_DEVICE", TextSetting<&C::device_name>},
+    {"metadata_server", "MOONCAKE_TE_META_DATA_SERVER", TextSetting<&C::metadata_server>},
+    {"local_hostname", "MOONCAKE_LOCAL_HOSTNAME", TextSetting<&C::local_hostname>},
+    {"library", "MOONCAKE_STORE_LIBRARY", TextSetting<&C::library>},
+    {"global_segment_size", "MOONCAKE_GLOBAL_SEGMENT_SIZE", SizeSetting<&C::global_segment_size>},
+    {"local_buffer_size", "MOONCAKE_LOCAL_BUFFER_SIZE", SizeSetting<&C::local_buffer_size>},
     {"chunk_size", "MOONCAKE_CHUNK_SIZE",
-     [](MooncakeConfig& c, const std::string& v) {
+     [](MooncakeConfig& c, const std::string& v, const char*) {
        MC_ASSIGN_OR_RETURN(c.chunk_size, ParseByteSize(v));
        if (c.chunk_size < 4096) return InvalidArgument("chunk_size must be at least 4kb, got " + v);
        return Status::Ok();
      }},
-    {"replica_num", "MOONCAKE_REPLICA_NUM",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "replica_num", 1, 64));
-       c.replica_num = static_cast<int>(n);
-       return Status::Ok();
-     }},
-    {"transfer_slots", "MOONCAKE_TRANSFER_SLOTS",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "transfer_slots", 1, 256));
-       c.transfer_slots = static_cast<int>(n);
-       return Status::Ok();
-     }},
-    {"read_threads", "MOONCAKE_READ_THREADS",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "read_threads", 0, 16));
-       c.read_threads = static_cast<int>(n);
-       return Status::Ok();
-     }},
-    {"direct_transfers", "MOONCAKE_DIRECT_TRANSFERS",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "direct_transfers", 0, 1));
-       c.direct_transfers = n != 0;
-       return Status::Ok();
-     }},
-    {"local_reads", "MOONCAKE_LOCAL_READS",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "local_reads", 0, 1));
-       c.local_reads = n != 0;
-       return Status::Ok();
-     }},
-    {"metrics_port", "MOONCAKE_MASTER_METRICS_PORT",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(int64_t n, ParseInt(v, "metrics_port", 1, 65535));
-       c.metrics_port = static_cast<int>(n);
-       return Status::Ok();
-     }},
+    {"replica_num", "MOONCAKE_REPLICA_NUM", IntSetting<&C::replica_num, 1, 64>},
+    {"transfer_slots", "MOONCAKE_TRANSFER_SLOTS", IntSetting<&C::transfer_slots, 1, 256>},
+    {"read_threads", "MOONCAKE_READ_THREADS", IntSetting<&C::read_threads, 0, 16>},
+    {"direct_transfers", "MOONCAKE_DIRECT_TRANSFERS", IntSetting<&C::direct_transfers, 0, 1>},
+    {"local_reads", "MOONCAKE_LOCAL_READS", IntSetting<&C::local_reads, 0, 1>},
+    {"metrics_port", "MOONCAKE_MASTER_METRICS_PORT", IntSetting<&C::metrics_port, 1, 65535>},
     {"pin", "MOONCAKE_PIN",
-     [](MooncakeConfig& c, const std::string& v) {
+     [](MooncakeConfig& c, const std::string& v, const char*) {
        if (v == "none" || v.empty()) c.pin = PinMode::kNone;
        else if (v == "soft") c.pin = PinMode::kSoft;
        else if (v == "hard") c.pin = PinMode::kHard;
        else return InvalidArgument("pin must be none, soft or hard, got '" + v + "'");
        return Status::Ok();
      }},
-    {"connect_timeout", "MOONCAKE_CONNECT_TIMEOUT",
-     [](MooncakeConfig& c, const std::string& v) {
-       MC_ASSIGN_OR_RETURN(c.connect_timeout, ParseDuration(v));
-       return Status::Ok();
-     }},
+    {"connect_timeout", "MOONCAKE_CONNECT_TIMEOUT", DurationSetting<&C::connect_timeout>},
     {"op_timeout", "MOONCAKE_OP_TIMEOUT",
-     [](MooncakeConfig& c, const std::string& v) {
+     [](MooncakeConfig& c, const std::string& v, const char*) {
        MC_ASSIGN_OR_RETURN(c.op_timeout, ParseDuration(v));
        if (c.op_timeout.count() <= 0) return InvalidArgument("op_timeout must be positive, got " + v);
        return Status::Ok();
      }},
 };
-#undef MC_TEXT_SETTING
 
 std::optional<std::string> ProcessEnv(const std::string& name) {
   const char* v = std::getenv(name.c_str());
@@ -146,7 +129,7 @@ Result<MooncakeConfig> MooncakeConfigFrom(const Url& url,
   for (const Setting& s : kSettings) {
     if (s.env == nullptr) continue;
     std::optional<std::string> v = env(s.env);
-    if (v && !v->empty()) MC_RETURN_IF_ERROR(s.apply(config, *v).WithContext(s.env));
+    if (v && !v->empty()) MC_RETURN_IF_ERROR(s.apply(config, *v, s.option).WithContext(s.env));
   }
   if (!url.host.empty()) {
     if (!url.port) {
@@ -167,7 +150,7 @@ Result<MooncakeConfig> MooncakeConfigFrom(const Url& url,
       for (const Setting& s : kSettings) known += (known.empty() ? "" : ", ") + std::string(s.option);
       return InvalidArgument("unknown option '" + name + "' for mooncake:// (known: " + known + ")");
     }
-    MC_RETURN_IF_ERROR(found->apply(config, value).WithContext("option " + name));
+    MC_RETURN_IF_ERROR(found->apply(config, value, found->option).WithContext("option " + name));
   }
   if (config.master_address.empty() && config.client_address.empty()) {
     return InvalidArgument(

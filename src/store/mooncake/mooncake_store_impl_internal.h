@@ -221,6 +221,12 @@ class MooncakeStore final : public Store {
   // (kTorn), some chunk is gone (kChunksMissing), or the key is gone or
   // unreachable (kUnknown). Reads only key, header of each.
   enum class Settled { kYes, kSuperseded, kTorn, kChunksMissing, kUnknown };
+  // Calls fn(at, n, slot) for consecutive runs of the `count` header
+  // objects (key_of(i) names the i-th) that fit one staging slot: `slot`
+  // holds their keys and a 64-byte place in the slot for each.
+  struct HeaderSlot;
+  template <typename KeyOf, typename Fn>
+  void ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn);
   std::vector<Settled> CheckSettled(std::span<const ChunkWrite> values, Deadline& deadline);
   // Which of the chunks of `h` exist (all of them when it has too many to
   // check one by one). Takes read leases on them.
