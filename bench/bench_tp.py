@@ -96,7 +96,7 @@ def worker(args: argparse.Namespace) -> None:
         dist.barrier()
         start = time.perf_counter()
         if args.row == "coop. whole":  # the same, no tensor split between processes
-            _group._min_piece_bytes = lambda: 1 << 62  # noqa: SLF001 - a bench-only switch
+            _group._MIN_PIECE_BYTES = 1 << 62  # noqa: SLF001 - a bench-only switch
         if args.row in ("cooperative", "coop. whole"):
             for name, t in c.weight_iterator(group=dist.group.WORLD):
                 dest[name].copy_(t)
@@ -112,8 +112,7 @@ def worker(args: argparse.Namespace) -> None:
             model = c._model()  # noqa: SLF001 - the cooperative plan, without its exchange
             reader = model.reader(0, True, _model.DEFAULT_BATCH_BYTES, None)
             entries = reader.tensors()
-            for _, pieces in reader.plan_shares(world, _model.DEFAULT_BATCH_BYTES,
-                                                min_piece_bytes=_group._min_piece_bytes()):
+            for _, pieces in reader.plan_shares(world, _model.DEFAULT_BATCH_BYTES):
                 mine = [p for p in pieces if p[3] == rank]
                 whole = {entries[i][0]: dest[entries[i][0]] for i, _, _, _, w in mine if w}
                 if whole:

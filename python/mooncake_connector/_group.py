@@ -160,6 +160,12 @@ def _dist():
     return dist
 
 
+# The smallest piece a tensor split between the processes is cut into; None:
+# the store's chunk size (the C++ plan's default). Benchmarks raise it to
+# compare with loads that split nothing.
+_MIN_PIECE_BYTES: Optional[int] = None
+
+
 def group_size(group: Any) -> int:
     return _dist().get_world_size(group)
 
@@ -223,7 +229,8 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
     # in an NCCL group (its buffers are in device memory, which pieces are
     # not read into; not built yet). Pieces of at least the store's chunk size.
     plan = [_Batch(end, pieces, entries, world)
-            for end, pieces in reader.plan_shares(world, batch_bytes, split=not nccl)]
+            for end, pieces in reader.plan_shares(world, batch_bytes, split=not nccl,
+                                                  min_piece_bytes=_MIN_PIECE_BYTES)]
     where = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
     total = sum(e[3] for e in entries if not e[4])
     # Seconds: on the helper thread, waiting for this process's shared-memory

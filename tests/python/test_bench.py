@@ -45,3 +45,18 @@ def test_the_benchmark_runs_every_row_in_every_mode(tmp_path):
     assert "target" in run.stdout and "vs raw" in run.stdout  # the table and the targets are printed
     for case in ("llama", "small"):
         assert (tmp_path / f"bench_{case}.png").stat().st_size > 1000
+
+
+def test_the_tensor_parallel_benchmark_runs_every_row(tmp_path):
+    out = tmp_path / "bench_tp.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONCAKE_")}
+    env["GLOG_minloglevel"] = "3"
+    run = subprocess.run([sys.executable, str(BENCH.parent / "bench_tp.py"), "--size-mib", "16", "--samples", "1",
+                          "--vocab", "4096", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    text = json.dumps(result)
+    for row in ("cooperative", "coop. whole", "share only", "every rank", "disk"):
+        assert f'"{row}"' in text, row
+    assert "target cooperative" in run.stdout
