@@ -19,6 +19,11 @@ namespace cuda {
 class Driver;
 }  // namespace cuda
 
+// A failed read of the stored tensor `which` (a Describe()), as a load
+// reports it: DataLoss for a tensor gone from the store or not matching the
+// manifest, the read's own error otherwise.
+Status ReadFailure(const std::string& which, const Status& s);
+
 class ModelReaderImpl {
  public:
   ModelReaderImpl(Model model, int rank, LoadOptions options)

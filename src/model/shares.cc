@@ -1,4 +1,5 @@
-// PlanShares: who fetches what in a cooperative load (model.h).
+// Cooperative loads (model.h): PlanShares, who fetches what; and reading and
+// checking the pieces of split tensors.
 #include <algorithm>
 #include <map>
 #include <numeric>
@@ -94,6 +95,62 @@ Result<std::vector<ShareBatch>> ModelReaderImpl::PlanShares(int world, uint64_t 
     min_piece_bytes = model_.connector().store().Features().chunk_bytes;
   }
   return mooncake_connector::PlanShares(tensors_, world, batch_bytes, split, *min_piece_bytes);
+}
+
+std::vector<Status> ModelReaderImpl::ReadPieces(std::span<const TensorPiece> pieces) {
+  const size_t n = pieces.size();
+  std::vector<std::string> keys(n), expected(n), heads(n);
+  std::vector<GetIntoRequest> requests(n);
+  std::vector<Status> out(n);
+  for (size_t j = 0; j < n; ++j) {
+    const TensorPiece& p = pieces[j];
+    if (p.index >= tensors_.size() || p.offset > tensors_[p.index].nbytes ||
+        p.destination.size() > tensors_[p.index].nbytes - p.offset) {
+      out[j] = InvalidArgument("piece " + std::to_string(j) + " is not within a stored tensor of " +
+                               (p.index < tensors_.size() ? Describe(p.index) : "this rank"));
+      continue;
+    }
+    keys[j] = model_.TensorKey(rank_, tensors_[p.index].name);
+    Result<std::string> header = ExpectedHeader(p.index);
+    if (!header.ok()) {
+      out[j] = header.status();
+      continue;
+    }
+    expected[j] = std::move(*header);
+    GetIntoRequest r{keys[j], p.destination};
+    r.partial = true;
+    r.offset = expected[j].size() + p.offset;
+    if (p.offset == 0) {  // the piece that starts the tensor also reads its header
+      heads[j].assign(expected[j].size(), '\0');
+      r.head = MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size());
+      r.offset = 0;
+    }
+    requests[j] = r;
+  }
+  std::vector<Result<uint64_t>> got = model_.connector().store().BatchGetInto(requests);
+  for (size_t j = 0; j < n; ++j) {
+    if (!out[j].ok()) continue;
+    const size_t item = pieces[j].index;
+    const std::string which = Describe(item);
+    const Result<uint64_t>& r = got[j];
+    if (!r.ok()) {
+      out[j] = ReadFailure(which, r.status());
+    } else if (*r != expected[j].size() + tensors_[item].nbytes || (!heads[j].empty() && heads[j] != expected[j])) {
+      out[j] = CheckRead(item, /*as_listed=*/false, {});
+    }
+  }
+  SayIfChanged(out);
+  return out;
+}
+
+Status ModelReaderImpl::CheckAssembled(size_t index, ConstBytes data) {
+  if (index >= tensors_.size() || data.size() != tensors_[index].nbytes) {
+    return InvalidArgument("the assembled bytes are not those of a stored tensor of this rank");
+  }
+  std::vector<Status> result{CheckRead(index, /*as_listed=*/true, data)};
+  if (result[0].ok() && options_.verify) result[0] = CheckChecksum(index, data);
+  SayIfChanged(result);  // another save's bytes, not damage
+  return result[0];
 }
 
 }  // namespace mooncake_connector
