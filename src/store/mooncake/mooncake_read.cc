@@ -259,25 +259,22 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
   // of it, where the provider reads ranges; on any error the chunk is read
   // whole below, which says what is wrong.
   const bool ranges = partial && !check && api_->batch_get_range_into != nullptr;
-  auto edge = [&](uint64_t c) -> std::pair<uint64_t, uint64_t> {  // the range's bytes of chunk c
-    const uint64_t begin = target->offset;
-    const uint64_t end = begin + target->head.size() + target->destination.size();
-    const uint64_t c_begin = c * h.chunk_size;
-    return {std::max(begin, c_begin), std::min(end, c_begin + h.ChunkLength(c))};
+  const uint64_t range_begin = partial ? target->offset : 0;
+  const uint64_t range_end = partial ? range_begin + target->head.size() + target->destination.size() : 0;
+  // The range's bytes [lo, hi) of chunk c, if they are not the whole chunk.
+  auto edge = [&](uint64_t c) -> std::optional<std::pair<uint64_t, uint64_t>> {
+    const uint64_t c_begin = c * h.chunk_size, c_end = c_begin + h.ChunkLength(c);
+    const uint64_t lo = std::max(range_begin, c_begin), hi = std::min(range_end, c_end);
+    if (!ranges || lo >= hi || (lo == c_begin && hi == c_end)) return std::nullopt;
+    return std::pair(lo, hi);
   };
-  auto is_edge = [&](uint64_t c) {
-    if (!ranges) return false;  // (and target may be null)
-    auto [lo, hi] = edge(c);
-    return lo < hi && (lo != c * h.chunk_size || hi != c * h.chunk_size + h.ChunkLength(c));
-  };
-  auto read_edge = [&](uint64_t c) -> bool {
-    auto [lo, hi] = edge(c);
-    const uint64_t c_begin = c * h.chunk_size;
+  auto read_edge = [&](uint64_t c, std::pair<uint64_t, uint64_t> range) -> bool {
+    const auto [lo, hi] = range;
     TransferArena::Lease slot = arena_->Acquire(1);
     const std::string chunk_key = h.ChunkKey(key, c);
     const char* c_key = chunk_key.c_str();
     void* buffer = slot[0];
-    const uint64_t offset = lo - c_begin;
+    const uint64_t offset = lo - c * h.chunk_size;
     const size_t size = hi - lo;
     int64_t result = 0;
     int call = -1;
@@ -291,9 +288,11 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     DeliverAt(*target, lo, ConstBytes(static_cast<const std::byte*>(buffer), size), data_hash);
     return true;
   };
-  if (from < to && is_edge(from) && read_edge(from)) ++from;
-  // The last chunk is read after the others, so that bytes arrive in order.
-  const bool last_edge = from < to && is_edge(to - 1);
+  // The last chunk is read after the others, so that bytes arrive in order;
+  // a range within one chunk is that chunk's first (and only) edge.
+  const auto first_edge = from < to ? edge(from) : std::nullopt;
+  const auto last_edge = to - from > 1 ? edge(to - 1) : std::nullopt;
+  if (first_edge && read_edge(from, *first_edge)) ++from;
   const uint64_t middle_end = last_edge ? to - 1 : to;
   auto read_batch = [&](uint64_t skip, size_t n) -> Status {
     const uint64_t first = from + skip;
@@ -344,7 +343,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
   // A share of the slots per call, so that read_threads() reads run at once.
   const size_t per_call = std::max<size_t>(1, arena_->slots() / read_threads());
   MC_RETURN_IF_ERROR(ForEachBatch(middle_end - from, per_call, read_batch));
-  if (last_edge && !read_edge(to - 1)) MC_RETURN_IF_ERROR(read_batch(to - 1 - from, 1));
+  if (last_edge && !read_edge(to - 1, *last_edge)) MC_RETURN_IF_ERROR(read_batch(to - 1 - from, 1));
   if ((via_slots ? check : h.has_checksum() && from == 0 && to == h.num_chunks) &&
       hash.Digest() != h.checksum) {
     return DataLoss("checksum mismatch in the " + std::to_string(h.total_size) + "-byte value of '" +
