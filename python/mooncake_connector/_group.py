@@ -14,7 +14,9 @@ after the exchange). The group agrees that every share arrived (one
 ``all_gather_object``), then the shares are exchanged. The next batch is fetched on a helper thread while
 the current one is exchanged and handed on.
 
-The exchange: on GPUs (an NCCL group) each owner broadcasts its buffer. On
+The exchange: on GPUs (an NCCL group) each owner broadcasts its buffer, in
+device memory (whole tensors are loaded there by the C++ CUDA pipeline,
+pieces of split tensors read through a pinned host buffer). On
 CPUs, when every process of the group runs on this host, the owner fetches
 straight into a file of /dev/shm and the others map it (copy-on-write
 private mappings, so a consumer that writes a tensor changes only its own):
@@ -206,7 +208,10 @@ class _Batch:
             for j, (i, offset, size, _, _) in enumerate(self.pieces):
                 if i == index:
                     flat[offset:offset + size].copy_(self.piece(buffers, j))
-            reader.check_assembled(index, flat.data_ptr(), nbytes)
+            # The checksum is computed on the host: a tensor assembled in
+            # device memory (an NCCL group) is checked on a copy.
+            host = flat if flat.device.type == "cpu" else flat.cpu()
+            reader.check_assembled(index, host.data_ptr(), nbytes)
         return flat.view(_NAME_TO_TORCH[dtype]).view(shape)
 
 
@@ -224,14 +229,12 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
     world, me = dist.get_world_size(group), dist.get_rank(group)
     reader = model.reader(rank, verify, batch_bytes, None)
     entries = reader.tensors()
-    nccl = dist.get_backend(group) == "nccl"
-    # Tensors larger than a share are split between the processes, except
-    # in an NCCL group (its buffers are in device memory, which pieces are
-    # not read into; not built yet). Pieces of at least the store's chunk size.
+    on_device = _exchanges_on_device(group)
+    # Tensors larger than a share are split between the processes, in
+    # pieces of at least the store's chunk size.
     plan = [_Batch(end, pieces, entries, world)
-            for end, pieces in reader.plan_shares(world, batch_bytes, split=not nccl,
-                                                  min_piece_bytes=_MIN_PIECE_BYTES)]
-    where = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+            for end, pieces in reader.plan_shares(world, batch_bytes, min_piece_bytes=_MIN_PIECE_BYTES)]
+    where = torch.device("cuda", torch.cuda.current_device()) if on_device else torch.device("cpu")
     total = sum(e[3] for e in entries if not e[4])
     # Seconds: on the helper thread, waiting for this process's shared-memory
     # files (made ahead on a thread of their own) and fetching its shares; on
@@ -242,14 +245,14 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
                  seconds=0.0, create_s=0.0, fetch_s=0.0, wait_s=0.0, agree_s=0.0, exchange_s=0.0, caller_s=0.0)
     start = time.perf_counter()
 
-    # Every process on this host (and not an NCCL group): exchange through /dev/shm.
+    # Every process on this host (buffers in host memory): exchange through /dev/shm.
     hello: list = [None] * world
     dist.all_gather_object(hello, (_host_id(), secrets.token_hex(8)), group=status_group)
     shared = None
     mode = os.environ.get("MOONCAKE_CONNECTOR_EXCHANGE", "auto")
     if mode not in ("auto", "broadcast"):
         raise InvalidArgumentError(f"MOONCAKE_CONNECTOR_EXCHANGE={mode!r}: auto or broadcast")
-    if mode == "auto" and not nccl and os.path.isdir(_SHM_DIR) and len({h for h, _ in hello}) == 1:
+    if mode == "auto" and not on_device and os.path.isdir(_SHM_DIR) and len({h for h, _ in hello}) == 1:
         shared = _SharedFiles(hello[0][1], me)
     stats["exchange"] = "shared memory" if shared else "broadcast"
 
@@ -277,9 +280,7 @@ def weight_iterator(model: "_impl.Model", rank: int, group: Any, *, device: torc
                 _model.load_into(model, rank, whole, verify=verify, strict=False, batch_bytes=batch_bytes,
                                  reader=reader)
             if split:  # checked once put together, after the exchange
-                views = [b.piece(buffers, j) for j in split]
-                reader.read_pieces([b.pieces[j][0] for j in split], [b.pieces[j][1] for j in split],
-                                   [v.data_ptr() for v in views], [v.numel() for v in views])
+                _read_pieces(reader, [b.pieces[j] for j in split], [b.piece(buffers, j) for j in split])
         except BaseException as e:  # noqa: BLE001 - handed to the group, raised below
             return buffers, e
         finally:
@@ -360,6 +361,32 @@ def _batches(plan, fetch, dist, group, status_group, world, me, shared, entries,
                 progress(done, total)
         if shared is not None:  # the last batch's files, once every process has mapped them
             _agree(dist, status_group, world, me, None, len(plan), len(plan))
+
+
+def _exchanges_on_device(group: Any) -> bool:
+    """Whether the shares are exchanged in device memory: in an NCCL group
+    (each owner broadcasts its buffer from its GPU)."""
+    return _dist().get_backend(group) == "nccl"
+
+
+def _read_pieces(reader, pieces: list, views: list[torch.Tensor]) -> None:
+    """Reads pieces (index, offset, size, owner, whole) of stored tensors
+    into ``views``, byte tensors of their sizes. The store reads into host
+    memory: pieces bound for device memory are read into one pinned buffer
+    first, then copied (synchronously: the exchange follows on another
+    thread's stream)."""
+    indices, offsets = [p[0] for p in pieces], [p[1] for p in pieces]
+    if all(v.device.type == "cpu" for v in views):
+        reader.read_pieces(indices, offsets, [v.data_ptr() for v in views], [v.numel() for v in views])
+        return
+    at = [0]
+    for v in views:
+        at.append(at[-1] + v.numel())
+    host = torch.empty(at[-1], dtype=torch.uint8, pin_memory=True)
+    reader.read_pieces(indices, offsets, [host[at[k]:].data_ptr() for k in range(len(views))],
+                       [v.numel() for v in views])
+    for k, v in enumerate(views):
+        v.copy_(host[at[k]:at[k + 1]])
 
 
 def _agree(dist, status_group, world: int, me: int, error: Optional[BaseException], k: int,

@@ -3,7 +3,12 @@ joins a gloo group of WORLD processes, loads MODEL's rank 0 with
 weight_iterator(group=...), and prints one JSON line: the load stats and a
 digest per tensor (or the error).
 
-Usage: group_worker.py URL RANK WORLD PORT [BATCH_BYTES] [PAUSE_AFTER_BATCHES]"""
+Usage: group_worker.py URL RANK WORLD PORT [BATCH_BYTES] [PAUSE_AFTER_BATCHES]
+
+With GROUP_WORKER_DEVICE=cuda the processes load onto the GPU and exchange
+their shares in device memory, as in an NCCL group; the group stays gloo
+(which broadcasts CUDA tensors too), since NCCL refuses two processes of one
+communicator on one GPU and the GPU machine we test on has one."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from mooncake_connector import create_remote_connector
+from mooncake_connector import _group, create_remote_connector
 
 
 def main() -> int:
@@ -27,12 +32,16 @@ def main() -> int:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     out: dict = {"rank": rank}
+    device = os.environ.get("GROUP_WORKER_DEVICE", "cpu")
+    if device == "cuda":
+        _group._exchanges_on_device = lambda group: True  # noqa: SLF001 - what an NCCL group gets
     try:
-        with create_remote_connector(url) as c:
+        with create_remote_connector(url, device=device) as c:
             digests = {}
             seen = 0
             for name, tensor in c.weight_iterator(group=dist.group.WORLD, batch_bytes=batch_bytes):
-                data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                assert tensor.device.type == device, (name, tensor.device)
+                data = tensor.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
                 digests[name] = [str(tensor.dtype), list(tensor.shape), hashlib.sha256(data).hexdigest()]
                 seen += 1
                 if pause_after >= 0 and seen == pause_after:

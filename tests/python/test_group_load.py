@@ -39,9 +39,16 @@ def digests(sd: dict[str, torch.Tensor]) -> dict:
 SHM_FILES = "/dev/shm/mooncake-connector-*"
 
 
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(),
+                               reason="no CUDA device visible to torch on this machine")
+
+
 def run_group(url: str, world: int, *extra: object, timeout: float = 120, exchange: str = "auto") -> list[dict]:
+    """exchange: auto, broadcast, or device (onto the GPU, shares exchanged
+    in device memory: group_worker.py says how)."""
     port = standalone.free_port()
-    env = {**os.environ, "MOONCAKE_CONNECTOR_EXCHANGE": exchange}
+    env = {**os.environ, "MOONCAKE_CONNECTOR_EXCHANGE": "auto" if exchange == "device" else exchange,
+           "GROUP_WORKER_DEVICE": "cuda" if exchange == "device" else "cpu"}
     procs = [subprocess.Popen([sys.executable, WORKER, url, str(r), str(world), str(port), *map(str, extra)],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
              for r in range(world)]
@@ -64,7 +71,9 @@ CHUNK = 64 << 10  # values above it are stored in chunks; pieces of split tensor
 
 
 @pytest.mark.parametrize("world,batch_kib,exchange", [(2, 256, "auto"), (3, 64 << 10, "auto"),
-                                                      (2, 256, "broadcast"), (3, 64 << 10, "broadcast")])
+                                                      (2, 256, "broadcast"), (3, 64 << 10, "broadcast"),
+                                                      pytest.param(2, 256, "device", marks=needs_gpu),
+                                                      pytest.param(3, 64 << 10, "device", marks=needs_gpu)])
 def test_every_process_gets_every_tensor_and_fetches_its_share(cluster, world, batch_kib, exchange,
                                                                monkeypatch):
     # Small chunks, so that this small model's larger tensors are split
