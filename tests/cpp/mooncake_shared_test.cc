@@ -14,12 +14,11 @@
 #include "core/hash_internal.h"
 #include "scripted_fixture.h"
 #include "scripted_mooncake.h"
-#include "store/mooncake/mooncake_store_impl_internal.h"
+#include "store/mooncake/new_store_internal.h"
 
 namespace mooncake_connector {
 namespace {
 
-using mooncake::MooncakeStore;
 using mooncake::SharedBlocks;
 using testing::Bytes;
 using testing::ExactRead;
@@ -29,7 +28,7 @@ using testing::Scripted;
 class SharedBlocksTest : public Scripted {
  protected:
   void OpenClient() { Open(std::chrono::milliseconds(500), /*chunk_size=*/2 << 20, /*dummy_client=*/true); }
-  SharedBlocks& blocks() { return *static_cast<MooncakeStore&>(*store_).shared_blocks(); }
+  SharedBlocks& blocks() { return *mooncake::SharedBlocksOf(*store_); }
   // Two streaming loads of 8 MiB batches have ended: regions are made.
   void TwoStreamingLoads() {
     store_->StreamingLoadDone(8 << 20, 5 << 20);

@@ -3,19 +3,20 @@
 // over an old header; over a raw object of another size after proving and
 // freeing the 64 bytes), and the check after the commit that settles the
 // races a commit can lose (a torn header, a later writer, a remove that swept
-// the chunks). docs/mooncake_layout.md describes the protocol.
+// the chunks); and PutOne, one value's whole write over whatever its key
+// holds. docs/mooncake_layout.md describes the protocol.
 #include <algorithm>
 #include <string>
 #include <vector>
 
 #include "store/mooncake/key_write_locks_internal.h"
-#include "store/mooncake/mooncake_store_impl_internal.h"
+#include "store/mooncake/mooncake_writer_internal.h"
 
 namespace mooncake_connector::mooncake {
 
 // Header objects of keys [at, at + n) of a call, in one staging slot: 64
 // bytes apiece.
-struct MooncakeStore::HeaderSlot {
+struct MooncakeWriter::HeaderSlot {
   TransferArena::Lease slot;
   std::vector<const char*> keys;
   std::vector<void*> buffers;
@@ -23,11 +24,11 @@ struct MooncakeStore::HeaderSlot {
 };
 
 template <typename KeyOf, typename Fn>
-void MooncakeStore::ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn) {
-  const size_t per_slot = static_cast<size_t>(slot_size() / kChunkHeaderSize);
+void MooncakeWriter::ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn) {
+  const size_t per_slot = static_cast<size_t>(client_.slot_size() / kChunkHeaderSize);
   for (size_t at = 0; at < count; at += per_slot) {
     const size_t n = std::min(per_slot, count - at);
-    HeaderSlot h{arena_->Acquire(1), {}, {}, std::vector<size_t>(n, kChunkHeaderSize)};
+    HeaderSlot h{client_.arena().Acquire(1), {}, {}, std::vector<size_t>(n, kChunkHeaderSize)};
     for (size_t j = 0; j < n; ++j) {
       h.keys.push_back(key_of(at + j).c_str());
       h.buffers.push_back(h.slot[0] + j * kChunkHeaderSize);
@@ -36,15 +37,15 @@ void MooncakeStore::ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn) {
   }
 }
 
-std::vector<int64_t> MooncakeStore::WriteHeaders(std::span<const HeaderWrite> headers, bool upsert,
+std::vector<int64_t> MooncakeWriter::WriteHeaders(std::span<const HeaderWrite> headers, bool upsert,
                                                  const ReplicateConfig& replicate, Deadline& deadline) {
   // From slot memory, a slot's worth of 64-byte objects per call: the
   // batch entry where the provider has it and there are several, the
   // single-key entry otherwise. A retried call writes every header of it
   // again (same bytes).
   std::vector<int64_t> out(headers.size(), 0);
-  auto batch = upsert ? api_->batch_upsert_from : api_->batch_put_from;
-  auto one = upsert ? api_->upsert_from : api_->put_from;
+  auto batch = upsert ? client_.api()->batch_upsert_from : client_.api()->batch_put_from;
+  auto one = upsert ? client_.api()->upsert_from : client_.api()->put_from;
   auto key_of = [&](size_t i) -> const std::string& { return *headers[i].key; };
   ForEachHeaderSlot(headers.size(), key_of, [&](size_t at, size_t n, HeaderSlot& hs) {
     for (size_t j = 0; j < n; ++j) {
@@ -55,11 +56,11 @@ std::vector<int64_t> MooncakeStore::WriteHeaders(std::span<const HeaderWrite> he
     auto locks = LockKeysForWrite(hs.keys);
     RetryTransient(deadline, [&]() -> int64_t {
       if (batch != nullptr && n > 1) {
-        call = batch(handle_, hs.keys.data(), hs.buffers.data(), hs.lengths.data(), n, &replicate, results.data());
+        call = batch(client_.handle(), hs.keys.data(), hs.buffers.data(), hs.lengths.data(), n, &replicate, results.data());
         if (call != 0) return call;
       } else {
         for (size_t j = 0; j < n; ++j) {
-          results[j] = one(handle_, hs.keys[j], hs.buffers[j], kChunkHeaderSize, &replicate);
+          results[j] = one(client_.handle(), hs.keys[j], hs.buffers[j], kChunkHeaderSize, &replicate);
         }
       }
       // An upsert whose key a remove() took away mid-way: do it again (it
@@ -72,20 +73,20 @@ std::vector<int64_t> MooncakeStore::WriteHeaders(std::span<const HeaderWrite> he
   return out;
 }
 
-Status MooncakeStore::WriteHeader(const std::string& key, const ChunkHeader& h, bool upsert,
+Status MooncakeWriter::WriteHeader(const std::string& key, const ChunkHeader& h, bool upsert,
                                   const ReplicateConfig& replicate, Deadline& deadline) {
   const HeaderWrite write{&key, h.Encode()};
   const int64_t rc = WriteHeaders({&write, 1}, upsert, replicate, deadline)[0];
   if (rc != 0) {
-    return Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
+    return client_.Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
                         std::to_string(kChunkHeaderSize) + " bytes)");
   }
   return Status::Ok();
 }
 
-Status MooncakeStore::CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
+Status MooncakeWriter::CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
                                    const ReplicateConfig& replicate, Deadline& deadline) {
-  const bool can_upsert = api_->upsert_from != nullptr;
+  const bool can_upsert = client_.api()->upsert_from != nullptr;
   if (!old.exists) {
     // Insert. With upsert a concurrently created value is replaced rather
     // than silently kept, so our chunks never end up unreferenced.
@@ -94,8 +95,8 @@ Status MooncakeStore::CommitHeader(const std::string& key, const ChunkHeader& h,
   if (!can_upsert) {
     // Fallback without upsert (a native library that lacks it): remove, then
     // put. Readers can find the key missing in between.
-    int64_t rc = RetryTransient(deadline, [&] { return api_->remove(handle_, key.c_str(), 0); });
-    if (rc != 0 && rc != kErrObjectNotFound) return Fail(rc, "remove '" + key + "' to overwrite it");
+    int64_t rc = RetryTransient(deadline, [&] { return client_.api()->remove(client_.handle(), key.c_str(), 0); });
+    if (rc != 0 && rc != kErrObjectNotFound) return client_.Fail(rc, "remove '" + key + "' to overwrite it");
     return WriteHeader(key, h, false, replicate, deadline);
   }
   if (old.object_size == kChunkHeaderSize) {
@@ -107,7 +108,7 @@ Status MooncakeStore::CommitHeader(const std::string& key, const ChunkHeader& h,
   std::string reservation = h.ReservationKey(key);
   MC_RETURN_IF_ERROR(WriteHeader(reservation, h, false, replicate, deadline)
                          .WithContext("reserving space to overwrite '" + key + "'"));
-  MC_RETURN_IF_ERROR(RemoveKeys({reservation}, deadline, "'" + key + "'"));
+  MC_RETURN_IF_ERROR(client_.RemoveKeys({reservation}, deadline, "'" + key + "'"));
   Status s = WriteHeader(key, h, true, replicate, deadline);
   // The freed bytes went to another writer first: the old value is gone
   // already, so keep trying to get the new one in until the deadline.
@@ -121,7 +122,7 @@ Status MooncakeStore::CommitHeader(const std::string& key, const ChunkHeader& h,
   return s;
 }
 
-std::vector<MooncakeStore::Settled> MooncakeStore::CheckSettled(std::span<const ChunkWrite> values,
+std::vector<MooncakeWriter::Settled> MooncakeWriter::CheckSettled(std::span<const ChunkWrite> values,
                                                                  Deadline& deadline) {
   // Each header read back (a slot's worth per call: a batch call for
   // several, get_into for one), then the chunks of those that are ours, in
@@ -134,8 +135,8 @@ std::vector<MooncakeStore::Settled> MooncakeStore::CheckSettled(std::span<const 
     std::vector<int64_t> results(n, -1);
     int call = 0;
     RetryTransient(deadline, [&]() -> int64_t {
-      if (n == 1) return results[0] = api_->get_into(handle_, c_keys[0], buffers[0], kChunkHeaderSize);
-      call = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), hs.lengths.data(), n, results.data());
+      if (n == 1) return results[0] = client_.api()->get_into(client_.handle(), c_keys[0], buffers[0], kChunkHeaderSize);
+      call = client_.api()->batch_get_into(client_.handle(), c_keys.data(), buffers.data(), hs.lengths.data(), n, results.data());
       return call != 0 ? call : FirstRetryable(results);
     });
     if (call != 0) return;
@@ -160,13 +161,13 @@ std::vector<MooncakeStore::Settled> MooncakeStore::CheckSettled(std::span<const 
         continue;
       }
       ours.push_back(at + j);
-      std::vector<std::string> k = ChunkKeys(*v.key, *v.header);
+      std::vector<std::string> k = client_.ChunkKeys(*v.key, *v.header);
       chunk_keys.insert(chunk_keys.end(), k.begin(), k.end());
     }
     if (ours.empty()) return;
     std::vector<const char*> c_chunks = CStrings(chunk_keys);
     std::vector<int> exist(c_chunks.size(), 0);
-    if (api_->batch_is_exist(handle_, c_chunks.data(), c_chunks.size(), exist.data()) != 0) return;
+    if (client_.api()->batch_is_exist(client_.handle(), c_chunks.data(), c_chunks.size(), exist.data()) != 0) return;
     size_t k = 0;
     for (size_t i : ours) {
       const size_t count = static_cast<size_t>(values[i].header->num_chunks);
@@ -178,7 +179,7 @@ std::vector<MooncakeStore::Settled> MooncakeStore::CheckSettled(std::span<const 
   return out;
 }
 
-void MooncakeStore::SettleHeader(const std::string& key, const ChunkHeader& h,
+void MooncakeWriter::SettleHeader(const std::string& key, const ChunkHeader& h,
                                  std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
                                  Deadline& deadline) {
   // After the commit, three races are settled here:
@@ -195,16 +196,51 @@ void MooncakeStore::SettleHeader(const std::string& key, const ChunkHeader& h,
       case Settled::kUnknown:  // removed, or unreachable
         return;
       case Settled::kSuperseded:
-        RemoveGeneration(key, h, nullptr);
+        client_.RemoveGeneration(key, h, nullptr);
         return;
       case Settled::kChunksMissing:
         if (!PutChunks(key, h, parts, replicate, deadline).ok()) return;
         break;
       case Settled::kTorn:
-        if (!WriteHeader(key, h, api_->upsert_from != nullptr, replicate, deadline).ok()) return;
+        if (!WriteHeader(key, h, client_.api()->upsert_from != nullptr, replicate, deadline).ok()) return;
         break;
     }
   }
+}
+
+Status MooncakeWriter::PutOne(const PutRequest& r, const ReplicateConfig& replicate) {
+  std::string key(r.key);
+  uint64_t size = 0;
+  for (ConstBytes p : r.parts) size += p.size();
+  std::byte first[8] = {};
+  size_t first_len = static_cast<size_t>(std::min<uint64_t>(size, sizeof first));
+  Gather(r.parts, 0, {first, first_len});
+  const bool chunked = NeedsChunking(size, {first, first_len}, client_.slot_size());
+
+  Deadline deadline = client_.NewDeadline();
+  MC_ASSIGN_OR_RETURN(Existing old, client_.Inspect(key, deadline));
+  if (!old.exists && !chunked) {
+    // A raw object, byte for byte what other Mooncake clients write. If a
+    // concurrent writer created the key meanwhile, Mooncake keeps theirs and
+    // reports success: that write simply won the race.
+    return PutObject(key, r.parts, 0, size, replicate, deadline);
+  }
+
+  ChunkHeader h = NewHeader(r, size);
+  Status s = PutChunks(key, h, r.parts, replicate, deadline);
+  if (s.ok()) s = CommitHeader(key, h, old, replicate, deadline);
+  if (!s.ok()) {
+    Deadline cleanup = client_.NewDeadline();
+    // A failed in-place upsert makes Mooncake erase the object: put the old
+    // header back (its chunks are untouched). A plain put, so that a value
+    // another writer committed meanwhile is kept rather than replaced.
+    if (old.header) (void)WriteHeader(key, *old.header, /*upsert=*/false, replicate, cleanup);
+    client_.RemoveGeneration(key, h, &cleanup);
+    return s;
+  }
+  SettleHeader(key, h, r.parts, replicate, deadline);
+  if (old.header && old.header->generation != h.generation) client_.RemoveGeneration(key, *old.header, nullptr);
+  return Status::Ok();
 }
 
 }  // namespace mooncake_connector::mooncake

@@ -11,7 +11,7 @@
 #include "store/mooncake/network_internal.h"
 
 // Connecting: provider choice, reachability probes, client setup, and the
-// per-process sharing of clients. The data path is in mooncake_store.cc.
+// per-process sharing of clients. The store itself is in mooncake_store.cc.
 namespace mooncake_connector {
 namespace {
 

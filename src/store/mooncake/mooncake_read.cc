@@ -7,7 +7,7 @@
 
 #include "core/hash_internal.h"
 #include "store/deliver_internal.h"
-#include "store/mooncake/mooncake_store_impl_internal.h"
+#include "store/mooncake/mooncake_reader_internal.h"
 
 namespace mooncake_connector::mooncake {
 namespace {
@@ -19,7 +19,7 @@ constexpr int kVanishedChecks = 5;
 constexpr int kChecksumChecks = 2;
 }  // namespace
 
-std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetIntoRequest> requests) {
+std::vector<Result<uint64_t>> MooncakeReader::BatchGetInto(std::span<const GetIntoRequest> requests) {
   // One native batch call reads many keys: each request that accepts at most
   // a quarter slot gets a piece of the staging slots that large (values
   // larger than their piece are refused by Mooncake and read one by one
@@ -35,7 +35,7 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
     std::vector<size_t> batch;
     std::vector<uint64_t> offsets, sizes;
     uint64_t used = 0;  // bytes of the slots taken, pieces 64-byte aligned
-    const uint64_t space = static_cast<uint64_t>(slot_size()) * arena_->slots();
+    const uint64_t space = static_cast<uint64_t>(client_.slot_size()) * client_.arena().slots();
     for (; next < requests.size(); ++next) {
       const GetIntoRequest& r = requests[next];
       Status valid = ValidateKey(r.key);
@@ -52,15 +52,15 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
         // by ReadDirect; or a chunk header, read here (ReadDirect then reads
         // its chunks). A writer with another chunk_size makes the guess
         // wrong: that read fails and ReadValue reads the key as ever.
-        if (IsRawSize(r.head.size() + r.destination.size())) continue;
+        if (client_.IsRawSize(r.head.size() + r.destination.size())) continue;
         want = kChunkHeaderSize;
       }
       // Large values gain nothing from sharing a call (the transfer
       // dominates) and copy out of cache-warm staging when read one by one.
-      if (want > slot_size() / 4) continue;
+      if (want > client_.slot_size() / 4) continue;
       // A piece never straddles two slots (they need not be contiguous).
       uint64_t at = used;
-      if (at / slot_size() != (at + want - 1) / slot_size()) at = (at / slot_size() + 1) * slot_size();
+      if (at / client_.slot_size() != (at + want - 1) / client_.slot_size()) at = (at / client_.slot_size() + 1) * client_.slot_size();
       if (at + want > space) break;
       batch.push_back(next);
       offsets.push_back(at);
@@ -69,21 +69,21 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
     }
     if (batch.empty()) continue;
     const size_t n = batch.size();
-    const size_t slots_needed = static_cast<size_t>((used + slot_size() - 1) / slot_size());
-    TransferArena::Lease slots = arena_->Acquire(std::max<size_t>(slots_needed, 1));
+    const size_t slots_needed = static_cast<size_t>((used + client_.slot_size() - 1) / client_.slot_size());
+    TransferArena::Lease slots = client_.arena().Acquire(std::max<size_t>(slots_needed, 1));
     std::vector<std::string> keys(n);
     std::vector<void*> buffers(n);
     for (size_t j = 0; j < n; ++j) {
       keys[j] = std::string(requests[batch[j]].key);
-      buffers[j] = slots[offsets[j] / slot_size()] + offsets[j] % slot_size();
+      buffers[j] = slots[offsets[j] / client_.slot_size()] + offsets[j] % client_.slot_size();
     }
     std::vector<const char*> c_keys = CStrings(keys);
     std::vector<int64_t> results(n, 0);
-    if (health_.Refusal() != 0) continue;  // ReadValue fails them at once
+    if (client_.health().Refusal() != 0) continue;  // ReadValue fails them at once
     auto start = std::chrono::steady_clock::now();
-    int rc = api_->batch_get_into(handle_, c_keys.data(), buffers.data(), sizes.data(), n, results.data());
+    int rc = client_.api()->batch_get_into(client_.handle(), c_keys.data(), buffers.data(), sizes.data(), n, results.data());
     auto took = std::chrono::steady_clock::now() - start;
-    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()), took);
+    client_.health().Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()), took);
     for (size_t j = 0; rc == 0 && j < n; ++j) {
       if (results[j] < 0) continue;  // read again below
       const GetIntoRequest& r = requests[batch[j]];
@@ -103,17 +103,17 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
   for (size_t i = 0; i < requests.size(); ++i) {
     const GetIntoRequest& r = requests[i];
     if (out[i] || repeated[i] || !ReadsDirectly(r)) continue;
-    if (headers[i] || IsRawSize(r.head.size() + r.destination.size())) direct.push_back(i);
+    if (headers[i] || client_.IsRawSize(r.head.size() + r.destination.size())) direct.push_back(i);
   }
   ReadDirect(requests, direct, headers, out);
-  // The rest one by one, read_threads() at a time: one value's transfer
+  // The rest one by one, client_.read_threads() at a time: one value's transfer
   // overlaps another's copy out of the slots and checksum.
   std::vector<size_t> rest;
   for (size_t i = 0; i < requests.size(); ++i) {
     if (!out[i]) rest.push_back(i);
   }
   std::mutex turn;
-  ParallelFor(rest.size(), read_threads(), [&](size_t k) {
+  ParallelFor(rest.size(), client_.read_threads(), [&](size_t k) {
     const size_t i = rest[k];
     const GetIntoRequest& r = requests[i];
     out[i] = ReadValue(
@@ -130,7 +130,7 @@ std::vector<Result<uint64_t>> MooncakeStore::BatchGetInto(std::span<const GetInt
   return done;
 }
 
-Result<Buffer> MooncakeStore::Get(std::string_view key) {
+Result<Buffer> MooncakeReader::Get(std::string_view key) {
   MC_RETURN_IF_ERROR(ValidateKey(key));
   // Sized once the value's size is known: one round trip for small values.
   Buffer buffer;
@@ -142,9 +142,9 @@ Result<Buffer> MooncakeStore::Get(std::string_view key) {
   return buffer.Slice(0, *got);
 }
 
-Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destination& destination,
+Result<uint64_t> MooncakeReader::ReadValue(const std::string& key, const Destination& destination,
                                           const HeaderBytes* first_header, std::mutex* turn) {
-  Deadline deadline = NewDeadline();
+  Deadline deadline = client_.NewDeadline();
   std::optional<uint64_t> vanished_generation;
   int vanished = 0;
   int mismatches = 0;
@@ -162,15 +162,15 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
         n = static_cast<int64_t>(first_header->size());
         first_header = nullptr;
       } else {
-        lease.emplace(arena_->Acquire(1));
+        lease.emplace(client_.arena().Acquire(1));
         std::byte* slot = (*lease)[0];
         object_data = slot;
-        n = RetryTransient(deadline, [&] { return api_->get_into(handle_, key.c_str(), slot, slot_size()); });
+        n = RetryTransient(deadline, [&] { return client_.api()->get_into(client_.handle(), key.c_str(), slot, client_.slot_size()); });
       }
       if (n == kErrInvalidParams || n == kErrBufferOverflow) {
         large = true;
       } else if (n < 0) {
-        return Fail(n, "get_into '" + key + "'");
+        return client_.Fail(n, "get_into '" + key + "'");
       } else {
         ConstBytes object(object_data, static_cast<size_t>(n));
         if (!LooksLikeChunkHeader(object.size(), object)) {
@@ -191,9 +191,9 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
     }  // the slot goes back before more slots are taken
     if (large) {
       // Larger than a slot: a single object written by another client.
-      int64_t size = RetryTransient(deadline, [&] { return api_->get_size(handle_, key.c_str()); });
-      if (size < 0) return Fail(size, "get_size '" + key + "'");
-      if (static_cast<uint64_t>(size) <= slot_size()) continue;  // changed under us
+      int64_t size = RetryTransient(deadline, [&] { return client_.api()->get_size(client_.handle(), key.c_str()); });
+      if (size < 0) return client_.Fail(size, "get_size '" + key + "'");
+      if (static_cast<uint64_t>(size) <= client_.slot_size()) continue;  // changed under us
       MC_ASSIGN_OR_RETURN(GetIntoRequest target, destination(static_cast<uint64_t>(size)));
       return ReadLargeObject(key, target, static_cast<uint64_t>(size), deadline);
     }
@@ -219,14 +219,14 @@ Result<uint64_t> MooncakeStore::ReadValue(const std::string& key, const Destinat
   }
 }
 
-Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHeader& h,
+Result<uint64_t> MooncakeReader::ReadChunks(const std::string& key, const ChunkHeader& h,
                                            const GetIntoRequest& target, Deadline& deadline,
                                            std::mutex* turn) {
   // Chunk lengths come from the header only. Chunks that fit a staging slot
   // go through the slots; larger ones (written with a larger chunk_size) are
   // read straight into registered memory.
-  if (h.chunk_size > slot_size() && h.num_chunks > 0) {
-    if (!config_.client_address.empty()) {
+  if (h.chunk_size > client_.slot_size() && h.num_chunks > 0) {
+    if (!client_.config().client_address.empty()) {
       return ResourceExhausted("'" + key + "' was written in chunks of " + std::to_string(h.chunk_size) +
                                " bytes, above this client's chunk_size; in standalone-client mode "
                                "raise chunk_size (MOONCAKE_CHUNK_SIZE) to read it");
@@ -238,7 +238,7 @@ Result<uint64_t> MooncakeStore::ReadChunks(const std::string& key, const ChunkHe
   return ReadChunksInto(key, h, {}, &target, deadline, turn);
 }
 
-Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const ChunkHeader& h,
+Result<uint64_t> MooncakeReader::ReadChunksInto(const std::string& key, const ChunkHeader& h,
                                                MutableBytes registered, const GetIntoRequest* target,
                                                Deadline& deadline, std::mutex* turn) {
   const bool via_slots = target != nullptr;
@@ -258,7 +258,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
   // A range that only touches its first or last chunk reads just its bytes
   // of it, where the provider reads ranges; on any error the chunk is read
   // whole below, which says what is wrong.
-  const bool ranges = partial && !check && api_->batch_get_range_into != nullptr;
+  const bool ranges = partial && !check && client_.api()->batch_get_range_into != nullptr;
   const uint64_t range_begin = partial ? target->offset : 0;
   const uint64_t range_end = partial ? range_begin + target->head.size() + target->destination.size() : 0;
   // The range's bytes [lo, hi) of chunk c, if they are not the whole chunk.
@@ -270,7 +270,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
   };
   auto read_edge = [&](uint64_t c, std::pair<uint64_t, uint64_t> range) -> bool {
     const auto [lo, hi] = range;
-    TransferArena::Lease slot = arena_->Acquire(1);
+    TransferArena::Lease slot = client_.arena().Acquire(1);
     const std::string chunk_key = h.ChunkKey(key, c);
     const char* c_key = chunk_key.c_str();
     void* buffer = slot[0];
@@ -281,7 +281,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     RetryTransient(deadline, [&]() -> int64_t {
       std::unique_lock<std::mutex> my_turn;
       if (turn != nullptr) my_turn = std::unique_lock(*turn);
-      call = api_->batch_get_range_into(handle_, &c_key, 1, &buffer, &offset, &size, &result);
+      call = client_.api()->batch_get_range_into(client_.handle(), &c_key, 1, &buffer, &offset, &size, &result);
       return call != 0 ? call : result;
     });
     if (call != 0 || result != static_cast<int64_t>(size)) return false;
@@ -297,7 +297,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
   auto read_batch = [&](uint64_t skip, size_t n) -> Status {
     const uint64_t first = from + skip;
     std::optional<TransferArena::Lease> slots;
-    if (via_slots) slots.emplace(arena_->Acquire(n));
+    if (via_slots) slots.emplace(client_.arena().Acquire(n));
     ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* {
       return via_slots ? static_cast<void*>((*slots)[j])
                        : registered.data() + (first + j) * h.chunk_size;
@@ -308,12 +308,12 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
       std::unique_lock<std::mutex> my_turn;
       if (turn != nullptr) my_turn = std::unique_lock(*turn);
-      call = api_->batch_get_into(handle_, c_keys.data(), b.buffers.data(), b.sizes.data(), n,
+      call = client_.api()->batch_get_into(client_.handle(), c_keys.data(), b.buffers.data(), b.sizes.data(), n,
                                   results.data());
       return call != 0 ? call : FirstRetryable(results);
     });
     if (call != 0) {
-      return Fail(rc, "batch_get_into of chunks " + std::to_string(first) + "-" + std::to_string(first + n - 1) +
+      return client_.Fail(rc, "batch_get_into of chunks " + std::to_string(first) + "-" + std::to_string(first + n - 1) +
                           " of '" + key + "'");
     }
     for (size_t j = 0; j < n; ++j) {
@@ -326,7 +326,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
         return DataLoss(which + " is larger than the " + std::to_string(b.sizes[j]) +
                         " bytes its header says");
       }
-      if (r < 0) return Fail(r, "get_into " + which);
+      if (r < 0) return client_.Fail(r, "get_into " + which);
       if (static_cast<uint64_t>(r) != b.sizes[j]) {
         return DataLoss(which + " holds " + std::to_string(r) + " bytes, its header says " +
                         std::to_string(b.sizes[j]));
@@ -340,8 +340,8 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
     }
     return Status::Ok();
   };
-  // A share of the slots per call, so that read_threads() reads run at once.
-  const size_t per_call = std::max<size_t>(1, arena_->slots() / read_threads());
+  // A share of the slots per call, so that client_.read_threads() reads run at once.
+  const size_t per_call = std::max<size_t>(1, client_.arena().slots() / client_.read_threads());
   MC_RETURN_IF_ERROR(ForEachBatch(middle_end - from, per_call, read_batch));
   if (last_edge && !read_edge(to - 1, *last_edge)) MC_RETURN_IF_ERROR(read_batch(to - 1 - from, 1));
   if ((via_slots ? check : h.has_checksum() && from == 0 && to == h.num_chunks) &&
@@ -353,7 +353,7 @@ Result<uint64_t> MooncakeStore::ReadChunksInto(const std::string& key, const Chu
   return h.total_size;
 }
 
-Result<uint64_t> MooncakeStore::ReadRegistered(
+Result<uint64_t> MooncakeReader::ReadRegistered(
     const std::string& key, const GetIntoRequest& target, uint64_t size,
     const std::function<Result<uint64_t>(MutableBytes)>& read) {
   Buffer scratch;
@@ -362,10 +362,10 @@ Result<uint64_t> MooncakeStore::ReadRegistered(
     MC_ASSIGN_OR_RETURN(scratch, Buffer::Allocate(size));
     dst = scratch.bytes();
   }
-  int rc = api_->register_buffer(handle_, dst.data(), dst.size());
-  if (rc != 0) return Fail(rc, "register_buffer for '" + key + "'");
+  int rc = client_.api()->register_buffer(client_.handle(), dst.data(), dst.size());
+  if (rc != 0) return client_.Fail(rc, "register_buffer for '" + key + "'");
   Result<uint64_t> got = read(dst);
-  api_->unregister_buffer(handle_, dst.data());
+  client_.api()->unregister_buffer(client_.handle(), dst.data());
   if (got.ok()) {
     if (!scratch.bytes().empty()) {
       Deliver(target, scratch.bytes().first(*got));
@@ -376,18 +376,18 @@ Result<uint64_t> MooncakeStore::ReadRegistered(
   return got;
 }
 
-Result<uint64_t> MooncakeStore::ReadLargeObject(const std::string& key, const GetIntoRequest& target,
+Result<uint64_t> MooncakeReader::ReadLargeObject(const std::string& key, const GetIntoRequest& target,
                                                 uint64_t size, Deadline& deadline) {
-  if (!config_.client_address.empty()) {
+  if (!client_.config().client_address.empty()) {
     return ResourceExhausted("'" + key + "' is one object of " + std::to_string(size) +
                              " bytes, above chunk_size; in standalone-client mode raise chunk_size "
                              "(MOONCAKE_CHUNK_SIZE) to read it");
   }
   return ReadRegistered(key, target, size, [&](MutableBytes dst) -> Result<uint64_t> {
     int64_t n = RetryTransient(deadline, [&] {
-      return api_->get_into(handle_, key.c_str(), dst.data(), dst.size());
+      return client_.api()->get_into(client_.handle(), key.c_str(), dst.data(), dst.size());
     });
-    if (n < 0) return Fail(n, "get_into '" + key + "'");
+    if (n < 0) return client_.Fail(n, "get_into '" + key + "'");
     return static_cast<uint64_t>(n);
   });
 }

@@ -10,7 +10,7 @@
 #include "core/hash_internal.h"
 #include "core/parallel_internal.h"
 #include "store/deliver_internal.h"
-#include "store/mooncake/mooncake_store_impl_internal.h"
+#include "store/mooncake/mooncake_reader_internal.h"
 
 namespace mooncake_connector::mooncake {
 namespace {
@@ -36,7 +36,30 @@ struct DirectObject {
 
 }  // namespace
 
-void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::span<const size_t> which,
+MooncakeReader::MooncakeReader(MooncakeClient& client)
+    : client_(client),
+      direct_reads_(client.can_read_directly()),
+      local_reads_(client.can_read_locally()),
+      shared_(client.shared()) {}
+
+Result<Buffer> MooncakeReader::AllocateForRead(size_t size) {
+  if (shared_ != nullptr && size >= kDirectTransferMin && direct_reads_.load(std::memory_order_relaxed)) {
+    Result<Buffer> b = shared_->Allocate(size);
+    if (b.ok()) return b;
+  }
+  return Buffer::Allocate(size);
+}
+
+void MooncakeReader::StreamingLoadDone(uint64_t batch_bytes, uint64_t largest) {
+  if (shared_ == nullptr || !direct_reads_.load(std::memory_order_relaxed)) return;
+  if (streaming_loads_.fetch_add(1) < 1) return;
+  // Room for the batch being read, the one before it (the loader still
+  // holds a tensor of it), and size classes' rounding.
+  const uint64_t batch = std::min<uint64_t>(std::max(batch_bytes, largest), SharedBlocks::kMaxRegionBytes);
+  shared_->Grow(static_cast<size_t>(batch * 5 / 2), static_cast<size_t>(std::min<uint64_t>(largest, batch)));
+}
+
+void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::span<const size_t> which,
                                const std::vector<std::optional<HeaderBytes>>& headers,
                                std::vector<std::optional<Result<uint64_t>>>& out) {
   std::vector<std::unique_ptr<DirectValue>> values;
@@ -152,7 +175,7 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
       call.push_back(next);
       bytes += objects[next].size;
     }
-    if (health_.Refusal() != 0) break;  // ReadValue fails the rest at once
+    if (client_.health().Refusal() != 0) break;  // ReadValue fails the rest at once
     // A dummy client transfers only into its shared memory: the heads
     // (small, in the caller's memory) are read into a shared block and
     // copied to their place after the call.
@@ -194,9 +217,9 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
     }
     std::vector<int64_t> results(keys.size(), 0);
     auto start = std::chrono::steady_clock::now();
-    int rc = api_->batch_get_into_multi(handle_, keys.data(), keys.size(), buffers.data(), sizes.data(),
+    int rc = client_.api()->batch_get_into_multi(client_.handle(), keys.data(), keys.size(), buffers.data(), sizes.data(),
                                         pieces.data(), results.data());
-    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
+    client_.health().Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
                  std::chrono::steady_clock::now() - start);
     for (auto [from, to] : head_copies) std::memcpy(to.data(), from, to.size());
     if (rc == kErrNotSupported) direct_reads_.store(false);
@@ -236,13 +259,13 @@ void MooncakeStore::ReadDirect(std::span<const GetIntoRequest> requests, std::sp
   }
 }
 
-std::vector<const std::byte*> MooncakeStore::LocalReplicas(std::span<const char* const> keys,
+std::vector<const std::byte*> MooncakeReader::LocalReplicas(std::span<const char* const> keys,
                                                            std::span<const uint64_t> sizes) {
   std::vector<const std::byte*> out(keys.size(), nullptr);
   if (keys.empty() || !local_reads_.load(std::memory_order_relaxed)) return out;
   std::vector<const void*> addresses(keys.size(), nullptr);
   std::vector<uint64_t> found(keys.size(), 0);
-  int rc = api_->batch_local_replicas(handle_, const_cast<const char**>(keys.data()), keys.size(), addresses.data(),
+  int rc = client_.api()->batch_local_replicas(client_.handle(), const_cast<const char**>(keys.data()), keys.size(), addresses.data(),
                                       found.data());
   if (rc == kErrNotSupported) local_reads_.store(false);
   if (rc != 0) return out;  // transferred as ever (which reports what is wrong)

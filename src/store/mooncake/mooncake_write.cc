@@ -15,7 +15,7 @@
 
 #include "core/hash_internal.h"
 #include "store/mooncake/key_write_locks_internal.h"
-#include "store/mooncake/mooncake_store_impl_internal.h"
+#include "store/mooncake/mooncake_writer_internal.h"
 
 namespace mooncake_connector::mooncake {
 namespace {
@@ -37,10 +37,17 @@ uint64_t HashOf(std::span<const ConstBytes> parts) {
 
 }  // namespace
 
-std::vector<Status> MooncakeStore::BatchPut(std::span<const PutRequest> requests,
+MooncakeWriter::MooncakeWriter(MooncakeClient& client)
+    : client_(client), direct_writes_(client.can_write_directly()) {}
+
+ChunkHeader MooncakeWriter::NewHeader(const PutRequest& r, uint64_t size) const {
+  return MakeChunkHeader(size, client_.slot_size(), NewGeneration(), r.value_xxh3 ? *r.value_xxh3 : HashOf(r.parts));
+}
+
+std::vector<Status> MooncakeWriter::BatchPut(std::span<const PutRequest> requests,
                                             const WriteOptions& options) {
-  deferred_->Flush();
-  ReplicateConfig replicate = replicate_;
+  client_.deferred().Flush();
+  ReplicateConfig replicate = client_.replicate();
   replicate.replica_num = std::max<size_t>(replicate.replica_num, options.replica_num);
   replicate.with_soft_pin |= options.soft_pin;
   replicate.with_hard_pin |= options.hard_pin;
@@ -58,7 +65,7 @@ std::vector<Status> MooncakeStore::BatchPut(std::span<const PutRequest> requests
   return out;
 }
 
-std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const PutRequest> requests,
+std::vector<std::optional<Status>> MooncakeWriter::PutNewValues(std::span<const PutRequest> requests,
                                                                const ReplicateConfig& replicate) {
   // First writes of raw objects go in with one batch_is_exist for all of
   // them and few batch puts: exactly what PutOne does for them one by one (is
@@ -80,15 +87,15 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
     size_t first_len = static_cast<size_t>(std::min<uint64_t>(sizes[i], sizeof first));
     Gather(r.parts, 0, {first, first_len});
     if (repeated[i] || !ValidateKey(r.key).ok()) continue;
-    if (NeedsChunking(sizes[i], {first, first_len}, slot_size())) {
+    if (NeedsChunking(sizes[i], {first, first_len}, client_.slot_size())) {
       // Chunked first writes are batched when written directly (their
       // headers then go in by one batch upsert).
-      if (sizes[i] > slot_size() && WritesDirectly(sizes[i]) && api_->batch_upsert_from != nullptr) {
+      if (sizes[i] > client_.slot_size() && WritesDirectly(sizes[i]) && client_.api()->batch_upsert_from != nullptr) {
         candidates.push_back(i);
       }
       continue;
     }
-    if (sizes[i] <= slot_size() / 4 || WritesDirectly(sizes[i])) candidates.push_back(i);
+    if (sizes[i] <= client_.slot_size() / 4 || WritesDirectly(sizes[i])) candidates.push_back(i);
   }
   if (candidates.size() < 2) return done;  // nothing to share a call with: PutOne
   std::vector<std::string> keys(requests.size());
@@ -98,13 +105,13 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
     c_keys.push_back(keys[i].c_str());
   }
   std::vector<int> exist(candidates.size(), 0);
-  if (health_.Refusal() != 0) return done;  // PutOne fails them at once
-  if (api_->batch_is_exist(handle_, c_keys.data(), c_keys.size(), exist.data()) != 0) return done;
+  if (client_.health().Refusal() != 0) return done;  // PutOne fails them at once
+  if (client_.api()->batch_is_exist(client_.handle(), c_keys.data(), c_keys.size(), exist.data()) != 0) return done;
   std::vector<size_t> small, large, chunked;
   for (size_t j = 0; j < candidates.size(); ++j) {
     if (exist[j] != 0) continue;
     const size_t i = candidates[j];
-    if (sizes[i] > slot_size()) {
+    if (sizes[i] > client_.slot_size()) {
       chunked.push_back(i);
       continue;
     }
@@ -121,22 +128,22 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
     auto locks = LockKeysForWrite(put_keys);
     auto start = std::chrono::steady_clock::now();
     int rc = pieces == nullptr
-                 ? api_->batch_put_from(handle_, put_keys.data(), buffers.data(), lengths.data(), batch.size(),
+                 ? client_.api()->batch_put_from(client_.handle(), put_keys.data(), buffers.data(), lengths.data(), batch.size(),
                                         &replicate, results.data())
-                 : api_->batch_put_from_multi(handle_, put_keys.data(), batch.size(), buffers.data(),
+                 : client_.api()->batch_put_from_multi(client_.handle(), put_keys.data(), batch.size(), buffers.data(),
                                               lengths.data(), pieces->data(), &replicate, results.data());
     if (rc == kErrNotSupported) {
       direct_writes_.store(false);
       return;
     }
-    health_.Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
+    client_.health().Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
                  std::chrono::steady_clock::now() - start);
     for (size_t j = 0; rc == 0 && j < batch.size(); ++j) {
       if (results[j] == 0) done[batch[j]] = Status::Ok();
     }
   };
 
-  const uint64_t space = static_cast<uint64_t>(slot_size()) * arena_->slots();
+  const uint64_t space = static_cast<uint64_t>(client_.slot_size()) * client_.arena().slots();
   for (size_t next = 0; next < small.size();) {
     std::vector<size_t> batch;
     std::vector<uint64_t> offsets;
@@ -144,19 +151,19 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
     for (; next < small.size(); ++next) {
       const uint64_t size = sizes[small[next]];
       uint64_t at = used;
-      if (size > 0 && at / slot_size() != (at + size - 1) / slot_size()) at = (at / slot_size() + 1) * slot_size();
+      if (size > 0 && at / client_.slot_size() != (at + size - 1) / client_.slot_size()) at = (at / client_.slot_size() + 1) * client_.slot_size();
       if (at + size > space) break;
       batch.push_back(small[next]);
       offsets.push_back(at);
       used = (at + size + 63) / 64 * 64;
     }
-    if (health_.Refusal() != 0) break;
-    const size_t slots_needed = static_cast<size_t>((used + slot_size() - 1) / slot_size());
-    TransferArena::Lease slots = arena_->Acquire(std::max<size_t>(slots_needed, 1));
+    if (client_.health().Refusal() != 0) break;
+    const size_t slots_needed = static_cast<size_t>((used + client_.slot_size() - 1) / client_.slot_size());
+    TransferArena::Lease slots = client_.arena().Acquire(std::max<size_t>(slots_needed, 1));
     std::vector<void*> buffers;
     std::vector<size_t> lengths;
     for (size_t j = 0; j < batch.size(); ++j) {
-      std::byte* at = slots[offsets[j] / slot_size()] + offsets[j] % slot_size();
+      std::byte* at = slots[offsets[j] / client_.slot_size()] + offsets[j] % client_.slot_size();
       Gather(requests[batch[j]].parts, 0, {at, sizes[batch[j]]});
       buffers.push_back(at);
       lengths.push_back(sizes[batch[j]]);
@@ -174,16 +181,16 @@ std::vector<std::optional<Status>> MooncakeStore::PutNewValues(std::span<const P
       pieces.push_back(AppendPieces(requests[i].parts, 0, sizes[i], buffers, lengths));
       bytes += sizes[i];
     }
-    if (health_.Refusal() != 0) break;
+    if (client_.health().Refusal() != 0) break;
     put(batch, buffers, lengths, &pieces);
   }
-  if (!chunked.empty() && health_.Refusal() == 0 && direct_writes_.load(std::memory_order_relaxed)) {
+  if (!chunked.empty() && client_.health().Refusal() == 0 && direct_writes_.load(std::memory_order_relaxed)) {
     PutNewChunkedValues(requests, chunked, sizes, replicate, done);
   }
   return done;
 }
 
-void MooncakeStore::PutNewChunkedValues(std::span<const PutRequest> requests, std::span<const size_t> which,
+void MooncakeWriter::PutNewChunkedValues(std::span<const PutRequest> requests, std::span<const size_t> which,
                                         std::span<const uint64_t> sizes, const ReplicateConfig& replicate,
                                         std::vector<std::optional<Status>>& done) {
   // PutOne's steps for a key without a value (chunks under a fresh
@@ -205,11 +212,9 @@ void MooncakeStore::PutNewChunkedValues(std::span<const PutRequest> requests, st
   std::vector<NewValue> values;
   for (size_t i : which) {
     const PutRequest& r = requests[i];
-    values.push_back({i, std::string(r.key),
-                      MakeChunkHeader(sizes[i], slot_size(), NewGeneration(),
-                                      r.value_xxh3 ? *r.value_xxh3 : HashOf(r.parts))});
+    values.push_back({i, std::string(r.key), NewHeader(r, sizes[i])});
   }
-  Deadline deadline = NewDeadline();
+  Deadline deadline = client_.NewDeadline();
 
   // The chunks of all the values, sharing calls.
   std::vector<ChunkWrite> writes;
@@ -238,8 +243,8 @@ void MooncakeStore::PutNewChunkedValues(std::span<const PutRequest> requests, st
   }
   for (const NewValue& v : values) {
     if (!v.failed) continue;
-    Deadline cleanup = NewDeadline();
-    RemoveGeneration(v.key, v.header, &cleanup);
+    Deadline cleanup = client_.NewDeadline();
+    client_.RemoveGeneration(v.key, v.header, &cleanup);
   }
 
   // The settle check for all of them at once; SettleHeader settles any it
@@ -257,7 +262,7 @@ void MooncakeStore::PutNewChunkedValues(std::span<const PutRequest> requests, st
   }
 }
 
-Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstBytes> parts,
+Status MooncakeWriter::PutObject(const std::string& key, std::span<const ConstBytes> parts,
                                 uint64_t offset, uint64_t size, const ReplicateConfig& replicate,
                                 Deadline& deadline) {
   // A large put goes straight from the caller's memory.
@@ -268,7 +273,7 @@ Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstByt
   if (direct) {
     AppendPieces(parts, offset, size, buffers, sizes);
   } else {
-    slot.emplace(arena_->Acquire(1));
+    slot.emplace(client_.arena().Acquire(1));
     Gather(parts, offset, {(*slot)[0], size});
   }
   int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
@@ -277,21 +282,21 @@ Status MooncakeStore::PutObject(const std::string& key, std::span<const ConstByt
       const char* k = key.c_str();
       const size_t pieces = buffers.size();
       int result = -1;
-      int r = api_->batch_put_from_multi(handle_, &k, 1, buffers.data(), sizes.data(), &pieces, &replicate,
+      int r = client_.api()->batch_put_from_multi(client_.handle(), &k, 1, buffers.data(), sizes.data(), &pieces, &replicate,
                                          &result);
       return r != 0 ? r : result;
     }
-    return api_->put_from(handle_, key.c_str(), (*slot)[0], size, &replicate);
+    return client_.api()->put_from(client_.handle(), key.c_str(), (*slot)[0], size, &replicate);
   });
   if (direct && rc == kErrNotSupported) {
     direct_writes_.store(false);
     return PutObject(key, parts, offset, size, replicate, deadline);
   }
-  if (rc != 0) return Fail(rc, "put_from '" + key + "' (" + std::to_string(size) + " bytes)");
+  if (rc != 0) return client_.Fail(rc, "put_from '" + key + "' (" + std::to_string(size) + " bytes)");
   return Status::Ok();
 }
 
-std::vector<Status> MooncakeStore::PutChunkObjects(std::span<const ChunkWrite> values,
+std::vector<Status> MooncakeWriter::PutChunkObjects(std::span<const ChunkWrite> values,
                                                    const ReplicateConfig& replicate, Deadline& deadline) {
   // The chunks of all the values in order, in calls that several values
   // share: straight from the callers' memory (direct writes) in calls of
@@ -321,7 +326,7 @@ std::vector<Status> MooncakeStore::PutChunkObjects(std::span<const ChunkWrite> v
       if (batch.empty()) {
         direct = this_direct;
       } else if (this_direct != direct ||
-                 (direct ? bytes + length > kDirectCallBytes : batch.size() == arena_->slots())) {
+                 (direct ? bytes + length > kDirectCallBytes : batch.size() == client_.arena().slots())) {
         break;
       }
       batch.emplace_back(v, c);
@@ -336,7 +341,7 @@ std::vector<Status> MooncakeStore::PutChunkObjects(std::span<const ChunkWrite> v
     if (batch.empty()) break;
     std::optional<TransferArena::Lease> slots;
     if (!direct) {
-      slots.emplace(arena_->Acquire(batch.size()));
+      slots.emplace(client_.arena().Acquire(batch.size()));
       for (size_t j = 0; j < batch.size(); ++j) {
         const auto [v, c] = batch[j];
         buffers.push_back((*slots)[j]);
@@ -346,9 +351,9 @@ std::vector<Status> MooncakeStore::PutChunkObjects(std::span<const ChunkWrite> v
     std::vector<const char*> c_keys = CStrings(keys);
     std::vector<int> results(batch.size(), -1);
     int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
-      int r = direct ? api_->batch_put_from_multi(handle_, c_keys.data(), batch.size(), buffers.data(),
+      int r = direct ? client_.api()->batch_put_from_multi(client_.handle(), c_keys.data(), batch.size(), buffers.data(),
                                                   lengths.data(), pieces.data(), &replicate, results.data())
-                     : api_->batch_put_from(handle_, c_keys.data(), buffers.data(), lengths.data(), batch.size(),
+                     : client_.api()->batch_put_from(client_.handle(), c_keys.data(), buffers.data(), lengths.data(), batch.size(),
                                             &replicate, results.data());
       return r != 0 ? r : FirstRetryable(results);
     });
@@ -361,54 +366,18 @@ std::vector<Status> MooncakeStore::PutChunkObjects(std::span<const ChunkWrite> v
       const auto [v, c] = batch[j];
       const int64_t r = rc != 0 ? rc : results[j];
       if (r != 0 && out[v].ok()) {
-        out[v] = Fail(r, "put_from chunk " + std::to_string(c) + " of '" + *values[v].key + "'");
+        out[v] = client_.Fail(r, "put_from chunk " + std::to_string(c) + " of '" + *values[v].key + "'");
       }
     }
   }
   return out;
 }
 
-Status MooncakeStore::PutChunks(const std::string& key, const ChunkHeader& h,
+Status MooncakeWriter::PutChunks(const std::string& key, const ChunkHeader& h,
                                 std::span<const ConstBytes> parts, const ReplicateConfig& replicate,
                                 Deadline& deadline) {
   const ChunkWrite write{&key, &h, parts};
   return PutChunkObjects({&write, 1}, replicate, deadline)[0];
-}
-
-Status MooncakeStore::PutOne(const PutRequest& r, const ReplicateConfig& replicate) {
-  std::string key(r.key);
-  uint64_t size = 0;
-  for (ConstBytes p : r.parts) size += p.size();
-  std::byte first[8] = {};
-  size_t first_len = static_cast<size_t>(std::min<uint64_t>(size, sizeof first));
-  Gather(r.parts, 0, {first, first_len});
-  const bool chunked = NeedsChunking(size, {first, first_len}, slot_size());
-
-  Deadline deadline = NewDeadline();
-  MC_ASSIGN_OR_RETURN(Existing old, Inspect(key, deadline));
-  if (!old.exists && !chunked) {
-    // A raw object, byte for byte what other Mooncake clients write. If a
-    // concurrent writer created the key meanwhile, Mooncake keeps theirs and
-    // reports success: that write simply won the race.
-    return PutObject(key, r.parts, 0, size, replicate, deadline);
-  }
-
-  ChunkHeader h = MakeChunkHeader(size, slot_size(), NewGeneration(),
-                                  r.value_xxh3 ? *r.value_xxh3 : HashOf(r.parts));
-  Status s = PutChunks(key, h, r.parts, replicate, deadline);
-  if (s.ok()) s = CommitHeader(key, h, old, replicate, deadline);
-  if (!s.ok()) {
-    Deadline cleanup = NewDeadline();
-    // A failed in-place upsert makes Mooncake erase the object: put the old
-    // header back (its chunks are untouched). A plain put, so that a value
-    // another writer committed meanwhile is kept rather than replaced.
-    if (old.header) (void)WriteHeader(key, *old.header, /*upsert=*/false, replicate, cleanup);
-    RemoveGeneration(key, h, &cleanup);
-    return s;
-  }
-  SettleHeader(key, h, r.parts, replicate, deadline);
-  if (old.header && old.header->generation != h.generation) RemoveGeneration(key, *old.header, nullptr);
-  return Status::Ok();
 }
 
 }  // namespace mooncake_connector::mooncake
