@@ -105,6 +105,26 @@ struct GetIntoRequest {
   ConstBytes Clip(uint64_t* offset, ConstBytes bytes) const;
 };
 
+// Memory a store reads into faster than into other memory
+// (StoreFeatures::read_memory): mooncake:// in standalone-client mode lends
+// blocks of its client's shared memory, which Mooncake's client process
+// writes in place (no copy out of staging). Lives as long as its store.
+class MC_EXPORT ReadMemory {
+ public:
+  virtual ~ReadMemory() = default;
+  // Memory for a value about to be read with BatchGetInto (a tensor a
+  // streaming model load allocates); ordinary memory where none of the
+  // faster kind is free or set up yet.
+  virtual Result<Buffer> Allocate(size_t size) = 0;
+  // A streaming load (LoadOptions::streaming) has ended: its reader asked
+  // Allocate for about `batch_bytes` at a time (blocks of at most `largest`
+  // bytes), and let go of each batch soon. Memory that is slow to set up is
+  // prepared here for the next such load, off any load's path (mooncake://:
+  // after a process's second streaming load, on a thread of its own, so
+  // that a process that loads once or twice pays nothing).
+  virtual void StreamingLoadDone(uint64_t batch_bytes, uint64_t largest) = 0;
+};
+
 // What a store offers beyond the calls every store has, for callers that
 // plan around it (as tensorstore's SupportedFeatures): asked once, constant
 // for the store's life.
@@ -121,6 +141,9 @@ struct StoreFeatures {
   // BatchView lends the stored values themselves (memory://); otherwise it
   // answers Unimplemented.
   bool lends_values = false;
+  // Memory this store reads into faster than into other memory, for the
+  // tensors a load allocates; null: any memory is as good (Buffer::Allocate).
+  ReadMemory* read_memory = nullptr;
 };
 
 class MC_EXPORT Store {
@@ -154,22 +177,9 @@ class MC_EXPORT Store {
   // with the same owner hold the same bytes. NotFound for a missing key.
   virtual std::vector<Result<Buffer>> BatchView(std::span<const std::string_view> keys);
 
-  // Memory for a value about to be read with BatchGetInto (a tensor a
-  // streaming model load allocates), which this store may read into faster
-  // than into other memory: mooncake:// in standalone-client mode lends
-  // blocks of its client's shared memory, which Mooncake's client process
-  // writes in place (no copy out of staging), once StreamingLoadDone has
-  // set them up. The default: Buffer::Allocate(size).
-  virtual Result<Buffer> AllocateForRead(size_t size);
-
-  // A streaming load (LoadOptions::streaming) has ended: its reader asked
-  // AllocateForRead for about `batch_bytes` at a time (blocks of at most
-  // `largest` bytes), and let go of each batch soon. A store whose faster memory is slow to set up prepares it
-  // for the next such load here, off any load's path (mooncake:// in
-  // standalone-client mode: after a process's second streaming load, on a
-  // thread of its own, so that a process that loads once or twice pays
-  // nothing). The default: nothing.
-  virtual void StreamingLoadDone(uint64_t batch_bytes, uint64_t largest);
+  // Memory for a value about to be read with BatchGetInto: the store's
+  // read memory (StoreFeatures::read_memory), or Buffer::Allocate(size).
+  Result<Buffer> AllocateForRead(size_t size) const;
 
   // What this store offers beyond the calls every store has (see
   // StoreFeatures). The default: nothing beyond them.

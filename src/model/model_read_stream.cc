@@ -18,7 +18,9 @@ ModelReaderImpl::~ModelReaderImpl() {
   // late): the store is gone then.
   if (options_.streaming && streamed_bytes_.load() > 0) {
     if (Result<Connector::InUse> in_use = model_.Use(); in_use.ok()) {
-      model_.connector().store().StreamingLoadDone(options_.batch_bytes, streamed_bytes_.load());
+      if (ReadMemory* memory = model_.connector().store().Features().read_memory; memory != nullptr) {
+        memory->StreamingLoadDone(options_.batch_bytes, streamed_bytes_.load());
+      }
     }
   }
 }

@@ -182,9 +182,10 @@ Result<Buffer> Store::Get(std::string_view key) {
 
 StoreFeatures Store::Features() const { return {}; }
 
-Result<Buffer> Store::AllocateForRead(size_t size) { return Buffer::Allocate(size); }
-
-void Store::StreamingLoadDone(uint64_t, uint64_t) {}
+Result<Buffer> Store::AllocateForRead(size_t size) const {
+  ReadMemory* memory = Features().read_memory;
+  return memory != nullptr ? memory->Allocate(size) : Buffer::Allocate(size);
+}
 
 std::vector<Result<Buffer>> Store::BatchView(std::span<const std::string_view> keys) {
   return std::vector<Result<Buffer>>(keys.size(), Result<Buffer>(Unimplemented(url() + " holds no values in this process")));

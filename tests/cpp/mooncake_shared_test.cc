@@ -31,9 +31,9 @@ class SharedBlocksTest : public Scripted {
   SharedBlocks& blocks() { return *mooncake::SharedBlocksOf(*store_); }
   // Two streaming loads of 8 MiB batches have ended: regions are made.
   void TwoStreamingLoads() {
-    store_->StreamingLoadDone(8 << 20, 5 << 20);
+    store_->Features().read_memory->StreamingLoadDone(8 << 20, 5 << 20);
     EXPECT_EQ(blocks().region_bytes(), 0u) << "a process that streams once pays nothing";
-    store_->StreamingLoadDone(8 << 20, 5 << 20);
+    store_->Features().read_memory->StreamingLoadDone(8 << 20, 5 << 20);
     blocks().WaitForGrowth();
   }
   int Calls(const std::string& op) {
@@ -95,7 +95,7 @@ TEST_F(SharedBlocksTest, ConcurrentLoadersReadTheirOwnValues) {
     threads.emplace_back([&, t] {
       for (int round = 0; round < 6; ++round) {
         // Regions are made while others read (the first two rounds: staged).
-        if (t == 0) store_->StreamingLoadDone(8 << 20, 5 << 20);
+        if (t == 0) store_->Features().read_memory->StreamingLoadDone(8 << 20, 5 << 20);
         const size_t i = static_cast<size_t>(t + round) % values.size();
         ExactRead r("c" + std::to_string(i), values[i].size(), round % 2 == 0, store_.get());
         Result<uint64_t> got = store_->BatchGetInto({&r.request, 1})[0];
@@ -120,7 +120,7 @@ TEST_F(SharedBlocksTest, RegionsThatCannotBeHadLeaveReadsStaged) {
   const int asked = Calls("alloc_transfer_buffer");
   EXPECT_EQ(blocks().region_bytes(), 0u);
   ExpectExactBatchRead(*store_, "f", values, [](size_t) { return true; }, /*lend=*/true);
-  store_->StreamingLoadDone(8 << 20, 5 << 20);  // not asked again
+  store_->Features().read_memory->StreamingLoadDone(8 << 20, 5 << 20);  // not asked again
   blocks().WaitForGrowth();
   EXPECT_EQ(Calls("alloc_transfer_buffer"), asked);
   EXPECT_EQ(Calls("unregistered buffer"), 0);
@@ -143,8 +143,8 @@ TEST_F(SharedBlocksTest, BlocksBeyondTheKeptBytesHaveTheirPagesReleased) {
   OpenClient();
   // Blocks of 200 MiB (a size class of 208): three given back keep two in
   // memory (kKeepBytes is 512 MiB), and the third is lent again.
-  store_->StreamingLoadDone(300 << 20, 200 << 20);
-  store_->StreamingLoadDone(300 << 20, 200 << 20);
+  store_->Features().read_memory->StreamingLoadDone(300 << 20, 200 << 20);
+  store_->Features().read_memory->StreamingLoadDone(300 << 20, 200 << 20);
   blocks().WaitForGrowth();
   ASSERT_GE(blocks().region_bytes(), size_t{3} * (208 << 20));
   std::vector<Buffer> lent;

@@ -714,6 +714,26 @@ TEST_P(StoreConformance, FeaturesKeepWhatTheyPromise) {
     ASSERT_EQ(b->size(), v.size());
     EXPECT_EQ(std::memcmp(b->data(), v.data(), v.size()), 0);
   }
+  // read_memory: what it lends (or ordinary memory without it) holds what an
+  // exact read puts there, across two streaming loads' ends (when slow
+  // memory is set up) too.
+  for (int load = 0; load < 3; ++load) {
+    std::vector<std::byte> v((size_t{3} << 20) + 40);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<std::byte>(i * 13 + load);
+    const std::string key = Key("lent-memory");
+    ASSERT_TRUE(store_->Put(key, ConstBytes(v)).ok());
+    std::vector<std::byte> head(40);
+    Result<Buffer> memory = store_->AllocateForRead(v.size() - head.size());
+    ASSERT_TRUE(memory.ok()) << memory.status();
+    uint64_t hash = 0;
+    GetIntoRequest r{key, memory->bytes(), head, &hash, /*exact=*/true};
+    std::vector<Result<uint64_t>> got = store_->BatchGetInto({&r, 1});
+    ASSERT_TRUE(got[0].ok()) << got[0].status();
+    EXPECT_EQ(std::memcmp(head.data(), v.data(), head.size()), 0);
+    EXPECT_EQ(std::memcmp(memory->data(), v.data() + head.size(), memory->size()), 0);
+    EXPECT_EQ(hash, Xxh3(memory->bytes()));
+    if (f.read_memory != nullptr) f.read_memory->StreamingLoadDone(v.size(), v.size());
+  }
 }
 
 }  // namespace mooncake_connector::testing

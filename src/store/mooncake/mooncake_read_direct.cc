@@ -42,7 +42,7 @@ MooncakeReader::MooncakeReader(MooncakeClient& client)
       local_reads_(client.can_read_locally()),
       shared_(client.shared()) {}
 
-Result<Buffer> MooncakeReader::AllocateForRead(size_t size) {
+Result<Buffer> MooncakeReader::Allocate(size_t size) {
   if (shared_ != nullptr && size >= kDirectTransferMin && direct_reads_.load(std::memory_order_relaxed)) {
     Result<Buffer> b = shared_->Allocate(size);
     if (b.ok()) return b;

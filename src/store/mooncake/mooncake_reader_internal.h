@@ -18,7 +18,7 @@
 
 namespace mooncake_connector::mooncake {
 
-class MooncakeReader {
+class MooncakeReader final : public ReadMemory {
  public:
   explicit MooncakeReader(MooncakeClient& client);
 
@@ -27,10 +27,10 @@ class MooncakeReader {
   // In standalone-client mode, values of kDirectTransferMin bytes or more
   // get a block of the client's shared memory (SharedBlocks), read into
   // directly, where one is free; ordinary memory otherwise.
-  Result<Buffer> AllocateForRead(size_t size);
+  Result<Buffer> Allocate(size_t size) override;
   // Standalone-client mode: after the second streaming load, shared
   // memory for 2.5 batches is made in the background.
-  void StreamingLoadDone(uint64_t batch_bytes, uint64_t largest);
+  void StreamingLoadDone(uint64_t batch_bytes, uint64_t largest) override;
 
  private:
   using HeaderBytes = std::array<std::byte, kChunkHeaderSize>;

@@ -24,12 +24,11 @@ class MooncakeStore final : public Store {
     return "mooncake://" + master;
   }
   // Values larger than a chunk are chunked, with a checksum in their header.
+  // In standalone-client mode the reader lends the client's shared memory.
   StoreFeatures Features() const override {
-    return {.checksums_values_above = client_.slot_size(), .chunk_bytes = client_.slot_size()};
-  }
-  Result<Buffer> AllocateForRead(size_t size) override { return reader_.AllocateForRead(size); }
-  void StreamingLoadDone(uint64_t batch_bytes, uint64_t largest) override {
-    reader_.StreamingLoadDone(batch_bytes, largest);
+    return {.checksums_values_above = client_.slot_size(),
+            .chunk_bytes = client_.slot_size(),
+            .read_memory = client_.shared() != nullptr ? &reader_ : nullptr};
   }
   std::vector<Status> BatchPut(std::span<const PutRequest> requests, const WriteOptions& options) override {
     return writer_.BatchPut(requests, options);
@@ -48,7 +47,7 @@ class MooncakeStore final : public Store {
   // Declared first: the reader and the writer work through it, and it goes
   // last.
   MooncakeClient client_;
-  MooncakeReader reader_;
+  mutable MooncakeReader reader_;  // lent as read memory by Features()
   MooncakeWriter writer_;
 };
 
