@@ -1,6 +1,10 @@
-// What is stored of a model (inspect, ls) and whether it is intact (verify).
+// What is stored of a model (inspect, ls) and whether it is intact (verify;
+// and, for a save, which values an earlier save left intact).
 #include <algorithm>
+#include <map>
+#include <memory>
 #include <set>
+#include <tuple>
 
 #include "core/hash_internal.h"
 #include "model/model_internal.h"
@@ -244,6 +248,53 @@ Result<std::vector<ModelInfo>> ListModels(Connector& connector) {
     out.push_back(std::move(*info));
   }
   return out;
+}
+
+std::vector<bool> Model::StoredAsBefore(std::optional<int> rank, std::span<const SaveItem* const> items,
+                                        std::span<const uint64_t> was_save_ids, uint64_t batch_bytes) {
+  std::vector<bool> intact(items.size(), false);
+  // Values of one shape written by one save share their header: encoded once.
+  std::map<std::tuple<DType, Shape, uint64_t, uint64_t>, std::string> headers;
+  for (size_t from = 0; from < items.size();) {
+    size_t to = from;
+    uint64_t bytes = 0;
+    while (to < items.size() && (to == from || bytes + items[to]->data.size() <= batch_bytes)) {
+      bytes += items[to++]->data.size();
+    }
+    std::unique_ptr<std::byte[]> scratch(new std::byte[std::max<uint64_t>(bytes, 1)]);
+    std::vector<std::string> expected(to - from), heads(to - from);
+    std::vector<uint64_t> hashes(to - from, 0);
+    std::vector<GetIntoRequest> requests(to - from);
+    uint64_t at = 0;
+    for (size_t k = from; k < to; ++k) {
+      const SaveItem& it = *items[k];
+      const size_t j = k - from;
+      if (rank) {
+        ManifestTensor was = it.tensor;
+        was.save_id = was_save_ids[k];
+        auto [header, fresh] = headers.try_emplace({was.dtype, was.shape, was.nbytes, was.save_id});
+        if (fresh) {
+          Result<std::string> encoded = ValueHeader(*this, *rank, was, kManifestFormatVersion);
+          if (encoded.ok()) header->second = std::move(*encoded);  // else "": never intact, written again
+        }
+        expected[j] = header->second;
+      }
+      heads[j].assign(expected[j].size(), '\0');
+      requests[j] = GetIntoRequest{it.key, MutableBytes(scratch.get() + at, it.data.size()),
+                                   MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size()),
+                                   &hashes[j], /*exact=*/true};
+      at += it.data.size();
+    }
+    std::vector<Result<uint64_t>> got = connector_->store().BatchGetInto(requests);
+    for (size_t k = from; k < to; ++k) {
+      const size_t j = k - from;
+      const uint64_t checksum = rank ? items[k]->tensor.checksum : items[k]->file.checksum;
+      intact[k] = got[j].ok() && *got[j] == expected[j].size() + items[k]->data.size() && heads[j] == expected[j] &&
+                  hashes[j] == checksum;
+    }
+    from = to;
+  }
+  return intact;
 }
 
 }  // namespace mooncake_connector

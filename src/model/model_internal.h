@@ -8,13 +8,26 @@
 #include <string_view>
 
 #include "mooncake_connector/buffer.h"
+#include "mooncake_connector/model.h"
 #include "mooncake_connector/status.h"
 #include "mooncake_connector/tensor.h"
 
 namespace mooncake_connector {
 
-class Model;
-struct ManifestTensor;
+// A tensor (or file) of a save, as the save writes it and records it in the
+// manifest (model_save.cc).
+struct Model::SaveItem {
+  std::string name;  // tensor name or file path
+  std::string key;
+  std::string header;  // the value's header (tensors), empty for files
+  ConstBytes data;
+  ManifestTensor tensor;  // for tensors
+  ManifestFile file;      // for files
+  bool alias = false;
+  std::optional<uint64_t> value_xxh3;  // of header + data, for the store
+  bool hashed = false;                 // checksum (and value_xxh3) set
+  uint64_t value_size() const { return header.size() + data.size(); }
+};
 
 // 16 lowercase hex digits (checksums and save ids in manifests and values).
 std::string Hex64(uint64_t v);

@@ -11,7 +11,6 @@
 #include <set>
 #include <span>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "connector/local_files_internal.h"
@@ -24,18 +23,6 @@
 
 namespace mooncake_connector {
 
-struct Model::SaveItem {
-  std::string name;  // tensor name or file path
-  std::string key;
-  std::string header;  // the value's header (tensors), empty for files
-  ConstBytes data;
-  ManifestTensor tensor;  // for tensors
-  ManifestFile file;      // for files
-  bool alias = false;
-  std::optional<uint64_t> value_xxh3;  // of header + data, for the store
-  bool hashed = false;                 // checksum (and value_xxh3) set
-  uint64_t value_size() const { return header.size() + data.size(); }
-};
 
 namespace {
 
@@ -65,6 +52,23 @@ bool SameValue(const ManifestFile& a, const ManifestFile& b) {
   return a.size == b.size && a.checksum == b.checksum;
 }
 
+// InvalidArgument unless rank, world size and layout fit together.
+Status CheckSaveTarget(std::optional<int> rank, const SaveOptions& options) {
+  if (rank && options.layout == ModelLayout::kCheckpoint && options.world_size != 1) {
+    return InvalidArgument("a checkpoint-layout model is saved unsharded, as rank 0 of 1 (world_size " +
+                           std::to_string(options.world_size) + " given)");
+  }
+  if (options.world_size < 1 || options.world_size > kMaxWorldSize) {
+    return InvalidArgument("world_size " + std::to_string(options.world_size) + " is out of range (1 to " +
+                           std::to_string(kMaxWorldSize) + ")");
+  }
+  if (rank && (*rank < 0 || *rank >= options.world_size)) {
+    return InvalidArgument("rank " + std::to_string(*rank) + " is not below world_size " +
+                           std::to_string(options.world_size));
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 Status CheckFileToSave(const std::string& path) {
@@ -92,30 +96,20 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   part.rank = rank;
   part.world_size = options.world_size;
   part.layout = options.layout;
-  if (rank && options.layout == ModelLayout::kCheckpoint && options.world_size != 1) {
-    return InvalidArgument("a checkpoint-layout model is saved unsharded, as rank 0 of 1 (world_size " +
-                           std::to_string(options.world_size) + " given)");
-  }
-  if (options.world_size < 1 || options.world_size > kMaxWorldSize) {
-    return InvalidArgument("world_size " + std::to_string(options.world_size) + " is out of range (1 to " +
-                           std::to_string(kMaxWorldSize) + ")");
-  }
-  if (rank && (*rank < 0 || *rank >= options.world_size)) {
-    return InvalidArgument("rank " + std::to_string(*rank) + " is not below world_size " +
-                           std::to_string(options.world_size));
-  }
+  MC_RETURN_IF_ERROR(CheckSaveTarget(rank, options));
   // Progress counts the tensors' (files') bytes, not their value headers.
   uint64_t total = 0;
   for (const SaveItem& it : items) total += it.alias ? 0 : it.data.size();
 
+  // Tensors are hashed when needed: those an earlier save may
+  // hold already before anything is written (an unchanged value is not
+  // written again); the others batch by batch, each batch's on a helper
+  // thread while the batch before it is written.
   // A tensor's checksum (the manifest's) and its value's (the store's,
   // header included) in one pass over its memory, the second hash reading
   // each block from cache; the value's only where the store records one
   // (mooncake://: values larger than a chunk), elsewhere it would be a
-  // second pass for nothing. Tensors are hashed when needed: those an
-  // earlier save may hold already before anything is written (an unchanged
-  // value is not written again); the others batch by batch, each batch's
-  // on a helper thread while the batch before it is written.
+  // second pass for nothing.
   auto hash = [&](std::span<const size_t> which, size_t threads) {
     ParallelFor(which.size(), threads, [&](size_t k) {
       SaveItem& it = items[which[k]];
@@ -302,52 +296,6 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   return rank == 0 ? RemoveRanksFrom(options.world_size) : Status::Ok();
 }
 
-std::vector<bool> Model::StoredAsBefore(std::optional<int> rank, std::span<const SaveItem* const> items,
-                                        std::span<const uint64_t> was_save_ids, uint64_t batch_bytes) {
-  std::vector<bool> intact(items.size(), false);
-  // Values of one shape written by one save share their header: encoded once.
-  std::map<std::tuple<DType, Shape, uint64_t, uint64_t>, std::string> headers;
-  for (size_t from = 0; from < items.size();) {
-    size_t to = from;
-    uint64_t bytes = 0;
-    while (to < items.size() && (to == from || bytes + items[to]->data.size() <= batch_bytes)) {
-      bytes += items[to++]->data.size();
-    }
-    std::unique_ptr<std::byte[]> scratch(new std::byte[std::max<uint64_t>(bytes, 1)]);
-    std::vector<std::string> expected(to - from), heads(to - from);
-    std::vector<uint64_t> hashes(to - from, 0);
-    std::vector<GetIntoRequest> requests(to - from);
-    uint64_t at = 0;
-    for (size_t k = from; k < to; ++k) {
-      const SaveItem& it = *items[k];
-      const size_t j = k - from;
-      if (rank) {
-        ManifestTensor was = it.tensor;
-        was.save_id = was_save_ids[k];
-        auto [header, fresh] = headers.try_emplace({was.dtype, was.shape, was.nbytes, was.save_id});
-        if (fresh) {
-          Result<std::string> encoded = ValueHeader(*this, *rank, was, kManifestFormatVersion);
-          if (encoded.ok()) header->second = std::move(*encoded);  // else "": never intact, written again
-        }
-        expected[j] = header->second;
-      }
-      heads[j].assign(expected[j].size(), '\0');
-      requests[j] = GetIntoRequest{it.key, MutableBytes(scratch.get() + at, it.data.size()),
-                                   MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size()),
-                                   &hashes[j], /*exact=*/true};
-      at += it.data.size();
-    }
-    std::vector<Result<uint64_t>> got = connector_->store().BatchGetInto(requests);
-    for (size_t k = from; k < to; ++k) {
-      const size_t j = k - from;
-      const uint64_t checksum = rank ? items[k]->tensor.checksum : items[k]->file.checksum;
-      intact[k] = got[j].ok() && *got[j] == expected[j].size() + items[k]->data.size() && heads[j] == expected[j] &&
-                  hashes[j] == checksum;
-    }
-    from = to;
-  }
-  return intact;
-}
 
 Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
                             const SaveOptions& options) {

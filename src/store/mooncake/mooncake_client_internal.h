@@ -1,4 +1,4 @@
-// The client of the mooncake:// store (mooncake_store_internal.h), and the
+// The client of the mooncake:// store (mooncake_store.cc), and the
 // helpers its reader and writer share. The layout and the guarantees are in
 // docs/mooncake_layout.md.
 #pragma once
