@@ -81,7 +81,10 @@ class MooncakeClient {
   bool can_write_directly() const { return can_write_directly_; }
   bool can_read_locally() const { return can_read_locally_; }
   // Standalone-client mode with direct reads: the client's shared memory
-  // lent for reads (null otherwise).
+  // lent for reads (null otherwise). A dummy client transfers only into
+  // shared memory its client maps, so there direct reads are for
+  // destinations in these blocks alone (their value's head is read through a
+  // block too).
   SharedBlocks* shared() const { return shared_.get(); }
 
   uint64_t slot_size() const { return config_.chunk_size; }

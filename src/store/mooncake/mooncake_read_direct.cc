@@ -39,24 +39,23 @@ struct DirectObject {
 MooncakeReader::MooncakeReader(MooncakeClient& client)
     : client_(client),
       direct_reads_(client.can_read_directly()),
-      local_reads_(client.can_read_locally()),
-      shared_(client.shared()) {}
+      local_reads_(client.can_read_locally()) {}
 
 Result<Buffer> MooncakeReader::Allocate(size_t size) {
-  if (shared_ != nullptr && size >= kDirectTransferMin && direct_reads_.load(std::memory_order_relaxed)) {
-    Result<Buffer> b = shared_->Allocate(size);
+  if (client_.shared() != nullptr && size >= kDirectTransferMin && direct_reads_.load(std::memory_order_relaxed)) {
+    Result<Buffer> b = client_.shared()->Allocate(size);
     if (b.ok()) return b;
   }
   return Buffer::Allocate(size);
 }
 
 void MooncakeReader::StreamingLoadDone(uint64_t batch_bytes, uint64_t largest) {
-  if (shared_ == nullptr || !direct_reads_.load(std::memory_order_relaxed)) return;
+  if (client_.shared() == nullptr || !direct_reads_.load(std::memory_order_relaxed)) return;
   if (streaming_loads_.fetch_add(1) < 1) return;
   // Room for the batch being read, the one before it (the loader still
   // holds a tensor of it), and size classes' rounding.
   const uint64_t batch = std::min<uint64_t>(std::max(batch_bytes, largest), SharedBlocks::kMaxRegionBytes);
-  shared_->Grow(static_cast<size_t>(batch * 5 / 2), static_cast<size_t>(std::min<uint64_t>(largest, batch)));
+  client_.shared()->Grow(static_cast<size_t>(batch * 5 / 2), static_cast<size_t>(std::min<uint64_t>(largest, batch)));
 }
 
 void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::span<const size_t> which,
@@ -181,7 +180,7 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
     // copied to their place after the call.
     Buffer heads;
     std::vector<std::pair<std::byte*, MutableBytes>> head_copies;  // from, to
-    if (shared_ != nullptr) {
+    if (client_.shared() != nullptr) {
       uint64_t head_bytes = 0;
       for (size_t j : call) {
         ForEachPiece(requests[values[objects[j].value]->request], objects[j].offset, objects[j].size,
@@ -190,7 +189,7 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
                      });
       }
       if (head_bytes > 0) {
-        Result<Buffer> b = shared_->Allocate(static_cast<size_t>(head_bytes));
+        Result<Buffer> b = client_.shared()->Allocate(static_cast<size_t>(head_bytes));
         if (!b.ok()) break;  // ReadValue reads the rest
         heads = std::move(*b);
       }
@@ -205,7 +204,7 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
       const size_t before = buffers.size();
       ForEachPiece(requests[values[o.value]->request], o.offset, o.size, [&](MutableBytes piece, bool in_destination) {
         std::byte* into = piece.data();
-        if (!in_destination && shared_ != nullptr) {
+        if (!in_destination && client_.shared() != nullptr) {
           into = heads.data() + head_at;
           head_at += piece.size();
           head_copies.emplace_back(into, piece);
@@ -239,7 +238,7 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
     // standalone-client mode values side by side (each value's objects in
     // order): the client process makes the transfers, and nothing else of
     // ours runs meanwhile; over TCP the transfer busy-polls both cores.
-    const size_t hash_threads = shared_ != nullptr ? CopyThreads() : 1;
+    const size_t hash_threads = client_.shared() != nullptr ? CopyThreads() : 1;
     std::vector<std::pair<size_t, size_t>> runs;  // [first, end) in `arrived`, one value each
     for (size_t k = 0; k < arrived.size(); ++k) {
       if (k > 0 && objects[arrived[k]].value == objects[arrived[k - 1]].value) {

@@ -57,9 +57,10 @@ class MooncakeReader final : public ReadMemory {
   // Direct reads (MooncakeConfig::direct_transfers; mooncake_read_direct.cc).
   // True when `r` may be transferred straight into its own memory.
   bool ReadsDirectly(const GetIntoRequest& r) const {
+    const SharedBlocks* shared = client_.shared();
     return r.exact && r.head.size() + r.destination.size() >= kDirectTransferMin &&
            direct_reads_.load(std::memory_order_relaxed) &&
-           (shared_ == nullptr || shared_->Contains(r.destination.data(), r.destination.size()));
+           (shared == nullptr || shared->Contains(r.destination.data(), r.destination.size()));
   }
   // Reads requests `which` straight into their memory: raw objects, and the
   // chunks of values whose header this batch has read (headers[i]). Calls of
@@ -92,11 +93,6 @@ class MooncakeReader final : public ReadMemory {
   // tell), and the memory such objects may lie in.
   std::atomic<bool> local_reads_{false};
   ReadableMemory readable_;
-  // Standalone-client mode: the shared memory lent for reads (the
-  // client's). A dummy client transfers only into shared memory its client
-  // maps, so there direct reads are for destinations in these blocks alone
-  // (their value's head is read through a block too).
-  SharedBlocks* const shared_;
   std::atomic<int> streaming_loads_{0};
 };
 
