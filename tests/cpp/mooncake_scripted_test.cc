@@ -602,7 +602,7 @@ TEST_F(Scripted, BatchPutFallsBackWhenTheBatchCallIsRefused) {
   std::vector<PutRequest> requests;
   for (size_t i = 0; i < 3; ++i) requests.push_back({keys[i], {&parts[i], 1}});
   std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
-  // s1 was refused in the batch (transiently, for good): PutOne retried it
+  // s1 was refused in the batch (transiently, for good): written alone, it was retried
   // until the deadline and reports the code; the others are in.
   EXPECT_TRUE(got[0].ok()) << got[0];
   EXPECT_FALSE(got[1].ok());

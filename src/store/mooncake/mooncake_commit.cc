@@ -3,8 +3,8 @@
 // over an old header; over a raw object of another size after proving and
 // freeing the 64 bytes), and the check after the commit that settles the
 // races a commit can lose (a torn header, a later writer, a remove that swept
-// the chunks); and PutOne, one value's whole write over whatever its key
-// holds. docs/mooncake_layout.md describes the protocol.
+// the chunks). mooncake_write.cc runs the steps of a write;
+// docs/mooncake_layout.md describes the protocol.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -77,22 +77,17 @@ Status MooncakeWriter::WriteHeader(const std::string& key, const ChunkHeader& h,
                                   const ReplicateConfig& replicate, Deadline& deadline) {
   const HeaderWrite write{&key, h.Encode()};
   const int64_t rc = WriteHeaders({&write, 1}, upsert, replicate, deadline)[0];
-  if (rc != 0) {
-    return client_.Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
-                        std::to_string(kChunkHeaderSize) + " bytes)");
-  }
-  return Status::Ok();
+  return rc == 0 ? Status::Ok() : HeaderError(key, upsert, rc);
+}
+
+Status MooncakeWriter::HeaderError(const std::string& key, bool upsert, int64_t rc) {
+  return client_.Fail(rc, std::string(upsert ? "upsert_from" : "put_from") + " '" + key + "' (" +
+                      std::to_string(kChunkHeaderSize) + " bytes)");
 }
 
 Status MooncakeWriter::CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
                                    const ReplicateConfig& replicate, Deadline& deadline) {
-  const bool can_upsert = client_.api()->upsert_from != nullptr;
-  if (!old.exists) {
-    // Insert. With upsert a concurrently created value is replaced rather
-    // than silently kept, so our chunks never end up unreferenced.
-    return WriteHeader(key, h, can_upsert, replicate, deadline);
-  }
-  if (!can_upsert) {
+  if (client_.api()->upsert_from == nullptr) {
     // Fallback without upsert (a native library that lacks it): remove, then
     // put. Readers can find the key missing in between.
     int64_t rc = RetryTransient(deadline, [&] { return client_.api()->remove(client_.handle(), key.c_str(), 0); });
@@ -206,41 +201,6 @@ void MooncakeWriter::SettleHeader(const std::string& key, const ChunkHeader& h,
         break;
     }
   }
-}
-
-Status MooncakeWriter::PutOne(const PutRequest& r, const ReplicateConfig& replicate) {
-  std::string key(r.key);
-  uint64_t size = 0;
-  for (ConstBytes p : r.parts) size += p.size();
-  std::byte first[8] = {};
-  size_t first_len = static_cast<size_t>(std::min<uint64_t>(size, sizeof first));
-  Gather(r.parts, 0, {first, first_len});
-  const bool chunked = NeedsChunking(size, {first, first_len}, client_.slot_size());
-
-  Deadline deadline = client_.NewDeadline();
-  MC_ASSIGN_OR_RETURN(Existing old, client_.Inspect(key, deadline));
-  if (!old.exists && !chunked) {
-    // A raw object, byte for byte what other Mooncake clients write. If a
-    // concurrent writer created the key meanwhile, Mooncake keeps theirs and
-    // reports success: that write simply won the race.
-    return PutObject(key, r.parts, 0, size, replicate, deadline);
-  }
-
-  ChunkHeader h = NewHeader(r, size);
-  Status s = PutChunks(key, h, r.parts, replicate, deadline);
-  if (s.ok()) s = CommitHeader(key, h, old, replicate, deadline);
-  if (!s.ok()) {
-    Deadline cleanup = client_.NewDeadline();
-    // A failed in-place upsert makes Mooncake erase the object: put the old
-    // header back (its chunks are untouched). A plain put, so that a value
-    // another writer committed meanwhile is kept rather than replaced.
-    if (old.header) (void)WriteHeader(key, *old.header, /*upsert=*/false, replicate, cleanup);
-    client_.RemoveGeneration(key, h, &cleanup);
-    return s;
-  }
-  SettleHeader(key, h, r.parts, replicate, deadline);
-  if (old.header && old.header->generation != h.generation) client_.RemoveGeneration(key, *old.header, nullptr);
-  return Status::Ok();
 }
 
 }  // namespace mooncake_connector::mooncake

@@ -9,6 +9,7 @@
 //    bytes it needs.
 // Superseded chunks are removed with plain removes, waiting out readers'
 // leases (deferred_removal_internal.h); nothing is ever force-removed.
+#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -51,249 +52,220 @@ std::vector<Status> MooncakeWriter::BatchPut(std::span<const PutRequest> request
   replicate.replica_num = std::max<size_t>(replicate.replica_num, options.replica_num);
   replicate.with_soft_pin |= options.soft_pin;
   replicate.with_hard_pin |= options.hard_pin;
-  std::vector<std::optional<Status>> done = PutNewValues(requests, replicate);
-  std::vector<Status> out;
-  out.reserve(requests.size());
+  // Keys given once are written together; a key given several times is
+  // written alone, in order, after them, so that its last value wins. A
+  // value that fails among others is written once more alone (what went
+  // wrong may have been a passing refusal that its own retries outlast).
+  std::vector<Value> values(requests.size());
+  std::vector<Value*> together, alone;
+  const std::vector<bool> repeated = RepeatedKeys(requests);
   for (size_t i = 0; i < requests.size(); ++i) {
-    if (done[i]) {
-      out.push_back(*done[i]);
+    Value& v = values[i];
+    v.request = &requests[i];
+    v.key = std::string(requests[i].key);
+    for (ConstBytes p : requests[i].parts) v.size += p.size();
+    if (Status s = ValidateKey(requests[i].key); !s.ok()) {
+      v.status = s;
       continue;
     }
-    Status s = ValidateKey(requests[i].key);
-    out.push_back(s.ok() ? PutOne(requests[i], replicate) : s);
+    (repeated[i] ? alone : together).push_back(&v);
   }
+  WriteValues(together, replicate);
+  if (together.size() > 1) {
+    for (Value* v : together) {
+      if (!v->status->ok()) alone.push_back(v);
+    }
+  }
+  for (Value* v : alone) {
+    v->status.reset();
+    WriteValues({&v, 1}, replicate);
+  }
+  std::vector<Status> out;
+  out.reserve(values.size());
+  for (Value& v : values) out.push_back(std::move(*v.status));
   return out;
 }
 
-std::vector<std::optional<Status>> MooncakeWriter::PutNewValues(std::span<const PutRequest> requests,
-                                                               const ReplicateConfig& replicate) {
-  // First writes of raw objects go in with one batch_is_exist for all of
-  // them and few batch puts: exactly what PutOne does for them one by one (is
-  // the key free? then put; a put over a key a concurrent writer just
-  // created keeps theirs, which simply won). Values written directly (1 MiB
-  // and more) are gathered from the caller's memory, one batch_put_from_multi
-  // per kDirectCallBytes; the others, if at most a quarter slot, are packed
-  // into slots, one batch_put_from per slots' worth. Everything else, and anything
-  // this pass cannot finish (the key exists, an error, a transient refusal),
-  // is left to PutOne.
-  std::vector<std::optional<Status>> done(requests.size());
-  const std::vector<bool> repeated = RepeatedKeys(requests);
-  std::vector<size_t> candidates;
-  std::vector<uint64_t> sizes(requests.size(), 0);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const PutRequest& r = requests[i];
-    for (ConstBytes p : r.parts) sizes[i] += p.size();
-    std::byte first[8] = {};
-    size_t first_len = static_cast<size_t>(std::min<uint64_t>(sizes[i], sizeof first));
-    Gather(r.parts, 0, {first, first_len});
-    if (repeated[i] || !ValidateKey(r.key).ok()) continue;
-    if (NeedsChunking(sizes[i], {first, first_len}, client_.slot_size())) {
-      // Chunked first writes are batched when written directly (their
-      // headers then go in by one batch upsert).
-      if (sizes[i] > client_.slot_size() && WritesDirectly(sizes[i]) && client_.api()->batch_upsert_from != nullptr) {
-        candidates.push_back(i);
-      }
-      continue;
-    }
-    if (sizes[i] <= client_.slot_size() / 4 || WritesDirectly(sizes[i])) candidates.push_back(i);
-  }
-  if (candidates.size() < 2) return done;  // nothing to share a call with: PutOne
-  std::vector<std::string> keys(requests.size());
-  std::vector<const char*> c_keys;
-  for (size_t i : candidates) {
-    keys[i] = std::string(requests[i].key);
-    c_keys.push_back(keys[i].c_str());
-  }
-  std::vector<int> exist(candidates.size(), 0);
-  if (client_.health().Refusal() != 0) return done;  // PutOne fails them at once
-  if (client_.api()->batch_is_exist(client_.handle(), c_keys.data(), c_keys.size(), exist.data()) != 0) return done;
-  std::vector<size_t> small, large, chunked;
-  for (size_t j = 0; j < candidates.size(); ++j) {
-    if (exist[j] != 0) continue;
-    const size_t i = candidates[j];
-    if (sizes[i] > client_.slot_size()) {
-      chunked.push_back(i);
-      continue;
-    }
-    // As PutObject: direct from 1 MiB on (no copy into a slot).
-    (WritesDirectly(sizes[i]) ? large : small).push_back(i);
-  }
-
-  // One batch put of `batch`'s keys from `buffers`; its successes are done.
-  auto put = [&](const std::vector<size_t>& batch, std::vector<void*>& buffers, std::vector<size_t>& lengths,
-                 const std::vector<size_t>* pieces) {
-    std::vector<const char*> put_keys;
-    for (size_t i : batch) put_keys.push_back(keys[i].c_str());
-    std::vector<int> results(batch.size(), -1);
-    auto locks = LockKeysForWrite(put_keys);
-    auto start = std::chrono::steady_clock::now();
-    int rc = pieces == nullptr
-                 ? client_.api()->batch_put_from(client_.handle(), put_keys.data(), buffers.data(), lengths.data(), batch.size(),
-                                        &replicate, results.data())
-                 : client_.api()->batch_put_from_multi(client_.handle(), put_keys.data(), batch.size(), buffers.data(),
-                                              lengths.data(), pieces->data(), &replicate, results.data());
-    if (rc == kErrNotSupported) {
-      direct_writes_.store(false);
-      return;
-    }
-    client_.health().Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
-                 std::chrono::steady_clock::now() - start);
-    for (size_t j = 0; rc == 0 && j < batch.size(); ++j) {
-      if (results[j] == 0) done[batch[j]] = Status::Ok();
-    }
-  };
-
-  const uint64_t space = static_cast<uint64_t>(client_.slot_size()) * client_.arena().slots();
-  for (size_t next = 0; next < small.size();) {
-    std::vector<size_t> batch;
-    std::vector<uint64_t> offsets;
-    uint64_t used = 0;
-    for (; next < small.size(); ++next) {
-      const uint64_t size = sizes[small[next]];
-      uint64_t at = used;
-      if (size > 0 && at / client_.slot_size() != (at + size - 1) / client_.slot_size()) at = (at / client_.slot_size() + 1) * client_.slot_size();
-      if (at + size > space) break;
-      batch.push_back(small[next]);
-      offsets.push_back(at);
-      used = (at + size + 63) / 64 * 64;
-    }
-    if (client_.health().Refusal() != 0) break;
-    const size_t slots_needed = static_cast<size_t>((used + client_.slot_size() - 1) / client_.slot_size());
-    TransferArena::Lease slots = client_.arena().Acquire(std::max<size_t>(slots_needed, 1));
-    std::vector<void*> buffers;
-    std::vector<size_t> lengths;
-    for (size_t j = 0; j < batch.size(); ++j) {
-      std::byte* at = slots[offsets[j] / client_.slot_size()] + offsets[j] % client_.slot_size();
-      Gather(requests[batch[j]].parts, 0, {at, sizes[batch[j]]});
-      buffers.push_back(at);
-      lengths.push_back(sizes[batch[j]]);
-    }
-    put(batch, buffers, lengths, nullptr);
-  }
-  for (size_t next = 0; next < large.size() && direct_writes_.load(std::memory_order_relaxed);) {
-    std::vector<size_t> batch, pieces;
-    std::vector<void*> buffers;
-    std::vector<size_t> lengths;
-    uint64_t bytes = 0;
-    for (; next < large.size() && (batch.empty() || bytes + sizes[large[next]] <= kDirectCallBytes); ++next) {
-      const size_t i = large[next];
-      batch.push_back(i);
-      pieces.push_back(AppendPieces(requests[i].parts, 0, sizes[i], buffers, lengths));
-      bytes += sizes[i];
-    }
-    if (client_.health().Refusal() != 0) break;
-    put(batch, buffers, lengths, &pieces);
-  }
-  if (!chunked.empty() && client_.health().Refusal() == 0 && direct_writes_.load(std::memory_order_relaxed)) {
-    PutNewChunkedValues(requests, chunked, sizes, replicate, done);
-  }
-  return done;
-}
-
-void MooncakeWriter::PutNewChunkedValues(std::span<const PutRequest> requests, std::span<const size_t> which,
-                                        std::span<const uint64_t> sizes, const ReplicateConfig& replicate,
-                                        std::vector<std::optional<Status>>& done) {
-  // PutOne's steps for a key without a value (chunks under a fresh
-  // generation, then the header upserted, then the settle check), each step
-  // done for all the values at once: the chunks of several values share
-  // batch_put_from_multi calls of about kDirectCallBytes, the headers go in
-  // by one batch upsert, and one read of the headers and one existence check
-  // of the chunks stand for SettleHeader's look at each. A value a step
-  // fails for has its chunks removed and is left to PutOne (which says what
-  // is wrong if it persists); one whose check finds anything amiss (a later
-  // writer's header, a torn one, a chunk swept by a remove) is settled by
-  // SettleHeader as ever.
-  struct NewValue {
-    size_t request;
-    std::string key;
-    ChunkHeader header;
-    bool failed = false;
-  };
-  std::vector<NewValue> values;
-  for (size_t i : which) {
-    const PutRequest& r = requests[i];
-    values.push_back({i, std::string(r.key), NewHeader(r, sizes[i])});
-  }
+void MooncakeWriter::WriteValues(std::span<Value* const> values, const ReplicateConfig& replicate) {
+  if (values.empty()) return;
   Deadline deadline = client_.NewDeadline();
-
-  // The chunks of all the values, sharing calls.
-  std::vector<ChunkWrite> writes;
-  for (const NewValue& v : values) writes.push_back({&v.key, &v.header, requests[v.request].parts});
-  std::vector<Status> put = PutChunkObjects(writes, replicate, deadline);
-  for (size_t v = 0; v < values.size(); ++v) values[v].failed = !put[v].ok();
-
-  // Every header whose chunks are all in, by upsert (as CommitHeader for a
-  // key without a value: a value created meanwhile is replaced, so our
-  // chunks never end up unreferenced).
-  std::vector<size_t> committed;
-  std::vector<size_t> ready;
-  std::vector<HeaderWrite> headers;
-  for (size_t v = 0; v < values.size(); ++v) {
-    if (values[v].failed) continue;
-    ready.push_back(v);
-    headers.push_back({&values[v].key, values[v].header.Encode()});
-  }
-  std::vector<int64_t> written = WriteHeaders(headers, /*upsert=*/true, replicate, deadline);
-  for (size_t j = 0; j < ready.size(); ++j) {
-    if (written[j] == 0) {
-      committed.push_back(ready[j]);
-    } else {
-      values[ready[j]].failed = true;
+  auto pending = [](std::span<Value* const> from) {
+    std::vector<Value*> out;
+    for (Value* v : from) {
+      if (!v->status) out.push_back(v);
     }
+    return out;
+  };
+  LearnExisting(values, deadline);
+
+  // A value goes in as one raw object only over a key with no value, and
+  // only if it cannot be mistaken for a header (NeedsChunking); every other
+  // write puts chunks under a fresh generation, then commits its header.
+  std::vector<Value*> raw, chunked;
+  for (Value* v : pending(values)) {
+    std::byte first[8] = {};
+    const size_t first_len = static_cast<size_t>(std::min<uint64_t>(v->size, sizeof first));
+    Gather(v->request->parts, 0, {first, first_len});
+    const bool chunks = v->old.exists || NeedsChunking(v->size, {first, first_len}, client_.slot_size());
+    (chunks ? chunked : raw).push_back(v);
   }
-  for (const NewValue& v : values) {
-    if (!v.failed) continue;
-    Deadline cleanup = client_.NewDeadline();
-    client_.RemoveGeneration(v.key, v.header, &cleanup);
+  PutRawObjects(raw, replicate, deadline);
+  if (chunked.empty()) return;
+
+  std::vector<ChunkWrite> writes;
+  for (Value* v : chunked) {
+    v->header = NewHeader(*v->request, v->size);
+    writes.push_back({&v->key, &v->header, v->request->parts});
+  }
+  std::vector<Status> put = PutChunkObjects(writes, replicate, deadline);
+  for (size_t j = 0; j < chunked.size(); ++j) {
+    if (!put[j].ok()) chunked[j]->status = std::move(put[j]);
   }
 
-  // The settle check for all of them at once; SettleHeader settles any it
-  // finds amiss (a later writer's header, a torn one, a chunk swept by a
-  // remove) as ever.
+  // The commits: headers over keys with no value together (by upsert where
+  // the provider has it: a value created meanwhile is replaced, so our chunks
+  // never end up unreferenced), over the others one by one (CommitHeader).
+  const bool can_upsert = client_.api()->upsert_from != nullptr;
+  std::vector<Value*> fresh;
+  std::vector<HeaderWrite> headers;
+  for (Value* v : pending(chunked)) {
+    if (v->old.exists) continue;
+    fresh.push_back(v);
+    headers.push_back({&v->key, v->header.Encode()});
+  }
+  std::vector<int64_t> written = WriteHeaders(headers, can_upsert, replicate, deadline);
+  for (size_t j = 0; j < fresh.size(); ++j) {
+    if (written[j] != 0) fresh[j]->status = HeaderError(fresh[j]->key, can_upsert, written[j]);
+  }
+  for (Value* v : pending(chunked)) {
+    if (!v->old.exists) continue;
+    if (Status s = CommitHeader(v->key, v->header, v->old, replicate, deadline); !s.ok()) v->status = std::move(s);
+  }
+  for (Value* v : chunked) {
+    if (!v->status) continue;
+    Deadline cleanup = client_.NewDeadline();
+    // A failed in-place upsert makes Mooncake erase the object: put the old
+    // header back (its chunks are untouched). A plain put, so that a value
+    // another writer committed meanwhile is kept rather than replaced.
+    if (v->old.header) (void)WriteHeader(v->key, *v->old.header, /*upsert=*/false, replicate, cleanup);
+    client_.RemoveGeneration(v->key, v->header, &cleanup);
+  }
+
+  // The settle check of all the commits at once; SettleHeader settles any it
+  // finds amiss (a later writer's header, a torn one, chunks swept by a
+  // remove). Then the generations they replaced go.
+  std::vector<Value*> committed = pending(chunked);
   std::vector<ChunkWrite> check;
-  for (size_t v : committed) check.push_back({&values[v].key, &values[v].header, {}});
+  for (Value* v : committed) check.push_back({&v->key, &v->header, {}});
   std::vector<Settled> settled = CheckSettled(check, deadline);
   for (size_t j = 0; j < committed.size(); ++j) {
-    const NewValue& value = values[committed[j]];
-    if (settled[j] != Settled::kYes) {
-      SettleHeader(value.key, value.header, requests[value.request].parts, replicate, deadline);
+    Value& v = *committed[j];
+    if (settled[j] != Settled::kYes) SettleHeader(v.key, v.header, v.request->parts, replicate, deadline);
+    if (v.old.header && v.old.header->generation != v.header.generation) {
+      client_.RemoveGeneration(v.key, *v.old.header, nullptr);
     }
-    done[value.request] = Status::Ok();
+    v.status = Status::Ok();
   }
 }
 
-Status MooncakeWriter::PutObject(const std::string& key, std::span<const ConstBytes> parts,
-                                uint64_t offset, uint64_t size, const ReplicateConfig& replicate,
-                                Deadline& deadline) {
-  // A large put goes straight from the caller's memory.
-  const bool direct = WritesDirectly(size);
-  std::optional<TransferArena::Lease> slot;
-  std::vector<void*> buffers;
-  std::vector<size_t> sizes;
-  if (direct) {
-    AppendPieces(parts, offset, size, buffers, sizes);
-  } else {
-    slot.emplace(client_.arena().Acquire(1));
-    Gather(parts, offset, {(*slot)[0], size});
-  }
-  int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
-    auto lock = LockKeyForWrite(key);
-    if (direct) {
-      const char* k = key.c_str();
-      const size_t pieces = buffers.size();
-      int result = -1;
-      int r = client_.api()->batch_put_from_multi(client_.handle(), &k, 1, buffers.data(), sizes.data(), &pieces, &replicate,
-                                         &result);
-      return r != 0 ? r : result;
+void MooncakeWriter::LearnExisting(std::span<Value* const> values, Deadline& deadline) {
+  std::vector<int> exist(values.size(), 1);
+  if (values.size() > 1 && deadline.Refusal() == 0) {
+    std::vector<const char*> keys;
+    for (const Value* v : values) keys.push_back(v->key.c_str());
+    if (client_.api()->batch_is_exist(client_.handle(), keys.data(), keys.size(), exist.data()) != 0) {
+      std::fill(exist.begin(), exist.end(), 1);
     }
-    return client_.api()->put_from(client_.handle(), key.c_str(), (*slot)[0], size, &replicate);
-  });
-  if (direct && rc == kErrNotSupported) {
-    direct_writes_.store(false);
-    return PutObject(key, parts, offset, size, replicate, deadline);
   }
-  if (rc != 0) return client_.Fail(rc, "put_from '" + key + "' (" + std::to_string(size) + " bytes)");
-  return Status::Ok();
+  for (size_t j = 0; j < values.size(); ++j) {
+    Value& v = *values[j];
+    v.old = Existing{};
+    if (exist[j] == 0) continue;  // (an error for the key: Inspect says)
+    Result<Existing> old = client_.Inspect(v.key, deadline);
+    if (old.ok()) {
+      v.old = *old;
+    } else {
+      v.status = old.status();
+    }
+  }
+}
+
+void MooncakeWriter::PutRawObjects(std::span<Value* const> values, const ReplicateConfig& replicate,
+                                  Deadline& deadline) {
+  // Staged values first, then direct ones, so that a direct call the
+  // provider turns down (nothing written) is simply done again staged. A put
+  // over a key another writer created meanwhile keeps theirs and reports
+  // success: that write won. A retried call puts each of its objects again
+  // (those already in are kept).
+  std::vector<Value*> order(values.begin(), values.end());
+  std::stable_partition(order.begin(), order.end(), [&](const Value* v) { return !WritesDirectly(v->size); });
+  const uint64_t slot_size = client_.slot_size();
+  const uint64_t space = slot_size * client_.arena().slots();
+  for (size_t next = 0; next < order.size();) {
+    const size_t first = next;
+    const bool direct = WritesDirectly(order[next]->size);
+    std::vector<Value*> batch;
+    std::vector<uint64_t> offsets;  // staged: where in the slots
+    uint64_t used = 0;
+    for (; next < order.size() && WritesDirectly(order[next]->size) == direct; ++next) {
+      const uint64_t size = order[next]->size;
+      if (direct) {
+        if (!batch.empty() && used + size > kDirectCallBytes) break;
+        used += size;
+      } else {  // packed, 64-byte aligned, none across a slot's end
+        uint64_t at = used;
+        if (size > 0 && at / slot_size != (at + size - 1) / slot_size) at = (at / slot_size + 1) * slot_size;
+        if (at + size > space) break;
+        offsets.push_back(at);
+        used = (at + size + 63) / 64 * 64;
+      }
+      batch.push_back(order[next]);
+    }
+    std::optional<TransferArena::Lease> slots;
+    std::vector<void*> buffers;
+    std::vector<size_t> lengths, pieces;  // direct: lengths of the pieces; staged: of the values
+    std::vector<const char*> keys;
+    for (size_t j = 0; j < batch.size(); ++j) {
+      const Value& v = *batch[j];
+      keys.push_back(v.key.c_str());
+      if (direct) {
+        pieces.push_back(AppendPieces(v.request->parts, 0, v.size, buffers, lengths));
+        continue;
+      }
+      if (!slots) slots.emplace(client_.arena().Acquire(std::max<size_t>((used + slot_size - 1) / slot_size, 1)));
+      std::byte* at = (*slots)[offsets[j] / slot_size] + offsets[j] % slot_size;
+      Gather(v.request->parts, 0, {at, v.size});
+      buffers.push_back(at);
+      lengths.push_back(v.size);
+    }
+    const size_t n = batch.size();
+    std::vector<int> results(n, -1);
+    int64_t call = 0;
+    RetryTransient(deadline, [&]() -> int64_t {
+      auto locks = LockKeysForWrite(keys);
+      if (direct) {
+        call = client_.api()->batch_put_from_multi(client_.handle(), keys.data(), n, buffers.data(), lengths.data(),
+                                                   pieces.data(), &replicate, results.data());
+      } else if (n == 1) {
+        results[0] = client_.api()->put_from(client_.handle(), keys[0], buffers[0], lengths[0], &replicate);
+      } else {
+        call = client_.api()->batch_put_from(client_.handle(), keys.data(), buffers.data(), lengths.data(), n,
+                                             &replicate, results.data());
+      }
+      return call != 0 ? call : FirstRetryable(results);
+    });
+    if (direct && call == kErrNotSupported) {
+      direct_writes_.store(false);
+      next = first;
+      continue;
+    }
+    for (size_t j = 0; j < n; ++j) {
+      const int64_t rc = call != 0 ? call : results[j];
+      batch[j]->status = rc == 0 ? Status::Ok()
+                                 : client_.Fail(rc, "put_from '" + batch[j]->key + "' (" +
+                                                        std::to_string(batch[j]->size) + " bytes)");
+    }
+  }
 }
 
 std::vector<Status> MooncakeWriter::PutChunkObjects(std::span<const ChunkWrite> values,

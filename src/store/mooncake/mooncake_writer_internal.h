@@ -1,6 +1,6 @@
-// The write path of the mooncake:// store: first writes (mooncake_write.cc),
-// the commit of a chunked value's header (mooncake_commit.cc) and removes
-// (mooncake_remove.cc). Works through the store's MooncakeClient, which
+// The write path of the mooncake:// store: the steps of a batch of writes
+// (mooncake_write.cc), the commit of a chunked value's header and the check
+// that settles it (mooncake_commit.cc), and removes (mooncake_remove.cc). Works through the store's MooncakeClient, which
 // outlives it.
 #pragma once
 
@@ -28,25 +28,33 @@ class MooncakeWriter {
   bool WritesDirectly(uint64_t size) const {
     return size >= kDirectTransferMin && direct_writes_.load(std::memory_order_relaxed);
   }
-  // Batched first writes of raw objects (small ones staged, large ones
-  // direct); a set status for each request it finished, nullopt for those
-  // left to PutOne.
-  std::vector<std::optional<Status>> PutNewValues(std::span<const PutRequest> requests,
-                                                  const ReplicateConfig& replicate);
-  // The first writes of chunked values (keys[which] had no value), batched
-  // across values; sets done[i] for each written, leaves the others to
-  // PutOne.
-  void PutNewChunkedValues(std::span<const PutRequest> requests, std::span<const size_t> which,
-                           std::span<const uint64_t> sizes, const ReplicateConfig& replicate,
-                           std::vector<std::optional<Status>>& done);
-  // One value over whatever the key holds (mooncake_commit.cc): a raw
-  // object put when the key has none, else chunks, commit and settle.
-  Status PutOne(const PutRequest& r, const ReplicateConfig& replicate);
+  // One value of a BatchPut on its way through the steps of its write.
+  struct Value {
+    const PutRequest* request = nullptr;
+    std::string key;
+    uint64_t size = 0;
+    Existing old;                  // what the key held (LearnExisting)
+    ChunkHeader header;            // the new generation, when written as chunks
+    std::optional<Status> status;  // set once the value is written or failed
+  };
+  // The write of `values` (distinct keys), each step for all of them at
+  // once: what the keys hold; the raw objects of new small values; the
+  // chunks of the others; the commits; the settle checks and the removal of
+  // the generations they replaced. A single-key put is a batch of one. Sets
+  // every value's status.
+  void WriteValues(std::span<Value* const> values, const ReplicateConfig& replicate);
+  // What each key holds: one existence check for several keys, then Inspect
+  // for those that have a value (one key: Inspect). A key that cannot be
+  // inspected gets its status.
+  void LearnExisting(std::span<Value* const> values, Deadline& deadline);
+  // The raw objects of values whose keys had none (byte for byte what other
+  // Mooncake clients write), in calls they share: straight from the
+  // callers' memory (direct writes) about kDirectCallBytes per call, or packed
+  // into the staging slots, a slots' worth per call (one value alone: the
+  // single-key put). Sets each value's status.
+  void PutRawObjects(std::span<Value* const> values, const ReplicateConfig& replicate, Deadline& deadline);
   // The header of a new generation of `r`'s value of `size` bytes.
   ChunkHeader NewHeader(const PutRequest& r, uint64_t size) const;
-  // One raw object: bytes [offset, offset + size) of `parts`, put.
-  Status PutObject(const std::string& key, std::span<const ConstBytes> parts, uint64_t offset,
-                   uint64_t size, const ReplicateConfig& replicate, Deadline& deadline);
   // Header objects of several keys (a value's header, a tombstone, a
   // reservation), by upsert or put; one Mooncake code per header (0: written).
   // WriteHeader: one, with the error named.
@@ -58,6 +66,8 @@ class MooncakeWriter {
                                     const ReplicateConfig& replicate, Deadline& deadline);
   Status WriteHeader(const std::string& key, const ChunkHeader& h, bool upsert, const ReplicateConfig& replicate,
                      Deadline& deadline);
+  // The error of a header write that ended with Mooncake code `rc`.
+  Status HeaderError(const std::string& key, bool upsert, int64_t rc);
   // Marks `key` removed in place (an upsert, which ignores read leases).
   // REQUIRES: the provider has upsert_from.
   Status WriteTombstone(const std::string& key, Deadline& deadline);
@@ -73,6 +83,8 @@ class MooncakeWriter {
                                       Deadline& deadline);
   Status PutChunks(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
                    const ReplicateConfig& replicate, Deadline& deadline);
+  // Our header over the value `old` describes (it exists): in place over a
+  // header, after a 64-byte reservation over a raw object of another size.
   Status CommitHeader(const std::string& key, const ChunkHeader& h, const Existing& old,
                       const ReplicateConfig& replicate, Deadline& deadline);
   void SettleHeader(const std::string& key, const ChunkHeader& h, std::span<const ConstBytes> parts,
