@@ -591,6 +591,37 @@ TEST_F(Scripted, BatchPutWritesNewSmallValuesWithFewCalls) {
   EXPECT_LE(sm_.calls["native batch_put_from"] - batches, 8);
 }
 
+TEST_F(Scripted, ABatchOfOverwritesAndFirstWritesLeavesOnlyTheNewValues) {
+  // Every kind of write in one batch (4096-byte chunks): over a raw value of
+  // the same and of another size, over a chunked value with a smaller and a
+  // larger one, and first writes of a raw, a chunked, an empty and a
+  // header-sized value. Each key then reads as its new value, and the store
+  // holds nothing else: no reservation, no chunk of a replaced generation.
+  Open();
+  ASSERT_TRUE(Put("raw_same", Bytes(100, 1)).ok());
+  ASSERT_TRUE(Put("raw_to_big", Bytes(200, 2)).ok());
+  ASSERT_TRUE(Put("big_to_smaller", Bytes(10000, 3)).ok());
+  ASSERT_TRUE(Put("big_to_small", Bytes(9000, 4)).ok());
+  const std::vector<std::string> keys = {"raw_same", "raw_to_big", "big_to_smaller", "big_to_small",
+                                         "new_raw",  "new_big",    "new_empty",      "new_64"};
+  const std::vector<std::vector<std::byte>> values = {Bytes(100, 11), Bytes(9000, 12), Bytes(6000, 13),
+                                                      Bytes(50, 14),  Bytes(300, 15),  Bytes(10000, 16),
+                                                      {},             Bytes(64, 17)};
+  std::vector<ConstBytes> parts(values.begin(), values.end());
+  std::vector<PutRequest> requests;
+  for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], {&parts[i], 1}});
+  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+  for (size_t i = 0; i < keys.size(); ++i) {
+    ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
+    ExpectValue(keys[i], values[i]);
+  }
+  // Objects: a header and its chunks for each value written in chunks (every
+  // overwrite, and the large, empty and 64-byte first writes); the new raw
+  // value alone.
+  const size_t objects = (1 + 1) + (1 + 3) + (1 + 2) + (1 + 1) + 1 + (1 + 3) + 1 + (1 + 1);
+  EXPECT_EQ(sm_.Keys().size(), objects) << ::testing::PrintToString(sm_.Keys());
+}
+
 TEST_F(Scripted, BatchPutFallsBackWhenTheBatchCallIsRefused) {
   Open(std::chrono::milliseconds(300));
   sm_.inject = [](const ScriptedMooncake::Call& c) -> int64_t {
