@@ -6,7 +6,8 @@ Data: a Llama-like bf16 state dict (embedding, per-layer q/k/v/o,
 gate/up/down, norms) and a many-small-tensors case. Rows (best of --repeat):
 
   a. ours: weight_iterator, load_state_dict, load_into (preallocated, reused),
-     save_state_dict; get (per key) of every tensor;
+     save_state_dict (a new model each time, and again over a stored model
+     whose every tensor changed); get (per key) of every tensor;
   b. raw wheel: one batch_get_into / batch_put_from into a pre-registered
      buffer (Mooncake's own ceiling through its Python API);
   c. the seed connector's way: per-key put/get of safetensors bytes through
@@ -225,6 +226,14 @@ def add(rows: list[dict], mode: str, case: str, row: str, group: str, size: int,
                  "gib_s": size / GiB / secs, "peak_rss_growth_mib": rss})
 
 
+def changed_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of `t` whose bytes differ from it (the first byte flipped)."""
+    out = t.clone()
+    if out.numel():
+        out.view(-1).view(torch.uint8)[0] ^= 0xFF
+    return out
+
+
 def time_rows(mode: str, case: str, size: int, repeat: int, rows: list[dict], log: Callable[[str], None],
               loads: dict[str, Callable[[], Any]],
               saves: dict[str, tuple[Callable[[], Any], Callable[[], Any]]]) -> None:
@@ -311,6 +320,21 @@ def run_ours(mode: str, case: str, sd: dict[str, torch.Tensor], repeat: int, row
             with create_remote_connector(f"{url}-save{saves[0]}") as s:
                 s.save_state_dict(sd)
 
+        # Saving again over a model whose every tensor changed (as a
+        # checkpoint saved under one name each time): the read-back check of
+        # the stored values, then an overwrite of each. Two versions saved in
+        # turn, so that each run changes every value.
+        changed = {n: changed_copy(t) for n, t in sd.items()}
+        versions = [changed, sd]
+        with create_remote_connector(f"{url}-over") as o:
+            o.save_state_dict(sd)
+        overwrites = [0]
+
+        def save_over():
+            overwrites[0] += 1
+            with create_remote_connector(f"{url}-over") as o:
+                o.save_state_dict(versions[overwrites[0] % 2])
+
         if mode != "own":  # another process would read this one's segment over TCP
             setup, first = in_new_process("ours", {"url": url})
             add_first_rows(rows, mode, case, "ours", nbytes(sd), setup, first, log)
@@ -323,7 +347,8 @@ def run_ours(mode: str, case: str, sd: dict[str, torch.Tensor], repeat: int, row
                    "ours weight_iterator": lambda: sum(1 for _ in c.weight_iterator()),
                    "ours weight_iterator (all kept)": lambda: list(c.weight_iterator()),
                    "ours get per key": lambda: [c.get(f"keys/{case}/{n}") for n in sd]},
-                  {"ours save_state_dict": (save_ours, lambda: sweeper.sweep(f"bench/{mode}/{case}-save"))})
+                  {"ours save_state_dict": (save_ours, lambda: sweeper.sweep(f"bench/{mode}/{case}-save")),
+                   "ours save_state_dict (overwrite)": (save_over, lambda: None)})
         assert all(torch.equal(dest[n].view(torch.uint8), t.view(torch.uint8)) for n, t in sd.items())
 
 

@@ -27,7 +27,7 @@ def test_the_benchmark_runs_every_row_in_every_mode(tmp_path):
             for row in ("raw batch_get_into", "raw batch_put_from", "seed per-key get + load",
                         "ours load_into (preallocated)", "ours load_state_dict", "ours weight_iterator",
                         "ours weight_iterator (all kept)",
-                        "ours get per key", "ours save_state_dict"):
+                        "ours get per key", "ours save_state_dict", "ours save_state_dict (overwrite)"):
                 assert (mode, case, row) in rows, (mode, case, row)
         for op in ("ours setstr", "ours getstr", "raw put", "raw get", "raw get_size (missing key)",
                    "raw get_size + put"):
