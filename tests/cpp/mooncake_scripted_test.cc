@@ -622,6 +622,36 @@ TEST_F(Scripted, ABatchOfOverwritesAndFirstWritesLeavesOnlyTheNewValues) {
   EXPECT_EQ(sm_.Keys().size(), objects) << ::testing::PrintToString(sm_.Keys());
 }
 
+TEST_F(Scripted, OverwritesOfChunkedValuesShareCalls) {
+  // Six chunked values (three 4096-byte chunks each) overwritten in one
+  // batch: what the keys hold is read in one call (no get_size, no single
+  // get_into), the headers go in place by one batch upsert, and the replaced
+  // generations' chunks go in one removal call.
+  Open();
+  std::vector<std::string> keys;
+  std::vector<std::vector<std::byte>> values;
+  for (int i = 0; i < 6; ++i) {
+    keys.push_back("v" + std::to_string(i));
+    ASSERT_TRUE(Put(keys.back(), Bytes(10000, i)).ok());
+    values.push_back(Bytes(10000 + i, 20 + i));
+  }
+  std::vector<ConstBytes> parts(values.begin(), values.end());
+  std::vector<PutRequest> requests;
+  for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], {&parts[i], 1}});
+  std::map<std::string, int> before = sm_.calls;
+  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+  for (size_t i = 0; i < keys.size(); ++i) ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
+  std::map<std::string, int> after = sm_.calls;
+  EXPECT_EQ(after["get_size"] - before["get_size"], 0);
+  EXPECT_EQ(after["native get_into"] - before["native get_into"], 0);
+  EXPECT_EQ(after["native batch_get_into"] - before["native batch_get_into"], 2);  // the look, the settle check
+  EXPECT_EQ(after["native upsert_from"] - before["native upsert_from"], 0);
+  EXPECT_EQ(after["native batch_upsert_from"] - before["native batch_upsert_from"], 1);
+  EXPECT_EQ(after["native batch_remove"] - before["native batch_remove"], 1);
+  for (size_t i = 0; i < keys.size(); ++i) ExpectValue(keys[i], values[i]);
+  EXPECT_EQ(sm_.Keys().size(), 6u * 4) << "each header and its three chunks, nothing of the old generations";
+}
+
 TEST_F(Scripted, BatchPutFallsBackWhenTheBatchCallIsRefused) {
   Open(std::chrono::milliseconds(300));
   sm_.inject = [](const ScriptedMooncake::Call& c) -> int64_t {

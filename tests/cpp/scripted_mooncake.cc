@@ -331,11 +331,19 @@ mooncake::Api ScriptedMooncake::api() {
     a.upsert_from = [](Handle h, const char* key, void* buf, size_t size, const ReplicateConfig*) -> int {
       auto* s = O::S(h);
       if (int64_t rc = O::Hook(s, "upsert_from", key)) return static_cast<int>(rc);
+      {
+        std::lock_guard lock(s->mu);
+        s->calls["native upsert_from"]++;
+      }
       return O::Put(s, key, buf, size, true);
     };
     a.batch_upsert_from = [](Handle h, const char** keys, void** bufs, const size_t* sizes, size_t n,
                              const ReplicateConfig*, int* out) -> int {
       auto* s = O::S(h);
+      {
+        std::lock_guard lock(s->mu);
+        s->calls["native batch_upsert_from"]++;
+      }
       for (size_t i = 0; i < n; ++i) {
         out[i] = static_cast<int>(O::Hook(s, "upsert_from", keys[i]));
         if (out[i] != 0) continue;
@@ -431,6 +439,10 @@ mooncake::Api ScriptedMooncake::api() {
     };
     a.batch_remove = [](Handle h, const char** keys, size_t n, int force, int* out) -> int {
       auto* s = O::S(h);
+      {
+        std::lock_guard lock(s->mu);
+        s->calls["native batch_remove"]++;
+      }
       for (size_t i = 0; i < n; ++i) {
         out[i] = static_cast<int>(O::Hook(s, "remove", keys[i]));
         if (out[i] != 0) continue;

@@ -126,6 +126,19 @@ void MooncakeClient::RemoveGeneration(const std::string& key, const ChunkHeader&
   }
 }
 
+void MooncakeClient::RemoveGenerations(
+    std::span<const std::pair<const std::string*, const ChunkHeader*>> generations) {
+  std::vector<std::string> keys;
+  for (const auto& [key, h] : generations) {
+    if (h->num_chunks > kMaxExplicitChunkRemoves) {
+      RemoveGeneration(*key, *h, nullptr);
+      continue;
+    }
+    for (uint64_t i = 0; i < h->num_chunks; ++i) keys.push_back(h->ChunkKey(*key, i));
+  }
+  deferred_->Remove(std::move(keys));
+}
+
 void MooncakeClient::RemoveChunkObjects(const std::string& key,
                                        const std::optional<ChunkHeader>& header,
                                        Deadline& deadline) {

@@ -118,6 +118,9 @@ class MooncakeClient {
   // `deadline` is null), or by one pattern call when the header claims more
   // chunks than are worth naming one by one.
   void RemoveGeneration(const std::string& key, const ChunkHeader& h, Deadline* deadline);
+  // The chunks of several replaced generations (key, header), handed to the
+  // deferred removal together: one removal call for all of them.
+  void RemoveGenerations(std::span<const std::pair<const std::string*, const ChunkHeader*>> generations);
   std::vector<std::string> ChunkKeys(const std::string& key, const ChunkHeader& h) const;
   // Which of the chunks of `h` exist (all of them when it has too many to
   // check one by one). Takes read leases on them.

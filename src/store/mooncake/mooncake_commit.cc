@@ -1,10 +1,10 @@
-// Committing a write (mooncake_write.cc puts the bytes): the 64-byte header
-// objects that make a value's chunks its value, written by upsert (in place
-// over an old header; over a raw object of another size after proving and
-// freeing the 64 bytes), and the check after the commit that settles the
-// races a commit can lose (a torn header, a later writer, a remove that swept
-// the chunks). mooncake_write.cc runs the steps of a write;
-// docs/mooncake_layout.md describes the protocol.
+// The 64-byte objects of a write (mooncake_write.cc puts the bytes): what
+// the keys hold before it; the header objects that make a value's chunks its
+// value, written by upsert (in place over an old header; over a raw object
+// of another size after proving and freeing the 64 bytes); and the check
+// after the commit that settles the races a commit can lose (a torn header,
+// a later writer, a remove that swept the chunks). mooncake_write.cc runs
+// the steps of a write; docs/mooncake_layout.md describes the protocol.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -34,6 +34,58 @@ void MooncakeWriter::ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn) {
       h.buffers.push_back(h.slot[0] + j * kChunkHeaderSize);
     }
     fn(at, n, h);
+  }
+}
+
+void MooncakeWriter::LearnExisting(std::span<Value* const> values, Deadline& deadline) {
+  // Several keys: one existence check, then the first 64 bytes of each key
+  // that has a value, a slot's worth of keys per call: a header or a raw
+  // object of under 64 bytes is then known; a larger raw object (refused for
+  // the small buffer) or any error goes to Inspect, as does a single key.
+  std::vector<Value*> inspect;
+  for (Value* v : values) v->old = Existing{};
+  if (values.size() < 2 || deadline.Refusal() != 0) {
+    inspect.assign(values.begin(), values.end());
+  } else {
+    std::vector<const char*> keys;
+    for (const Value* v : values) keys.push_back(v->key.c_str());
+    std::vector<int> exist(values.size(), 1);
+    if (client_.api()->batch_is_exist(client_.handle(), keys.data(), keys.size(), exist.data()) != 0) {
+      std::fill(exist.begin(), exist.end(), 1);
+    }
+    std::vector<Value*> present;
+    for (size_t j = 0; j < values.size(); ++j) {
+      if (exist[j] != 0) present.push_back(values[j]);  // (an error for the key: looked at below)
+    }
+    auto key_of = [&](size_t i) -> const std::string& { return present[i]->key; };
+    ForEachHeaderSlot(present.size(), key_of, [&](size_t at, size_t n, HeaderSlot& hs) {
+      std::vector<int64_t> results(n, -1);
+      int call = client_.api()->batch_get_into(client_.handle(), hs.keys.data(), hs.buffers.data(),
+                                               hs.lengths.data(), n, results.data());
+      for (size_t j = 0; j < n; ++j) {
+        Value& v = *present[at + j];
+        const int64_t r = call != 0 ? call : results[j];
+        if (r == kErrObjectNotFound) continue;  // removed meanwhile: none
+        if (r < 0 || r > static_cast<int64_t>(kChunkHeaderSize)) {
+          inspect.push_back(&v);
+          continue;
+        }
+        ConstBytes object(static_cast<const std::byte*>(hs.buffers[j]), static_cast<size_t>(r));
+        v.old = Existing{true, object.size(), std::nullopt};
+        // Any other 64-byte object (a raw foreign value, a torn or corrupt
+        // header) is replaced like a value, as Inspect has it.
+        Result<ChunkHeader> h = ParseChunkHeader(object);
+        if (h.ok()) v.old.header = *h;
+      }
+    });
+  }
+  for (Value* v : inspect) {
+    Result<Existing> old = client_.Inspect(v->key, deadline);
+    if (old.ok()) {
+      v->old = *old;
+    } else {
+      v->status = old.status();
+    }
   }
 }
 

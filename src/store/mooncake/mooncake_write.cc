@@ -122,23 +122,30 @@ void MooncakeWriter::WriteValues(std::span<Value* const> values, const Replicate
     if (!put[j].ok()) chunked[j]->status = std::move(put[j]);
   }
 
-  // The commits: headers over keys with no value together (by upsert where
-  // the provider has it: a value created meanwhile is replaced, so our chunks
-  // never end up unreferenced), over the others one by one (CommitHeader).
+  // The commits, together where one call does: headers over keys with no
+  // value (by upsert where the provider has it: a value created meanwhile is
+  // replaced, so our chunks never end up unreferenced), and headers over
+  // 64-byte objects (an in-place upsert, which allocates nothing); over raw
+  // values of another size, or without upsert, one by one (CommitHeader).
   const bool can_upsert = client_.api()->upsert_from != nullptr;
-  std::vector<Value*> fresh;
-  std::vector<HeaderWrite> headers;
-  for (Value* v : pending(chunked)) {
-    if (v->old.exists) continue;
-    fresh.push_back(v);
-    headers.push_back({&v->key, v->header.Encode()});
+  for (const bool over_header : {false, true}) {
+    if (over_header && !can_upsert) break;
+    std::vector<Value*> together;
+    std::vector<HeaderWrite> headers;
+    for (Value* v : pending(chunked)) {
+      const bool in_place = v->old.exists && v->old.object_size == kChunkHeaderSize;
+      if (over_header ? !in_place : v->old.exists) continue;
+      together.push_back(v);
+      headers.push_back({&v->key, v->header.Encode()});
+    }
+    const bool upsert = over_header || can_upsert;
+    std::vector<int64_t> written = WriteHeaders(headers, upsert, replicate, deadline);
+    for (size_t j = 0; j < together.size(); ++j) {
+      if (written[j] != 0) together[j]->status = HeaderError(together[j]->key, upsert, written[j]);
+    }
   }
-  std::vector<int64_t> written = WriteHeaders(headers, can_upsert, replicate, deadline);
-  for (size_t j = 0; j < fresh.size(); ++j) {
-    if (written[j] != 0) fresh[j]->status = HeaderError(fresh[j]->key, can_upsert, written[j]);
-  }
   for (Value* v : pending(chunked)) {
-    if (!v->old.exists) continue;
+    if (!v->old.exists || (can_upsert && v->old.object_size == kChunkHeaderSize)) continue;
     if (Status s = CommitHeader(v->key, v->header, v->old, replicate, deadline); !s.ok()) v->status = std::move(s);
   }
   for (Value* v : chunked) {
@@ -158,36 +165,14 @@ void MooncakeWriter::WriteValues(std::span<Value* const> values, const Replicate
   std::vector<ChunkWrite> check;
   for (Value* v : committed) check.push_back({&v->key, &v->header, {}});
   std::vector<Settled> settled = CheckSettled(check, deadline);
+  std::vector<std::pair<const std::string*, const ChunkHeader*>> replaced;
   for (size_t j = 0; j < committed.size(); ++j) {
     Value& v = *committed[j];
     if (settled[j] != Settled::kYes) SettleHeader(v.key, v.header, v.request->parts, replicate, deadline);
-    if (v.old.header && v.old.header->generation != v.header.generation) {
-      client_.RemoveGeneration(v.key, *v.old.header, nullptr);
-    }
+    if (v.old.header && v.old.header->generation != v.header.generation) replaced.emplace_back(&v.key, &*v.old.header);
     v.status = Status::Ok();
   }
-}
-
-void MooncakeWriter::LearnExisting(std::span<Value* const> values, Deadline& deadline) {
-  std::vector<int> exist(values.size(), 1);
-  if (values.size() > 1 && deadline.Refusal() == 0) {
-    std::vector<const char*> keys;
-    for (const Value* v : values) keys.push_back(v->key.c_str());
-    if (client_.api()->batch_is_exist(client_.handle(), keys.data(), keys.size(), exist.data()) != 0) {
-      std::fill(exist.begin(), exist.end(), 1);
-    }
-  }
-  for (size_t j = 0; j < values.size(); ++j) {
-    Value& v = *values[j];
-    v.old = Existing{};
-    if (exist[j] == 0) continue;  // (an error for the key: Inspect says)
-    Result<Existing> old = client_.Inspect(v.key, deadline);
-    if (old.ok()) {
-      v.old = *old;
-    } else {
-      v.status = old.status();
-    }
-  }
+  client_.RemoveGenerations(replaced);
 }
 
 void MooncakeWriter::PutRawObjects(std::span<Value* const> values, const ReplicateConfig& replicate,
