@@ -607,14 +607,8 @@ TEST_F(Scripted, ABatchOfOverwritesAndFirstWritesLeavesOnlyTheNewValues) {
   const std::vector<std::vector<std::byte>> values = {Bytes(100, 11), Bytes(9000, 12), Bytes(6000, 13),
                                                       Bytes(50, 14),  Bytes(300, 15),  Bytes(10000, 16),
                                                       {},             Bytes(64, 17)};
-  std::vector<ConstBytes> parts(values.begin(), values.end());
-  std::vector<PutRequest> requests;
-  for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], {&parts[i], 1}});
-  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
-  for (size_t i = 0; i < keys.size(); ++i) {
-    ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
-    ExpectValue(keys[i], values[i]);
-  }
+  BatchPutAll(keys, values);
+  for (size_t i = 0; i < keys.size(); ++i) ExpectValue(keys[i], values[i]);
   // Objects: a header and its chunks for each value written in chunks (every
   // overwrite, and the large, empty and 64-byte first writes); the new raw
   // value alone.
@@ -635,12 +629,8 @@ TEST_F(Scripted, OverwritesOfChunkedValuesShareCalls) {
     ASSERT_TRUE(Put(keys.back(), Bytes(10000, i)).ok());
     values.push_back(Bytes(10000 + i, 20 + i));
   }
-  std::vector<ConstBytes> parts(values.begin(), values.end());
-  std::vector<PutRequest> requests;
-  for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], {&parts[i], 1}});
   std::map<std::string, int> before = sm_.calls;
-  std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
-  for (size_t i = 0; i < keys.size(); ++i) ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
+  BatchPutAll(keys, values);
   std::map<std::string, int> after = sm_.calls;
   EXPECT_EQ(after["get_size"] - before["get_size"], 0);
   EXPECT_EQ(after["native get_into"] - before["native get_into"], 0);

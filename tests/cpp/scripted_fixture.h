@@ -52,6 +52,14 @@ class Scripted : public ::testing::Test {
     store_ = *s;
   }
   Status Put(const std::string& k, const std::vector<std::byte>& v) { return store_->Put(k, v); }
+  // One BatchPut of values[i] under keys[i], every one of which must succeed.
+  void BatchPutAll(const std::vector<std::string>& keys, const std::vector<std::vector<std::byte>>& values) {
+    std::vector<ConstBytes> parts(values.begin(), values.end());
+    std::vector<PutRequest> requests;
+    for (size_t i = 0; i < keys.size(); ++i) requests.push_back({keys[i], {&parts[i], 1}});
+    std::vector<Status> got = store_->BatchPut(requests, WriteOptions{});
+    for (size_t i = 0; i < keys.size(); ++i) ASSERT_TRUE(got[i].ok()) << keys[i] << got[i];
+  }
   void ExpectValue(const std::string& k, const std::vector<std::byte>& v) {
     Result<Buffer> b = store_->Get(k);
     ASSERT_TRUE(b.ok()) << b.status();
