@@ -1,6 +1,7 @@
 #include "store/mooncake/deferred_removal_internal.h"
 
 #include <algorithm>
+#include <thread>
 #include <unordered_set>
 
 namespace mooncake_connector::mooncake {
@@ -61,6 +62,15 @@ void DeferredRemoval::Flush(bool force_now) {
     if (e.give_up_at > now && refused.count(e.key) != 0) {
       queue_.push_back(std::move(e));
     }
+  }
+}
+
+void DeferredRemoval::Drain(std::chrono::milliseconds wait) {
+  const auto end = std::chrono::steady_clock::now() + wait;
+  for (;;) {
+    Flush(/*force_now=*/true);
+    if (pending() == 0 || std::chrono::steady_clock::now() >= end) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
 

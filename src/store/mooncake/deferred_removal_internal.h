@@ -3,9 +3,9 @@
 // (-706) until the lease expires, and mooncake:// never force-removes (a
 // reader in flight would then receive whatever reuses the memory). So these
 // objects are removed when their leases allow: tried at once, then again
-// whenever the store is written to, until removed or `give_up_after`. What is
-// still leased when the store closes stays until a remove() of its key sweeps
-// it (docs/mooncake_layout.md).
+// whenever the store is written to, until removed or `give_up_after`, and
+// for a moment when the store closes. What is still leased then stays until a
+// remove() of its key sweeps it (docs/mooncake_layout.md).
 #pragma once
 
 #include <chrono>
@@ -22,7 +22,14 @@ class DeferredRemoval {
  public:
   DeferredRemoval(const Api* api, Handle handle, std::chrono::milliseconds give_up_after)
       : api_(api), handle_(handle), give_up_after_(give_up_after) {}
-  ~DeferredRemoval() { Flush(/*force_now=*/true); }
+  // At close, what is queued is tried until removed or kCloseWait has
+  // passed: a lease taken by a read just before an overwrite (Mooncake's is
+  // configurable; short ones are common) runs out meanwhile, so the replaced
+  // chunks do not outlive the client unreferenced.
+  static constexpr std::chrono::milliseconds kCloseWait{2000};
+  ~DeferredRemoval() { Drain(kCloseWait); }
+  // Retries everything queued until it is removed or `wait` has passed.
+  void Drain(std::chrono::milliseconds wait);
 
   // Removes `keys` now where possible and queues the leased ones.
   void Remove(std::vector<std::string> keys);
