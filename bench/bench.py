@@ -321,9 +321,10 @@ def run_ours(mode: str, case: str, sd: dict[str, torch.Tensor], repeat: int, row
                 s.save_state_dict(sd)
 
         # Saving again over a model whose every tensor changed (as a
-        # checkpoint saved under one name each time): the read-back check of
-        # the stored values, then an overwrite of each. Two versions saved in
-        # turn, so that each run changes every value.
+        # checkpoint saved under one name each time): every checksum differs
+        # from the manifest's, so nothing is read back; each value is
+        # overwritten. Two versions saved in turn, so that each run changes
+        # every value.
         changed = {n: changed_copy(t) for n, t in sd.items()}
         versions = [changed, sd]
         with create_remote_connector(f"{url}-over") as o:
