@@ -192,6 +192,15 @@ struct CudaTarget {
   uintptr_t stream = 0;
 };
 
+// One step of a load onto memory the caller allocates (a CUDA device's;
+// ModelReader::PlanDeviceGroups): allocate and fill `fill` (LoadIntoCuda),
+// hand out `hand_out` in that order, then let go of `drop`.
+struct DeviceGroup {
+  std::vector<size_t> fill;      // stored tensors (indices into tensors()), about group_bytes in all
+  std::vector<size_t> hand_out;  // indices into tensors(); an alias's bytes are its alias_of's
+  std::vector<size_t> drop;      // stored tensors of this or an earlier fill no later group hands out
+};
+
 struct FileContent {
   std::string path;  // relative
   ConstBytes bytes;
@@ -419,6 +428,13 @@ class MC_EXPORT ModelReader {
   // kept for the next load.
   Result<std::vector<std::string>> LoadIntoCuda(std::span<const TensorDestination> destinations,
                                                 const CudaTarget& target);
+  // A streaming load onto a device, in groups: every tensor in stored order,
+  // each stored tensor filled once, in the first group that hands it (or an
+  // alias of it) out; a group closes once its fills reach group_bytes (the
+  // last one may be smaller). Memory held at once: a group's fills and the
+  // stored tensors later aliases still need. FailedPrecondition without a
+  // manifest (dtypes and shapes unknown until read).
+  Result<std::vector<DeviceGroup>> PlanDeviceGroups(uint64_t group_bytes) const;
 
   // Reads every stored tensor into scratch memory, batch by batch, checking
   // each against the manifest (checksums too). One line per problem; empty

@@ -282,4 +282,38 @@ Result<std::vector<std::string>> ModelReaderImpl::LoadIntoCuda(std::span<const T
   return Missed(which);
 }
 
+Result<std::vector<DeviceGroup>> ModelReaderImpl::PlanDeviceGroups(uint64_t group_bytes) const {
+  if (!has_manifest_) {
+    return FailedPrecondition("a load onto a device in groups needs a manifest (model '" + model_.name() +
+                              "' rank " + std::to_string(rank_) + " has none)");
+  }
+  const size_t n = tensors_.size();
+  std::vector<size_t> last_use(n, 0);  // of each stored tensor: the last index handing it out
+  for (size_t i = 0; i < n; ++i) last_use[Canonical(i)] = i;
+  std::vector<DeviceGroup> groups;
+  std::vector<bool> filled(n, false);
+  DeviceGroup group;
+  uint64_t bytes = 0;
+  auto close = [&] {
+    for (size_t i : group.hand_out) {
+      if (last_use[Canonical(i)] == i) group.drop.push_back(Canonical(i));
+    }
+    groups.push_back(std::move(group));
+    group = {};
+    bytes = 0;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const size_t stored = Canonical(i);
+    if (!filled[stored]) {
+      filled[stored] = true;
+      group.fill.push_back(stored);
+      bytes += tensors_[stored].nbytes;
+    }
+    group.hand_out.push_back(i);
+    if (bytes >= group_bytes) close();
+  }
+  if (!group.hand_out.empty()) close();
+  return groups;
+}
+
 }  // namespace mooncake_connector

@@ -18,6 +18,9 @@ Result<std::vector<std::string>> ModelReader::LoadIntoCuda(std::span<const Tenso
                                                            const CudaTarget& target) {
   return impl_->LoadIntoCuda(destinations, target);
 }
+Result<std::vector<DeviceGroup>> ModelReader::PlanDeviceGroups(uint64_t group_bytes) const {
+  return impl_->PlanDeviceGroups(group_bytes);
+}
 Result<std::vector<std::string>> ModelReader::Check() { return impl_->Check(); }
 std::vector<Status> ModelReader::ReadPieces(std::span<const TensorPiece> pieces) { return impl_->ReadPieces(pieces); }
 Status ModelReader::CheckAssembled(size_t index, ConstBytes data) { return impl_->CheckAssembled(index, data); }

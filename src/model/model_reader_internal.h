@@ -126,6 +126,7 @@ class ModelReaderImpl {
   Result<std::vector<std::string>> LoadInto(std::span<const TensorDestination> destinations);
   Result<std::vector<std::string>> LoadIntoCuda(std::span<const TensorDestination> destinations,
                                                 const CudaTarget& target);
+  Result<std::vector<DeviceGroup>> PlanDeviceGroups(uint64_t group_bytes) const;
   Result<std::vector<std::string>> Check();
   std::vector<Status> ReadPieces(std::span<const TensorPiece> pieces);
   Result<std::vector<ShareBatch>> PlanShares(int world, uint64_t batch_bytes, bool split,

@@ -218,6 +218,46 @@ TEST(Model, LoadIntoCallerBuffers) {
   EXPECT_EQ(std::memcmp(a2.data(), Find(s, "a")->data, 128), 0);
 }
 
+// A load onto a device in groups: each stored tensor filled once, in the
+// group that first hands it out, and let go after its last alias.
+TEST(Model, DeviceGroupsFillEachStoredTensorOnceAndDropItAfterItsLastUse) {
+  auto c = Open(UniqueUrl());
+  Model m = *Model::Open(*c);
+  Tensor x = Filled(DType::kF32, {4, 8}, 1), y = Filled(DType::kU8, {30}, 2), z = Filled(DType::kU8, {100}, 3);
+  std::vector<NamedTensorView> views = {{"x", x.view()}, {"y", y.view()}, {"x_tied", x.view()}, {"z", z.view()}};
+  ASSERT_TRUE(m.SaveStateDict(0, views).ok());
+  std::unique_ptr<ModelReader> reader = *m.OpenReader(0);
+  using Indices = std::vector<size_t>;
+
+  // A group closes once its fills reach group_bytes: one tensor each, but
+  // x_tied fills nothing, so z joins its group.
+  Result<std::vector<DeviceGroup>> groups = reader->PlanDeviceGroups(1);
+  ASSERT_TRUE(groups.ok()) << groups.status();
+  ASSERT_EQ(groups->size(), 3u);
+  EXPECT_EQ((*groups)[0].fill, Indices{0});
+  EXPECT_EQ((*groups)[0].hand_out, Indices{0});
+  EXPECT_EQ((*groups)[0].drop, Indices{});  // x_tied still needs x
+  EXPECT_EQ((*groups)[1].fill, Indices{1});
+  EXPECT_EQ((*groups)[1].hand_out, Indices{1});
+  EXPECT_EQ((*groups)[1].drop, Indices{1});
+  EXPECT_EQ((*groups)[2].fill, Indices{3});
+  EXPECT_EQ((*groups)[2].hand_out, (Indices{2, 3}));
+  EXPECT_EQ((*groups)[2].drop, (Indices{0, 3}));
+
+  groups = reader->PlanDeviceGroups(UINT64_MAX);  // all at once
+  ASSERT_TRUE(groups.ok()) << groups.status();
+  ASSERT_EQ(groups->size(), 1u);
+  EXPECT_EQ((*groups)[0].fill, (Indices{0, 1, 3}));
+  EXPECT_EQ((*groups)[0].hand_out, (Indices{0, 1, 2, 3}));
+  EXPECT_EQ((*groups)[0].drop, (Indices{1, 0, 3}));
+
+  // Without a manifest the dtypes and shapes are unknown until read.
+  auto other = Open(SameStore(UniqueUrl(), "/org/plain"));
+  Model plain = *Model::Open(*other);
+  ASSERT_TRUE(other->Set(plain.TensorKey(0, "w"), y.view()).ok());
+  EXPECT_STATUS((*plain.OpenReader(0))->PlanDeviceGroups(1).status(), kFailedPrecondition, "needs a manifest");
+}
+
 TEST(Model, PiecesOfATensorReadApartAndCheckedTogether) {
   auto c = Open(UniqueUrl());
   Model m = *Model::Open(*c);
