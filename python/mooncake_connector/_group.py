@@ -47,7 +47,7 @@ from ._torch import torch
 from . import _impl
 from ._errors import DataLossError, InvalidArgumentError, MooncakeConnectorError, UnavailableError
 from ._shared_files import _SHM_DIR, _SharedFiles, _host_id
-from ._tensors import _NAME_TO_TORCH
+from ._tensors import _NAME_TO_TORCH, to_dlpack
 
 logger = logging.getLogger("mooncake_connector")
 
@@ -109,7 +109,7 @@ class _Batch:
             # The checksum is computed on the host: a tensor assembled in
             # device memory (an NCCL group) is checked on a copy.
             host = flat if flat.device.type == "cpu" else flat.cpu()
-            reader.check_assembled(index, host.data_ptr(), nbytes)
+            reader.check_assembled(index, to_dlpack(host))
         return flat.view(_NAME_TO_TORCH[dtype]).view(shape)
 
 
@@ -275,14 +275,13 @@ def _read_pieces(reader, pieces: list, views: list[torch.Tensor]) -> None:
     thread's stream)."""
     indices, offsets = [p[0] for p in pieces], [p[1] for p in pieces]
     if all(v.device.type == "cpu" for v in views):
-        reader.read_pieces(indices, offsets, [v.data_ptr() for v in views], [v.numel() for v in views])
+        reader.read_pieces(indices, offsets, [to_dlpack(v) for v in views])
         return
     at = [0]
     for v in views:
         at.append(at[-1] + v.numel())
     host = torch.empty(at[-1], dtype=torch.uint8, pin_memory=True)
-    reader.read_pieces(indices, offsets, [host[at[k]:].data_ptr() for k in range(len(views))],
-                       [v.numel() for v in views])
+    reader.read_pieces(indices, offsets, [to_dlpack(host[at[k]:at[k + 1]]) for k in range(len(views))])
     for k, v in enumerate(views):
         v.copy_(host[at[k]:at[k + 1]])
 

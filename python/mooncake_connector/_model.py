@@ -11,7 +11,7 @@ from ._torch import torch
 from . import _impl
 from ._defaults import DEFAULT_BATCH_BYTES
 from ._errors import FailedPreconditionError, InvalidArgumentError
-from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, dtype_name
+from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, to_dlpack
 
 
 Progress = Optional[Callable[[int, int], None]]
@@ -33,22 +33,14 @@ def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, An
                     world_size: int = 1, layout: str = "engine",
                     batch_bytes: int = DEFAULT_BATCH_BYTES, progress: Progress = None,
                     pin: bool = True) -> None:
-    names, pointers, sizes, dtypes, shapes = [], [], [], [], []
-    keep = []  # the tensors whose addresses go to C++ (CPU copies of GPU ones) live until the save returns
+    tensors = []
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"state dict keys must be str, got {type(name).__name__}")
         if isinstance(value, torch.Tensor) and value.device.type != "cpu":
             value = value.detach().to("cpu")
-        tensor = as_cpu_tensor(value)
-        keep.append(tensor)
-        names.append(name)
-        pointers.append(tensor.data_ptr())
-        sizes.append(tensor.numel() * tensor.element_size())
-        dtypes.append(dtype_name(tensor.dtype))
-        shapes.append(list(tensor.shape))
-    model.save_state_dict(rank, names, pointers, sizes, dtypes, shapes, world_size, layout, batch_bytes,
-                          progress, pin)
+        tensors.append((name, to_dlpack(as_cpu_tensor(value))))
+    model.save_state_dict(rank, tensors, world_size, layout, batch_bytes, progress, pin)
 
 
 def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:
@@ -60,39 +52,21 @@ def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:
             yield name, torch.from_dlpack(capsule)
 
 
-def _cuda_target(device: torch.device) -> tuple[int, int]:
-    """(device index, the address of torch's current stream on it): the C++
-    core queues its copies on that stream, so they are ordered with torch's
-    own work there."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return index, torch.cuda.current_stream(index).cuda_stream
-
-
-def _stored(reader: "_impl.ModelReader") -> list[tuple[str, str, list[int], int, str]]:
-    """The manifest's (name, dtype, shape, nbytes, alias_of), or [] for a model
-    without one (SGLang-written: dtypes unknown until read)."""
-    entries = reader.tensors()
-    return [] if any(dtype is None for _, dtype, _, _, _ in entries) else entries
-
-
-def _load_cuda(reader: "_impl.ModelReader", entries, device: torch.device) -> dict[str, torch.Tensor]:
-    """Allocates the stored tensors of ``entries`` on ``device`` (aliases share
-    their target) and fills them in one pipelined C++ call."""
-    out: dict[str, torch.Tensor] = {}
-    names, pointers, sizes, dtypes, shapes = [], [], [], [], []
-    for name, dtype, shape, nbytes, alias in entries:
-        if alias or name in out:
-            continue
-        tensor = torch.empty(shape, dtype=_NAME_TO_TORCH[dtype], device=device)
-        out[name] = tensor
-        names.append(name)
-        pointers.append(tensor.data_ptr())
-        sizes.append(nbytes)
-        dtypes.append(dtype)
-        shapes.append(list(shape))
-    index, stream = _cuda_target(device)
-    reader.load_into_cuda(names, pointers, sizes, dtypes, shapes, index, stream)
+def _load_cuda(reader: "_impl.ModelReader", fill, device: torch.device) -> dict[str, torch.Tensor]:
+    """Allocates the stored tensors ``fill`` ([(name, dtype, shape, nbytes)])
+    on ``device`` and fills them in one pipelined C++ call."""
+    out = {name: torch.empty(shape, dtype=_NAME_TO_TORCH[dtype], device=device) for name, dtype, shape, _ in fill}
+    _fill_cuda(reader, list(out.items()), device)
     return out
+
+
+def _fill_cuda(reader: "_impl.ModelReader", tensors: list, device: torch.device) -> list[str]:
+    """Fills ``tensors`` ([(name, tensor)], all on ``device``) through the C++
+    pipeline. Its copies are queued on torch's current stream of that device,
+    so they are ordered with torch's own work there."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(index).cuda_stream
+    return reader.load_into_cuda([(name, to_dlpack(t)) for name, t in tensors], stream)
 
 
 def weight_iterator(model: "_impl.Model", rank: int, *, device: Any = "cpu", verify: bool = True,
@@ -103,9 +77,8 @@ def weight_iterator(model: "_impl.Model", rank: int, *, device: Any = "cpu", ver
         # Groups of batch_bytes go to the GPU through the C++ pipeline, whose
         # own batches (a quarter of a group) overlap fetching with copying.
         reader = model.reader(rank, verify, max(1, batch_bytes // 4), None)
-        entries = _stored(reader)
-        if entries:
-            yield from _cuda_groups(reader, entries, target, batch_bytes, progress)
+        if reader.has_manifest:
+            yield from _device_groups(reader, target, batch_bytes, progress)
             return
     # Each batch is handed on and, as a loader uses it, let go: the C++ core
     # may reuse the batch's memory (streaming).
@@ -114,44 +87,22 @@ def weight_iterator(model: "_impl.Model", rank: int, *, device: Any = "cpu", ver
         yield name, (tensor if target.type == "cpu" else tensor.to(target))
 
 
-def _cuda_groups(reader, entries, device: torch.device, batch_bytes: int,
-                 progress: Progress) -> Iterator[tuple[str, torch.Tensor]]:
-    by_name = {e[0]: e for e in entries}
-    total = sum(e[3] for e in entries if not e[4])
-    loaded: dict[str, torch.Tensor] = {}  # stored tensors that aliases still need
-    needed_later = {e[4] for e in entries if e[4]}
-    done = 0
-    pending: list[str] = []
-    group: list = []
-    group_bytes = 0
-
-    def flush():
-        nonlocal done, group, group_bytes
-        if group:
-            fresh = _load_cuda(reader, group, device)
-            done += group_bytes
+def _device_groups(reader, device: torch.device, group_bytes: int,
+                   progress: Progress) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors loaded onto ``device`` a group at a time, as the C++ core
+    plans them (ModelReader::PlanDeviceGroups: aliases, what is kept)."""
+    held: dict[str, torch.Tensor] = {}
+    done, total = 0, reader.total_bytes  # (read first: a load_into_cuda call sets it to its own)
+    for fill, hand_out, drop in reader.device_groups(group_bytes):
+        if fill:
+            held.update(_load_cuda(reader, fill, device))
+            done += sum(nbytes for _, _, _, nbytes in fill)
             if progress is not None:
                 progress(done, total)
-            loaded.update(fresh)
-        group, group_bytes = [], 0
-
-    for name, _, _, _, alias in entries:
-        stored = alias or name
-        if stored not in loaded and all(g[0] != stored for g in group):
-            group.append(by_name[stored])
-            group_bytes += by_name[stored][3]
-        pending.append(name)
-        if group_bytes >= batch_bytes:
-            flush()
-            for n in pending:
-                s = by_name[n][4] or n
-                yield n, loaded[s]
-                if s not in needed_later:
-                    loaded.pop(s, None)
-            pending = []
-    flush()
-    for n in pending:
-        yield n, loaded[by_name[n][4] or n]
+        for name, stored in hand_out:
+            yield name, held[stored]
+        for stored in drop:
+            del held[stored]
 
 
 def load_state_dict(model: "_impl.Model", rank: int, *, device: Any = "cpu", verify: bool = True,
@@ -161,10 +112,8 @@ def load_state_dict(model: "_impl.Model", rank: int, *, device: Any = "cpu", ver
     target = _device(device)
     if target.type == "cpu":  # aliases already share storage
         return dict(_batches(reader))
-    entries = _stored(reader)
-    if target.type == "cuda" and entries:
-        stored = _load_cuda(reader, entries, target)
-        return {name: stored[alias or name] for name, _, _, _, alias in entries}
+    if target.type == "cuda" and reader.has_manifest:
+        return dict(_device_groups(reader, target, 2**64 - 1, None))
     # Tensors the manifest lists as aliases (tied weights) stay shared on the
     # device: each stored tensor is moved once.
     canonical = {name: alias for name, _, _, _, alias in reader.tensors() if alias}
@@ -187,7 +136,7 @@ def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tenso
     calls reads its manifest once) instead of opening one. Contiguous CUDA
     destinations are filled by the C++ pipeline through pinned buffers; other
     non-CPU or strided ones through a CPU copy."""
-    names, pointers, sizes, dtypes, shapes = [], [], [], [], []
+    on_host = []  # (name, tensor) filled in CPU memory
     on_cuda: dict[int, list] = {}  # device index -> [(name, tensor)]
     copy_back = []  # (destination, CPU staging) for tensors we cannot fill directly
     for name, dest in tensors.items():
@@ -205,26 +154,15 @@ def load_into(model: "_impl.Model", rank: int, tensors: Mapping[str, torch.Tenso
                                                   pin_memory=dest.device.type == "cuda")
         if not direct:
             copy_back.append((dest, staging))
-        # The C++ core writes at the tensor's address: `tensors` (and
-        # copy_back) keep every destination alive until it returns.
-        names.append(name)
-        pointers.append(staging.data_ptr())
-        sizes.append(staging.numel() * staging.element_size())
-        dtypes.append(dtype_name(dest.dtype))
-        shapes.append(list(dest.shape))
+        on_host.append((name, to_dlpack(staging)))
     if reader is None:
         reader = model.reader(rank, verify, batch_bytes, progress)
     missed = None  # the stored tensors that no call so far filled, in stored order
     with torch.no_grad():
-        if names or not on_cuda:
-            missed = reader.load_into(names, pointers, sizes, dtypes, shapes)
+        if on_host or not on_cuda:
+            missed = reader.load_into(on_host)
         for index, items in on_cuda.items():
-            _, stream = _cuda_target(torch.device("cuda", index))
-            left = set(reader.load_into_cuda(
-                [n for n, _ in items], [t.data_ptr() for _, t in items],
-                [t.numel() * t.element_size() for _, t in items],
-                [dtype_name(t.dtype) for _, t in items], [list(t.shape) for _, t in items],
-                index, stream))
+            left = set(_fill_cuda(reader, items, torch.device("cuda", index)))
             stored = missed if missed is not None else [entry[0] for entry in reader.tensors()]
             missed = [n for n in stored if n in left]
         for dest, staging in copy_back:

@@ -48,11 +48,11 @@ class MooncakeConnector:
 
     # -- BaseKVConnector -------------------------------------------------
     def get(self, key: str) -> Optional[torch.Tensor]:
-        wire = self._impl.get_tensor(_key(key))
-        if wire is None:
+        capsule = self._impl.get_tensor(_key(key))
+        if capsule is None:
             return None
-        from ._tensors import from_wire  # torch: imported on first use (see _defaults)
-        tensor = from_wire(*wire)
+        from ._torch import torch  # imported on first use (see _defaults)
+        tensor = torch.from_dlpack(capsule)
         return tensor if self.device.startswith("cpu") else tensor.to(self.device)
 
     def getstr(self, key: str) -> Optional[str]:
@@ -60,11 +60,10 @@ class MooncakeConnector:
 
     def set(self, key: str, tensor: Any) -> None:
         from ._torch import torch
-        from ._tensors import as_cpu_tensor, to_wire
+        from ._tensors import as_cpu_tensor, to_dlpack
         if isinstance(tensor, torch.Tensor) and tensor.device.type != "cpu":
             tensor = tensor.detach().to("cpu")
-        tensor = as_cpu_tensor(tensor)
-        self._impl.set_tensor(_key(key), *to_wire(tensor))
+        self._impl.set_tensor(_key(key), to_dlpack(as_cpu_tensor(tensor)))
 
     def setstr(self, key: str, obj: str) -> None:
         if not isinstance(obj, str):

@@ -65,15 +65,71 @@ nb::object DLPackCapsule(const Tensor& tensor) {
   return nb::steal(capsule);
 }
 
+// The one way tensors come in from Python: a DLPack capsule (_tensors.py's
+// to_dlpack; an object with __dlpack__ works too, slower), compact
+// row-major, of a dtype safetensors names. The array holds the tensor's
+// memory for as long as it lives.
+using AnyArray = nb::ndarray<>;
+using NamedArrays = std::vector<std::pair<std::string, AnyArray>>;
+
+struct InTensor {
+  DType dtype = DType::kU8;
+  Shape shape;
+  std::byte* data = nullptr;
+  uint64_t nbytes = 0;
+  int cuda_device = -1;  // the CUDA device it is on; -1: CPU memory
+};
+
+enum Where { kCpu, kCuda };
+
+InTensor FromArray(const AnyArray& a, const std::string& name, Where where) {
+  const nb::dlpack::dtype t = a.dtype();
+  Result<DType> dtype = dlpack::FromDataType({t.code, t.bits, t.lanes});
+  if (!dtype.ok()) {
+    Check(InvalidArgument("tensor '" + name + "' has a dtype with no safetensors equivalent (DLPack code " +
+                          std::to_string(t.code) + ", " + std::to_string(t.bits) + " bits, " +
+                          std::to_string(t.lanes) + " lanes)"));
+  }
+  InTensor in;
+  in.dtype = *dtype;
+  in.shape.resize(a.ndim());
+  int64_t expected = 1;  // the stride of a compact row-major layout
+  bool compact = true;
+  for (size_t i = a.ndim(); i-- > 0;) {
+    in.shape[i] = static_cast<int64_t>(a.shape(i));
+    compact = compact && (in.shape[i] == 1 || a.stride(i) == expected);
+    expected *= in.shape[i];
+  }
+  in.data = static_cast<std::byte*>(a.data());
+  in.nbytes = a.nbytes();
+  if (!compact && in.nbytes > 0) Check(InvalidArgument("tensor '" + name + "' is not contiguous"));
+  const int32_t device = a.device_type();
+  if (device == nb::device::cuda::value) in.cuda_device = a.device_id();
+  if (device != nb::device::cpu::value && device != nb::device::cuda_host::value && in.cuda_device < 0) {
+    Check(InvalidArgument("tensor '" + name + "' is on a device of DLPack type " + std::to_string(device) +
+                          ", neither the CPU nor CUDA"));
+  }
+  if ((where == kCuda) != (in.cuda_device >= 0)) {
+    Check(InvalidArgument("tensor '" + name + "' is " + (in.cuda_device >= 0 ? "on a CUDA device" : "in CPU memory") +
+                          ", " + (where == kCuda ? "a CUDA device's" : "CPU memory") + " was expected"));
+  }
+  return in;
+}
+
+TensorView ViewOf(const InTensor& in) {
+  return Unwrap(MakeTensorView(in.dtype, in.shape, ConstBytes(in.data, in.nbytes)));
+}
+
+TensorDestination DestinationOf(const std::string& name, const InTensor& in) {
+  return {name, in.dtype, in.shape, MutableBytes(in.data, in.nbytes)};
+}
+
 class PyConnector {
  public:
   explicit PyConnector(std::unique_ptr<Connector> c) : c_(std::move(c)) {}
 
-  void SetTensor(const std::string& key, ByteArray data, const std::string& dtype_name,
-                 const std::vector<int64_t>& shape) {
-    DType dtype = Unwrap(ParseDType(dtype_name));
-    TensorView view = Unwrap(MakeTensorView(
-        dtype, shape, ConstBytes(reinterpret_cast<const std::byte*>(data.data()), data.size())));
+  void SetTensor(const std::string& key, const AnyArray& array) {
+    TensorView view = ViewOf(FromArray(array, key, kCpu));
     Status s;
     {
       nb::gil_scoped_release release;
@@ -82,7 +138,7 @@ class PyConnector {
     Check(s);
   }
 
-  // None, or (uint8 array, dtype name, shape).
+  // None, or a DLPack capsule of the tensor (torch.from_dlpack).
   nb::object GetTensor(const std::string& key) {
     Result<std::optional<Tensor>> r = std::optional<Tensor>();
     {
@@ -91,7 +147,7 @@ class PyConnector {
     }
     std::optional<Tensor> t = Unwrap(std::move(r));
     if (!t) return nb::none();
-    return nb::make_tuple(BytesArray(t->buffer()), std::string(DTypeName(t->dtype())), t->shape());
+    return DLPackCapsule(*t);
   }
 
   Connector& get() { return *c_; }
@@ -193,38 +249,45 @@ class PyModelReader {
     return out;
   }
 
-  // Destinations in this process's memory, given as addresses (a contiguous
-  // CPU tensor's data_ptr()) and sizes: no array object per tensor.
-  std::vector<std::string> LoadInto(const std::vector<std::string>& names, const std::vector<uintptr_t>& pointers,
-                                    const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
-                                    const std::vector<std::vector<int64_t>>& shapes) {
-    std::vector<TensorDestination> dests = Destinations(names, pointers, sizes, dtypes, shapes);
+  // Destinations in this process's memory.
+  std::vector<std::string> LoadInto(const NamedArrays& tensors) {
+    std::vector<TensorDestination> dests;
+    dests.reserve(tensors.size());
+    for (const auto& [name, array] : tensors) dests.push_back(DestinationOf(name, FromArray(array, name, kCpu)));
     nb::gil_scoped_release release;
     return Unwrap(r_->LoadInto(dests));
   }
 
-  // Destinations in CUDA device memory, given as addresses (a torch tensor's
-  // data_ptr()), all of device `device`; copies queued on `stream`.
-  std::vector<std::string> LoadIntoCuda(const std::vector<std::string>& names, const std::vector<uintptr_t>& pointers,
-                                        const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
-                                        const std::vector<std::vector<int64_t>>& shapes, int device,
-                                        uintptr_t stream) {
-    std::vector<TensorDestination> dests = Destinations(names, pointers, sizes, dtypes, shapes);
+  // Destinations in the memory of one CUDA device; copies queued on `stream`.
+  std::vector<std::string> LoadIntoCuda(const NamedArrays& tensors, uintptr_t stream) {
+    std::vector<TensorDestination> dests;
+    dests.reserve(tensors.size());
+    int device = -1;
+    for (const auto& [name, array] : tensors) {
+      InTensor in = FromArray(array, name, kCuda);
+      if (device >= 0 && in.cuda_device != device) {
+        Check(InvalidArgument("load_into_cuda: tensor '" + name + "' is on CUDA device " +
+                              std::to_string(in.cuda_device) + ", the others on " + std::to_string(device)));
+      }
+      device = in.cuda_device;
+      dests.push_back(DestinationOf(name, in));
+    }
     nb::gil_scoped_release release;
-    return Unwrap(r_->LoadIntoCuda(dests, CudaTarget{device, stream}));
+    return Unwrap(r_->LoadIntoCuda(dests, CudaTarget{std::max(device, 0), stream}));
   }
 
-  // Pieces of stored tensors (ModelReader::ReadPieces) into this process's
-  // memory, given as addresses: raises the first piece's error.
+  // Pieces of stored tensors (ModelReader::ReadPieces) into CPU memory
+  // (byte tensors of the pieces' sizes): raises the first piece's error.
   void ReadPieces(const std::vector<size_t>& indices, const std::vector<uint64_t>& offsets,
-                  const std::vector<uintptr_t>& pointers, const std::vector<uint64_t>& sizes) {
-    if (offsets.size() != indices.size() || pointers.size() != indices.size() || sizes.size() != indices.size()) {
-      Check(InvalidArgument("read_pieces: indices, offsets, pointers and sizes differ in length"));
+                  const std::vector<AnyArray>& into) {
+    if (offsets.size() != indices.size() || into.size() != indices.size()) {
+      Check(InvalidArgument("read_pieces: indices, offsets and destinations differ in length"));
     }
     std::vector<TensorPiece> pieces;
     pieces.reserve(indices.size());
     for (size_t i = 0; i < indices.size(); ++i) {
-      pieces.push_back({indices[i], offsets[i], MutableBytes(reinterpret_cast<std::byte*>(pointers[i]), sizes[i])});
+      InTensor in = FromArray(into[i], "piece " + std::to_string(i), kCpu);
+      pieces.push_back({indices[i], offsets[i], MutableBytes(in.data, in.nbytes)});
     }
     std::vector<Status> results;
     {
@@ -234,37 +297,17 @@ class PyModelReader {
     for (const Status& s : results) Check(s);
   }
 
-  void CheckAssembled(size_t index, uintptr_t pointer, uint64_t size) {
+  void CheckAssembled(size_t index, const AnyArray& data) {
+    InTensor in = FromArray(data, "assembled tensor", kCpu);
     Status s;
     {
       nb::gil_scoped_release release;
-      s = r_->CheckAssembled(index, ConstBytes(reinterpret_cast<const std::byte*>(pointer), size));
+      s = r_->CheckAssembled(index, ConstBytes(in.data, in.nbytes));
     }
     Check(s);
   }
 
   ModelReader& get() { return *r_; }
-
- private:
-  static std::vector<TensorDestination> Destinations(const std::vector<std::string>& names,
-                                                     const std::vector<uintptr_t>& pointers,
-                                                     const std::vector<uint64_t>& sizes,
-                                                     const std::vector<std::string>& dtypes,
-                                                     const std::vector<std::vector<int64_t>>& shapes) {
-    if (pointers.size() != names.size() || sizes.size() != names.size() || dtypes.size() != names.size() ||
-        shapes.size() != names.size()) {
-      Check(InvalidArgument("load_into: names, pointers, sizes, dtypes and shapes differ in length"));
-    }
-    std::vector<TensorDestination> dests;
-    dests.reserve(names.size());
-    for (size_t i = 0; i < names.size(); ++i) {
-      dests.push_back({names[i], Unwrap(ParseDType(dtypes[i])), shapes[i],
-                       MutableBytes(reinterpret_cast<std::byte*>(pointers[i]), sizes[i])});
-    }
-    return dests;
-  }
-
- public:
 
  private:
   std::unique_ptr<ModelReader> r_;
@@ -428,6 +471,25 @@ NB_MODULE(_impl, m) {
       .def("next_batch", &PyModelReader::NextBatch)
       .def("load_into", &PyModelReader::LoadInto)
       .def("load_into_cuda", &PyModelReader::LoadIntoCuda)
+      // PlanDeviceGroups: [(fill [(name, dtype, shape, nbytes)],
+      // hand_out [(name, stored name)], drop [stored name])].
+      .def("device_groups",
+           [](PyModelReader& r, uint64_t group_bytes) {
+             const std::vector<ManifestTensor>& t = r.get().tensors();
+             nb::list out;
+             for (const DeviceGroup& g : Unwrap(r.get().PlanDeviceGroups(group_bytes))) {
+               nb::list fill, hand_out, drop;
+               for (size_t i : g.fill) {
+                 fill.append(nb::make_tuple(t[i].name, std::string(DTypeName(t[i].dtype)), t[i].shape, t[i].nbytes));
+               }
+               for (size_t i : g.hand_out) {
+                 hand_out.append(nb::make_tuple(t[i].name, t[i].alias_of.empty() ? t[i].name : t[i].alias_of));
+               }
+               for (size_t i : g.drop) drop.append(t[i].name);
+               out.append(nb::make_tuple(fill, hand_out, drop));
+             }
+             return out;
+           })
       .def("read_pieces", &PyModelReader::ReadPieces)
       .def("check_assembled", &PyModelReader::CheckAssembled)
       // PlanShares over the manifest's tensors:
@@ -458,22 +520,11 @@ NB_MODULE(_impl, m) {
               std::optional<std::vector<std::string>> ignore) { return Unwrap(model.PullFiles(allow, ignore)); },
            nb::arg("allow").none(), nb::arg("ignore").none(), nb::call_guard<nb::gil_scoped_release>())
       .def("save_state_dict",
-           // Tensors given as addresses (contiguous CPU tensors' data_ptr())
-           // and sizes, which the caller keeps alive: no array object each.
-           [](Model& model, int rank, const std::vector<std::string>& names, const std::vector<uintptr_t>& pointers,
-              const std::vector<uint64_t>& sizes, const std::vector<std::string>& dtypes,
-              const std::vector<std::vector<int64_t>>& shapes, int world_size, const std::string& layout,
+           [](Model& model, int rank, const NamedArrays& tensors, int world_size, const std::string& layout,
               uint64_t batch_bytes, nb::object progress, bool pin) {
-             if (pointers.size() != names.size() || sizes.size() != names.size() ||
-                 dtypes.size() != names.size() || shapes.size() != names.size()) {
-               Check(InvalidArgument("save_state_dict: names, pointers, sizes, dtypes and shapes differ in length"));
-             }
              std::vector<NamedTensorView> views;
-             views.reserve(names.size());
-             for (size_t i = 0; i < names.size(); ++i) {
-               ConstBytes bytes(reinterpret_cast<const std::byte*>(pointers[i]), sizes[i]);
-               views.push_back({names[i], Unwrap(MakeTensorView(Unwrap(ParseDType(dtypes[i])), shapes[i], bytes))});
-             }
+             views.reserve(tensors.size());
+             for (const auto& [name, array] : tensors) views.push_back({name, ViewOf(FromArray(array, name, kCpu))});
              SaveOptions o;
              o.world_size = world_size;
              o.layout = Unwrap(ParseModelLayout(layout));
@@ -483,8 +534,7 @@ NB_MODULE(_impl, m) {
              nb::gil_scoped_release release;
              Check(model.SaveStateDict(rank, views, o));
            },
-           nb::arg("rank"), nb::arg("names"), nb::arg("pointers"), nb::arg("sizes"), nb::arg("dtypes"),
-           nb::arg("shapes"), nb::arg("world_size"), nb::arg("layout"), nb::arg("batch_bytes"),
+           nb::arg("rank"), nb::arg("tensors"), nb::arg("world_size"), nb::arg("layout"), nb::arg("batch_bytes"),
            nb::arg("progress").none(), nb::arg("pin") = true)
       .def("save_files",
            [](Model& model, const std::vector<std::string>& paths, std::vector<ByteArray> arrays,

@@ -81,7 +81,33 @@ def test_without_a_driver_a_cuda_load_says_so(model):
     model.save_state_dict({"w": torch.arange(6, dtype=torch.float32)})
     reader = model._model().reader(0, True, 1 << 20, None)
     with pytest.raises(FailedPreconditionError, match=r"no CUDA driver.*libcuda\.so\.1"):
-        reader.load_into_cuda(["w"], [1 << 20], [24], ["F32"], [[6]], 0, 0)
+        reader.load_into_cuda([("w", cuda_capsule(1 << 20, [6]))], 0)
+
+
+class _DLTensor(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_void_p), ("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32),
+                ("ndim", ctypes.c_int32), ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                ("strides", ctypes.c_void_p), ("byte_offset", ctypes.c_uint64)]
+
+
+class _DLManagedTensor(ctypes.Structure):
+    _fields_ = [("dl_tensor", _DLTensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+
+_capsules_kept = []  # the structs a capsule points at (it has no deleter)
+
+
+def cuda_capsule(address: int, shape: list[int]):
+    """A DLPack capsule of a float32 tensor at ``address`` of CUDA device 0:
+    what torch.utils.dlpack.to_dlpack gives for a GPU tensor, made without
+    one (the memory is never touched: the load fails before)."""
+    dims = (ctypes.c_int64 * len(shape))(*shape)
+    managed = _DLManagedTensor(_DLTensor(address, 2, 0, len(shape), 2, 32, 1, dims, None, 0), None, None)
+    _capsules_kept.append((dims, managed))
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype, new_capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    return new_capsule(ctypes.addressof(managed), b"dltensor", None)
 
 
 @needs_gpu

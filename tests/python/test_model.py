@@ -609,6 +609,41 @@ def test_device_cuda_when_available(model):
     assert_same_state_dict({n: t.cpu() for n, t in dest.items()}, sd)
 
 
+def test_device_groups_plan_aliases_in_cpp(model):
+    # A load onto a GPU is planned in C++ (ModelReader::PlanDeviceGroups);
+    # Python allocates each group's tensors and hands them out. Checked here
+    # without a GPU: the plan and the binding's tuples.
+    x, y = torch.ones(32), torch.zeros(8, dtype=torch.uint8)
+    model.save_state_dict({"x": x, "y": y, "x_tied": x, "z": torch.ones(100, dtype=torch.uint8)})
+    reader = model._model().reader(0, True, 1 << 20, None)
+    assert reader.device_groups(1) == [
+        ([("x", "F32", [32], 128)], [("x", "x")], []),
+        ([("y", "U8", [8], 8)], [("y", "y")], ["y"]),
+        ([("z", "U8", [100], 100)], [("x_tied", "x"), ("z", "z")], ["x", "z"]),
+    ]
+    [(fill, hand_out, drop)] = reader.device_groups(2**64 - 1)
+    assert [f[0] for f in fill] == ["x", "y", "z"] and len(hand_out) == 4 and sorted(drop) == ["x", "y", "z"]
+
+
+def test_tensors_cross_into_cpp_by_dlpack(model):
+    # Parameters (which require grad), numpy arrays, bool and float8 go in
+    # the one way; memory of the wrong kind is refused by name.
+    sd = {"p": torch.nn.Parameter(torch.randn(3, 4)), "flags": torch.tensor([True, False]),
+          "f8": torch.randn(5).to(torch.float8_e4m3fn)}
+    model.save_state_dict({**sd, "np": torch.arange(6).numpy()})
+    dest = {"p": torch.nn.Parameter(torch.zeros(3, 4)), "flags": torch.zeros(2, dtype=torch.bool),
+            "f8": torch.zeros(5, dtype=torch.float8_e4m3fn), "np": torch.zeros(6, dtype=torch.int64)}
+    assert model.load_into(dest) == []
+    assert torch.equal(dest["p"].detach(), sd["p"].detach()) and dest["flags"].tolist() == [True, False]
+    assert torch.equal(dest["f8"].view(torch.uint8), sd["f8"].view(torch.uint8))
+    assert dest["np"].tolist() == list(range(6))
+    reader = model._model().reader(0, True, 1 << 20, None)
+    with pytest.raises(InvalidArgumentError, match="tensor 'p' is in CPU memory, a CUDA device's was expected"):
+        reader.load_into_cuda([("p", torch.utils.dlpack.to_dlpack(torch.zeros(3, 4)))], 0)
+    with pytest.raises(InvalidArgumentError, match="tensor 'p' is not contiguous"):
+        reader.load_into([("p", torch.utils.dlpack.to_dlpack(torch.zeros(4, 3).t()))])
+
+
 def test_closed_connector_fails_cleanly(model):
     model.save_state_dict({"a": torch.ones(1)})
     it = model.weight_iterator()
