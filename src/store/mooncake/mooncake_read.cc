@@ -19,6 +19,20 @@ constexpr int kVanishedChecks = 5;
 constexpr int kChecksumChecks = 2;
 }  // namespace
 
+FirstObject ClassifyFirstObject(ConstBytes object) {
+  FirstObject first;
+  if (!LooksLikeChunkHeader(object.size(), object)) return first;
+  Result<ChunkHeader> parsed = ParseChunkHeader(object);
+  if (!parsed.ok()) {
+    first.kind = FirstObject::kDamaged;
+    first.damage = parsed.status();
+  } else {
+    first.kind = parsed->tombstone ? FirstObject::kAbsent : FirstObject::kHeader;
+    first.header = *parsed;
+  }
+  return first;
+}
+
 std::vector<Result<uint64_t>> MooncakeReader::BatchGetInto(std::span<const GetIntoRequest> requests) {
   // One native batch call reads many keys: each request that accepts at most
   // a quarter slot gets a piece of the staging slots that large (values
@@ -173,20 +187,18 @@ Result<uint64_t> MooncakeReader::ReadValue(const std::string& key, const Destina
         return client_.Fail(n, "get_into '" + key + "'");
       } else {
         ConstBytes object(object_data, static_cast<size_t>(n));
-        if (!LooksLikeChunkHeader(object.size(), object)) {
+        FirstObject first = ClassifyFirstObject(object);
+        if (first.kind == FirstObject::kRaw) {
           MC_ASSIGN_OR_RETURN(GetIntoRequest target, destination(object.size()));
           Deliver(target, object);
           return object.size();
         }
-        Result<ChunkHeader> parsed = ParseChunkHeader(object);
-        if (!parsed.ok()) {
-          // A header torn by a concurrent in-place rewrite fails its own
-          // checksum; read it again before calling it corrupt.
+        if (first.kind == FirstObject::kDamaged) {
           if (++mismatches <= kChecksumChecks && deadline.Backoff()) continue;
-          return parsed.status().WithContext("reading '" + key + "'");
+          return first.damage.WithContext("reading '" + key + "'");
         }
-        header = *parsed;
-        if (header.tombstone) return NotFound("key '" + key + "' not found");
+        if (first.kind == FirstObject::kAbsent) return NotFound("key '" + key + "' not found");
+        header = first.header;
       }
     }  // the slot goes back before more slots are taken
     if (large) {
@@ -248,7 +260,7 @@ Result<uint64_t> MooncakeReader::ReadChunksInto(const std::string& key, const Ch
   // The value's own checksum, unless the caller checks what it asked for
   // (or asked for a range of it: the chunks the range touches, no more).
   const bool partial = via_slots && target->partial;
-  const bool check = h.has_checksum() && !(via_slots && (target->CallerVerifies() || partial));
+  const bool check = via_slots ? ChecksValue(h, *target) : h.has_checksum();
   uint64_t from = 0, to = h.num_chunks;
   if (partial && h.chunk_size > 0) {
     from = target->offset / h.chunk_size;

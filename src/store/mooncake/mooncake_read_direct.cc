@@ -70,13 +70,14 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
     v->request = i;
     if (headers[i]) {
       // Tombstones, headers of another size and damaged ones: ReadValue.
-      Result<ChunkHeader> h = ParseChunkHeader(ConstBytes(headers[i]->data(), headers[i]->size()));
-      if (!h.ok() || h->tombstone || h->total_size != size || h->num_chunks == 0) continue;
-      v->header = *h;
-      v->whole = h->has_checksum() && !r.CallerVerifies();
-      for (uint64_t c = 0; c < h->num_chunks; ++c) {
-        objects.push_back({values.size(), h->ChunkKey(r.key, c), c * h->chunk_size, h->ChunkLength(c),
-                           c + 1 == h->num_chunks});
+      FirstObject first = ClassifyFirstObject(ConstBytes(headers[i]->data(), headers[i]->size()));
+      const ChunkHeader& h = first.header;
+      if (first.kind != FirstObject::kHeader || h.total_size != size || h.num_chunks == 0) continue;
+      v->header = h;
+      v->whole = ChecksValue(h, r);
+      for (uint64_t c = 0; c < h.num_chunks; ++c) {
+        objects.push_back({values.size(), h.ChunkKey(r.key, c), c * h.chunk_size, h.ChunkLength(c),
+                           c + 1 == h.num_chunks});
       }
     } else {
       objects.push_back({values.size(), std::string(r.key), 0, size, true});

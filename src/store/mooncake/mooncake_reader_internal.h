@@ -18,6 +18,24 @@
 
 namespace mooncake_connector::mooncake {
 
+// What the object under a key is, by the layout's rules (docs/mooncake_layout.md):
+// the value itself (raw), a chunk header, a tombstone (the key reads as
+// absent), or a header that fails its own checksum (`damage` says why; a
+// concurrent in-place rewrite tears one, so it is read again first).
+struct FirstObject {
+  enum Kind { kRaw, kHeader, kAbsent, kDamaged } kind = kRaw;
+  ChunkHeader header;  // kHeader
+  Status damage;       // kDamaged
+};
+FirstObject ClassifyFirstObject(ConstBytes object);
+
+// Whether a read of request `r` checks the bytes against the header's
+// checksum of the whole value: not for a range of it, nor when the caller
+// checks what it asked for (GetIntoRequest::CallerVerifies).
+inline bool ChecksValue(const ChunkHeader& h, const GetIntoRequest& r) {
+  return h.has_checksum() && !r.CallerVerifies() && !r.partial;
+}
+
 class MooncakeReader final : public ReadMemory {
  public:
   explicit MooncakeReader(MooncakeClient& client);
