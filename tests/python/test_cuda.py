@@ -98,12 +98,13 @@ class _DLManagedTensor(ctypes.Structure):
 _capsules_kept = []  # the structs a capsule points at (it has no deleter)
 
 
-def cuda_capsule(address: int, shape: list[int]):
-    """A DLPack capsule of a float32 tensor at ``address`` of CUDA device 0:
-    what torch.utils.dlpack.to_dlpack gives for a GPU tensor, made without
-    one (the memory is never touched: the load fails before)."""
+def cuda_capsule(address: int, shape: list[int], device: int = 0):
+    """A DLPack capsule of a float32 tensor at ``address`` of CUDA device
+    ``device``: what torch.utils.dlpack.to_dlpack gives for a GPU tensor,
+    made for any address (the memory is never touched: the load refuses it
+    first)."""
     dims = (ctypes.c_int64 * len(shape))(*shape)
-    managed = _DLManagedTensor(_DLTensor(address, 2, 0, len(shape), 2, 32, 1, dims, None, 0), None, None)
+    managed = _DLManagedTensor(_DLTensor(address, 2, device, len(shape), 2, 32, 1, dims, None, 0), None, None)
     _capsules_kept.append((dims, managed))
     new_capsule = ctypes.pythonapi.PyCapsule_New
     new_capsule.restype, new_capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
@@ -208,14 +209,14 @@ def test_destinations_that_are_not_device_memory_are_refused(model):
     small = torch.empty(16, dtype=torch.uint8, device="cuda")
     stream = torch.cuda.current_stream().cuda_stream
     with pytest.raises(InvalidArgumentError, match="'w'.*not CUDA device memory"):
-        reader.load_into_cuda(["w"], [host.data_ptr()], [4096], ["F32"], [[1024]], 0, stream)
+        reader.load_into_cuda([("w", cuda_capsule(host.data_ptr(), [1024]))], stream)
     # The last 8 bytes of the allocation torch took from the driver for `small`.
     segment = next(s for s in torch.cuda.memory_snapshot()
                    if s["address"] <= small.data_ptr() < s["address"] + s["total_size"])
     end = segment["address"] + segment["total_size"]
     with pytest.raises(InvalidArgumentError, match="'w'.*holds 8 bytes, not 4096"):
-        reader.load_into_cuda(["w"], [end - 8], [4096], ["F32"], [[1024]], 0, stream)
+        reader.load_into_cuda([("w", cuda_capsule(end - 8, [1024]))], stream)
     with pytest.raises(InvalidArgumentError, match="device 99 does not exist"):
-        reader.load_into_cuda(["w"], [small.data_ptr()], [4096], ["F32"], [[1024]], 99, stream)
+        reader.load_into_cuda([("w", cuda_capsule(small.data_ptr(), [1024], device=99))], stream)
     with pytest.raises(InvalidArgumentError, match="stored as F32"):
         model.load_into({"w": torch.empty(1024, dtype=torch.float16, device="cuda")})
