@@ -134,7 +134,8 @@ void MooncakeClient::RemoveGenerations(
       RemoveGeneration(*key, *h, nullptr);
       continue;
     }
-    for (uint64_t i = 0; i < h->num_chunks; ++i) keys.push_back(h->ChunkKey(*key, i));
+    std::vector<std::string> chunks = ChunkKeys(*key, *h);
+    keys.insert(keys.end(), std::make_move_iterator(chunks.begin()), std::make_move_iterator(chunks.end()));
   }
   deferred_->Remove(std::move(keys));
 }

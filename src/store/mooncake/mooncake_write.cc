@@ -128,13 +128,15 @@ void MooncakeWriter::WriteValues(std::span<Value* const> values, const Replicate
   // 64-byte objects (an in-place upsert, which allocates nothing); over raw
   // values of another size, or without upsert, one by one (CommitHeader).
   const bool can_upsert = client_.api()->upsert_from != nullptr;
+  auto in_place = [&](const Value* v) {
+    return can_upsert && v->old.exists && v->old.object_size == kChunkHeaderSize;
+  };
   for (const bool over_header : {false, true}) {
     if (over_header && !can_upsert) break;
     std::vector<Value*> together;
     std::vector<HeaderWrite> headers;
     for (Value* v : pending(chunked)) {
-      const bool in_place = v->old.exists && v->old.object_size == kChunkHeaderSize;
-      if (over_header ? !in_place : v->old.exists) continue;
+      if (over_header ? !in_place(v) : v->old.exists) continue;
       together.push_back(v);
       headers.push_back({&v->key, v->header.Encode()});
     }
@@ -145,7 +147,7 @@ void MooncakeWriter::WriteValues(std::span<Value* const> values, const Replicate
     }
   }
   for (Value* v : pending(chunked)) {
-    if (!v->old.exists || (can_upsert && v->old.object_size == kChunkHeaderSize)) continue;
+    if (!v->old.exists || in_place(v)) continue;
     if (Status s = CommitHeader(v->key, v->header, v->old, replicate, deadline); !s.ok()) v->status = std::move(s);
   }
   for (Value* v : chunked) {
