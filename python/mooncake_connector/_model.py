@@ -37,8 +37,6 @@ def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, An
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"state dict keys must be str, got {type(name).__name__}")
-        if isinstance(value, torch.Tensor) and value.device.type != "cpu":
-            value = value.detach().to("cpu")
         tensors.append((name, to_dlpack(as_cpu_tensor(value))))
     model.save_state_dict(rank, tensors, world_size, layout, batch_bytes, progress, pin)
 

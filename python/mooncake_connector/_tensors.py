@@ -40,8 +40,9 @@ _NAME_TO_TORCH = {name: dtype for dtype, name in _TORCH_TO_NAME.items()}
 
 
 def as_cpu_tensor(value: Any) -> torch.Tensor:
-    """A contiguous CPU tensor with the data of ``value`` (a torch.Tensor or a
-    numpy array); copies only when ``value`` is not already contiguous."""
+    """A contiguous CPU tensor with the data of ``value`` (a torch.Tensor on
+    any device, or a numpy array); copies only when ``value`` is not already
+    a contiguous CPU tensor."""
     if isinstance(value, np.ndarray):
         if not value.flags.c_contiguous:
             value = value.copy(order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
@@ -56,6 +57,4 @@ def as_cpu_tensor(value: Any) -> torch.Tensor:
     if value.layout != torch.strided:
         raise TypeError(f"tensors with layout {value.layout} cannot be stored: convert with "
                         ".to_dense() first")
-    if value.device.type != "cpu":
-        raise ValueError(f"tensor is on {value.device}; only CPU tensors are supported for now")
-    return value.detach().contiguous()
+    return value.detach().to("cpu").contiguous()

@@ -59,10 +59,7 @@ class MooncakeConnector:
         return self._impl.getstr(_key(key))
 
     def set(self, key: str, tensor: Any) -> None:
-        from ._torch import torch
         from ._tensors import as_cpu_tensor, to_dlpack
-        if isinstance(tensor, torch.Tensor) and tensor.device.type != "cpu":
-            tensor = tensor.detach().to("cpu")
         self._impl.set_tensor(_key(key), to_dlpack(as_cpu_tensor(tensor)))
 
     def setstr(self, key: str, obj: str) -> None:
