@@ -234,45 +234,49 @@ Result<uint64_t> MooncakeReader::ReadValue(const std::string& key, const Destina
 Result<uint64_t> MooncakeReader::ReadChunks(const std::string& key, const ChunkHeader& h,
                                            const GetIntoRequest& target, Deadline& deadline,
                                            std::mutex* turn) {
-  // Chunk lengths come from the header only. Chunks that fit a staging slot
-  // go through the slots; larger ones (written with a larger chunk_size) are
-  // read straight into registered memory.
+  // Chunk lengths come from the header only. A share of the slots per call,
+  // so that client_.read_threads() reads run at once.
+  ObjectTransfer how{ObjectTransfer::kStaged, std::max<size_t>(1, client_.arena().slots() / client_.read_threads()),
+                     UINT64_MAX, &deadline, turn};
+  std::vector<std::unique_ptr<ValueRead>> values;
+  values.push_back(std::make_unique<ValueRead>());
+  ValueRead& v = *values[0];
+  v.header = h;
   if (h.chunk_size > client_.slot_size() && h.num_chunks > 0) {
+    // Chunks larger than a slot (written with a larger chunk_size): straight
+    // into registered memory.
     if (!client_.config().client_address.empty()) {
       return ResourceExhausted("'" + key + "' was written in chunks of " + std::to_string(h.chunk_size) +
                                " bytes, above this client's chunk_size; in standalone-client mode "
                                "raise chunk_size (MOONCAKE_CHUNK_SIZE) to read it");
     }
-    return ReadRegistered(key, target, h.total_size, [&](MutableBytes dst) {
-      return ReadChunksInto(key, h, dst, nullptr, deadline, turn);
+    return ReadRegistered(key, target, h.total_size, [&](MutableBytes dst) -> Result<uint64_t> {
+      const GetIntoRequest whole{key, dst};
+      v.request = &whole;
+      v.check_whole = h.has_checksum();
+      how.kind = ObjectTransfer::kRegistered;
+      ReadObjects(values, ChunkObjects(0, key, h, 0, h.num_chunks, false), how);
+      if (v.status.ok()) FinishValue(v);
+      if (!v.status.ok()) return v.status;
+      return h.total_size;
     });
   }
-  return ReadChunksInto(key, h, {}, &target, deadline, turn);
-}
-
-Result<uint64_t> MooncakeReader::ReadChunksInto(const std::string& key, const ChunkHeader& h,
-                                               MutableBytes registered, const GetIntoRequest* target,
-                                               Deadline& deadline, std::mutex* turn) {
-  const bool via_slots = target != nullptr;
-  Xxh3Stream hash;
-  Xxh3Stream data;  // of what goes to target->destination, if asked for
-  Xxh3Stream* data_hash = via_slots && target->data_xxh3 != nullptr ? &data : nullptr;
-  // The value's own checksum, unless the caller checks what it asked for
-  // (or asked for a range of it: the chunks the range touches, no more).
-  const bool partial = via_slots && target->partial;
-  const bool check = via_slots ? ChecksValue(h, *target) : h.has_checksum();
+  v.request = &target;
+  v.check_whole = ChecksValue(h, target);
   uint64_t from = 0, to = h.num_chunks;
+  // A range: the chunks it touches, no more.
+  const bool partial = target.partial;
   if (partial && h.chunk_size > 0) {
-    from = target->offset / h.chunk_size;
-    const uint64_t end = target->offset + target->head.size() + target->destination.size();
+    from = target.offset / h.chunk_size;
+    const uint64_t end = target.offset + target.head.size() + target.destination.size();
     to = std::max(from, std::min<uint64_t>(h.num_chunks, (end + h.chunk_size - 1) / h.chunk_size));
   }
   // A range that only touches its first or last chunk reads just its bytes
   // of it, where the provider reads ranges; on any error the chunk is read
-  // whole below, which says what is wrong.
-  const bool ranges = partial && !check && client_.api()->batch_get_range_into != nullptr;
-  const uint64_t range_begin = partial ? target->offset : 0;
-  const uint64_t range_end = partial ? range_begin + target->head.size() + target->destination.size() : 0;
+  // whole, which says what is wrong.
+  const bool ranges = partial && !v.check_whole && client_.api()->batch_get_range_into != nullptr;
+  const uint64_t range_begin = partial ? target.offset : 0;
+  const uint64_t range_end = partial ? range_begin + target.head.size() + target.destination.size() : 0;
   // The range's bytes [lo, hi) of chunk c, if they are not the whole chunk.
   auto edge = [&](uint64_t c) -> std::optional<std::pair<uint64_t, uint64_t>> {
     const uint64_t c_begin = c * h.chunk_size, c_end = c_begin + h.ChunkLength(c);
@@ -297,7 +301,7 @@ Result<uint64_t> MooncakeReader::ReadChunksInto(const std::string& key, const Ch
       return call != 0 ? call : result;
     });
     if (call != 0 || result != static_cast<int64_t>(size)) return false;
-    DeliverAt(*target, lo, ConstBytes(static_cast<const std::byte*>(buffer), size), data_hash);
+    TakeObject(v, {0, chunk_key, lo, size, false}, static_cast<const std::byte*>(buffer));
     return true;
   };
   // The last chunk is read after the others, so that bytes arrive in order;
@@ -305,63 +309,12 @@ Result<uint64_t> MooncakeReader::ReadChunksInto(const std::string& key, const Ch
   const auto first_edge = from < to ? edge(from) : std::nullopt;
   const auto last_edge = to - from > 1 ? edge(to - 1) : std::nullopt;
   if (first_edge && read_edge(from, *first_edge)) ++from;
-  const uint64_t middle_end = last_edge ? to - 1 : to;
-  auto read_batch = [&](uint64_t skip, size_t n) -> Status {
-    const uint64_t first = from + skip;
-    std::optional<TransferArena::Lease> slots;
-    if (via_slots) slots.emplace(client_.arena().Acquire(n));
-    ChunkBatch b = MakeChunkBatch(key, h, first, n, [&](size_t j) -> void* {
-      return via_slots ? static_cast<void*>((*slots)[j])
-                       : registered.data() + (first + j) * h.chunk_size;
-    });
-    std::vector<const char*> c_keys = CStrings(b.keys);
-    std::vector<int64_t> results(n, 0);
-    int call = -1;  // the batch call's own code; stays -1 if it was never made
-    int64_t rc = RetryTransient(deadline, [&]() -> int64_t {
-      std::unique_lock<std::mutex> my_turn;
-      if (turn != nullptr) my_turn = std::unique_lock(*turn);
-      call = client_.api()->batch_get_into(client_.handle(), c_keys.data(), b.buffers.data(), b.sizes.data(), n,
-                                  results.data());
-      return call != 0 ? call : FirstRetryable(results);
-    });
-    if (call != 0) {
-      return client_.Fail(rc, "batch_get_into of chunks " + std::to_string(first) + "-" + std::to_string(first + n - 1) +
-                          " of '" + key + "'");
-    }
-    for (size_t j = 0; j < n; ++j) {
-      std::string which = "chunk " + std::to_string(first + j) + " of '" + key + "'";
-      int64_t r = results[j];
-      if (r == kErrObjectNotFound) return Aborted(which + " vanished");
-      if (r == kErrInvalidParams || r == kErrBufferOverflow) {
-        // Mooncake refuses a buffer smaller than the object: stored data that
-        // contradicts its header.
-        return DataLoss(which + " is larger than the " + std::to_string(b.sizes[j]) +
-                        " bytes its header says");
-      }
-      if (r < 0) return client_.Fail(r, "get_into " + which);
-      if (static_cast<uint64_t>(r) != b.sizes[j]) {
-        return DataLoss(which + " holds " + std::to_string(r) + " bytes, its header says " +
-                        std::to_string(b.sizes[j]));
-      }
-      ConstBytes got(static_cast<const std::byte*>(b.buffers[j]), b.sizes[j]);
-      if (via_slots) {
-        DeliverAt(*target, (first + j) * h.chunk_size, got, data_hash, check ? &hash : nullptr);
-      } else if (h.has_checksum()) {
-        hash.Update(got);
-      }
-    }
-    return Status::Ok();
-  };
-  // A share of the slots per call, so that client_.read_threads() reads run at once.
-  const size_t per_call = std::max<size_t>(1, client_.arena().slots() / client_.read_threads());
-  MC_RETURN_IF_ERROR(ForEachBatch(middle_end - from, per_call, read_batch));
-  if (last_edge && !read_edge(to - 1, *last_edge)) MC_RETURN_IF_ERROR(read_batch(to - 1 - from, 1));
-  if ((via_slots ? check : h.has_checksum() && from == 0 && to == h.num_chunks) &&
-      hash.Digest() != h.checksum) {
-    return DataLoss("checksum mismatch in the " + std::to_string(h.total_size) + "-byte value of '" +
-                    key + "' (corrupted or mixed chunks)");
+  ReadObjects(values, ChunkObjects(0, key, h, from, last_edge ? to - 1 : to, false), how);
+  if (last_edge && v.status.ok() && !read_edge(to - 1, *last_edge)) {
+    ReadObjects(values, ChunkObjects(0, key, h, to - 1, to, false), how);
   }
-  if (data_hash != nullptr) *target->data_xxh3 = data.Digest();
+  if (v.status.ok()) FinishValue(v);
+  if (!v.status.ok()) return v.status;
   return h.total_size;
 }
 

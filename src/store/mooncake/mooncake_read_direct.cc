@@ -13,28 +13,6 @@
 #include "store/mooncake/mooncake_reader_internal.h"
 
 namespace mooncake_connector::mooncake {
-namespace {
-
-// One value read directly, and the hashes of what has arrived of it (fed in
-// order, by the hashing thread only).
-struct DirectValue {
-  size_t request;
-  std::optional<ChunkHeader> header;  // set for a chunked value
-  Xxh3Stream value_hash;              // of the whole value (chunked, version 2)
-  Xxh3Stream data_hash;               // of its destination bytes (if asked for)
-  bool failed = false;                // an object of it could not be read directly
-  bool whole = false;                 // value_hash is checked here (against the header's checksum)
-};
-
-// One Mooncake object of a value: a raw value's only object, or a chunk.
-struct DirectObject {
-  size_t value;
-  std::string key;
-  uint64_t offset, size;  // its bytes in the value
-  bool last;              // the value's last object
-};
-
-}  // namespace
 
 MooncakeReader::MooncakeReader(MooncakeClient& client)
     : client_(client),
@@ -61,52 +39,26 @@ void MooncakeReader::StreamingLoadDone(uint64_t batch_bytes, uint64_t largest) {
 void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::span<const size_t> which,
                                const std::vector<std::optional<HeaderBytes>>& headers,
                                std::vector<std::optional<Result<uint64_t>>>& out) {
-  std::vector<std::unique_ptr<DirectValue>> values;
-  std::vector<DirectObject> objects;
+  std::vector<std::unique_ptr<ValueRead>> values;
+  std::vector<ObjectRead> objects;
   for (size_t i : which) {
     const GetIntoRequest& r = requests[i];
     const uint64_t size = r.head.size() + r.destination.size();
-    auto v = std::make_unique<DirectValue>();
-    v->request = i;
+    auto v = std::make_unique<ValueRead>();
+    v->request = &r;
     if (headers[i]) {
       // Tombstones, headers of another size and damaged ones: ReadValue.
       FirstObject first = ClassifyFirstObject(ConstBytes(headers[i]->data(), headers[i]->size()));
       const ChunkHeader& h = first.header;
       if (first.kind != FirstObject::kHeader || h.total_size != size || h.num_chunks == 0) continue;
       v->header = h;
-      v->whole = ChecksValue(h, r);
-      for (uint64_t c = 0; c < h.num_chunks; ++c) {
-        objects.push_back({values.size(), h.ChunkKey(r.key, c), c * h.chunk_size, h.ChunkLength(c),
-                           c + 1 == h.num_chunks});
-      }
+      v->check_whole = ChecksValue(h, r);
+      for (ObjectRead& o : ChunkObjects(values.size(), r.key, h, 0, h.num_chunks, true)) objects.push_back(std::move(o));
     } else {
       objects.push_back({values.size(), std::string(r.key), 0, size, true});
     }
     values.push_back(std::move(v));
   }
-
-  // A value read and, where checksums apply, checked: its result is set.
-  // (A mismatch is left to ReadValue, which reads the value again and
-  // reports DataLoss if it persists.)
-  auto finish = [&](DirectValue& v) {
-    const GetIntoRequest& r = requests[v.request];
-    if (v.whole && v.value_hash.Digest() != v.header->checksum) return;
-    if (r.data_xxh3 != nullptr) *r.data_xxh3 = v.data_hash.Digest();
-    out[v.request] = r.head.size() + r.destination.size();
-  };
-  // Bytes [o.offset, o.offset + o.size) of the value, copied from `from`
-  // (null: already in place, transferred by Mooncake), fed to its hashes.
-  auto take = [&](const DirectObject& o, const std::byte* from) {
-    DirectValue& v = *values[o.value];
-    const GetIntoRequest& r = requests[v.request];
-    Xxh3Stream* data = r.data_xxh3 != nullptr ? &v.data_hash : nullptr;
-    Xxh3Stream* value = v.whole ? &v.value_hash : nullptr;
-    if (from != nullptr) {
-      DeliverAt(r, o.offset, ConstBytes(from, o.size), data, value);
-    } else {
-      HashInPlaceAt(r, o.offset, o.size, data, value);
-    }
-  };
 
   // Values whose every object is in this client's own segment are copied
   // from there (local_reads_), several side by side, while the others are
@@ -120,8 +72,8 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
     std::vector<const char*> keys;
     std::vector<uint64_t> sizes;
     for (size_t j = 0; j < objects.size(); ++j) {
-      const DirectValue& v = *values[objects[j].value];
-      if (requests[v.request].data_xxh3 == nullptr && !v.whole) continue;
+      const ValueRead& v = *values[objects[j].value];
+      if (v.request->data_xxh3 == nullptr && !v.check_whole) continue;
       checked.push_back(j);
       keys.push_back(objects[j].key.c_str());
       sizes.push_back(objects[j].size);
@@ -139,9 +91,11 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
     }
   }
   std::vector<std::pair<size_t, size_t>> local_runs;  // [first, end) objects of each local value
+  std::vector<ObjectRead> remote;
   for (size_t j = 0; j < objects.size(); ++j) {
-    if (!local_value[objects[j].value]) continue;
-    if (!local_runs.empty() && local_runs.back().second == j && objects[j - 1].value == objects[j].value) {
+    if (!local_value[objects[j].value]) {
+      remote.push_back(objects[j]);
+    } else if (!local_runs.empty() && local_runs.back().second == j && objects[j - 1].value == objects[j].value) {
       local_runs.back().second = j + 1;
     } else {
       local_runs.emplace_back(j, j + 1);
@@ -153,109 +107,32 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
   };
   std::stable_sort(local_runs.begin(), local_runs.end(),
                    [&](const auto& a, const auto& b) { return bytes_of(a) > bytes_of(b); });
-  Background copying;  // declared after `values`: waited for before they go
-  if (!local_runs.empty()) {
-    copying.Run([&] {
-      ParallelFor(local_runs.size(), CopyThreads(), [&](size_t k) {
-        for (size_t j = local_runs[k].first; j < local_runs[k].second; ++j) take(objects[j], local[j]);
-        finish(*values[objects[local_runs[k].first].value]);
+  {
+    Background copying;  // waited for before the results are read
+    if (!local_runs.empty()) {
+      copying.Run([&] {
+        ParallelFor(local_runs.size(), CopyThreads(), [&](size_t k) {
+          for (size_t j = local_runs[k].first; j < local_runs[k].second; ++j) {
+            TakeObject(*values[objects[j].value], objects[j], local[j]);
+          }
+          FinishValue(*values[objects[local_runs[k].first].value]);
+        });
       });
-    });
+    }
+    // In standalone-client mode values are hashed side by side (each
+    // value's objects in order): the client process makes the transfers,
+    // and nothing else of ours runs meanwhile; over TCP the transfer
+    // busy-polls both cores.
+    if (!remote.empty() && direct_reads_.load(std::memory_order_relaxed)) {
+      ObjectTransfer how{ObjectTransfer::kInPlace, remote.size(), kDirectCallBytes};
+      how.hash_threads = client_.shared() != nullptr ? CopyThreads() : 1;
+      if (ReadObjects(values, remote, how) == kErrNotSupported) direct_reads_.store(false);
+    }
   }
-
-  Background hashing;  // likewise
-  size_t next = 0;
-  while (direct_reads_.load(std::memory_order_relaxed)) {
-    while (next < objects.size() && local_value[objects[next].value]) ++next;
-    if (next == objects.size()) break;
-    uint64_t bytes = 0;
-    std::vector<size_t> call;  // the objects of this call
-    for (; next < objects.size() && (call.empty() || bytes + objects[next].size <= kDirectCallBytes); ++next) {
-      if (local_value[objects[next].value]) continue;
-      call.push_back(next);
-      bytes += objects[next].size;
-    }
-    if (client_.health().Refusal() != 0) break;  // ReadValue fails the rest at once
-    // A dummy client transfers only into its shared memory: the heads
-    // (small, in the caller's memory) are read into a shared block and
-    // copied to their place after the call.
-    Buffer heads;
-    std::vector<std::pair<std::byte*, MutableBytes>> head_copies;  // from, to
-    if (client_.shared() != nullptr) {
-      uint64_t head_bytes = 0;
-      for (size_t j : call) {
-        ForEachPiece(requests[values[objects[j].value]->request], objects[j].offset, objects[j].size,
-                     [&](MutableBytes piece, bool in_destination) {
-                       if (!in_destination) head_bytes += piece.size();
-                     });
-      }
-      if (head_bytes > 0) {
-        Result<Buffer> b = client_.shared()->Allocate(static_cast<size_t>(head_bytes));
-        if (!b.ok()) break;  // ReadValue reads the rest
-        heads = std::move(*b);
-      }
-    }
-    std::vector<const char*> keys;
-    std::vector<void*> buffers;
-    std::vector<size_t> sizes, pieces;
-    uint64_t head_at = 0;
-    for (size_t j : call) {
-      const DirectObject& o = objects[j];
-      keys.push_back(o.key.c_str());
-      const size_t before = buffers.size();
-      ForEachPiece(requests[values[o.value]->request], o.offset, o.size, [&](MutableBytes piece, bool in_destination) {
-        std::byte* into = piece.data();
-        if (!in_destination && client_.shared() != nullptr) {
-          into = heads.data() + head_at;
-          head_at += piece.size();
-          head_copies.emplace_back(into, piece);
-        }
-        buffers.push_back(into);
-        sizes.push_back(piece.size());
-      });
-      pieces.push_back(buffers.size() - before);
-    }
-    std::vector<int64_t> results(keys.size(), 0);
-    auto start = std::chrono::steady_clock::now();
-    int rc = client_.api()->batch_get_into_multi(client_.handle(), keys.data(), keys.size(), buffers.data(), sizes.data(),
-                                        pieces.data(), results.data());
-    client_.health().Note(rc != 0 ? rc : *std::min_element(results.begin(), results.end()),
-                 std::chrono::steady_clock::now() - start);
-    for (auto [from, to] : head_copies) std::memcpy(to.data(), from, to.size());
-    if (rc == kErrNotSupported) direct_reads_.store(false);
-    if (rc != 0) break;
-    // Failures are noted before the hashing of this call starts, so it sees
-    // every failure of a value whose last object this call holds.
-    for (size_t k = 0; k < call.size(); ++k) {
-      const DirectObject& o = objects[call[k]];
-      if (results[k] < 0 || static_cast<uint64_t>(results[k]) != o.size) values[o.value]->failed = true;
-    }
-    std::vector<size_t> arrived;
-    for (size_t j : call) {
-      if (!values[objects[j].value]->failed) arrived.push_back(j);
-    }
-    // Hashed while the next call transfers (Run waits for the previous call's
-    // hashing first, so each value's pieces are hashed in order). In
-    // standalone-client mode values side by side (each value's objects in
-    // order): the client process makes the transfers, and nothing else of
-    // ours runs meanwhile; over TCP the transfer busy-polls both cores.
-    const size_t hash_threads = client_.shared() != nullptr ? CopyThreads() : 1;
-    std::vector<std::pair<size_t, size_t>> runs;  // [first, end) in `arrived`, one value each
-    for (size_t k = 0; k < arrived.size(); ++k) {
-      if (k > 0 && objects[arrived[k]].value == objects[arrived[k - 1]].value) {
-        runs.back().second = k + 1;
-      } else {
-        runs.emplace_back(k, k + 1);
-      }
-    }
-    hashing.Run([&, arrived = std::move(arrived), runs = std::move(runs), hash_threads] {
-      ParallelFor(runs.size(), hash_threads, [&](size_t r) {
-        for (size_t k = runs[r].first; k < runs[r].second; ++k) {
-          take(objects[arrived[k]], nullptr);
-          if (objects[arrived[k]].last) finish(*values[objects[arrived[k]].value]);
-        }
-      });
-    });
+  for (const auto& v : values) {
+    if (!v->done || !v->status.ok()) continue;  // ReadValue reads it again and says what is wrong
+    const GetIntoRequest& r = *v->request;
+    out[static_cast<size_t>(&r - requests.data())] = r.head.size() + r.destination.size();
   }
 }
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/hash_internal.h"
 #include "store/mooncake/mooncake_client_internal.h"
 
 namespace mooncake_connector::mooncake {
@@ -35,6 +36,42 @@ FirstObject ClassifyFirstObject(ConstBytes object);
 inline bool ChecksValue(const ChunkHeader& h, const GetIntoRequest& r) {
   return h.has_checksum() && !r.CallerVerifies() && !r.partial;
 }
+
+// One value read object by object (MooncakeReader::ReadObjects): where its
+// bytes go, what is checked, and how it ended.
+struct ValueRead {
+  const GetIntoRequest* request = nullptr;
+  std::optional<ChunkHeader> header;  // a chunked value; none: one raw object
+  bool check_whole = false;           // value_hash is compared with header->checksum
+  Xxh3Stream value_hash;              // of the whole value, fed in order
+  Xxh3Stream data_hash;               // of its destination bytes (if request->data_xxh3)
+  Status status;                      // the first failure of an object of it
+  bool done = false;                  // every object taken and the value checked
+};
+
+// One Mooncake object of a value: a raw value's only object, or a chunk.
+struct ObjectRead {
+  size_t value;           // index into the values
+  std::string key;
+  uint64_t offset, size;  // its bytes in the value
+  bool last;              // the value is finished (checked) after it
+};
+
+// The status of object `o` of `v` after a transfer returned `result` for it
+// (its length, or an error code): Ok when all its bytes arrived; Aborted when
+// it vanished (its value may have been replaced); DataLoss when it has
+// another size; the error otherwise.
+Status ObjectResult(const MooncakeClient& client, const ValueRead& v, const ObjectRead& o, int64_t result);
+// Bytes [o.offset, o.offset + o.size) of the value arrived: copied from
+// `from` (null: already in place), fed to the value's hashes.
+void TakeObject(ValueRead& v, const ObjectRead& o, const std::byte* from);
+// The value's objects are all taken: its checksum compared (DataLoss on a
+// mismatch), request->data_xxh3 set, done.
+void FinishValue(ValueRead& v);
+// The chunks [from, to) of a chunked value, as objects of value `value`
+// (`last` on the chunk to-1 when `finishes`).
+std::vector<ObjectRead> ChunkObjects(size_t value, std::string_view key, const ChunkHeader& h, uint64_t from,
+                                     uint64_t to, bool finishes);
 
 class MooncakeReader final : public ReadMemory {
  public:
@@ -63,15 +100,46 @@ class MooncakeReader final : public ReadMemory {
   // are slower, not faster) while the other read copies and hashes.
   Result<uint64_t> ReadValue(const std::string& key, const Destination& destination,
                              const HeaderBytes* first_header = nullptr, std::mutex* turn = nullptr);
+  // Reads a chunked value through the staging slots (the edges of a range
+  // as ranges of their chunks, where the provider can), or straight into
+  // registered memory when its chunks are larger than a slot.
   Result<uint64_t> ReadChunks(const std::string& key, const ChunkHeader& h,
                               const GetIntoRequest& target, Deadline& deadline, std::mutex* turn);
   Result<uint64_t> ReadLargeObject(const std::string& key, const GetIntoRequest& target,
                                    uint64_t size, Deadline& deadline);
-  // Reads the chunks through the staging slots into `target`, or (target
-  // null) straight into `registered`.
-  Result<uint64_t> ReadChunksInto(const std::string& key, const ChunkHeader& h,
-                                  MutableBytes registered, const GetIntoRequest* target,
-                                  Deadline& deadline, std::mutex* turn);
+
+  // The one executor of object transfers (mooncake_read_objects.cc): reads
+  // `objects` (each value's in order) in calls of at most `max_objects`
+  // objects and `max_bytes` bytes (at least one object), each object's
+  // status by ObjectResult, its bytes taken by TakeObject, a value finished
+  // by FinishValue after its `last` object. Objects of a value that failed
+  // are skipped. A call that fails as a whole gives every value not done
+  // that failure, and ends the read; returns its code (0 if none did).
+  struct ObjectTransfer {
+    enum Kind {
+      // Each object scattered straight over its request's head and
+      // destination (batch_get_into_multi); hashed in place on a helper
+      // thread (`hash_threads` values side by side) while the next call
+      // transfers.
+      kInPlace,
+      // Each object straight into its request's destination, registered
+      // memory without a head (batch_get_into); hashed as kInPlace.
+      kRegistered,
+      // Into staging slots (batch_get_into; objects of at most a slot),
+      // copied out and hashed after the call, the slots given back before
+      // the next call takes its own.
+      kStaged,
+    } kind;
+    size_t max_objects;
+    uint64_t max_bytes;
+    // Retries transient failures until it; null: one attempt per call.
+    Deadline* deadline = nullptr;
+    // Held for each transfer (see ReadValue).
+    std::mutex* turn = nullptr;
+    size_t hash_threads = 1;
+  };
+  int64_t ReadObjects(std::vector<std::unique_ptr<ValueRead>>& values, std::span<const ObjectRead> objects,
+                      const ObjectTransfer& how);
   // Direct reads (MooncakeConfig::direct_transfers; mooncake_read_direct.cc).
   // True when `r` may be transferred straight into its own memory.
   bool ReadsDirectly(const GetIntoRequest& r) const {
@@ -81,11 +149,11 @@ class MooncakeReader final : public ReadMemory {
            (shared == nullptr || shared->Contains(r.destination.data(), r.destination.size()));
   }
   // Reads requests `which` straight into their memory: raw objects, and the
-  // chunks of values whose header this batch has read (headers[i]). Calls of
-  // about kDirectCallBytes, the checksums of one computed on a helper thread
-  // while the next one transfers. Objects held in this client's own segment
-  // (local_reads_) are copied from there on that helper thread, copy and
-  // checksum in one pass, several values side by side. Sets out[i] for each value read and
+  // chunks of values whose header this batch has read (headers[i]), by
+  // ReadObjects in place, in calls of about kDirectCallBytes. Objects held in
+  // this client's own segment (local_reads_) are copied from there on a
+  // helper thread, copy and checksum in one pass, several values side by
+  // side. Sets out[i] for each value read and
   // verified; the rest (another size, a chunk missing or of another size, a
   // checksum mismatch, an error) are left to ReadValue, which reads them
   // through the slots and says what is wrong.
