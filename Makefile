@@ -134,14 +134,17 @@ stress: setup
 soak: setup
 	SOAK_SECONDS=$${SOAK_SECONDS:-3600} $(PY) -m pytest -q -s tests/python/test_soak.py
 
-# The performance harness: every load and save path side by side, in the three
+# The performance harness. First the cold start (bench/cold_start.py, COLD_ARGS):
+# the first load of a new process, ours and the raw wheel's, medians of
+# alternated samples. Then every load and save path side by side, in the three
 # deployment modes (bench/bench.py; table, bench/results/bench.json and charts).
 # The quick size by default; BENCH_ARGS=--full for a model of at least 1 GiB.
 # Then bench/bench_tp.py: a ~1 GiB checkpoint loaded at TP 2, cooperative vs
 # every rank fetching everything vs the disk loader's reads (BENCH_TP_ARGS).
 bench: setup
 	@mkdir -p $(BUILD)
-	$(PY) bench/bench.py $(BENCH_ARGS) 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
+	$(PY) bench/cold_start.py $(COLD_ARGS) 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
+	$(PY) bench/bench.py $(BENCH_ARGS) 2>> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
 	$(PY) bench/bench_tp.py $(BENCH_TP_ARGS) 2>> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
 
 # Google Benchmark micro-benchmarks of the format, checksum and copy path.

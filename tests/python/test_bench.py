@@ -60,3 +60,23 @@ def test_the_tensor_parallel_benchmark_runs_every_row(tmp_path):
     for row in ("cooperative", "coop. whole", "share only", "every rank", "disk"):
         assert f'"{row}"' in text, row
     assert "target cooperative" in run.stdout
+
+
+def test_the_cold_start_benchmark_loads_in_new_processes_and_checks_what_they_loaded(tmp_path):
+    out = tmp_path / "cold_start.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOONCAKE_")}
+    env["GLOG_minloglevel"] = "3"
+    run = subprocess.run([sys.executable, str(BENCH.parent / "cold_start.py"), "--tiny", "--samples", "1",
+                          "--out", str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    rows = {(r["mode"], r["row"]): r for r in result["rows"]}
+    for mode in ("tcp", "own", "client"):
+        for row in ("raw load", "raw load + copy", "ours load_into", "ours load_state_dict", "ours weight_iterator"):
+            r = rows[(mode, row)]
+            # Each clock starts earlier than the next one and stops at the same point.
+            assert r["total"]["median"] > r["setup + load"]["median"] >= r["load"]["median"] > 0, (mode, row, r)
+            assert len(r["samples"]) == 1
+    assert len(result["targets"]) == 3 * 3 * 2
+    assert all(t["ratio"] > 0 for t in result["targets"])
+    assert "target (ratio of medians" in run.stdout and "ours load_into vs raw load (setup + load)" in run.stdout

@@ -1,0 +1,264 @@
+"""Cold start (`make bench` runs it first): what an engine feels, the first
+load of a new process. Every sample is a new Python process; the rows of a
+mode are alternated round by round; medians (with min and max) of
+--samples samples, not best-of.
+
+Rows, in each deployment mode:
+  raw load                the raw wheel: its client set up, a fresh buffer of
+                          the model's size (allocated, never touched, then
+                          registered), one batch_get_into;
+  raw load + copy         the same, then each tensor copied into a fresh
+                          parameter: what an engine does with what it gets;
+  ours load_into          fresh tensors (torch.empty, never touched), load_into;
+  ours load_state_dict    a new state dict;
+  ours weight_iterator    as SGLang's KV path drives it: each tensor copied
+                          into a fresh parameter (`param.data.copy_(tensor)`).
+Three times per sample: `total` from just before the process is spawned to
+the weights in place (interpreter, imports, client setup, load); `setup +
+load` from after the imports (both sides' client setup, and the page faults
+of their destinations: standalone-client mode's raw wheel maps its shared
+memory populated during its setup); `load` alone (after the setup and the
+destination's allocation). After the clock stops each child checks the bytes
+it loaded against the model's (a sum of every 16-bit word per tensor), so a
+load that wrote nothing cannot pass.
+
+Modes: tcp (a storage process holds the model, the reader is a pure client);
+own (the same, and the reader contributes a segment of its own, as an engine
+configured with MOONCAKE_GLOBAL_SEGMENT_SIZE does: its setup registers it);
+client (standalone-client mode: the reader is a dummy client of the storage
+process, over shared memory).
+
+Targets (issue 23), ratios of medians of `setup + load` in one run:
+weight_iterator and load_state_dict >= 0.95x raw load + copy and raw load
+respectively, load_into >= 0.95x raw load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GiB = 2**30
+ROWS = ["raw load", "raw load + copy", "ours load_into", "ours load_state_dict", "ours weight_iterator"]
+# (ours row, raw row it is compared with, goal)
+TARGETS = [("ours weight_iterator", "raw load + copy", 0.95), ("ours load_state_dict", "raw load", 0.95),
+           ("ours load_into", "raw load", 0.95)]
+
+
+# ---- the child: one cold load -------------------------------------------------
+
+def _peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _word_sum(t) -> int:
+    import torch
+
+    return int(t.reshape(-1).view(torch.int16).sum(dtype=torch.int64))
+
+
+def child(row: str, spec: dict) -> dict:
+    import numpy as np
+    import torch
+
+    names, shapes, sizes = spec["names"], spec["shapes"], spec["sizes"]
+    if row.startswith("ours"):
+        from mooncake_connector import create_remote_connector
+    else:
+        import ctypes
+
+        from mooncake.store import MooncakeDistributedStore
+    imported = time.time()
+    rss_before = _peak_rss_mib()
+    params: dict[str, torch.Tensor] = {}
+    if row.startswith("ours"):
+        c = create_remote_connector(spec["url"])
+        c.exists("warm-up")  # the client is set up before the load starts
+        if row == "ours load_into":
+            params = {n: torch.empty(s, dtype=torch.bfloat16) for n, s in zip(names, shapes)}
+        elif row == "ours weight_iterator":
+            params = {n: torch.empty(s, dtype=torch.bfloat16) for n, s in zip(names, shapes)}
+        start = time.time()
+        if row == "ours load_into":
+            c.load_into(params)
+        elif row == "ours load_state_dict":
+            params = c.load_state_dict()
+        else:
+            for name, tensor in c.weight_iterator():
+                params[name].data.copy_(tensor)
+        done = time.time()
+    else:
+        total = sum(sizes)
+        store = MooncakeDistributedStore()
+        if spec["mode"] == "client":
+            assert store.setup_dummy(total + (64 << 20), 256 << 20, spec["client_address"]) == 0
+            ptr = store.alloc_from_mem_pool(total)
+            assert ptr, "alloc_from_mem_pool failed"
+            buf = np.ctypeslib.as_array((ctypes.c_uint8 * total).from_address(ptr))
+        else:
+            segment = spec["segment"] if spec["mode"] == "own" else 0
+            assert store.setup("127.0.0.1", spec["metadata_server"], segment, 256 << 20, "tcp", "",
+                               spec["master_address"]) == 0
+            buf = np.empty(total, dtype=np.uint8)  # never touched: faulted in by the load
+        if row == "raw load + copy":
+            params = {n: torch.empty(s, dtype=torch.bfloat16) for n, s in zip(names, shapes)}
+        start = time.time()
+        assert store.register_buffer(buf.ctypes.data, total) == 0
+        offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+        got = store.batch_get_into(spec["raw_keys"], [buf.ctypes.data + o for o in offsets], sizes)
+        assert list(got) == sizes, got
+        flat = torch.from_numpy(buf)
+        views = {n: flat[o:o + s].view(torch.bfloat16).view(shape)
+                 for n, o, s, shape in zip(names, offsets, sizes, shapes)}
+        if row == "raw load + copy":
+            for n in names:
+                params[n].copy_(views[n])
+        else:
+            params = views
+        done = time.time()
+    peak = _peak_rss_mib()
+    sums = [_word_sum(params[n]) for n in names]
+    if sums != spec["sums"]:
+        bad = [n for n, a, b in zip(names, sums, spec["sums"]) if a != b]
+        raise SystemExit(f"{row}: {len(bad)} tensors do not hold the model's bytes, e.g. {bad[:3]}")
+    return {"imported": imported, "start": start, "done": done, "peak_rss_growth_mib": peak - rss_before}
+
+
+# ---- the parent ---------------------------------------------------------------
+
+def sample(row: str, spec: dict, env: dict[str, str]) -> dict:
+    spawned = time.time()
+    out = subprocess.run([sys.executable, __file__, "--child", row], input=json.dumps(spec), env=env,
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"cold load ({row}) failed: {out.stderr[-3000:]}")
+    t = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"total": t["done"] - spawned, "setup + load": t["done"] - t["imported"], "load": t["done"] - t["start"],
+            "peak_rss_growth_mib": t["peak_rss_growth_mib"]}
+
+
+def run_mode(mode: str, sd: dict, samples: int, log) -> list[dict]:
+    import torch
+
+    from bench import RawWheel, nbytes
+    from harness import environ
+    from mooncake_connector import create_remote_connector, standalone
+
+    size = nbytes(sd)
+    names = list(sd)
+    segment_mib = max(1024, (3 * size) >> 20)
+    with standalone.start(segment_size=f"{segment_mib}mb", local_buffer_size="256mb", storage_processes=1) as inst:
+        env = {**os.environ, **inst.env(), "MOONCAKE_LOCAL_BUFFER_SIZE": "256mb"}
+        if mode == "own":
+            env["MOONCAKE_GLOBAL_SEGMENT_SIZE"] = f"{segment_mib}mb"
+        if mode == "client":
+            env["MOONCAKE_CLIENT"] = inst.client_address
+        url = f"mooncake:///cold/{mode}"
+        with environ(inst.env()):
+            with create_remote_connector(url) as c:
+                c.save_state_dict(sd)
+            raw = RawWheel(inst, "tcp", size, 0)
+            try:
+                sizes = [t.numel() * t.element_size() for t in sd.values()]
+                offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+                for o, n, t in zip(offsets, sizes, sd.values()):
+                    raw.buf[o:o + n] = t.reshape(-1).view(torch.uint8).numpy()
+                raw_keys = [f"cold-raw/{mode}/{n}" for n in names]
+                assert all(r == 0 for r in raw.store.batch_put_from(raw_keys, [raw.buf.ctypes.data + o for o in offsets],
+                                                                    sizes))
+            finally:
+                raw.close()
+        spec = {"mode": mode, "url": url, "names": names, "shapes": [list(t.shape) for t in sd.values()],
+                "sizes": sizes, "sums": [_word_sum(t) for t in sd.values()], "raw_keys": raw_keys,
+                "segment": segment_mib << 20, "metadata_server": inst.metadata_server,
+                "master_address": inst.master_address, "client_address": inst.client_address}
+        times: dict[str, list[dict]] = {row: [] for row in ROWS}
+        for i in range(samples):
+            order = ROWS[i % len(ROWS):] + ROWS[:i % len(ROWS)]  # each row first in turn
+            for row in order:
+                times[row].append(sample(row, spec, env))
+            log(f"  {mode}: round {i + 1}/{samples} " +
+                " ".join(f"{row.split(' ', 1)[1]}={times[row][-1]['setup + load']:.2f}s" for row in ROWS))
+    rows = []
+    for row in ROWS:
+        entry = {"mode": mode, "row": row, "bytes": size, "samples": times[row]}
+        for kind in ("total", "setup + load", "load"):
+            values = [s[kind] for s in times[row]]
+            entry[kind] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+        entry["peak_rss_growth_mib"] = statistics.median(s["peak_rss_growth_mib"] for s in times[row])
+        rows.append(entry)
+    return rows
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    checks = []
+    by = {(r["mode"], r["row"]): r for r in rows}
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        for ours, raw, goal in TARGETS:
+            for kind in ("setup + load", "load"):
+                ratio = by[(mode, raw)][kind]["median"] / by[(mode, ours)][kind]["median"]
+                checks.append({"mode": mode, "target": f"{ours} vs {raw} ({kind})", "ratio": ratio, "goal": goal,
+                               "met": ratio >= goal, "counts": kind == "setup + load"})
+    return checks
+
+
+def print_table(rows: list[dict], checks: list[dict]) -> None:
+    print(f"\n{'mode':<7} {'row':<22} {'total s (min-max)':>22} {'setup+load s (min-max)':>24} "
+          f"{'load s (min-max)':>22} {'GiB/s':>6} {'peak MiB':>9}")
+    for r in rows:
+        cells = [f"{r[k]['median']:.2f} ({r[k]['min']:.2f}-{r[k]['max']:.2f})" for k in ("total", "setup + load", "load")]
+        print(f"{r['mode']:<7} {r['row']:<22} {cells[0]:>22} {cells[1]:>24} {cells[2]:>22} "
+              f"{r['bytes'] / GiB / r['load']['median']:6.2f} {r['peak_rss_growth_mib']:9.0f}")
+    print(f"\n{'target (ratio of medians, raw time / ours)':<66} {'mode':<7} {'ratio':>6} {'goal':>6}")
+    for t in checks:
+        note = ("met" if t["met"] else "MISSED") if t["counts"] else "(load alone, for reference)"
+        print(f"{t['target']:<66} {t['mode']:<7} {t['ratio']:6.2f} {t['goal']:6.2f} {note}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--full", action="store_true", help="a model of at least 1 GiB (default: ~190 MiB)")
+    parser.add_argument("--tiny", action="store_true", help="a few MiB: checks that every row runs (tests)")
+    parser.add_argument("--modes", default="tcp,own,client")
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--out", default="bench/results/cold_start.json")
+    parser.add_argument("--child", choices=ROWS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, json.loads(sys.stdin.read()))))
+        return
+    os.environ.setdefault("GLOG_minloglevel", "3")
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench import llama_like, nbytes
+    from harness import write_result
+
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - {"tcp", "own", "client"}
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}: choose from tcp, own, client")
+    sd = llama_like(11, 2048, 16384) if args.full else llama_like(1, 512, 2048) if args.tiny else \
+        llama_like(3, 1536, 8192)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    log(f"cold start: llama-like, {len(sd)} bf16 tensors, {nbytes(sd) / GiB:.3f} GiB; "
+        f"{args.samples} samples per row, each a new process")
+    start = time.monotonic()
+    rows = [r for mode in modes for r in run_mode(mode, sd, args.samples, log)]
+    checks = targets(rows)
+    print_table(rows, checks)
+    command = "python bench/cold_start.py" + (" --full" if args.full else " --tiny" if args.tiny else "") + \
+        (f" --modes {args.modes}" if args.modes != "tcp,own,client" else "") + \
+        (f" --samples {args.samples}" if args.samples != 5 else "")
+    write_result(args.out, "cold_start", command, seconds=time.monotonic() - start, rows=rows, targets=checks)
+
+
+if __name__ == "__main__":
+    main()
