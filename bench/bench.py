@@ -48,7 +48,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from harness import best, environ, write_result
+from harness import add_load_args, best, environ, parse_modes, write_result
 from mooncake_connector import create_remote_connector, standalone
 
 GiB = 2**30
@@ -630,22 +630,16 @@ def chart(rows: list[dict], case: str, path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="a model of at least 1 GiB (default: ~190 MiB)")
-    parser.add_argument("--tiny", action="store_true", help="a few MiB: checks that every row runs (tests)")
-    parser.add_argument("--modes", default="tcp,own,client")
+    add_load_args(parser, "bench/results/bench.json")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--small-ops", type=int, default=1000)
-    parser.add_argument("--out", default="bench/results/bench.json")
     parser.add_argument("--first-load", choices=["ours", "raw"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.first_load:
         first_load_child(args.first_load)
         return
     os.environ.setdefault("GLOG_minloglevel", "3")
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - {"tcp", "own", "client"}
-    if unknown:
-        parser.error(f"unknown modes {sorted(unknown)}: choose from tcp, own, client")
+    modes = parse_modes(parser, args.modes)
 
     if args.full:
         llama, small = llama_like(11, 2048, 16384), many_small(2048, 16)

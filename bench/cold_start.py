@@ -22,6 +22,12 @@ destination's allocation). After the clock stops each child checks the bytes
 it loaded against the model's (a sum of every 16-bit word per tensor), so a
 load that wrote nothing cannot pass.
 
+With --device cuda the weights go to the GPU: fresh parameters there (set to
+zeros before the clock starts), the CUDA context made during the setup on
+both sides, each clock stopped after a synchronize; `raw load` is then the
+raw wheel's fetch alone, into host memory (the target: a first load onto the
+GPU within 1.05x of it), and `raw load + copy` adds the copies to the GPU.
+
 Modes: tcp (a storage process holds the model, the reader is a pure client);
 own (the same, and the reader contributes a segment of its own, as an engine
 configured with MOONCAKE_GLOBAL_SEGMENT_SIZE does: its setup registers it);
@@ -43,6 +49,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from harness import add_load_args, environ, parse_modes, write_result
 
 GiB = 2**30
 ROWS = ["raw load", "raw load + copy", "ours load_into", "ours load_state_dict", "ours weight_iterator"]
@@ -70,7 +78,7 @@ def child(row: str, spec: dict) -> dict:
     import numpy as np
     import torch
 
-    names, shapes, sizes = spec["names"], spec["shapes"], spec["sizes"]
+    names, shapes, sizes, device = spec["names"], spec["shapes"], spec["sizes"], spec["device"]
     if row.startswith("ours"):
         from mooncake_connector import create_remote_connector
     else:
@@ -80,13 +88,29 @@ def child(row: str, spec: dict) -> dict:
     imported = time.time()
     rss_before = _peak_rss_mib()
     params: dict[str, torch.Tensor] = {}
+
+    def fresh() -> dict[str, torch.Tensor]:
+        # Host memory: fresh pages, zeros until written. Device memory: set
+        # to zeros here, so that a load that wrote nothing fails the check.
+        out = {n: torch.empty(s, dtype=torch.bfloat16, device=device) for n, s in zip(names, shapes)}
+        if device != "cpu":
+            for t in out.values():
+                t.zero_()
+            torch.cuda.synchronize()
+        return out
+
+    def in_place() -> float:
+        if device != "cpu":
+            torch.cuda.synchronize()
+        return time.time()
+
+    if device != "cpu":
+        torch.empty(1, device=device)  # the CUDA context: part of the setup on both sides
     if row.startswith("ours"):
-        c = create_remote_connector(spec["url"])
+        c = create_remote_connector(spec["url"], device=device)
         c.exists("warm-up")  # the client is set up before the load starts
-        if row == "ours load_into":
-            params = {n: torch.empty(s, dtype=torch.bfloat16) for n, s in zip(names, shapes)}
-        elif row == "ours weight_iterator":
-            params = {n: torch.empty(s, dtype=torch.bfloat16) for n, s in zip(names, shapes)}
+        if row in ("ours load_into", "ours weight_iterator"):
+            params = fresh()
         start = time.time()
         if row == "ours load_into":
             c.load_into(params)
@@ -95,7 +119,7 @@ def child(row: str, spec: dict) -> dict:
         else:
             for name, tensor in c.weight_iterator():
                 params[name].data.copy_(tensor)
-        done = time.time()
+        done = in_place()
     else:
         total = sum(sizes)
         store = MooncakeDistributedStore()
@@ -110,7 +134,7 @@ def child(row: str, spec: dict) -> dict:
                                spec["master_address"]) == 0
             buf = np.empty(total, dtype=np.uint8)  # never touched: faulted in by the load
         if row == "raw load + copy":
-            params = {n: torch.empty(s, dtype=torch.bfloat16) for n, s in zip(names, shapes)}
+            params = fresh()
         start = time.time()
         assert store.register_buffer(buf.ctypes.data, total) == 0
         offsets = np.cumsum([0, *sizes[:-1]]).tolist()
@@ -123,8 +147,8 @@ def child(row: str, spec: dict) -> dict:
             for n in names:
                 params[n].copy_(views[n])
         else:
-            params = views
-        done = time.time()
+            params = views  # onto a GPU: the fetch alone, to host memory
+        done = in_place()
     peak = _peak_rss_mib()
     sums = [_word_sum(params[n]) for n in names]
     if sums != spec["sums"]:
@@ -146,17 +170,20 @@ def sample(row: str, spec: dict, env: dict[str, str]) -> dict:
             "peak_rss_growth_mib": t["peak_rss_growth_mib"]}
 
 
-def run_mode(mode: str, sd: dict, samples: int, log) -> list[dict]:
+def run_mode(mode: str, sd: dict, samples: int, device: str, rows_wanted: list[str], log) -> list[dict]:
     import torch
 
     from bench import RawWheel, nbytes
-    from harness import environ
     from mooncake_connector import create_remote_connector, standalone
 
     size = nbytes(sd)
     names = list(sd)
     segment_mib = max(1024, (3 * size) >> 20)
-    with standalone.start(segment_size=f"{segment_mib}mb", local_buffer_size="256mb", storage_processes=1) as inst:
+    # Mooncake's own read lease (10 s), not standalone's short one: a first
+    # load into fresh memory on a small machine can outlast a short lease,
+    # and the raw wheel does not read again when it expires.
+    with standalone.start(segment_size=f"{segment_mib}mb", local_buffer_size="256mb", lease_ttl_ms=None,
+                          storage_processes=1) as inst:
         env = {**os.environ, **inst.env(), "MOONCAKE_LOCAL_BUFFER_SIZE": "256mb"}
         if mode == "own":
             env["MOONCAKE_GLOBAL_SEGMENT_SIZE"] = f"{segment_mib}mb"
@@ -177,20 +204,20 @@ def run_mode(mode: str, sd: dict, samples: int, log) -> list[dict]:
                                                                     sizes))
             finally:
                 raw.close()
-        spec = {"mode": mode, "url": url, "names": names, "shapes": [list(t.shape) for t in sd.values()],
+        spec = {"mode": mode, "device": device, "url": url, "names": names, "shapes": [list(t.shape) for t in sd.values()],
                 "sizes": sizes, "sums": [_word_sum(t) for t in sd.values()], "raw_keys": raw_keys,
                 "segment": segment_mib << 20, "metadata_server": inst.metadata_server,
                 "master_address": inst.master_address, "client_address": inst.client_address}
-        times: dict[str, list[dict]] = {row: [] for row in ROWS}
+        times: dict[str, list[dict]] = {row: [] for row in rows_wanted}
         for i in range(samples):
-            order = ROWS[i % len(ROWS):] + ROWS[:i % len(ROWS)]  # each row first in turn
+            order = rows_wanted[i % len(rows_wanted):] + rows_wanted[:i % len(rows_wanted)]  # each first in turn
             for row in order:
                 times[row].append(sample(row, spec, env))
             log(f"  {mode}: round {i + 1}/{samples} " +
-                " ".join(f"{row.split(' ', 1)[1]}={times[row][-1]['setup + load']:.2f}s" for row in ROWS))
+                " ".join(f"{row.split(' ', 1)[1]}={times[row][-1]['setup + load']:.2f}s" for row in rows_wanted))
     rows = []
-    for row in ROWS:
-        entry = {"mode": mode, "row": row, "bytes": size, "samples": times[row]}
+    for row in rows_wanted:
+        entry = {"mode": mode, "device": device, "row": row, "bytes": size, "samples": times[row]}
         for kind in ("total", "setup + load", "load"):
             values = [s[kind] for s in times[row]]
             entry[kind] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -204,6 +231,8 @@ def targets(rows: list[dict]) -> list[dict]:
     by = {(r["mode"], r["row"]): r for r in rows}
     for mode in dict.fromkeys(r["mode"] for r in rows):
         for ours, raw, goal in TARGETS:
+            if (mode, ours) not in by or (mode, raw) not in by:
+                continue  # a row left out (--rows)
             for kind in ("setup + load", "load"):
                 ratio = by[(mode, raw)][kind]["median"] / by[(mode, ours)][kind]["median"]
                 checks.append({"mode": mode, "target": f"{ours} vs {raw} ({kind})", "ratio": ratio, "goal": goal,
@@ -226,37 +255,36 @@ def print_table(rows: list[dict], checks: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full", action="store_true", help="a model of at least 1 GiB (default: ~190 MiB)")
-    parser.add_argument("--tiny", action="store_true", help="a few MiB: checks that every row runs (tests)")
-    parser.add_argument("--modes", default="tcp,own,client")
+    add_load_args(parser, "bench/results/cold_start.json")
     parser.add_argument("--samples", type=int, default=5)
-    parser.add_argument("--out", default="bench/results/cold_start.json")
+    parser.add_argument("--device", default="cpu", help="where the weights go: cpu, or cuda (the GPU rows)")
+    parser.add_argument("--rows", default=",".join(ROWS), help="the rows to time (default: all)")
     parser.add_argument("--child", choices=ROWS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, json.loads(sys.stdin.read()))))
         return
     os.environ.setdefault("GLOG_minloglevel", "3")
-    sys.path.insert(0, str(Path(__file__).parent))
     from bench import llama_like, nbytes
-    from harness import write_result
 
-    modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - {"tcp", "own", "client"}
-    if unknown:
-        parser.error(f"unknown modes {sorted(unknown)}: choose from tcp, own, client")
+    modes = parse_modes(parser, args.modes)
+    rows_wanted = [r for r in args.rows.split(",") if r]
+    if set(rows_wanted) - set(ROWS):
+        parser.error(f"unknown rows {sorted(set(rows_wanted) - set(ROWS))}: choose from {', '.join(ROWS)}")
     sd = llama_like(11, 2048, 16384) if args.full else llama_like(1, 512, 2048) if args.tiny else \
         llama_like(3, 1536, 8192)
     log = lambda s: print(s, flush=True)  # noqa: E731
-    log(f"cold start: llama-like, {len(sd)} bf16 tensors, {nbytes(sd) / GiB:.3f} GiB; "
+    log(f"cold start onto {args.device}: llama-like, {len(sd)} bf16 tensors, {nbytes(sd) / GiB:.3f} GiB; "
         f"{args.samples} samples per row, each a new process")
     start = time.monotonic()
-    rows = [r for mode in modes for r in run_mode(mode, sd, args.samples, log)]
+    rows = [r for mode in modes for r in run_mode(mode, sd, args.samples, args.device, rows_wanted, log)]
     checks = targets(rows)
     print_table(rows, checks)
     command = "python bench/cold_start.py" + (" --full" if args.full else " --tiny" if args.tiny else "") + \
         (f" --modes {args.modes}" if args.modes != "tcp,own,client" else "") + \
-        (f" --samples {args.samples}" if args.samples != 5 else "")
+        (f" --samples {args.samples}" if args.samples != 5 else "") + \
+        (f" --device {args.device}" if args.device != "cpu" else "") + \
+        (f" --rows '{args.rows}'" if args.rows != ",".join(ROWS) else "")
     write_result(args.out, "cold_start", command, seconds=time.monotonic() - start, rows=rows, targets=checks)
 
 

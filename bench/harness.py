@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import json
@@ -52,3 +53,24 @@ def write_result(path: str, benchmark: str, command: str, **fields: Any) -> None
         **fields,
     }, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+MODES = ("tcp", "own", "client")
+
+
+def add_load_args(parser: argparse.ArgumentParser, out: str) -> None:
+    """The arguments every load benchmark takes: the model's size, the
+    deployment modes and the result file."""
+    parser.add_argument("--full", action="store_true", help="a model of at least 1 GiB (default: ~190 MiB)")
+    parser.add_argument("--tiny", action="store_true", help="a few MiB: checks that every row runs (tests)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--out", default=out)
+
+
+def parse_modes(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """--modes as a list, each one of MODES (else a usage error)."""
+    modes = [m for m in text.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}: choose from {', '.join(MODES)}")
+    return modes
