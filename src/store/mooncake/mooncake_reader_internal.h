@@ -113,8 +113,9 @@ class MooncakeReader final : public ReadMemory {
   // objects and `max_bytes` bytes (at least one object), each object's
   // status by ObjectResult, its bytes taken by TakeObject, a value finished
   // by FinishValue after its `last` object. Objects of a value that failed
-  // are skipped. A call that fails as a whole gives every value not done
-  // that failure, and ends the read; returns its code (0 if none did).
+  // are skipped. A call that fails as a whole gives its failure to the
+  // values of its objects and of the objects after it, and ends the read;
+  // returns its code (0 if none did).
   struct ObjectTransfer {
     enum Kind {
       // Each object scattered straight over its request's head and
@@ -153,10 +154,10 @@ class MooncakeReader final : public ReadMemory {
   // ReadObjects in place, in calls of about kDirectCallBytes. Objects held in
   // this client's own segment (local_reads_) are copied from there on a
   // helper thread, copy and checksum in one pass, several values side by
-  // side. Sets out[i] for each value read and
-  // verified; the rest (another size, a chunk missing or of another size, a
-  // checksum mismatch, an error) are left to ReadValue, which reads them
-  // through the slots and says what is wrong.
+  // side. Sets out[i] for each value read and verified; the rest (another
+  // size, a chunk missing or of another size, a checksum mismatch, an error)
+  // are left to ReadValue, which reads them through the slots and says what
+  // is wrong.
   void ReadDirect(std::span<const GetIntoRequest> requests, std::span<const size_t> which,
                   const std::vector<std::optional<HeaderBytes>>& headers,
                   std::vector<std::optional<Result<uint64_t>>>& out);
