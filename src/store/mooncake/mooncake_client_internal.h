@@ -166,34 +166,4 @@ int64_t FirstRetryable(const std::vector<T>& results) {
   return it == results.end() ? 0 : *it;
 }
 
-// The chunks [first, first + n) of a value with header `h`: their object
-// keys, the buffers `buffer_at(j)` gives for them, and their exact lengths.
-struct ChunkBatch {
-  std::vector<std::string> keys;
-  std::vector<void*> buffers;
-  std::vector<size_t> sizes;
-};
-template <typename BufferAt>
-ChunkBatch MakeChunkBatch(const std::string& key, const ChunkHeader& h, uint64_t first, size_t n,
-                          BufferAt&& buffer_at) {
-  ChunkBatch b;
-  for (size_t j = 0; j < n; ++j) {
-    b.keys.push_back(h.ChunkKey(key, first + j));
-    b.buffers.push_back(buffer_at(j));
-    b.sizes.push_back(static_cast<size_t>(h.ChunkLength(first + j)));
-  }
-  return b;
-}
-
-// Calls fn(first, n) for consecutive runs of at most `per_batch` of the
-// `count` chunks; stops at the first error.
-template <typename Fn>
-Status ForEachBatch(uint64_t count, size_t per_batch, Fn&& fn) {
-  for (uint64_t first = 0; first < count; first += per_batch) {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(per_batch, count - first));
-    MC_RETURN_IF_ERROR(fn(first, n));
-  }
-  return Status::Ok();
-}
-
 }  // namespace mooncake_connector::mooncake

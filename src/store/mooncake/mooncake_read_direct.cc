@@ -94,7 +94,7 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
   std::vector<ObjectRead> remote;
   for (size_t j = 0; j < objects.size(); ++j) {
     if (!local_value[objects[j].value]) {
-      remote.push_back(objects[j]);
+      remote.push_back(std::move(objects[j]));  // its key is not needed here again
     } else if (!local_runs.empty() && local_runs.back().second == j && objects[j - 1].value == objects[j].value) {
       local_runs.back().second = j + 1;
     } else {

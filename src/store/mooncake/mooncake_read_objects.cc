@@ -104,12 +104,16 @@ int64_t MooncakeReader::ReadObjects(std::vector<std::unique_ptr<ValueRead>>& val
       bytes += o.size;
     }
     if (call.empty()) break;
-    const ValueRead& first = *values[objects[call.front()].value];
-    const std::string what = first.header && objects[call.back()].value == objects[call.front()].value
-                                 ? "chunks " + std::to_string(objects[call.front()].offset / first.header->chunk_size) +
-                                       "-" + std::to_string(objects[call.back()].offset / first.header->chunk_size) +
-                                       " of '" + std::string(first.request->key) + "'"
-                                 : std::to_string(call.size()) + " objects";
+    // What this call reads, for an error message.
+    auto what = [&]() -> std::string {
+      const ValueRead& first = *values[objects[call.front()].value];
+      if (!first.header || objects[call.back()].value != objects[call.front()].value) {
+        return std::to_string(call.size()) + " objects";
+      }
+      return "chunks " + std::to_string(objects[call.front()].offset / first.header->chunk_size) + "-" +
+             std::to_string(objects[call.back()].offset / first.header->chunk_size) + " of '" +
+             std::string(first.request->key) + "'";
+    };
     std::vector<const char*> keys;
     std::vector<void*> buffers;
     std::vector<size_t> sizes, pieces;
@@ -127,7 +131,7 @@ int64_t MooncakeReader::ReadObjects(std::vector<std::unique_ptr<ValueRead>>& val
       }
       if (head_bytes > 0) {
         Result<Buffer> b = client_.shared()->Allocate(static_cast<size_t>(head_bytes));
-        if (!b.ok()) return fail_all(call.front(), kErrBufferOverflow, "shared memory for the heads of " + what);
+        if (!b.ok()) return fail_all(call.front(), kErrBufferOverflow, "shared memory for the heads of " + what());
         heads = std::move(*b);
       }
     }
@@ -165,7 +169,7 @@ int64_t MooncakeReader::ReadObjects(std::vector<std::unique_ptr<ValueRead>>& val
       return how.deadline != nullptr ? FirstRetryable(results) : *std::min_element(results.begin(), results.end());
     });
     for (auto [from, to] : head_copies) std::memcpy(to.data(), from, to.size());
-    if (call_rc != 0) return fail_all(call.front(), call_rc == -1 ? rc : call_rc, "batch_get_into of " + what);
+    if (call_rc != 0) return fail_all(call.front(), call_rc == -1 ? rc : call_rc, "batch_get_into of " + what());
     // Failures are noted before the objects are taken, so that a value's
     // last object is taken only if none of it failed.
     for (size_t k = 0; k < call.size(); ++k) {
