@@ -6,6 +6,7 @@
 #include <tuple>
 
 #include "core/hash_internal.h"
+#include "core/pages_internal.h"
 #include "model/model_internal.h"
 #include "model/model_reader_internal.h"
 #include "model/model_memory_internal.h"
@@ -308,6 +309,11 @@ ModelReaderImpl::Plan ModelReaderImpl::PlanReads(std::span<const size_t> which, 
 Result<std::vector<std::string>> ModelReaderImpl::LoadInto(std::span<const TensorDestination> destinations) {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   MC_ASSIGN_OR_RETURN(std::vector<size_t> which, Resolve(destinations));
+  // The caller's memory is often fresh (torch.empty): advised to use huge
+  // pages, it is faulted in 2 MiB at a time as the load fills it, not 4 KiB
+  // (a first 1.1 GiB load over TCP on 16 cores: 0.95 s -> 0.53 s, the raw
+  // wheel's 0.51 s into numpy memory, which numpy advises alike).
+  for (const TensorDestination& d : destinations) AdviseHugePages(d.bytes.data(), d.bytes.size());
   if (!has_manifest_) {
     for (size_t i = 0; i < destinations.size(); ++i) {
       const TensorDestination& d = destinations[i];

@@ -28,6 +28,10 @@ namespace {
 
 // Pinned buffers in one load's pipeline (each the size of its largest batch).
 constexpr size_t kSlots = 4;
+// The pipeline's batches: at most this many bytes (or one larger tensor).
+// Larger ones pin more host memory for nothing (4 x 256 MiB were 1 GiB above
+// the model), and pinning is slow on a first load (~0.5 ms per MiB here).
+constexpr uint64_t kStagedBatchBytes = uint64_t{64} << 20;
 
 // Pinned buffers kept from one load to the next: pinning hundreds of MiB
 // takes tens of milliseconds. Holds at most one load's worth; never
@@ -93,7 +97,7 @@ uint64_t Address(const TensorDestination& d) { return reinterpret_cast<uintptr_t
 
 Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> destinations,
                                        std::span<const size_t> which, const Plan& plan,
-                                       const cuda::Driver& driver, void* cu_stream) {
+                                       const cuda::Driver& driver, int device, void* cu_stream) {
   auto stream = reinterpret_cast<cuda::Stream>(cu_stream);
   uint64_t slot_bytes = 0;
   for (const std::vector<size_t>& batch : plan.batches) {
@@ -119,11 +123,40 @@ Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> de
     }
   } release{&driver, stream, slots};
   for (Slot& s : slots) {
-    MC_ASSIGN_OR_RETURN(s.buffer, PinnedPool::Get().Take(driver, std::max<uint64_t>(slot_bytes, 1)));
     MC_ASSIGN_OR_RETURN(s.copied, driver.CreateEvent());
   }
+  // The first buffer now, the others on a helper thread while the first
+  // batch is fetched (a buffer not in the pool yet is pinned afresh).
+  const uint64_t buffer_bytes = std::max<uint64_t>(slot_bytes, 1);
+  MC_ASSIGN_OR_RETURN(slots[0].buffer, PinnedPool::Get().Take(driver, buffer_bytes));
+  Status pinned = Status::Ok();
+  std::thread pinning([&] {
+    Result<cuda::Driver::ContextGuard> context = driver.Enter(device);
+    if (!context.ok()) {
+      pinned = context.status();
+      return;
+    }
+    for (size_t k = 1; k < slots.size() && pinned.ok(); ++k) {
+      Result<cuda::PinnedBuffer> b = PinnedPool::Get().Take(driver, buffer_bytes);
+      if (b.ok()) {
+        slots[k].buffer = std::move(*b);
+      } else {
+        pinned = b.status();
+      }
+    }
+  });
+  struct Join {
+    std::thread& t;
+    ~Join() {
+      if (t.joinable()) t.join();
+    }
+  } join{pinning};  // before `release` gives the buffers back
 
   for (size_t b = 0; b < plan.batches.size(); ++b) {
+    if (b == 1) {
+      pinning.join();
+      MC_RETURN_IF_ERROR(pinned);
+    }
     Slot& slot = slots[b % slots.size()];
     MC_RETURN_IF_ERROR(slot.Checked());
     if (slot.busy) MC_RETURN_IF_ERROR(driver.Wait(slot.copied));
@@ -268,7 +301,12 @@ Result<std::vector<std::string>> ModelReaderImpl::LoadIntoCuda(std::span<const T
   for (const TensorDestination& d : destinations) total_bytes_ += d.bytes.size();
   Plan plan = PlanReads(which, options_.batch_bytes);
   std::optional<Status> from_store = LoadIntoCudaFromStore(destinations, which, plan, *driver, stream);
-  MC_RETURN_IF_ERROR(from_store ? *from_store : LoadIntoCudaStaged(destinations, which, plan, *driver, stream));
+  if (from_store) {
+    MC_RETURN_IF_ERROR(*from_store);
+  } else {
+    const Plan staged = PlanReads(which, std::min(options_.batch_bytes, kStagedBatchBytes));
+    MC_RETURN_IF_ERROR(LoadIntoCudaStaged(destinations, which, staged, *driver, target.device, stream));
+  }
   // Other destinations of a stored tensor (aliases) are copied on the device.
   for (size_t i = 0; i < destinations.size(); ++i) {
     size_t from = plan.first.at(Canonical(which[i]));

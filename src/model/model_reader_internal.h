@@ -88,7 +88,7 @@ class ModelReaderImpl {
                                               std::span<const size_t> which, const Plan& plan,
                                               const cuda::Driver& driver, void* stream);
   Status LoadIntoCudaStaged(std::span<const TensorDestination> destinations, std::span<const size_t> which,
-                            const Plan& plan, const cuda::Driver& driver, void* stream);
+                            const Plan& plan, const cuda::Driver& driver, int device, void* stream);
 
   Model model_;
   int rank_;

@@ -2,11 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/mman.h>
+
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <string>
 
+#include "core/pages_internal.h"
 #include "mooncake_connector/dlpack.h"
 
 namespace mooncake_connector {
@@ -177,6 +181,30 @@ TEST(Buffer, LargeBuffersAskForHugePagesOn2MiBBoundaries) {
   EXPECT_NE((flags + " ").find(" hg "), std::string::npos) << flags;
   Buffer small = *Buffer::Allocate(size_t{1} << 20);  // below a huge page: as before
   EXPECT_EQ((VmFlagsOf(small.data()) + " ").find(" hg "), std::string::npos);
+}
+
+bool Advised(const void* p) { return (VmFlagsOf(p) + " ").find(" hg ") != std::string::npos; }
+
+TEST(Pages, AdviceCoversTheWholeHugePagesInsideARangeAndNothingElse) {
+  // Someone else's memory (a caller's destination): 8 MiB on a 2 MiB
+  // boundary, then a range starting 12345 bytes into it.
+  constexpr size_t kMiB = size_t{1} << 20;
+  auto* raw = static_cast<std::byte*>(
+      mmap(nullptr, 10 * kMiB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(raw, MAP_FAILED);
+  std::byte* base = raw + (kHugePage - reinterpret_cast<uintptr_t>(raw) % kHugePage) % kHugePage;
+  std::memset(base, 7, kMiB);  // touched before: its bytes stay
+  ASSERT_FALSE(Advised(base));
+  AdviseHugePages(base + 12345, 3 * kMiB);  // holds no whole huge page
+  EXPECT_FALSE(Advised(base + 2 * kMiB));
+  AdviseHugePages(base + 12345, 6 * kMiB);  // holds [2, 6) MiB
+  EXPECT_FALSE(Advised(base));
+  EXPECT_TRUE(Advised(base + 2 * kMiB));
+  EXPECT_TRUE(Advised(base + 6 * kMiB - 1));
+  EXPECT_FALSE(Advised(base + 6 * kMiB));
+  EXPECT_EQ(base[0], std::byte{7});
+  EXPECT_EQ(base[kMiB - 1], std::byte{7});
+  munmap(raw, 10 * kMiB);
 }
 
 }  // namespace

@@ -1,7 +1,8 @@
 """Loaded tensors of 2 MiB or more live in memory advised to use transparent
-huge pages (one page fault per 2 MiB when first touched), unless
-MOONCAKE_CONNECTOR_HUGE_PAGES=0 turns that off. Each case runs in a new
-process: the setting is read once per process."""
+huge pages (one page fault per 2 MiB when first touched), the connector's own
+(load_state_dict) and the caller's (load_into: the whole huge pages inside
+each destination), unless MOONCAKE_CONNECTOR_HUGE_PAGES=0 turns that off.
+Each case runs in a new process: the setting is read once per process."""
 
 import os
 import subprocess
@@ -10,13 +11,20 @@ import sys
 import pytest
 
 CHILD = r"""
+import sys
+
 import torch
 from mooncake_connector import create_remote_connector
 
 c = create_remote_connector("memory://pages/m")
-c.save_state_dict({"w": torch.ones(4 << 20, dtype=torch.uint8)})
-t = c.load_state_dict()["w"]
-address = t.data_ptr()
+c.save_state_dict({"w": torch.ones(8 << 20, dtype=torch.uint8)})
+if sys.argv[1] == "load_state_dict":
+    t = c.load_state_dict()["w"]
+else:
+    t = torch.empty(8 << 20, dtype=torch.uint8)
+    c.load_into({"w": t})
+assert bool((t == 1).all())
+address = (t.data_ptr() + (4 << 20)) // (2 << 20) * (2 << 20)  # a huge page inside it
 flags = None
 with open("/proc/self/smaps") as smaps:
     inside = False
@@ -33,12 +41,13 @@ print("hg" in flags)
 """
 
 
+@pytest.mark.parametrize("how", ["load_state_dict", "load_into"])
 @pytest.mark.parametrize("setting, advised", [(None, True), ("1", True), ("0", False)])
-def test_large_tensors_ask_for_huge_pages_unless_turned_off(setting, advised):
+def test_large_tensors_ask_for_huge_pages_unless_turned_off(how, setting, advised):
     env = dict(os.environ)
     env.pop("MOONCAKE_CONNECTOR_HUGE_PAGES", None)
     if setting is not None:
         env["MOONCAKE_CONNECTOR_HUGE_PAGES"] = setting
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", CHILD, how], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == str(advised)
