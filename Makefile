@@ -9,7 +9,7 @@ SGLANG_VENV ?= .venv-sglang
 SGLANG_PY := $(SGLANG_VENV)/bin/python
 BUILD ?= build
 JOBS ?= $(shell nproc)
-FUZZ_SECONDS ?= 60
+FUZZ_SECONDS ?= 30
 APT_PACKAGES := build-essential cmake iptables ninja-build libgtest-dev nlohmann-json3-dev libcurl4-openssl-dev libxxhash-dev libbenchmark-dev clang libclang-rt-14-dev \
 	libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4 linux-perf
 
@@ -94,10 +94,10 @@ fuzz-run:
 	done
 
 # The installed library works from another CMake project (find_package).
-test-install:
-	cmake -S . -B $(BUILD)/install-lib -G Ninja -DCMAKE_INSTALL_PREFIX=$(CURDIR)/$(BUILD)/prefix
-	cmake --build $(BUILD)/install-lib -j $(JOBS)
-	cmake --install $(BUILD)/install-lib
+# Installed from the build the C++ tests ran on (the same library and rules).
+test-install: cpp
+	rm -rf $(BUILD)/prefix
+	cmake --install $(BUILD)/cpp --prefix $(CURDIR)/$(BUILD)/prefix
 	cmake -S examples/cmake_consumer -B $(BUILD)/consumer -G Ninja -DCMAKE_PREFIX_PATH=$(CURDIR)/$(BUILD)/prefix
 	cmake --build $(BUILD)/consumer
 	$(BUILD)/consumer/consumer_example

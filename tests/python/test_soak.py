@@ -4,7 +4,7 @@ replica_num=2) while storage processes and the master are killed and
 restarted at random moments. Every completed load must be bit-exact one
 whole save, every failure one of the clear errors, nothing may hang, and
 after the faults the store must work again. SOAK_SECONDS sets the length
-(default 120; `make soak` runs an hour). The figures go to build/soak_report.json."""
+(default 60; `make soak` runs an hour). The figures go to build/soak_report.json."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from conftest import export
 from faults import kill, restart, until_works
 from mooncake_connector import create_remote_connector, standalone
 
-SECONDS = float(os.environ.get("SOAK_SECONDS", "120"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", "60"))
 WORKERS = 3
 STORAGE = 2
 
