@@ -2,6 +2,7 @@
 # make demo   - the main job: a standalone Mooncake, the seed's example over mooncake://, a model save/load
 # make test   - every test: C++ (GoogleTest, plus ASan/UBSan and TSan builds), fuzz smoke, Python, SGLang's loader
 # make test-sglang - SGLang's real model loader over mooncake:// through our plugin (own venv, ~2.5 GB)
+# make bench-sglang - SGLang's loading paths timed against the raw wheel (same venv)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ APT_PACKAGES := build-essential cmake iptables ninja-build libgtest-dev nlohmann
 
 .PHONY: setup apt venv python-package cpp demo test test-cpp test-sanitize test-fuzz fuzz-long fuzz-build fuzz-run \
 	test-python test-install stress soak bench clean \
-	sglang-venv test-sglang bench-more bench-micro bench-profile
+	sglang-venv test-sglang bench-sglang bench-more bench-micro bench-profile
 
 setup: apt venv python-package
 
@@ -36,9 +37,15 @@ $(VENV)/.deps: requirements-dev.txt requirements-nodeps.txt
 
 venv: $(VENV)/.deps
 
-# Rebuilds only when sources change (scikit-build-core keeps build/python).
+# One wheel, built once and installed into .venv (and by sglang-venv into the
+# SGLang venv: same CPython, and Mooncake is loaded at run time, so the one
+# build serves both). Rebuilds only what changed (scikit-build-core keeps
+# build/python).
+WHEEL_DIR := $(BUILD)/wheel
 python-package: $(VENV)/.deps
-	$(PY) -m pip install -q --no-build-isolation --no-deps .
+	rm -rf $(WHEEL_DIR)
+	$(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) .
+	$(PY) -m pip install -q --no-deps --force-reinstall $(WHEEL_DIR)/mooncake_connector-*.whl
 
 cpp: $(VENV)/.deps
 	cmake -S . -B $(BUILD)/cpp -G Ninja -DMC_BUILD_TESTS=ON -DMC_BUILD_MOONCAKE_TESTS=ON -DMC_BUILD_BENCH=ON \
@@ -113,15 +120,15 @@ test-python: python-package
 
 # A venv of its own for SGLang's real code on the CPU: requirements-sglang.txt
 # is a complete lock installed with --no-deps (sglang's own requirements would
-# pull its CUDA stack). This package goes in with a build dir of its own.
+# pull its CUDA stack). This package goes in as python-package's wheel.
 $(SGLANG_VENV)/.deps: requirements-sglang.txt
 	python3 -m venv $(SGLANG_VENV)
 	$(SGLANG_PY) -m pip install -q pip==26.3
 	$(SGLANG_PY) -m pip install -q --no-deps -r requirements-sglang.txt
 	touch $@
 
-sglang-venv: $(SGLANG_VENV)/.deps
-	$(SGLANG_PY) -m pip install -q --no-build-isolation --no-deps -C build-dir=$(BUILD)/python-sglang .
+sglang-venv: $(SGLANG_VENV)/.deps python-package
+	$(SGLANG_PY) -m pip install -q --no-deps --force-reinstall $(WHEEL_DIR)/mooncake_connector-*.whl
 
 test-sglang: sglang-venv
 	$(SGLANG_PY) -m pytest -q tests/sglang
@@ -146,6 +153,13 @@ bench: setup
 	$(PY) bench/cold_start.py $(COLD_ARGS) 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
 	$(PY) bench/bench.py $(BENCH_ARGS) 2>> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
 	$(PY) bench/bench_tp.py $(BENCH_TP_ARGS) 2>> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
+
+# SGLang's own loaders over mooncake:// (bench/sglang_path.py, SGLANG_BENCH_ARGS):
+# its KV path filled in place by the plugin and copied, its load_weights path,
+# the raw wheel doing an engine's work, its disk loader; each sample a new process.
+bench-sglang: sglang-venv
+	@mkdir -p $(BUILD)
+	$(SGLANG_PY) bench/sglang_path.py $(SGLANG_BENCH_ARGS) 2> $(BUILD)/bench.stderr.log || { tail -n 40 $(BUILD)/bench.stderr.log; exit 1; }
 
 # Google Benchmark micro-benchmarks of the format, checksum and copy path.
 bench-micro: cpp

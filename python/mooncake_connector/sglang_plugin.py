@@ -22,12 +22,14 @@ for any tensor-parallel degree. So the hook hands SGLang, per model layout
   exchanges them; ``MOONCAKE_CONNECTOR_COOPERATIVE=0`` turns that off);
 - ``engine`` or no manifest (SGLang's own ``save_model``, or nothing stored
   yet: a save): an :class:`EngineConnector`, a ``BaseKVConnector``, which
+  writes what ``save_model`` sets as one save per rank with a manifest, and
   refuses to load an engine model at another TP degree than it was saved
-  with.
+  with. A second hook, on SGLang's KV load, hands it the model so that its
+  parameters are filled in place (:class:`ParametersOf`).
 
-:func:`register` declares ``MooncakeConnector`` a virtual subclass of
-``BaseKVConnector`` and :class:`CheckpointModel` one of
-``BaseFileConnector`` (nothing is inherited).
+:func:`register` declares ``MooncakeConnector`` and :class:`ParametersOf`
+virtual subclasses of ``BaseKVConnector`` and :class:`CheckpointModel` one
+of ``BaseFileConnector`` (nothing is inherited).
 
 Importing this module needs nothing from SGLang; without SGLang installed
 :func:`register` does nothing and returns ``False``.
@@ -36,6 +38,7 @@ Importing this module needs nothing from SGLang; without SGLang installed
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib.util
 import logging
 import os
@@ -50,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: The function the hook wraps (SGLang's factory of remote connectors).
 TARGET = "sglang.srt.connector.create_remote_connector"
+#: SGLang's KV load (engine layout), which the second hook fills in place.
+KV_LOAD_TARGET = "sglang.srt.model_loader.loader.RemoteModelLoader._load_model_from_remote_kv"
 #: URL schemes this package serves inside SGLang.
 SCHEMES = frozenset({"mooncake"})
 
@@ -110,21 +115,112 @@ class EngineConnector(MooncakeConnector):
     without a manifest): SGLang's KV path. Loading an engine model at
     another tensor-parallel degree than it was saved with is an
     ``InvalidArgumentError`` naming both degrees (SGLang would otherwise
-    fail on the first parameter name, or worse, on a shape)."""
+    fail on the first parameter name, or worse, on a shape).
+
+    SGLang's ``save_model`` writes a rank with one ``set`` per parameter
+    (``{model}/keys/rank_{r}/{name}``), then its files, then closes. Those
+    tensors are kept (references, no copy) and written as one save of the
+    rank when the connector closes, or before anything else goes through it
+    (a read, a file, another key): engine layout, a manifest with each
+    tensor's dtype, shape and checksum, the tensor-parallel degree of
+    SGLang's group. So a model an engine saves loads batched and verified,
+    and SGLang's parameters are filled in place (:class:`ParametersOf`). A
+    failed save raises from ``close`` (SGLang's ``with`` block).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: dict[int, dict[str, Any]] = {}
+
+    def set(self, key: str, tensor: Any) -> None:
+        import torch  # noqa: PLC0415
+
+        rank_name = self._parameter_key(key) if isinstance(tensor, torch.Tensor) else None
+        if rank_name is None:
+            self._write_pending()
+            super().set(key, tensor)
+            return
+        rank, name = rank_name
+        self._pending.setdefault(rank, {})[name] = tensor.detach()
+
+    def close(self) -> None:
+        try:
+            if not self.closed:
+                self._write_pending()
+        finally:
+            super().close()
+
+    def _parameter_key(self, key: Any) -> Optional[tuple[int, str]]:
+        """(rank, name) when ``key`` is ``{model}/keys/rank_{rank}/{name}``."""
+        prefix = f"{self.model_name}/keys/rank_" if self.model_name else None
+        if not prefix or not isinstance(key, str) or not key.startswith(prefix):
+            return None
+        rank, _, name = key[len(prefix):].partition("/")
+        return (int(rank), name) if rank.isdigit() and name else None
+
+    def _write_pending(self) -> None:
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
+        tp = _tp_group()
+        degree = max(tp.world_size if tp is not None else 1, max(pending) + 1)
+        for rank, tensors in sorted(pending.items()):
+            self.save_state_dict(tensors, rank, world_size=degree, layout="engine",
+                                 batch_bytes=_batch_bytes())
+            logger.info("mooncake: saved rank %d of %r: %d tensors, %.3f GiB (engine layout, tensor-parallel "
+                        "degree %d)", rank, self.model_name, len(tensors),
+                        sum(t.numel() * t.element_size() for t in tensors.values()) / 2**30, degree)
 
     def weight_iterator(self, rank: int = 0, **options: Any) -> Iterator[tuple[str, Any]]:
+        self._check_degree(rank)
+        return super().weight_iterator(rank, **options)
+
+    def fill_in_place(self, parameters: dict[str, Any], rank: int) -> Optional[str]:
+        """Fills an engine's own parameters (``{name: tensor}``, SGLang's
+        filtered state dict) with the stored rank's tensors in place, as
+        :meth:`load_into` does (on a GPU through the pinned pipeline), when
+        the stored tensors are exactly those names, dtypes and shapes.
+        Returns None when it filled them, else why not (nothing written
+        then; the caller copies from :meth:`weight_iterator` instead)."""
+        from . import _model  # noqa: PLC0415
+        from ._tensors import _NAME_TO_TORCH  # noqa: PLC0415
+
+        self._check_degree(rank)
+        reader = self._model().reader(rank, True, _batch_bytes(), None)
+        stored = reader.tensors()
+        names = {entry[0] for entry in stored}
+        if names != set(parameters):
+            missing, extra = sorted(set(parameters) - names), sorted(names - set(parameters))
+            return f"the stored tensors are not the engine's parameters (not stored: {missing[:3]}, " \
+                   f"not parameters: {extra[:3]})"
+        for name, dtype, shape, _, _ in stored:
+            param = parameters[name]
+            if dtype is not None and (_NAME_TO_TORCH.get(dtype) != param.dtype or
+                                      tuple(shape) != tuple(param.shape)):
+                return f"{name!r} is stored as {dtype} {list(shape)}, the parameter is " \
+                       f"{param.dtype} {list(param.shape)}"
+        try:
+            _model.load_into(self._model(), rank, parameters, reader=reader)
+        except InvalidArgumentError as e:
+            # Without a manifest a dtype or shape shows only in the value;
+            # nothing was written into that parameter.
+            if stored and stored[0][1] is not None:
+                raise
+            return str(e)
+        self.load_stats = {"filled_in_place": len(parameters),
+                           "bytes": sum(p.numel() * p.element_size() for p in parameters.values())}
+        return None
+
+    def _check_degree(self, rank: int) -> None:
         saved = self._saved_degree(rank) if self.model_name else None
         tp = _tp_group()
         serving = tp.world_size if tp is not None else 1
         if saved is not None and saved != serving:
-            from ._errors import InvalidArgumentError  # noqa: PLC0415
-
             raise InvalidArgumentError(
                 f"model '{self.model_name}' was saved by an engine at tensor-parallel degree {saved} "
                 f"(engine layout: its per-rank fused parameters) and cannot be loaded at degree "
                 f"{serving}; serve it at TP {saved}, or store the model's folder with "
                 f"`mooncake-connector save DIR URL` (checkpoint layout: any degree)")
-        return super().weight_iterator(rank, **options)
 
     def _saved_degree(self, rank: int) -> Optional[int]:
         """The TP degree the model was saved at: its manifest's world_size,
@@ -138,6 +234,22 @@ class EngineConnector(MooncakeConnector):
         ranks = {key[len(prefix):].split("/", 1)[0] for key in self.list(prefix)}
         numbers = sorted(int(r) for r in ranks if r.isdigit())
         return numbers[-1] + 1 if numbers else None
+
+
+def _after_pending_writes(method: Any) -> Any:
+    @functools.wraps(method)
+    def wrapper(self: EngineConnector, *args: Any, **kwargs: Any) -> Any:
+        self._write_pending()
+        return method(self, *args, **kwargs)
+    return wrapper
+
+
+# Whatever reads or writes through an engine connector sees the parameters
+# set before it written first.
+for _name in ("get", "getstr", "getbytes", "setstr", "setbytes", "list", "exists", "remove", "weight_iterator",
+              "load_state_dict", "load_into", "save_state_dict", "save_files", "save_directory", "model_manifest",
+              "inspect_model", "verify_model", "remove_model", "list_models", "pull_files", "fill_in_place"):
+    setattr(EngineConnector, _name, _after_pending_writes(getattr(EngineConnector, _name)))
 
 
 def _batch_bytes() -> int:
@@ -205,6 +317,50 @@ class CheckpointModel:
         return f"CheckpointModel({self.connector!r})"
 
 
+class ParametersOf:
+    """What SGLang's KV load gets when our hook has the model at hand: a
+    ``BaseKVConnector`` (registered by :func:`register`) whose
+    ``weight_iterator(rank)`` first fills the model's parameters in place
+    (:meth:`EngineConnector.fill_in_place`) and then yields each parameter
+    itself, so that SGLang's ``param.data.copy_(tensor)`` copies a tensor
+    onto itself, which torch skips. When the stored tensors do not match the
+    parameters exactly (LoRA padding, another model, no manifest) it yields
+    the stored tensors as before and SGLang copies and checks them."""
+
+    def __init__(self, connector: EngineConnector, model: Any) -> None:
+        self.connector = connector
+        self.model = model
+
+    def weight_iterator(self, rank: int = 0, **options: Any) -> Iterator[tuple[str, Any]]:
+        if options:  # not SGLang's call (it passes the rank alone)
+            return self.connector.weight_iterator(rank, **options)
+        from sglang.srt.model_loader.loader import ShardedStateLoader  # noqa: PLC0415
+
+        params = {name: p.data for name, p in
+                  ShardedStateLoader._filter_subtensors(self.model.state_dict()).items()}  # noqa: SLF001
+        why_not = self.connector.fill_in_place(params, rank)
+        if why_not is None:
+            logger.info("mooncake: filled %d parameters of %r in place", len(params), self.connector.model_name)
+            return iter(list(params.items()))
+        logger.info("mooncake: loading %r by copying each tensor: %s", self.connector.model_name, why_not)
+        return self.connector.weight_iterator(rank)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connector, name)
+
+    def __repr__(self) -> str:
+        return f"ParametersOf({self.connector!r})"
+
+
+def fill_parameters_in_place(original, loader: Any, model: Any, model_config: Any, client: Any):
+    """The AROUND hook on SGLang's KV load: our engine connectors fill the
+    model's parameters in place (:class:`ParametersOf`);
+    ``MOONCAKE_CONNECTOR_IN_PLACE=0`` turns that off."""
+    if isinstance(client, EngineConnector) and os.environ.get("MOONCAKE_CONNECTOR_IN_PLACE", "1") != "0":
+        client = ParametersOf(client, model)
+    return original(loader, model, model_config, client)
+
+
 _held: list = []
 _held_lock = threading.Lock()
 
@@ -249,15 +405,18 @@ def register() -> bool:
 
     if not issubclass(MooncakeConnector, BaseKVConnector):
         BaseKVConnector.register(MooncakeConnector)
+    if not issubclass(ParametersOf, BaseKVConnector):
+        BaseKVConnector.register(ParametersOf)
     if not issubclass(CheckpointModel, BaseFileConnector):
         BaseFileConnector.register(CheckpointModel)
-    if not _hook_registered(HookRegistry):
-        HookRegistry.register(TARGET, route_create_remote_connector, HookType.AROUND)
+    for target, hook in ((TARGET, route_create_remote_connector), (KV_LOAD_TARGET, fill_parameters_in_place)):
+        if not _hook_registered(HookRegistry, target, hook):
+            HookRegistry.register(target, hook, HookType.AROUND)
     return True
 
 
-def _hook_registered(registry: Any) -> bool:
+def _hook_registered(registry: Any, target: str, hook: Any) -> bool:
     # HookRegistry appends every registration (a second one would wrap the
     # target twice) and offers no lookup, so its table is read directly.
     hooks = getattr(registry, "_hooks", {})
-    return any(hook is route_create_remote_connector for _, hook, *_ in hooks.get(TARGET, ()))
+    return any(h is hook for _, h, *_ in hooks.get(target, ()))

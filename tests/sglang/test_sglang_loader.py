@@ -92,13 +92,16 @@ def test_plugin_is_applied():
     assert loader_mod.create_remote_connector is factory
     assert issubclass(MooncakeConnector, BaseKVConnector)
     assert issubclass(MooncakeConnector, BaseConnector)
+    assert issubclass(sglang_plugin.ParametersOf, BaseKVConnector)
+    kv_load = loader_mod.RemoteModelLoader._load_model_from_remote_kv
+    assert getattr(kv_load, "__wrapped__", None) is not None, "the in-place hook was not applied"
     # Registering again (a second load, a manual call) changes nothing.
     assert sglang_plugin.register() is True
     from sglang.srt.plugins.hook_registry import HookRegistry
 
-    ours = [h for _, h, *_ in HookRegistry._hooks[sglang_plugin.TARGET]
-            if h is sglang_plugin.route_create_remote_connector]
-    assert len(ours) == 1
+    for target, hook in ((sglang_plugin.TARGET, sglang_plugin.route_create_remote_connector),
+                         (sglang_plugin.KV_LOAD_TARGET, sglang_plugin.fill_parameters_in_place)):
+        assert len([h for _, h, *_ in HookRegistry._hooks[target] if h is hook]) == 1, target
 
 
 def test_mooncake_urls_reach_our_connector(model_name):
@@ -156,7 +159,11 @@ def test_other_urls_reach_sglang(url):
             client.close()
 
 
-def test_save_then_load_is_bit_exact(dummy_model, model_name):
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "copied"])
+def test_save_then_load_is_bit_exact(dummy_model, model_name, in_place, monkeypatch, caplog):
+    """Both ways SGLang's KV path can get the weights: our hook fills the
+    model's parameters in place (the default), or SGLang copies each tensor
+    the iterator yields (MOONCAKE_CONNECTOR_IN_PLACE=0)."""
     from sglang.srt.configs.load_config import LoadConfig
     from sglang.srt.configs.model_config import ModelConfig
     from sglang.srt.model_loader import get_model_loader
@@ -177,6 +184,10 @@ def test_save_then_load_is_bit_exact(dummy_model, model_name):
         saved = ShardedStateLoader._filter_subtensors(model.state_dict())
         assert sorted(k for k in stored if "/keys/" in k) == sorted(
             f"{model_name}/keys/rank_0/{k}" for k in saved)
+        # Written by the plugin as one save of the rank: a manifest lists them.
+        manifest = c.model_manifest(0)
+        assert manifest["layout"] == "engine" and manifest["world_size"] == 1
+        assert manifest["state"] == "complete" and manifest["tensors"] == len(saved)
 
     # The config comes back through our pull_files into our local directory.
     config = ModelConfig(model_path=url, dtype=DTYPE)
@@ -187,8 +198,13 @@ def test_save_then_load_is_bit_exact(dummy_model, model_name):
 
     loader = get_model_loader(LoadConfig(load_format="remote"), config)
     assert isinstance(loader, RemoteModelLoader)
-    loaded = loader.load_model(model_config=config, device_config=_cpu())
+    monkeypatch.setenv("MOONCAKE_CONNECTOR_IN_PLACE", "1" if in_place else "0")
+    with caplog.at_level("INFO", logger=sglang_plugin.__name__):
+        loaded = loader.load_model(model_config=config, device_config=_cpu())
     actual = _state_dict(loaded)
+    filled = [r.getMessage() for r in caplog.records if "in place" in r.getMessage()]
+    assert filled == ([f"mooncake: filled {len(saved)} parameters of {model_name!r} in place"]
+                      if in_place else [])
 
     assert actual.keys() == expected.keys()
     for name, want in expected.items():
@@ -196,3 +212,30 @@ def test_save_then_load_is_bit_exact(dummy_model, model_name):
         assert got.dtype == want.dtype and got.shape == want.shape, name
         assert torch.equal(got, want), name
         assert torch.equal(_as_bits(got), _as_bits(want)), name  # also -0.0 vs 0.0
+
+
+def test_parameters_that_differ_from_the_stored_tensors_are_copied_and_checked_by_sglang(
+        dummy_model, model_name, caplog):
+    """A stored engine model that is not exactly the engine's parameters is
+    not filled in place: nothing is written, SGLang's own copy loop runs and
+    raises its own error for what is missing."""
+    from sglang.srt.configs.load_config import LoadConfig
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.model_loader import get_model_loader
+    from sglang.srt.model_loader.loader import ShardedStateLoader
+
+    folder, model = dummy_model
+    params = ShardedStateLoader._filter_subtensors(model.state_dict())
+    left_out = sorted(params)[0]
+    url = f"mooncake:///{model_name}"
+    with mooncake_connector.create_remote_connector(url) as c:
+        c.save_state_dict({k: v for k, v in params.items() if k != left_out})
+        c.save_files({"config.json": (folder / "config.json").read_bytes()})
+    config = ModelConfig(model_path=url, dtype=DTYPE)
+    loader = get_model_loader(LoadConfig(load_format="remote"), config)
+    with caplog.at_level("INFO", logger=sglang_plugin.__name__), \
+            pytest.raises(ValueError, match="Missing keys") as raised:
+        loader.load_model(model_config=config, device_config=_cpu())
+    assert left_out in str(raised.value)
+    assert any("by copying each tensor" in r.getMessage() and left_out in r.getMessage()
+               for r in caplog.records)

@@ -122,6 +122,8 @@ def test_engine_layout_loads_at_its_degree_and_nowhere_else(stored):
     for r in run_ranks("load", folder, url, 2):
         assert "error" not in r, r.get("trace", r)
         assert r["mismatched"] == [] and r["extra"] == []
+        # The plugin filled each rank's own parameters in place.
+        assert 0 < r["stats"]["filled_in_place"] <= r["params"], r["stats"]
     [r] = run_ranks("load", folder, url, 1)
     assert r.get("error") == "InvalidArgumentError", r
     assert "tensor-parallel degree 2" in r["message"] and "at degree 1" in r["message"]
