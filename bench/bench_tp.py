@@ -43,17 +43,18 @@ from harness import write_result  # noqa: E402
 ROWS = ["cooperative", "coop. whole", "share only", "every rank", "disk"]
 
 
-def write_folder(folder: Path, size_mib: int, vocab: int = 32000) -> int:
-    """A Llama-like checkpoint of about size_mib MiB in bf16, two shards."""
+def write_folder(folder: Path, size_mib: int, vocab: int = 32000, hidden: int = 2048) -> int:
+    """A Llama checkpoint of about size_mib MiB in bf16 (at least one layer),
+    two shards and a config.json that SGLang's loaders can build it from."""
     from safetensors.torch import save_file
 
-    hidden, inter = 2048, 5632
+    inter, heads = hidden * 11 // 4, max(1, hidden // 128)
     per_layer = (4 * hidden * hidden + 3 * hidden * inter + 2 * hidden) * 2
     layers = max(1, (size_mib * 2**20 - 2 * vocab * hidden * 2) // per_layer)
     g = torch.Generator().manual_seed(0)
 
     def w(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g, dtype=torch.float32).to(torch.bfloat16)
+        return (torch.randn(*shape, generator=g, dtype=torch.float32) * 0.05).to(torch.bfloat16)
 
     sd = {"model.embed_tokens.weight": w(vocab, hidden), "lm_head.weight": w(vocab, hidden),
           "model.norm.weight": w(hidden)}
@@ -69,8 +70,14 @@ def write_folder(folder: Path, size_mib: int, vocab: int = 32000) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     names = sorted(sd)
     for k, part in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
-        save_file({n: sd[n] for n in part}, str(folder / f"model-{k + 1:05d}-of-00002.safetensors"))
-    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+        save_file({n: sd[n] for n in part}, str(folder / f"model-{k + 1:05d}-of-00002.safetensors"),
+                  metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
+        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "num_key_value_heads": heads, "vocab_size": vocab, "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu", "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2}, indent=2))
     return sum(t.numel() * t.element_size() for t in sd.values())
 
 
