@@ -162,6 +162,11 @@ struct LoadOptions {
   // tensors kept stay valid and correct, in memory that is only slower to
   // come by than ordinary memory.
   bool streaming = false;
+  // Whether LoadInto advises the caller's destinations to use transparent
+  // huge pages (and MOONCAKE_CONNECTOR_HUGE_PAGES is not 0). Fresh tensors of
+  // their own mappings fill faster so; an engine's parameters that lie in
+  // its malloc heap filled twice as slowly (SGLang's, docs/performance.md).
+  bool advise_huge_pages = true;
   ProgressFn progress;
 };
 

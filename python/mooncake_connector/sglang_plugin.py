@@ -186,7 +186,10 @@ class EngineConnector(MooncakeConnector):
         from ._tensors import _NAME_TO_TORCH  # noqa: PLC0415
 
         self._check_degree(rank)
-        reader = self._model().reader(rank, True, _batch_bytes(), None)
+        # No huge-page advice: SGLang's parameters mostly lie in its malloc
+        # heap, which filled in 2.9 s advised against 1.5 s not (1 GiB, 2
+        # cores; docs/performance.md). On a GPU nothing is advised anyway.
+        reader = self._model().reader(rank, True, _batch_bytes(), None, advise_huge_pages=False)
         stored = reader.tensors()
         names = {entry[0] for entry in stored}
         if names != set(parameters):

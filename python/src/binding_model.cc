@@ -299,11 +299,13 @@ void BindModel(nb::module_& m) {
       .def("remove", [](Model& model) { return Unwrap(model.Remove()); },
            nb::call_guard<nb::gil_scoped_release>())
       .def("reader",
-           [](Model& model, int rank, bool verify, uint64_t batch_bytes, nb::object progress, bool streaming) {
+           [](Model& model, int rank, bool verify, uint64_t batch_bytes, nb::object progress, bool streaming,
+              bool advise_huge_pages) {
              LoadOptions o;
              o.verify = verify;
              o.batch_bytes = batch_bytes;
              o.streaming = streaming;
+             o.advise_huge_pages = advise_huge_pages;
              o.progress = Progress(std::move(progress));
              Result<std::unique_ptr<ModelReader>> r = std::unique_ptr<ModelReader>();
              {
@@ -313,7 +315,7 @@ void BindModel(nb::module_& m) {
              return new PyModelReader(Unwrap(std::move(r)));
            },
            nb::arg("rank"), nb::arg("verify"), nb::arg("batch_bytes"), nb::arg("progress").none(),
-           nb::arg("streaming") = false, nb::keep_alive<0, 1>());
+           nb::arg("streaming") = false, nb::arg("advise_huge_pages") = true, nb::keep_alive<0, 1>());
 
   m.def("list_models", [](PyConnector& c) {
     Result<std::vector<ModelInfo>> r = std::vector<ModelInfo>();

@@ -313,7 +313,9 @@ Result<std::vector<std::string>> ModelReaderImpl::LoadInto(std::span<const Tenso
   // pages, it is faulted in 2 MiB at a time as the load fills it, not 4 KiB
   // (a first 1.1 GiB load over TCP on 16 cores: 0.95 s -> 0.53 s, the raw
   // wheel's 0.51 s into numpy memory, which numpy advises alike).
-  for (const TensorDestination& d : destinations) AdviseHugePages(d.bytes.data(), d.bytes.size());
+  if (options_.advise_huge_pages) {
+    for (const TensorDestination& d : destinations) AdviseHugePages(d.bytes.data(), d.bytes.size());
+  }
   if (!has_manifest_) {
     for (size_t i = 0; i < destinations.size(); ++i) {
       const TensorDestination& d = destinations[i];
