@@ -54,8 +54,20 @@ def run(url: str, seconds: float, worker: int, workers: int, rng: random.Random)
     own_model = f"soak/model/{worker}"
     shared_keys = [f"soak/kv/{i}" for i in range(4)]
     end = time.monotonic() + seconds
-    # `url` has "{}" where the path (model name) goes.
-    with create_remote_connector(url.format("soak")) as kv:
+    # `url` has "{}" where the path (model name) goes. The master may be
+    # down when this process first connects (a fault): that is a clear
+    # error, counted, and the connection is tried again.
+    while True:
+        try:
+            kv = create_remote_connector(url.format("soak"))
+            break
+        except Exception as e:  # noqa: BLE001 - classified as below
+            kind = type(e).__name__
+            if kind not in CLEAR or time.monotonic() >= end:
+                raise
+            counts["clear_errors"][kind] = counts["clear_errors"].get(kind, 0) + 1
+            time.sleep(0.5)
+    with kv:
         while time.monotonic() < end:
             op = rng.random()
             try:

@@ -57,18 +57,23 @@ def inject_faults(inst: standalone.StandaloneInstance, seconds: float, rng: rand
     return faults
 
 
-def test_soak_with_faults(instance):
+def test_soak_with_faults(instance, tmp_path):
     url = f"mooncake://{instance.master_address}/{{}}?replica_num=2&op_timeout=30s"
-    procs = [subprocess.Popen([sys.executable, soak_worker.__file__, url, str(SECONDS), str(w), str(WORKERS)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              env=os.environ.copy())
-             for w in range(WORKERS)]
+    # Each worker's stderr (Mooncake's log lines, and a traceback if it dies)
+    # goes to a file, shown if the worker fails.
+    errs = [tmp_path / f"worker{w}.stderr" for w in range(WORKERS)]
+    procs = []
+    for w, err in enumerate(errs):
+        with err.open("w") as sink:
+            procs.append(subprocess.Popen([sys.executable, soak_worker.__file__, url, str(SECONDS), str(w),
+                                           str(WORKERS)], stdout=subprocess.PIPE, stderr=sink, text=True,
+                                          env=os.environ.copy()))
     faults = inject_faults(instance, SECONDS, random.Random(int(os.environ.get("SOAK_SEED", "1"))))
     results = []
-    for p in procs:
+    for p, err in zip(procs, errs):
         # An operation may take up to op_timeout; more than that is a hang.
         out, _ = p.communicate(timeout=SECONDS + 120)
-        assert p.returncode == 0, out
+        assert p.returncode == 0, (out, err.read_text(errors="replace")[-3000:])
         results.append(json.loads(out.strip().splitlines()[-1]))
 
     # After the faults the store serves again, and a new save loads bit-exact.
