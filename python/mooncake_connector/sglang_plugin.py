@@ -180,10 +180,9 @@ class EngineConnector(MooncakeConnector):
         filtered state dict) with the stored rank's tensors in place, as
         :meth:`load_into` does (on a GPU through the pinned pipeline), when
         the stored tensors are exactly those names, dtypes and shapes.
-        Returns None when it filled them, else why not (nothing written
-        then; the caller copies from :meth:`weight_iterator` instead)."""
+        Returns None when it filled them, else why not (the caller copies
+        from :meth:`weight_iterator` instead)."""
         from . import _model  # noqa: PLC0415
-        from ._tensors import _NAME_TO_TORCH  # noqa: PLC0415
 
         self._check_degree(rank)
         # No huge-page advice: SGLang's parameters mostly lie in its malloc
@@ -191,24 +190,19 @@ class EngineConnector(MooncakeConnector):
         # cores; docs/performance.md). On a GPU nothing is advised anyway.
         reader = self._model().reader(rank, True, _batch_bytes(), None, advise_huge_pages=False)
         stored = reader.tensors()
+        # The names first: a stored tensor no parameter asks for shows only
+        # after a load, and nothing may be written then.
         names = {entry[0] for entry in stored}
         if names != set(parameters):
             missing, extra = sorted(set(parameters) - names), sorted(names - set(parameters))
             return f"the stored tensors are not the engine's parameters (not stored: {missing[:3]}, " \
                    f"not parameters: {extra[:3]})"
-        for name, dtype, shape, _, _ in stored:
-            param = parameters[name]
-            if dtype is not None and (_NAME_TO_TORCH.get(dtype) != param.dtype or
-                                      tuple(shape) != tuple(param.shape)):
-                return f"{name!r} is stored as {dtype} {list(shape)}, the parameter is " \
-                       f"{param.dtype} {list(param.shape)}"
         try:
             _model.load_into(self._model(), rank, parameters, reader=reader)
         except InvalidArgumentError as e:
-            # Without a manifest a dtype or shape shows only in the value;
-            # nothing was written into that parameter.
-            if stored and stored[0][1] is not None:
-                raise
+            # Another dtype or shape (LoRA padding): with a manifest the load
+            # checks every destination before it writes any; without one,
+            # each before it writes it. SGLang's copies write them all again.
             return str(e)
         self.load_stats = {"filled_in_place": len(parameters),
                            "bytes": sum(p.numel() * p.element_size() for p in parameters.values())}
@@ -334,9 +328,7 @@ class ParametersOf:
         self.connector = connector
         self.model = model
 
-    def weight_iterator(self, rank: int = 0, **options: Any) -> Iterator[tuple[str, Any]]:
-        if options:  # not SGLang's call (it passes the rank alone)
-            return self.connector.weight_iterator(rank, **options)
+    def weight_iterator(self, rank: int = 0) -> Iterator[tuple[str, Any]]:
         from sglang.srt.model_loader.loader import ShardedStateLoader  # noqa: PLC0415
 
         params = {name: p.data for name, p in

@@ -45,6 +45,16 @@ def check_model(sd: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def classify(counts: dict, e: Exception) -> None:
+    """Counts a failure: a clear error by kind, anything else as unclear."""
+    kind = type(e).__name__
+    if kind in CLEAR:
+        counts["clear_errors"][kind] = counts["clear_errors"].get(kind, 0) + 1
+    else:
+        counts["unclear"] += 1
+        counts["examples"].append(f"{kind}: {e}")
+
+
 def run(url: str, seconds: float, worker: int, workers: int, rng: random.Random) -> dict:
     from mooncake_connector import create_remote_connector  # noqa: PLC0415
 
@@ -61,11 +71,10 @@ def run(url: str, seconds: float, worker: int, workers: int, rng: random.Random)
         try:
             kv = create_remote_connector(url.format("soak"))
             break
-        except Exception as e:  # noqa: BLE001 - classified as below
-            kind = type(e).__name__
-            if kind not in CLEAR or time.monotonic() >= end:
+        except Exception as e:  # noqa: BLE001 - classified as every failure below
+            if type(e).__name__ not in CLEAR or time.monotonic() >= end:
                 raise
-            counts["clear_errors"][kind] = counts["clear_errors"].get(kind, 0) + 1
+            classify(counts, e)
             time.sleep(0.5)
     with kv:
         while time.monotonic() < end:
@@ -105,12 +114,7 @@ def run(url: str, seconds: float, worker: int, workers: int, rng: random.Random)
                     kv.remove(rng.choice(shared_keys))
                     counts["remove"] += 1
             except Exception as e:  # noqa: BLE001 - every failure is classified
-                kind = type(e).__name__
-                if kind in CLEAR:
-                    counts["clear_errors"][kind] = counts["clear_errors"].get(kind, 0) + 1
-                else:
-                    counts["unclear"] += 1
-                    counts["examples"].append(f"{kind}: {e}")
+                classify(counts, e)
     counts["examples"] = counts["examples"][:8]
     return counts
 
