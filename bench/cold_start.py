@@ -12,7 +12,18 @@ Rows, in each deployment mode:
   ours load_into          fresh tensors (torch.empty, never touched), load_into;
   ours load_state_dict    a new state dict;
   ours weight_iterator    as SGLang's KV path drives it: each tensor copied
-                          into a fresh parameter (`param.data.copy_(tensor)`).
+                          into a fresh parameter (`param.data.copy_(tensor)`);
+  raw save                the raw wheel storing an engine's state dict (the
+                          model read from a safetensors file into the new
+                          process first, untimed): each tensor's memory
+                          registered, one batch_put_from; in standalone-client
+                          mode, which puts only from its shared memory, the
+                          tensors copied into it first (the equivalent work);
+  ours save_state_dict    the same tensors, save_state_dict (checksums,
+                          manifest, hard pin, as a user saves).
+A save sample reads what it stored back after its clock stops and checks it;
+the store is swept before the next sample, so every save writes into memory
+the store has used before.
 Three times per sample: `total` from just before the process is spawned to
 the weights in place (interpreter, imports, client setup, load); `setup +
 load` from after the imports (both sides' client setup, and the page faults
@@ -36,7 +47,7 @@ process, over shared memory).
 
 Targets (issue 23), ratios of medians of `setup + load` in one run:
 weight_iterator and load_state_dict >= 0.95x raw load + copy and raw load
-respectively, load_into >= 0.95x raw load.
+respectively, load_into >= 0.95x raw load, save_state_dict >= 0.9x raw save.
 """
 
 from __future__ import annotations
@@ -47,16 +58,19 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from harness import add_load_args, environ, parse_modes, write_result
 
 GiB = 2**30
-ROWS = ["raw load", "raw load + copy", "ours load_into", "ours load_state_dict", "ours weight_iterator"]
+ROWS = ["raw load", "raw load + copy", "ours load_into", "ours load_state_dict", "ours weight_iterator", "raw save",
+        "ours save_state_dict"]
+SAVE_ROWS = ("raw save", "ours save_state_dict")
 # (ours row, raw row it is compared with, goal)
 TARGETS = [("ours weight_iterator", "raw load + copy", 0.95), ("ours load_state_dict", "raw load", 0.95),
-           ("ours load_into", "raw load", 0.95)]
+           ("ours load_into", "raw load", 0.95), ("ours save_state_dict", "raw save", 0.9)]
 
 
 # ---- the child: one cold load -------------------------------------------------
@@ -74,7 +88,16 @@ def _word_sum(t) -> int:
     return int(t.reshape(-1).view(torch.int16).sum(dtype=torch.int64))
 
 
-def child(row: str, spec: dict) -> dict:
+def _check(row: str, names: list[str], got: dict, sums: list[int]) -> None:
+    found = [_word_sum(got[n]) for n in names]
+    if found != sums:
+        bad = [n for n, a, b in zip(names, found, sums) if a != b]
+        raise SystemExit(f"{row}: {len(bad)} tensors do not hold the model's bytes, e.g. {bad[:3]}")
+
+
+def child(row: str, spec: dict, sample_no: int) -> dict:
+    if row in SAVE_ROWS:
+        return save_child(row, spec, sample_no)
     import numpy as np
     import torch
 
@@ -150,19 +173,79 @@ def child(row: str, spec: dict) -> dict:
             params = views  # onto a GPU: the fetch alone, to host memory
         done = in_place()
     peak = _peak_rss_mib()
-    sums = [_word_sum(params[n]) for n in names]
-    if sums != spec["sums"]:
-        bad = [n for n, a, b in zip(names, sums, spec["sums"]) if a != b]
-        raise SystemExit(f"{row}: {len(bad)} tensors do not hold the model's bytes, e.g. {bad[:3]}")
+    _check(row, names, params, spec["sums"])
+    return {"imported": imported, "start": start, "done": done, "peak_rss_growth_mib": peak - rss_before}
+
+
+def save_prefix(spec: dict, row: str, sample_no: int) -> str:
+    return f"cold-save/{spec['mode']}/{row.split()[0]}{sample_no}"
+
+
+def save_child(row: str, spec: dict, sample_no: int) -> dict:
+    """One cold save: the model read from the file first (an engine's weights,
+    resident), then the client set up and the save timed; what it stored is
+    read back and checked after the clock stops."""
+    import numpy as np
+    import safetensors.torch as st
+    import torch
+
+    names, sizes = spec["names"], spec["sizes"]
+    if row.startswith("ours"):
+        from mooncake_connector import create_remote_connector
+    else:
+        import ctypes
+
+        from mooncake.store import MooncakeDistributedStore
+    sd = st.load_file(spec["file"])
+    imported = time.time()
+    rss_before = _peak_rss_mib()
+    prefix = save_prefix(spec, row, sample_no)
+    if row.startswith("ours"):
+        c = create_remote_connector(f"mooncake:///{prefix}")
+        c.exists("warm-up")
+        start = time.time()
+        c.save_state_dict(sd)
+        done = time.time()
+        peak = _peak_rss_mib()
+        got = c.load_state_dict()
+    else:
+        total = sum(sizes)
+        store = MooncakeDistributedStore()
+        keys = [f"{prefix}/{n}" for n in names]
+        if spec["mode"] == "client":
+            assert store.setup_dummy(total + (64 << 20), 256 << 20, spec["client_address"]) == 0
+            ptr = store.alloc_from_mem_pool(total)
+            assert ptr, "alloc_from_mem_pool failed"
+            buf = torch.from_numpy(np.ctypeslib.as_array((ctypes.c_uint8 * total).from_address(ptr)))
+            offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+            start = time.time()
+            assert store.register_buffer(ptr, total) == 0
+            for n, o, size in zip(names, offsets, sizes):  # it puts only from its shared memory
+                buf[o:o + size].copy_(sd[n].reshape(-1).view(torch.uint8))
+            ptrs = [ptr + o for o in offsets]
+        else:
+            segment = spec["segment"] if spec["mode"] == "own" else 0
+            assert store.setup("127.0.0.1", spec["metadata_server"], segment, 256 << 20, "tcp", "",
+                               spec["master_address"]) == 0
+            start = time.time()
+            ptrs = [sd[n].data_ptr() for n in names]
+            for p, size in zip(ptrs, sizes):
+                assert store.register_buffer(p, size) == 0
+        res = store.batch_put_from(keys, ptrs, sizes)
+        assert all(r == 0 for r in res), res
+        done = time.time()
+        peak = _peak_rss_mib()
+        got = {n: torch.frombuffer(bytearray(store.get(k)), dtype=torch.bfloat16) for n, k in zip(names, keys)}
+    _check(row, names, got, spec["sums"])
     return {"imported": imported, "start": start, "done": done, "peak_rss_growth_mib": peak - rss_before}
 
 
 # ---- the parent ---------------------------------------------------------------
 
-def sample(row: str, spec: dict, env: dict[str, str]) -> dict:
+def sample(row: str, spec: dict, env: dict[str, str], sample_no: int) -> dict:
     spawned = time.time()
-    out = subprocess.run([sys.executable, __file__, "--child", row], input=json.dumps(spec), env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, __file__, "--child", row, "--sample-no", str(sample_no)],
+                         input=json.dumps(spec), env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"cold load ({row}) failed: {out.stderr[-3000:]}")
     t = json.loads(out.stdout.strip().splitlines()[-1])
@@ -170,15 +253,18 @@ def sample(row: str, spec: dict, env: dict[str, str]) -> dict:
             "peak_rss_growth_mib": t["peak_rss_growth_mib"]}
 
 
-def run_mode(mode: str, sd: dict, samples: int, device: str, rows_wanted: list[str], log) -> list[dict]:
+def run_mode(mode: str, sd: dict, samples: int, device: str, rows_wanted: list[str], file: str,
+             log) -> list[dict]:
     import torch
 
-    from bench import RawWheel, nbytes
+    from bench import RawWheel, Sweeper, nbytes
     from mooncake_connector import create_remote_connector, standalone
 
     size = nbytes(sd)
     names = list(sd)
-    segment_mib = max(1024, (3 * size) >> 20)
+    # The model twice (ours and the raw wheel's, for the loads), a save's
+    # copy and room to spare (Mooncake refuses puts above its high watermark).
+    segment_mib = max(1024, ((5 if set(rows_wanted) & set(SAVE_ROWS) else 3) * size) >> 20)
     # Mooncake's own read lease (10 s), not standalone's short one: a first
     # load into fresh memory on a small machine can outlast a short lease,
     # and the raw wheel does not read again when it expires.
@@ -207,14 +293,20 @@ def run_mode(mode: str, sd: dict, samples: int, device: str, rows_wanted: list[s
         spec = {"mode": mode, "device": device, "url": url, "names": names, "shapes": [list(t.shape) for t in sd.values()],
                 "sizes": sizes, "sums": [_word_sum(t) for t in sd.values()], "raw_keys": raw_keys,
                 "segment": segment_mib << 20, "metadata_server": inst.metadata_server,
-                "master_address": inst.master_address, "client_address": inst.client_address}
+                "master_address": inst.master_address, "client_address": inst.client_address, "file": file}
         times: dict[str, list[dict]] = {row: [] for row in rows_wanted}
-        for i in range(samples):
-            order = rows_wanted[i % len(rows_wanted):] + rows_wanted[:i % len(rows_wanted)]  # each first in turn
-            for row in order:
-                times[row].append(sample(row, spec, env))
-            log(f"  {mode}: round {i + 1}/{samples} " +
-                " ".join(f"{row.split(' ', 1)[1]}={times[row][-1]['setup + load']:.2f}s" for row in rows_wanted))
+        sweeper = Sweeper(inst)
+        try:
+            for i in range(samples):
+                order = rows_wanted[i % len(rows_wanted):] + rows_wanted[:i % len(rows_wanted)]  # each first in turn
+                for row in order:
+                    times[row].append(sample(row, spec, env, i))
+                    if row in SAVE_ROWS:  # benchmark cleanup: its read-back's lease is not waited out
+                        sweeper.sweep(save_prefix(spec, row, i))
+                log(f"  {mode}: round {i + 1}/{samples} " +
+                    " ".join(f"{row.split(' ', 1)[1]}={times[row][-1]['setup + load']:.2f}s" for row in rows_wanted))
+        finally:
+            sweeper.close()
     rows = []
     for row in rows_wanted:
         entry = {"mode": mode, "device": device, "row": row, "bytes": size, "samples": times[row]}
@@ -258,16 +350,23 @@ def main() -> None:
     add_load_args(parser, "bench/results/cold_start.json")
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="where the weights go: cpu, or cuda (the GPU rows)")
-    parser.add_argument("--rows", default=",".join(ROWS), help="the rows to time (default: all)")
+    parser.add_argument("--rows", default=None,
+                        help="the rows to time (default: all; onto a GPU, the load rows)")
     parser.add_argument("--child", choices=ROWS, help=argparse.SUPPRESS)
+    parser.add_argument("--sample-no", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, json.loads(sys.stdin.read()))))
+        print(json.dumps(child(args.child, json.loads(sys.stdin.read()), args.sample_no)))
         return
     os.environ.setdefault("GLOG_minloglevel", "3")
+    import safetensors.torch
+
     from bench import llama_like, nbytes
 
     modes = parse_modes(parser, args.modes)
+    default_rows = ",".join(r for r in ROWS if args.device == "cpu" or not r in SAVE_ROWS)
+    if args.rows is None:
+        args.rows = default_rows
     rows_wanted = [r for r in args.rows.split(",") if r]
     if set(rows_wanted) - set(ROWS):
         parser.error(f"unknown rows {sorted(set(rows_wanted) - set(ROWS))}: choose from {', '.join(ROWS)}")
@@ -277,14 +376,18 @@ def main() -> None:
     log(f"cold start onto {args.device}: llama-like, {len(sd)} bf16 tensors, {nbytes(sd) / GiB:.3f} GiB; "
         f"{args.samples} samples per row, each a new process")
     start = time.monotonic()
-    rows = [r for mode in modes for r in run_mode(mode, sd, args.samples, args.device, rows_wanted, log)]
+    with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
+        file = str(Path(tmp) / "model.safetensors")  # what a save row's process holds before it saves
+        if any(r in SAVE_ROWS for r in rows_wanted):
+            safetensors.torch.save_file(sd, file)
+        rows = [r for mode in modes for r in run_mode(mode, sd, args.samples, args.device, rows_wanted, file, log)]
     checks = targets(rows)
     print_table(rows, checks)
     command = "python bench/cold_start.py" + (" --full" if args.full else " --tiny" if args.tiny else "") + \
         (f" --modes {args.modes}" if args.modes != "tcp,own,client" else "") + \
         (f" --samples {args.samples}" if args.samples != 5 else "") + \
         (f" --device {args.device}" if args.device != "cpu" else "") + \
-        (f" --rows '{args.rows}'" if args.rows != ",".join(ROWS) else "")
+        (f" --rows '{args.rows}'" if args.rows != default_rows else "")
     write_result(args.out, "cold_start", command, seconds=time.monotonic() - start, rows=rows, targets=checks)
 
 

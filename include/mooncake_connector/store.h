@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -53,6 +54,11 @@ struct PutRequest {
   // a store that records a value checksum then takes it instead of reading
   // the value once more. It must be right: reads check against it.
   std::optional<uint64_t> value_xxh3 = std::nullopt;
+  // Optional, in place of value_xxh3: a call that returns it, which such a
+  // store makes only once the value's bytes are in and before it publishes
+  // the value, so that a caller can hash while the store transfers. Called
+  // at most once, on the thread that called BatchPut.
+  std::function<uint64_t()> value_xxh3_later = nullptr;
 };
 
 struct GetIntoRequest {

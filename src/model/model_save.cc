@@ -103,8 +103,9 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
 
   // Tensors are hashed when needed: those an earlier save may
   // hold already before anything is written (an unchanged value is not
-  // written again); the others batch by batch, each batch's on a helper
-  // thread while the batch before it is written.
+  // written again); the others batch by batch, each batch's on helper
+  // threads while the store writes it (a store that records value checksums
+  // asks for them once the bytes are in: PutRequest::value_xxh3_later).
   // A tensor's checksum (the manifest's) and its value's (the store's,
   // header included) in one pass over its memory, the second hash reading
   // each block from cache; the value's only where the store records one
@@ -210,14 +211,13 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       bytes += items[i].value_size();
     }
   }
-  if (options.check_sources) MC_RETURN_IF_ERROR(options.check_sources());  // before hashing reads them
-  if (!batches.empty()) hash(batches[0], CopyThreads());
-  Background hashing;  // the next batch's checksums (one thread: the transfer has the other cores)
+  // Half the copy threads hash while the store writes (the transfer has
+  // the others).
+  const size_t hash_threads = std::max<size_t>(1, CopyThreads() / 2);
   for (size_t b = 0; b < batches.size(); ++b) {
     const std::vector<size_t>& batch = batches[b];
-    hashing.Wait();
-    if (options.check_sources) MC_RETURN_IF_ERROR(options.check_sources());
-    if (b + 1 < batches.size()) hashing.Run([&, b] { hash(batches[b + 1], 1); });
+    if (options.check_sources) MC_RETURN_IF_ERROR(options.check_sources());  // before hashing reads them
+    Background hashing;  // this batch's checksums, started once the requests are made
     std::vector<std::array<ConstBytes, 2>> parts;
     parts.reserve(batch.size());
     std::vector<PutRequest> requests;
@@ -227,9 +227,20 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       parts.push_back({header, it.data});
       std::span<const ConstBytes> p(parts.back());
       if (header.empty()) p = p.subspan(1);
-      requests.push_back(PutRequest{it.key, p, it.value_xxh3});
+      PutRequest request{it.key, p};
+      if (it.hashed) {  // hashed before (an earlier save's candidate)
+        request.value_xxh3 = it.value_xxh3;
+      } else if (store.RecordsValueChecksum(it.value_size())) {
+        request.value_xxh3_later = [&hashing, &it] {
+          hashing.Wait();
+          return *it.value_xxh3;
+        };
+      }
+      requests.push_back(std::move(request));
     }
+    hashing.Run([&] { hash(batch, hash_threads); });
     std::vector<Status> results = store.BatchPut(requests, write);
+    hashing.Wait();
     std::optional<Status> failed;
     for (size_t j = 0; j < batch.size(); ++j) {
       if (results[j].ok()) {
@@ -257,7 +268,6 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     if (options.progress) options.progress(done_bytes, total);
   }
 
-  hashing.Wait();
   // A tensor sharing another's storage has its checksum.
   std::map<std::string_view, uint64_t> checksums;
   for (const SaveItem& it : items) {

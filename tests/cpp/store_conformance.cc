@@ -691,6 +691,28 @@ TEST_P(StoreConformance, FeaturesKeepWhatTheyPromise) {
     ASSERT_TRUE(store_->BatchPut({&wrong, 1}, {})[0].ok());
     EXPECT_EQ(store_->Get(key).status().code(), StatusCode::kDataLoss);
     EXPECT_TRUE(store_->RecordsValueChecksum(above + 1));
+    // value_xxh3_later in its place: asked for once, on the calling thread,
+    // and what it returns is what reads check against.
+    for (const bool right : {true, false}) {
+      const std::string later_key = Key(right ? "later-right" : "later-wrong");
+      int calls = 0;
+      const std::thread::id caller = std::this_thread::get_id();
+      PutRequest later{later_key, {&whole, 1}};
+      later.value_xxh3_later = [&] {
+        ++calls;
+        EXPECT_EQ(std::this_thread::get_id(), caller);
+        return right ? Xxh3(whole) : Xxh3(whole) ^ 1;
+      };
+      ASSERT_TRUE(store_->BatchPut({&later, 1}, {})[0].ok());
+      EXPECT_EQ(calls, 1);
+      Result<Buffer> got = store_->Get(later_key);
+      if (right) {
+        ASSERT_TRUE(got.ok()) << got.status();
+        EXPECT_EQ(got->size(), big.size());
+      } else {
+        EXPECT_EQ(got.status().code(), StatusCode::kDataLoss);
+      }
+    }
   }
   {
     const uint64_t size = std::min(above, uint64_t{1} << 20);

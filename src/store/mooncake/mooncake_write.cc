@@ -15,6 +15,7 @@
 #include <random>
 
 #include "core/hash_internal.h"
+#include "core/parallel_internal.h"
 #include "store/mooncake/key_write_locks_internal.h"
 #include "store/mooncake/mooncake_writer_internal.h"
 
@@ -30,6 +31,10 @@ uint64_t NewGeneration() {
   return g;
 }
 
+// From this many bytes to hash, a write hashes on a helper thread while
+// its chunks go in.
+constexpr uint64_t kHashAsideBytes = 1 << 20;
+
 uint64_t HashOf(std::span<const ConstBytes> parts) {
   Xxh3Stream hash;
   for (ConstBytes p : parts) hash.Update(p);
@@ -41,8 +46,8 @@ uint64_t HashOf(std::span<const ConstBytes> parts) {
 MooncakeWriter::MooncakeWriter(MooncakeClient& client)
     : client_(client), direct_writes_(client.can_write_directly()) {}
 
-ChunkHeader MooncakeWriter::NewHeader(const PutRequest& r, uint64_t size) const {
-  return MakeChunkHeader(size, client_.slot_size(), NewGeneration(), r.value_xxh3 ? *r.value_xxh3 : HashOf(r.parts));
+ChunkHeader MooncakeWriter::NewHeader(uint64_t size) const {
+  return MakeChunkHeader(size, client_.slot_size(), NewGeneration(), /*checksum=*/0);
 }
 
 std::vector<Status> MooncakeWriter::BatchPut(std::span<const PutRequest> requests,
@@ -114,11 +119,38 @@ void MooncakeWriter::WriteValues(std::span<Value* const> values, const Replicate
 
   std::vector<ChunkWrite> writes;
   for (Value* v : chunked) {
-    v->header = NewHeader(*v->request, v->size);
+    v->header = NewHeader(v->size);
     writes.push_back({&v->key, &v->header, v->request->parts});
   }
+  // The headers' value checksums while the chunks go in (a header is
+  // written only after its chunks): the caller's, asked for once the chunks
+  // are in (it may be hashing meanwhile), or computed on a helper thread.
+  // Small values are hashed at once (a thread would cost more).
+  std::vector<uint64_t> checksums(chunked.size());
+  uint64_t to_hash = 0;
+  for (const Value* v : chunked) to_hash += v->request->value_xxh3 || v->request->value_xxh3_later ? 0 : v->size;
+  auto hash_own = [&] {
+    for (size_t j = 0; j < chunked.size(); ++j) {
+      const PutRequest& r = *chunked[j]->request;
+      if (!r.value_xxh3 && !r.value_xxh3_later) checksums[j] = HashOf(r.parts);
+    }
+  };
+  Background hashing;
+  if (to_hash >= kHashAsideBytes) {
+    hashing.Run(hash_own);
+  } else {
+    hash_own();
+  }
   std::vector<Status> put = PutChunkObjects(writes, replicate, deadline);
+  hashing.Wait();
   for (size_t j = 0; j < chunked.size(); ++j) {
+    const PutRequest& r = *chunked[j]->request;
+    if (r.value_xxh3) {
+      checksums[j] = *r.value_xxh3;
+    } else if (r.value_xxh3_later) {
+      checksums[j] = r.value_xxh3_later();
+    }
+    chunked[j]->header.checksum = checksums[j];
     if (!put[j].ok()) chunked[j]->status = std::move(put[j]);
   }
 

@@ -54,7 +54,7 @@ class MooncakeWriter {
   // single-key put). Sets each value's status.
   void PutRawObjects(std::span<Value* const> values, const ReplicateConfig& replicate, Deadline& deadline);
   // The header of a new generation of `r`'s value of `size` bytes.
-  ChunkHeader NewHeader(const PutRequest& r, uint64_t size) const;
+  ChunkHeader NewHeader(uint64_t size) const;
   // Header objects of several keys (a value's header, a tombstone, a
   // reservation), by upsert or put; one Mooncake code per header (0: written).
   // WriteHeader: one, with the error named.
