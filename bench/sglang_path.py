@@ -150,6 +150,12 @@ def child(row: str, spec: dict) -> dict:
     bad = [n for n, want in spec["sums"].items() if n not in params or _word_sum(params[n]) != want]
     if bad or len(params) != len(spec["sums"]):
         raise SystemExit(f"{row}: {len(bad)} parameters do not hold the saved model's bytes, e.g. {bad[:3]}")
+    if row.startswith("engine"):  # the row's path was taken: filled in place, or copied by SGLang
+        from mooncake_connector import sglang_plugin
+
+        stats = next((c.load_stats for c in reversed(sglang_plugin._held) if c.load_stats), {})  # noqa: SLF001
+        if bool(stats.get("filled_in_place")) != (row == "engine in place"):
+            raise SystemExit(f"{row}: the plugin's load_stats say {stats}")
     assert len(weights) == 1, weights
     return {"load_model": done - start, "weights": weights[0]}
 
