@@ -57,7 +57,8 @@ struct PutRequest {
   // Optional, in place of value_xxh3: a call that returns it, which such a
   // store makes only once the value's bytes are in and before it publishes
   // the value, so that a caller can hash while the store transfers. Called
-  // at most once, on the thread that called BatchPut.
+  // on the thread that called BatchPut; again if the value is written again
+  // (after a failure), so it must return the same checksum each time.
   std::function<uint64_t()> value_xxh3_later = nullptr;
 };
 

@@ -691,8 +691,9 @@ TEST_P(StoreConformance, FeaturesKeepWhatTheyPromise) {
     ASSERT_TRUE(store_->BatchPut({&wrong, 1}, {})[0].ok());
     EXPECT_EQ(store_->Get(key).status().code(), StatusCode::kDataLoss);
     EXPECT_TRUE(store_->RecordsValueChecksum(above + 1));
-    // value_xxh3_later in its place: asked for once, on the calling thread,
-    // and what it returns is what reads check against.
+    // value_xxh3_later in its place: asked for once (a write that does not
+    // fail), on the calling thread, and what it returns is what reads check
+    // against.
     for (const bool right : {true, false}) {
       const std::string later_key = Key(right ? "later-right" : "later-wrong");
       int calls = 0;

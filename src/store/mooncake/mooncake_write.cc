@@ -145,13 +145,16 @@ void MooncakeWriter::WriteValues(std::span<Value* const> values, const Replicate
   hashing.Wait();
   for (size_t j = 0; j < chunked.size(); ++j) {
     const PutRequest& r = *chunked[j]->request;
+    if (!put[j].ok()) {  // not committed: its header needs no checksum
+      chunked[j]->status = std::move(put[j]);
+      continue;
+    }
     if (r.value_xxh3) {
       checksums[j] = *r.value_xxh3;
     } else if (r.value_xxh3_later) {
       checksums[j] = r.value_xxh3_later();
     }
     chunked[j]->header.checksum = checksums[j];
-    if (!put[j].ok()) chunked[j]->status = std::move(put[j]);
   }
 
   // The commits, together where one call does: headers over keys with no
