@@ -5,3 +5,9 @@ commands that never do (ls, inspect, verify, rm, put, get) start quickly."""
 
 # One batched store call moves at most this many bytes (and at least one value).
 DEFAULT_BATCH_BYTES = 256 << 20
+
+# weight_iterator's batches (not cooperative): it holds about one batch and
+# part of the next while its consumer copies, so half the default batch keeps
+# what is in flight within 256 MiB (238 MiB measured for a 1.1 GiB model,
+# against 358 MiB at 256 MiB batches) at the same speed.
+ITERATOR_BATCH_BYTES = 128 << 20

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 import numpy as np
 
 from . import _impl
-from ._defaults import DEFAULT_BATCH_BYTES
+from ._defaults import DEFAULT_BATCH_BYTES, ITERATOR_BATCH_BYTES
 from ._errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ class MooncakeConnector:
 
     # -- model weights (the URL path names the model) ---------------------
     def weight_iterator(self, rank: int = 0, *, verify: bool = True,
-                        batch_bytes: int = DEFAULT_BATCH_BYTES,
+                        batch_bytes: Optional[int] = None,
                         progress: Optional[Callable[[int, int], None]] = None,
                         group: Any = None) -> Iterator[tuple[str, torch.Tensor]]:
         """Yields ``(name, tensor)`` for every tensor of tensor-parallel rank
@@ -105,7 +105,9 @@ class MooncakeConnector:
         into the tensors' memory. With a manifest, each tensor is checked
         against it (dtype, shape and, unless ``verify=False``, its checksum)
         and a tensor the store lost is ``DataLossError`` naming it; without
-        one (a model SGLang wrote), the keys are listed.
+        one (a model SGLang wrote), the keys are listed. ``batch_bytes``
+        defaults to 128 MiB (about one batch and part of the next are in
+        memory at once), 256 MiB with ``group``.
 
         ``group`` (a ``torch.distributed`` process group, e.g. a
         tensor-parallel group whose processes all load the same rank):
@@ -119,8 +121,10 @@ class MooncakeConnector:
         says what this process fetched and received. Needs a manifest."""
         from . import _group, _model
         if group is not None and _group.group_size(group) > 1:
-            return self._cooperative(rank, group, None, verify=verify, batch_bytes=batch_bytes,
-                                     progress=progress)
+            return self._cooperative(rank, group, None, verify=verify, progress=progress,
+                                     batch_bytes=DEFAULT_BATCH_BYTES if batch_bytes is None else batch_bytes)
+        if batch_bytes is None:
+            batch_bytes = ITERATOR_BATCH_BYTES
         return _held_by(self, _model.weight_iterator(self._model(), rank, device=self.device, verify=verify,
                                                      batch_bytes=batch_bytes, progress=progress))
 
