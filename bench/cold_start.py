@@ -364,7 +364,7 @@ def main() -> None:
     from bench import llama_like, nbytes
 
     modes = parse_modes(parser, args.modes)
-    default_rows = ",".join(r for r in ROWS if args.device == "cpu" or not r in SAVE_ROWS)
+    default_rows = ",".join(r for r in ROWS if args.device == "cpu" or r not in SAVE_ROWS)
     if args.rows is None:
         args.rows = default_rows
     rows_wanted = [r for r in args.rows.split(",") if r]

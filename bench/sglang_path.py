@@ -153,7 +153,7 @@ def child(row: str, spec: dict) -> dict:
     if row.startswith("engine"):  # the row's path was taken: filled in place, or copied by SGLang
         from mooncake_connector import sglang_plugin
 
-        stats = next((c.load_stats for c in reversed(sglang_plugin._held) if c.load_stats), {})  # noqa: SLF001
+        stats = sglang_plugin.last_load_stats()
         if bool(stats.get("filled_in_place")) != (row == "engine in place"):
             raise SystemExit(f"{row}: the plugin's load_stats say {stats}")
     assert len(weights) == 1, weights

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -20,14 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("GLOG_minloglevel", "3")
 
 import torch  # noqa: E402
-from bench import llama_like  # noqa: E402
+from bench import llama_like, peak_growth_mib  # noqa: E402
 from harness import environ  # noqa: E402
 
 from mooncake_connector import create_remote_connector, standalone  # noqa: E402
-
-
-def status_mib(field: str) -> float:
-    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
 
 
 def main() -> None:
@@ -44,20 +39,20 @@ def main() -> None:
         del sd
         with create_remote_connector("mooncake:///iterator-memory") as c:
             c.exists("warm-up")
-            Path("/proc/self/clear_refs").write_text("5")
-            base = status_mib("VmRSS")
-            start = time.perf_counter()
-            for name, tensor in c.weight_iterator(batch_bytes=args.batch_mib << 20):
-                params[name].copy_(tensor)
-            print(f"first iteration, {args.batch_mib} MiB batches: {time.perf_counter() - start:.3f} s, "
-                  f"peak RSS {status_mib('VmHWM') - base:.0f} MiB above the parameters")
+            def iterate(mib: int) -> float:
+                start = time.perf_counter()
+                for name, tensor in c.weight_iterator(batch_bytes=mib << 20):
+                    params[name].copy_(tensor)
+                return time.perf_counter() - start
+
+            first: list[float] = []
+            peak = peak_growth_mib(lambda: first.append(iterate(args.batch_mib)))
+            print(f"first iteration, {args.batch_mib} MiB batches: {first[0]:.3f} s, "
+                  f"peak RSS {peak:.0f} MiB above the parameters")
             times: dict[int, list[float]] = {}
             for _ in range(3):
                 for mib in (256, 128, 64):
-                    start = time.perf_counter()
-                    for name, tensor in c.weight_iterator(batch_bytes=mib << 20):
-                        params[name].copy_(tensor)
-                    times.setdefault(mib, []).append(time.perf_counter() - start)
+                    times.setdefault(mib, []).append(iterate(mib))
             print("warm, s (sorted):", {mib: sorted(round(t, 3) for t in ts) for mib, ts in times.items()})
 
 

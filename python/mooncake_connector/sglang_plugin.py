@@ -360,6 +360,14 @@ _held: list = []
 _held_lock = threading.Lock()
 
 
+def last_load_stats() -> dict:
+    """The ``load_stats`` of the latest connector SGLang opened in this
+    process that has any ({} if none): what its load fetched, received or
+    filled in place."""
+    with _held_lock:
+        return next((c.load_stats for c in reversed(_held) if c.load_stats), {})
+
+
 def _close_held() -> None:
     with _held_lock:
         held = list(_held)

@@ -89,8 +89,7 @@ def main() -> int:
                 bits(actual[k]), bits(expected[k])) or actual[k].shape != expected[k].shape)
             out["extra"] = sorted(set(actual) - set(expected))
             out["shapes"] = {k: list(v.shape) for k, v in expected.items() if "qkv_proj" in k}
-            out["stats"] = next((c.load_stats for c in reversed(sglang_plugin._held)  # noqa: SLF001
-                                 if c.load_stats), {})
+            out["stats"] = sglang_plugin.last_load_stats()
     except BaseException as e:  # noqa: BLE001 - reported to the test
         out.update(error=type(e).__name__, message=str(e), trace=traceback.format_exc()[-3000:])
     print(json.dumps(out), flush=True)
