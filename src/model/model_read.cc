@@ -7,6 +7,7 @@
 
 #include "core/hash_internal.h"
 #include "core/pages_internal.h"
+#include "core/parallel_internal.h"
 #include "model/model_internal.h"
 #include "model/model_reader_internal.h"
 #include "model/model_memory_internal.h"
@@ -330,6 +331,15 @@ Result<std::vector<std::string>> ModelReaderImpl::LoadInto(std::span<const Tenso
   // Each stored tensor is read once, into the first destination that wants
   // it; other destinations of it (aliases) get a copy.
   Plan plan = PlanReads(which, options_.batch_bytes);
+  // Fresh destinations are faulted in ahead of the transfers, in the order
+  // they fill them, on threads of their own: the transfers then write mapped
+  // memory instead of stopping at each fault (a first 1.1 GiB load on 16
+  // cores: 0.90-0.94x the raw wheel without, 0.97-1.19x with it).
+  std::vector<MutableBytes> ahead;
+  for (const std::vector<size_t>& batch : plan.batches) {
+    for (size_t i : batch) ahead.push_back(destinations[i].bytes);
+  }
+  PrefaultAhead prefault(ahead, std::max<size_t>(1, CopyThreads() / 2));
   for (const std::vector<size_t>& batch : plan.batches) {
     std::vector<size_t> read;
     std::vector<MutableBytes> targets;

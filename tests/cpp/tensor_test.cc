@@ -3,12 +3,18 @@
 #include <gtest/gtest.h>
 
 #include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <span>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "core/pages_internal.h"
 #include "mooncake_connector/dlpack.h"
@@ -206,6 +212,47 @@ TEST(Pages, AdviceCoversTheWholeHugePagesInsideARangeAndNothingElse) {
   EXPECT_EQ(base[0], std::byte{7});
   EXPECT_EQ(base[kMiB - 1], std::byte{7});
   munmap(raw, 10 * kMiB);
+}
+
+TEST(Pages, PrefaultMapsTheWholePagesOfItsRangesAndChangesNoByte) {
+  if (!PrefaultWanted()) GTEST_SKIP() << "MOONCAKE_CONNECTOR_PREFAULT=0";
+  constexpr size_t kMiB = size_t{1} << 20;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  constexpr size_t kSize = 20 * kMiB;
+  auto* base = static_cast<std::byte*>(
+      mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(base, MAP_FAILED);
+  // Ordinary pages, so that a fault maps one page, whatever THP is set to.
+  ASSERT_EQ(madvise(base, kSize, MADV_NOHUGEPAGE), 0);
+  std::vector<unsigned char> resident(kSize / page);
+  auto count = [&] {
+    EXPECT_EQ(mincore(base, kSize, resident.data()), 0);
+    return static_cast<size_t>(std::count_if(resident.begin(), resident.end(), [](unsigned char c) { return c & 1; }));
+  };
+  base[page + 5] = std::byte{7};  // touched before: its byte stays
+  ASSERT_EQ(count(), 1u);
+  // Two ranges, out of address order; the first and last pages of the
+  // mapping are only partly inside them: left alone.
+  std::span<std::byte> ranges[] = {{base + 12 * kMiB, kSize - 12 * kMiB - 100}, {base + 100, 12 * kMiB - 100}};
+  {
+    PrefaultAhead prefault(ranges, 2);
+    EXPECT_GT(prefault.pieces(), 2u);
+    for (int i = 0; i < 1000 && prefault.done() < prefault.pieces() && !prefault.refused(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (prefault.refused()) {
+      munmap(base, kSize);
+      GTEST_SKIP() << "this kernel does not populate on advice (MADV_POPULATE_WRITE is Linux 5.14+)";
+    }
+    ASSERT_EQ(prefault.done(), prefault.pieces());
+  }
+  count();
+  EXPECT_FALSE(resident.front() & 1);
+  EXPECT_FALSE(resident.back() & 1);
+  for (size_t p = 1; p + 1 < resident.size(); ++p) ASSERT_TRUE(resident[p] & 1) << "page " << p;
+  EXPECT_EQ(base[page + 5], std::byte{7});
+  EXPECT_TRUE(std::all_of(base + page + 6, base + kSize - page, [](std::byte b) { return b == std::byte{0}; }));
+  munmap(base, kSize);
 }
 
 }  // namespace
