@@ -72,7 +72,7 @@ test-sanitize:
 	$(BUILD)/asan/mooncake_connector_tests --gtest_brief=1
 	cmake -S . -B $(BUILD)/tsan -G Ninja -DMC_BUILD_TESTS=ON -DMC_SANITIZE=thread -DCMAKE_BUILD_TYPE=Debug
 	cmake --build $(BUILD)/tsan -j $(JOBS)
-	$(BUILD)/tsan/mooncake_connector_tests --gtest_brief=1 --gtest_filter='*Concurrent*:*Direct*:*LocalReplicas*:SharedBlocks*'
+	$(BUILD)/tsan/mooncake_connector_tests --gtest_brief=1 --gtest_filter='*Concurrent*:*Direct*:*LocalReplicas*:SharedBlocks*:Pages.*:*LoadInto*'
 
 FUZZ_TARGETS := value_format url chunk_header mooncake_read manifest
 FUZZ_LONG_SECONDS ?= 3600
