@@ -149,9 +149,11 @@ struct SaveOptions {
 struct LoadOptions {
   bool verify = true;  // check each tensor's checksum against the manifest
   uint64_t batch_bytes = uint64_t{256} << 20;
-  // Whether NextBatch prepares the next batch's storage on another thread
-  // while it fetches (one batch more memory). Unset: on machines of four or
-  // more cores (on two, the fetch keeps both busy and it only slowed loads).
+  // Whether NextBatch prepares the next batch's storage while it fetches: it
+  // allocates it and faults its pages in on helper threads (one batch more
+  // memory; the faulting not where MOONCAKE_CONNECTOR_PREFAULT=0). Unset: on
+  // machines of four or more cores (on two, the fetch keeps both busy and it
+  // only slowed loads).
   std::optional<bool> prepare_next_batch;
   // Whether the caller lets go of each batch's tensors before it asks for
   // many more (weight_iterator's way: each tensor is copied into the model

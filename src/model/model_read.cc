@@ -339,7 +339,7 @@ Result<std::vector<std::string>> ModelReaderImpl::LoadInto(std::span<const Tenso
   for (const std::vector<size_t>& batch : plan.batches) {
     for (size_t i : batch) ahead.push_back(destinations[i].bytes);
   }
-  PrefaultAhead prefault(ahead, std::max<size_t>(1, CopyThreads() / 2));
+  PrefaultAhead prefault(ahead, PrefaultThreads());
   for (const std::vector<size_t>& batch : plan.batches) {
     std::vector<size_t> read;
     std::vector<MutableBytes> targets;

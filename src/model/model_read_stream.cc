@@ -1,6 +1,6 @@
 // Streaming loads (ModelReader::NextBatch): batch after batch into new
-// storage, the next batch's storage allocated and its pages touched on
-// another thread while this one is fetched.
+// storage, the next batch's storage allocated and its pages faulted in on
+// other threads while this one is fetched.
 #include <algorithm>
 #include <set>
 #include <thread>
@@ -12,8 +12,7 @@
 namespace mooncake_connector {
 
 ModelReaderImpl::~ModelReaderImpl() {
-  stop_preparing_.store(true);
-  if (preparer_.joinable()) preparer_.join();
+  prefault_.reset();
   // A reader may go after its connector closed (a generator collected
   // late): the store is gone then.
   if (options_.streaming && streamed_bytes_.load() > 0) {
@@ -51,12 +50,12 @@ ModelReaderImpl::BatchPlan ModelReaderImpl::PlanBatch(size_t from, const std::ve
 }
 
 void ModelReaderImpl::Prepare(size_t from, std::vector<size_t> read) {
-  if (preparer_.joinable()) preparer_.join();
+  prefault_.reset();
   prepared_from_ = from;
   prepared_.clear();
   // Allocated here, on the caller's thread: memory from another thread's
   // malloc arena is returned to the system when freed, so every later batch
-  // and save would fault it in afresh. Only the touching runs beside the fetch.
+  // and save would fault it in afresh. Only the faulting runs beside the fetch.
   for (size_t c : read) {
     Result<Tensor> t = AllocateTensor(c);
     if (!t.ok()) break;  // NextBatch allocates the rest itself, and reports a failure
@@ -65,23 +64,12 @@ void ModelReaderImpl::Prepare(size_t from, std::vector<size_t> read) {
   std::vector<MutableBytes> pages;
   for (const Tensor& t : prepared_) pages.push_back(MutableBytes(t.data(), t.nbytes()));
   // Stopped as soon as the fetch wants the memory: whatever it has not
-  // touched by then the fetch's own copy threads fault in, as without it.
-  stop_preparing_.store(false);
-  preparer_ = std::thread([this, pages = std::move(pages)] {
-    static const size_t page = static_cast<size_t>(std::max(4096L, sysconf(_SC_PAGESIZE)));
-    for (MutableBytes b : pages) {
-      auto* bytes = reinterpret_cast<volatile char*>(b.data());
-      for (size_t at = 0; at < b.size(); at += page) {
-        if (at % (64 * page) == 0 && stop_preparing_.load(std::memory_order_relaxed)) return;
-        bytes[at] = 0;
-      }
-    }
-  });
+  // faulted in by then the fetch's own copy threads fault in, as without it.
+  prefault_ = std::make_unique<PrefaultAhead>(pages, PrefaultThreads());
 }
 
 std::vector<Tensor> ModelReaderImpl::TakePrepared(size_t from) {
-  stop_preparing_.store(true);
-  if (preparer_.joinable()) preparer_.join();
+  prefault_.reset();
   std::vector<Tensor> out;
   if (prepared_from_ == from) out = std::move(prepared_);
   prepared_.clear();

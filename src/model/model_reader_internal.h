@@ -5,12 +5,14 @@
 
 #include <atomic>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "core/pages_internal.h"
 #include "mooncake_connector/model.h"
 
 namespace mooncake_connector {
@@ -53,9 +55,9 @@ class ModelReaderImpl {
     std::vector<size_t> read;
   };
   BatchPlan PlanBatch(size_t from, const std::vector<size_t>& pending) const;
-  // Allocates storage for `read` (the batch at `from`) and touches its pages
-  // on preparer_; TakePrepared(from) stops that and hands the storage over
-  // (empty if it was for another batch).
+  // Allocates storage for `read` (the batch at `from`) and faults its pages in
+  // ahead (prefault_) while this batch is fetched; TakePrepared(from) stops
+  // that and hands the storage over (empty if it was for another batch).
   void Prepare(size_t from, std::vector<size_t> read);
   std::vector<Tensor> TakePrepared(size_t from);
   // Each destination's tensor index, checked against the manifest.
@@ -111,10 +113,9 @@ class ModelReaderImpl {
   size_t next_ = 0;
   std::map<std::string, size_t> index_;          // name -> position in tensors_
   std::map<size_t, Tensor> shared_;               // read tensors that aliases share
-  std::thread preparer_;
   size_t prepared_from_ = SIZE_MAX;
-  std::vector<Tensor> prepared_;  // its pages are touched by preparer_ until joined
-  std::atomic<bool> stop_preparing_{false};
+  std::vector<Tensor> prepared_;
+  std::unique_ptr<PrefaultAhead> prefault_;  // over prepared_'s pages; goes first
   std::atomic<uint64_t> streamed_bytes_{0};  // the largest tensor a streaming load allocated
 
   // ModelReader's API, as model.h documents it.
