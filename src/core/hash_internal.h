@@ -12,6 +12,9 @@ namespace mooncake_connector {
 
 uint64_t Xxh3(ConstBytes bytes);
 
+// Which build of XXH3 this CPU runs: "avx512", "avx2" or "sse2".
+const char* Xxh3Build();
+
 // The hash of a byte stream fed in order, piece by piece.
 class Xxh3Stream {
  public:
