@@ -4,8 +4,7 @@
 #include "core/hash_internal.h"
 
 #ifdef MC_XXH3_AVX2
-#include "core/hash_avx2_internal.h"
-#include "core/hash_avx512_internal.h"
+#include "core/hash_builds_internal.h"
 #endif
 
 namespace mooncake_connector {

@@ -94,6 +94,7 @@ struct Slot {
   std::vector<MutableBytes> staging;
   std::vector<Status> fetched;
   const std::vector<size_t>* batch = nullptr;
+  uint64_t bytes = 0;  // of the batch
 
   // The first bad checksum of the batch in this buffer, once all are known.
   Status Checked() {
@@ -196,12 +197,10 @@ Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> de
     ++next_to_queue;
     slot.fetcher.join();
     for (const Status& s : slot.fetched) MC_RETURN_IF_ERROR(s);
-    uint64_t at = 0;
     for (size_t k = 0; k < slot.batch->size(); ++k) {
       const TensorDestination& d = destinations[(*slot.batch)[k]];
       MC_RETURN_IF_ERROR(driver.CopyToDeviceAsync(Address(d), slot.staging[k].data(), slot.staging[k].size(), stream));
       slot.busy = true;
-      at += slot.staging[k].size();
     }
     MC_RETURN_IF_ERROR(driver.Record(slot.copied, stream));
     if (options_.verify) {
@@ -211,7 +210,7 @@ Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> de
                     [&](size_t k) { slot.verdicts[k] = CheckChecksum(slot.read[k], slot.staging[k]); });
       });
     }
-    Report(at);
+    Report(slot.bytes);
     return Status::Ok();
   };
   for (size_t b = 0; b < plan.batches.size(); ++b) {
@@ -229,6 +228,7 @@ Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> de
       slot.staging.push_back(MutableBytes(slot.buffer.data() + at, destinations[i].bytes.size()));
       at += destinations[i].bytes.size();
     }
+    slot.bytes = at;
     slot.fetcher = std::thread([this, &slot] { slot.fetched = ReadBatch(slot.read, slot.staging, /*checksums=*/false); });
     if (b + 1 - next_to_queue >= depth) MC_RETURN_IF_ERROR(queue());
   }

@@ -1,5 +1,5 @@
-// Helpers shared by the model tests (model_test.cc, model_manifest_test.cc,
-// model_directory_test.cc): per-test memory:// stores, filled tensors, and
+// Helpers shared by the model tests (model_test.cc, model_resume_test.cc,
+// model_manifest_test.cc, model_directory_test.cc): per-test memory:// stores, filled tensors, and
 // draining a reader.
 #pragma once
 
@@ -81,6 +81,33 @@ inline Status DrainError(ModelReader& reader) {
     if (!batch.ok()) return batch.status();
     if (batch->empty()) return Status::Ok();
   }
+}
+
+struct Sample {
+  std::vector<Tensor> storage;
+  std::vector<NamedTensorView> views;
+};
+
+// a (F32), a_tied (alias of a), b (BF16), c (0-d I64), d (U8), e (empty F16).
+inline Sample MakeSample(int seed = 0) {
+  Sample s;
+  s.storage = {Filled(DType::kF32, {4, 8}, seed + 1), Filled(DType::kBF16, {3, 5}, seed + 2),
+               Filled(DType::kI64, {}, seed + 3), Filled(DType::kU8, {100}, seed + 4),
+               Filled(DType::kF16, {0, 3}, seed + 5)};
+  s.views = {{"a", s.storage[0].view()},
+             {"a_tied", s.storage[0].view()},
+             {"b", s.storage[1].view()},
+             {"c", s.storage[2].view()},
+             {"d", s.storage[3].view()},
+             {"e", s.storage[4].view()}};
+  return s;
+}
+
+inline const TensorView* Find(const Sample& s, const std::string& name) {
+  for (const NamedTensorView& v : s.views) {
+    if (v.name == name) return &v.tensor;
+  }
+  return nullptr;
 }
 
 }  // namespace mooncake_connector::model_test
