@@ -7,7 +7,6 @@
 
 #include "core/hash_internal.h"
 #include "core/pages_internal.h"
-#include "core/parallel_internal.h"
 #include "model/model_internal.h"
 #include "model/model_reader_internal.h"
 #include "model/model_memory_internal.h"
