@@ -35,11 +35,16 @@
 #include "mooncake_connector/tensor.h"
 
 namespace mooncake_connector {
-// Version 3: every save has an id, recorded in its parts and, with
+// Version 4: a rank part records "xxh3_piece", and a tensor longer than that
+// has as checksum the XXH3-64 of its pieces' XXH3-64s (so that one large
+// tensor is hashed on several threads); version 3 and before (still read):
+// the XXH3-64 of all its bytes. Version 3: every save has an id, recorded in its parts and, with
 // kSaveMarker, in the "__metadata__" of every tensor value it writes; each
 // tensor entry names the save that wrote its value. Version 2 (still read):
 // values carry kManifestMarker only. Version 1 (still read): neither.
-inline constexpr int kManifestFormatVersion = 3;
+inline constexpr int kManifestFormatVersion = 4;
+// The piece size of tensors' checksums that saves record (version 4).
+inline constexpr uint64_t kTensorChecksumPiece = uint64_t{16} << 20;
 // The "__metadata__" entry of a tensor value saved with a manifest; its value
 // is the manifest part's key. A load that finds no manifest refuses such a
 // value: the model is incomplete or lost in part, not an SGLang model.
@@ -60,7 +65,7 @@ struct ManifestTensor {
   DType dtype = DType::kU8;
   Shape shape;
   uint64_t nbytes = 0;
-  uint64_t checksum = 0;  // XXH3-64 of the tensor bytes
+  uint64_t checksum = 0;  // XXH3-64 of the tensor bytes, in pieces (ManifestPart::checksum_piece)
   // Non-empty: this tensor shares storage with the named one; only that one
   // is stored, and loads give both names the same tensor.
   std::string alias_of;
@@ -105,6 +110,10 @@ struct ManifestPart {
   // This save's id (version 3; 0 before): random, new for every save, so a
   // save can tell that another save of the same part has started meanwhile.
   uint64_t save_id = 0;
+  // Of a rank part of version 4: tensors' checksums are taken in pieces of
+  // this many bytes; 0 (before version 4, and the files part): of all their
+  // bytes at once.
+  uint64_t checksum_piece = kTensorChecksumPiece;
 
   uint64_t StoredBytes() const;  // tensors (aliases once) and files
 };

@@ -94,6 +94,10 @@ struct GetIntoRequest {
   // the whole value.
   bool partial = false;
   uint64_t offset = 0;
+  // With data_xxh3: hash the destination's bytes in pieces of this many
+  // bytes, as a model manifest of format 4 records tensors' checksums
+  // (docs/model_layout.md); 0: as one piece.
+  uint64_t data_xxh3_piece = 0;
 
   // True when the caller verifies this value itself (see `exact`).
   bool CallerVerifies() const { return exact && data_xxh3 != nullptr; }

@@ -24,6 +24,7 @@ nb::dict ManifestDict(const ManifestPart& p) {
     d["rank"] = *p.rank;
     d["layout"] = ModelLayoutName(p.layout);
     d["tensors"] = p.tensors.size();
+    d["xxh3_piece"] = p.checksum_piece;
   } else {
     d["files"] = p.files.size();
   }

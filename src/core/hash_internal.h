@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "mooncake_connector/buffer.h"
 
@@ -12,13 +13,24 @@ namespace mooncake_connector {
 
 uint64_t Xxh3(ConstBytes bytes);
 
+// The checksum of a tensor in pieces (manifest format 4): bytes no longer
+// than `piece` hash to Xxh3(bytes); longer ones to the XXH3-64 of the
+// XXH3-64s of their consecutive `piece`-byte pieces (the last one shorter),
+// each written as 8 bytes little-endian. The pieces can be hashed on
+// several threads. `piece` 0: Xxh3(bytes) whatever the size.
+uint64_t Xxh3Pieces(ConstBytes bytes, uint64_t piece);
+// The checksum from the pieces' digests, in order (a single piece's digest
+// stands for itself).
+uint64_t Xxh3OfDigests(std::span<const uint64_t> digests);
+
 // Which build of XXH3 this CPU runs: "avx512", "avx2" or "sse2".
 const char* Xxh3Build();
 
-// The hash of a byte stream fed in order, piece by piece.
+// The hash of a byte stream fed in order, in blocks of any size: Xxh3 of the
+// bytes, or with `piece` > 0, Xxh3Pieces(bytes, piece).
 class Xxh3Stream {
  public:
-  Xxh3Stream();
+  explicit Xxh3Stream(uint64_t piece = 0);
   ~Xxh3Stream();
   Xxh3Stream(const Xxh3Stream&) = delete;
   Xxh3Stream& operator=(const Xxh3Stream&) = delete;

@@ -21,6 +21,9 @@ using nlohmann::json;
 constexpr size_t kMaxManifestBytes = size_t{256} << 20;
 // root -> "tensors" -> entry -> "shape" -> dimension.
 constexpr int kMaxJsonDepth = 4;
+// The pieces of tensors' checksums a manifest may name (version 4).
+constexpr uint64_t kMinChecksumPiece = uint64_t{64} << 10;
+constexpr uint64_t kMaxChecksumPiece = uint64_t{1} << 32;
 
 Status Bad(const std::string& why) { return DataLoss("invalid model manifest: " + why); }
 
@@ -177,6 +180,7 @@ std::string EncodeManifest(const ManifestPart& part) {
       if (part.format_version >= 3 && t.alias_of.empty()) e["save"] = Hex64(t.save_id);
       tensors.push_back(std::move(e));
     }
+    if (part.format_version >= 4) j["xxh3_piece"] = part.checksum_piece;
     j["tensors"] = std::move(tensors);
   } else {
     json files = json::array();
@@ -209,6 +213,7 @@ Result<ManifestPart> ParseManifest(std::string_view text) {
                          std::to_string(kManifestFormatVersion) + ")");
   }
   part.format_version = static_cast<int>(version);
+  part.checksum_piece = 0;  // but for a rank part of version 4
   MC_ASSIGN_OR_RETURN(part.tool, Text(j, "tool", "the manifest"));
   MC_ASSIGN_OR_RETURN(part.created, Text(j, "created", "the manifest"));
   MC_ASSIGN_OR_RETURN(std::string state, Text(j, "state", "the manifest"));
@@ -237,6 +242,14 @@ Result<ManifestPart> ParseManifest(std::string_view text) {
       part.layout = *parsed;
       if (part.layout == ModelLayout::kCheckpoint && world != 1) {
         return Bad("a checkpoint-layout part has world_size " + std::to_string(world) + " (it must be 1)");
+      }
+    }
+    if (version >= 4) {
+      MC_ASSIGN_OR_RETURN(part.checksum_piece, Unsigned(j, "xxh3_piece", "the manifest"));
+      const uint64_t piece = part.checksum_piece;
+      if (piece < kMinChecksumPiece || piece > kMaxChecksumPiece || (piece & (piece - 1)) != 0) {
+        return Bad("xxh3_piece " + std::to_string(piece) + " is not a power of two from " +
+                   std::to_string(kMinChecksumPiece) + " to " + std::to_string(kMaxChecksumPiece));
       }
     }
     MC_ASSIGN_OR_RETURN(const json* tensors, Member(j, "tensors", "the manifest"));

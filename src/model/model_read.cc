@@ -7,6 +7,7 @@
 
 #include "core/hash_internal.h"
 #include "core/pages_internal.h"
+#include "core/parallel_internal.h"
 #include "model/model_internal.h"
 #include "model/model_reader_internal.h"
 #include "model/model_memory_internal.h"
@@ -40,6 +41,7 @@ Result<std::unique_ptr<ModelReader>> Model::OpenReader(int rank, const LoadOptio
     r->has_manifest_ = true;
     r->format_version_ = manifest->format_version;
     r->save_id_ = manifest->save_id;
+    r->checksum_piece_ = manifest->checksum_piece;
     for (const ManifestTensor& t : r->tensors_) r->total_bytes_ += t.alias_of.empty() ? t.nbytes : 0;
     // Tensors of one shape (and save) share a header: each distinct one
     // encoded once (a load of 2048 tensors of one shape spent a fifth of its
@@ -113,9 +115,50 @@ std::string ModelReaderImpl::Describe(size_t item) const {
   return "tensor '" + tensors_[item].name + "' (rank " + std::to_string(rank_) + " of model '" + model_.name() + "')";
 }
 
-Status ModelReaderImpl::CheckChecksum(size_t item, ConstBytes data) const {
-  if (Xxh3(data) == tensors_[item].checksum) return Status::Ok();
+Status ModelReaderImpl::ChecksumMismatch(size_t item) const {
   return DataLoss("checksum mismatch in " + Describe(item) + ": the stored bytes are corrupted");
+}
+
+Status ModelReaderImpl::CheckChecksum(size_t item, ConstBytes data) const {
+  if (Xxh3Pieces(data, checksum_piece_) == tensors_[item].checksum) return Status::Ok();
+  return ChecksumMismatch(item);
+}
+
+std::vector<Status> ModelReaderImpl::CheckChecksums(std::span<const size_t> items, std::span<const ConstBytes> data,
+                                                    size_t threads) const {
+  struct Task {
+    size_t tensor;       // index into items/data
+    uint64_t offset, size;
+    size_t digest;
+  };
+  std::vector<size_t> order(items.size());
+  for (size_t k = 0; k < order.size(); ++k) order[k] = k;
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return data[x].size() > data[y].size(); });
+  std::vector<Task> tasks;
+  std::vector<std::pair<size_t, size_t>> digests_of(items.size());  // first, count
+  for (size_t k : order) {
+    const uint64_t size = data[k].size();
+    const uint64_t piece = checksum_piece_ == 0 ? std::max<uint64_t>(size, 1) : checksum_piece_;
+    digests_of[k].first = tasks.size();
+    for (uint64_t at = 0; at < size || at == 0; at += piece) {
+      tasks.push_back({k, at, std::min(piece, size - at), tasks.size()});
+      if (size == 0) break;
+    }
+    digests_of[k].second = tasks.size() - digests_of[k].first;
+  }
+  std::vector<uint64_t> digests(tasks.size());
+  ParallelFor(tasks.size(), threads, [&](size_t n) {
+    const Task& t = tasks[n];
+    digests[t.digest] = Xxh3(data[t.tensor].subspan(static_cast<size_t>(t.offset), static_cast<size_t>(t.size)));
+  });
+  std::vector<Status> out(items.size());
+  for (size_t k = 0; k < items.size(); ++k) {
+    const auto [first, count] = digests_of[k];
+    if (Xxh3OfDigests(std::span(digests).subspan(first, count)) != tensors_[items[k]].checksum) {
+      out[k] = ChecksumMismatch(items[k]);
+    }
+  }
+  return out;
 }
 
 Status ReadFailure(const std::string& which, const Status& s) {
@@ -148,6 +191,7 @@ std::vector<Status> ModelReaderImpl::ReadBatch(std::span<const size_t> items, st
     requests[j] = GetIntoRequest{keys[j], targets[j],
                                  MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size()),
                                  checksums ? &hashes[j] : nullptr, /*exact=*/true};
+    requests[j].data_xxh3_piece = checksum_piece_;
   }
   std::vector<Result<uint64_t>> got = model_.connector().store().BatchGetInto(requests);
   for (size_t j = 0; j < n; ++j) {
@@ -162,7 +206,7 @@ std::vector<Status> ModelReaderImpl::ReadBatch(std::span<const size_t> items, st
                !s.ok()) {
       out[j] = s;
     } else if (checksums && hashes[j] != t.checksum) {
-      out[j] = DataLoss("checksum mismatch in " + which + ": the stored bytes are corrupted");
+      out[j] = ChecksumMismatch(items[j]);
     }
   }
   SayIfChanged(out);

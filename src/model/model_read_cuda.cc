@@ -8,8 +8,8 @@
 //    from the others to the device by DMA and their checksums are computed on
 //    other threads, so the load takes about as long as the slowest of the
 //    three, not their sum.
-//    (A tensor's checksum runs on one thread: the batches in flight are what
-//    lets several run at once.) A batch's checksums are checked before its
+//    (A tensor's checksum runs on one thread per piece of it: the batches in
+//    flight are what lets several run at once.) A batch's checksums are checked before its
 //    buffer is used again, and all of them before the load returns.
 #include <algorithm>
 #include <condition_variable>
@@ -206,8 +206,8 @@ Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> de
     if (options_.verify) {
       slot.verdicts.assign(slot.read.size(), Status::Ok());
       slot.checker = std::thread([this, &slot] {
-        ParallelFor(slot.read.size(), CopyThreads(),
-                    [&](size_t k) { slot.verdicts[k] = CheckChecksum(slot.read[k], slot.staging[k]); });
+        slot.verdicts = CheckChecksums(slot.read, std::vector<ConstBytes>(slot.staging.begin(), slot.staging.end()),
+                                       CopyThreads());
       });
     }
     Report(slot.bytes);
@@ -275,9 +275,8 @@ std::optional<Status> ModelReaderImpl::LoadIntoCudaFromStore(std::span<const Ten
     }
   }
   // Every copy is queued first; then the checksums of all tensors are
-  // computed on CopyThreads() threads while the copies run, the largest
-  // first (a tensor's hash is one thread's work: several at once are what
-  // keeps up with the link).
+  // computed on CopyThreads() threads while the copies run, piece by piece
+  // (CheckChecksums), so that one large tensor does not hold the load up.
   // However the load ends, no copy may still read a value when the views go.
   struct Drain {
     const cuda::Driver& driver;
@@ -293,21 +292,23 @@ std::optional<Status> ModelReaderImpl::LoadIntoCudaFromStore(std::span<const Ten
     }
   }
   if (options_.verify) {
-    std::vector<size_t> order(data.size());
-    for (size_t k = 0; k < order.size(); ++k) order[k] = k;
-    std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return data[x].size() > data[y].size(); });
-    std::vector<Status> verdicts(data.size());
     // A value this model checked before, still the same stored value
     // (memory:// values never change), is not hashed again.
     ModelMemory& memory = *model_.memory_;
-    ParallelFor(order.size(), CopyThreads(), [&](size_t n) {
-      const size_t k = order[n];
-      const uint64_t checksum = tensors_[item_of[k]].checksum;
-      if (memory.CheckedBefore(keys[k], *views[k], data[k], checksum)) return;
-      verdicts[k] = CheckChecksum(item_of[k], data[k]);
-      if (verdicts[k].ok()) memory.RememberChecked(keys[k], *views[k], data[k], checksum);
-    });
-    for (const Status& s : verdicts) MC_RETURN_IF_ERROR(s);
+    std::vector<size_t> fresh, fresh_items;
+    std::vector<ConstBytes> fresh_data;
+    for (size_t k = 0; k < data.size(); ++k) {
+      if (memory.CheckedBefore(keys[k], *views[k], data[k], tensors_[item_of[k]].checksum)) continue;
+      fresh.push_back(k);
+      fresh_items.push_back(item_of[k]);
+      fresh_data.push_back(data[k]);
+    }
+    std::vector<Status> verdicts = CheckChecksums(fresh_items, fresh_data, CopyThreads());
+    for (size_t n = 0; n < fresh.size(); ++n) {
+      MC_RETURN_IF_ERROR(verdicts[n]);
+      const size_t k = fresh[n];
+      memory.RememberChecked(keys[k], *views[k], data[k], tensors_[item_of[k]].checksum);
+    }
   }
   MC_RETURN_IF_ERROR(driver.Synchronize(stream));
   for (const std::vector<size_t>& batch : plan.batches) {

@@ -38,6 +38,12 @@ class ModelReaderImpl {
   // DataLoss unless `data` (what was read for tensors_[item]) has the
   // manifest's checksum.
   Status CheckChecksum(size_t item, ConstBytes data) const;
+  // Verdicts of CheckChecksum on tensors `items`, whose bytes are `data`,
+  // computed on `threads` threads a piece of their checksums each (manifest
+  // format 4: one large tensor is hashed on several), the largest first.
+  std::vector<Status> CheckChecksums(std::span<const size_t> items, std::span<const ConstBytes> data,
+                                     size_t threads) const;
+  Status ChecksumMismatch(size_t item) const;
   std::string Describe(size_t item) const;  // "tensor 'name' (rank R of model 'M')"
   // A tensor without a manifest entry: read whole and decoded.
   Result<Tensor> ReadUnknown(size_t index);
@@ -99,6 +105,7 @@ class ModelReaderImpl {
   bool has_manifest_ = false;
   int format_version_ = 0;  // of the manifest; its values' headers depend on it
   uint64_t save_id_ = 0;    // of the manifest part read
+  uint64_t checksum_piece_ = 0;  // of the manifest part read: tensors' checksums are Xxh3Pieces
   // Replaces DataLoss in `results` by Aborted ("the model changed during the
   // load") when the manifest part is no longer the one this reader read: a
   // value that is not what it listed is then another save's, not damage.

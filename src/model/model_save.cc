@@ -96,6 +96,8 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   part.rank = rank;
   part.world_size = options.world_size;
   part.layout = options.layout;
+  part.checksum_piece = rank ? kTensorChecksumPiece : 0;
+  const uint64_t piece = part.checksum_piece;
   MC_RETURN_IF_ERROR(CheckSaveTarget(rank, options));
   // Progress counts the tensors' (files') bytes, not their value headers.
   uint64_t total = 0;
@@ -117,11 +119,11 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       if (it.hashed || it.alias) return;
       it.hashed = true;
       if (!store.RecordsValueChecksum(it.value_size())) {
-        it.tensor.checksum = Xxh3(it.data);
+        it.tensor.checksum = Xxh3Pieces(it.data, piece);
         return;
       }
       constexpr size_t kBlock = 256 << 10;
-      Xxh3Stream data, value;
+      Xxh3Stream data(piece), value;
       value.Update(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size()));
       for (size_t at = 0; at < it.data.size(); at += kBlock) {
         ConstBytes block = it.data.subspan(at, std::min(kBlock, it.data.size() - at));
@@ -136,7 +138,9 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   std::vector<size_t> candidates;
   std::vector<uint64_t> candidate_save_ids;  // the save that wrote each candidate's stored value
   // Values of an older format version have other headers: written again.
-  if (old.ok() && old->has_value() && (*old)->format_version == kManifestFormatVersion) {
+  // Nor are tensors whose checksums were taken in other pieces.
+  if (old.ok() && old->has_value() && (*old)->format_version == kManifestFormatVersion &&
+      (*old)->checksum_piece == piece) {
     const ManifestPart& was = **old;
     std::map<std::string_view, size_t> tensors, files;
     for (size_t i = 0; i < was.tensors.size(); ++i) tensors.emplace(was.tensors[i].name, i);

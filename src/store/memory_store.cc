@@ -43,16 +43,26 @@ class MemoryStore final : public Store {
   std::vector<Result<uint64_t>> BatchGetInto(std::span<const GetIntoRequest> requests) override {
     // Large batches are copied on a few threads (CopyThreads): one core's
     // memcpy does not saturate memory bandwidth. A value whose bytes are
-    // hashed on the way is one piece (its hash runs in order); the others are
-    // cut into pieces, so that even one large value is copied in parallel.
+    // hashed on the way is cut where the pieces of its hash begin
+    // (data_xxh3_piece), each piece's hash taken on the thread that copies
+    // it, or is one piece (a hash of all its bytes runs in order); the others
+    // are cut into pieces, so that even one large value is copied in
+    // parallel.
     std::vector<Result<uint64_t>> out;
     out.reserve(requests.size());
+    constexpr size_t kNoDigest = SIZE_MAX;
     struct Piece {
       size_t request;
       uint64_t offset, size;
+      size_t digest = kNoDigest;  // where a hashed piece's digest goes
+    };
+    struct Hashed {
+      size_t request, first, count;  // its digests
     };
     std::vector<std::shared_ptr<const Buffer>> values(requests.size());
     std::vector<Piece> pieces;
+    std::vector<Hashed> hashed;
+    size_t digest_count = 0;
     uint64_t bytes = 0;
     for (size_t i = 0; i < requests.size(); ++i) {
       Result<std::shared_ptr<const Buffer>> value = Find(requests[i].key);
@@ -69,21 +79,42 @@ class MemoryStore final : public Store {
       const uint64_t lo = r.partial ? r.offset : 0;
       const uint64_t hi = r.partial ? r.offset + r.head.size() + r.destination.size() : size;
       bytes += hi - lo;
-      uint64_t step = r.data_xxh3 != nullptr ? std::max<uint64_t>(hi - lo, 1) : kPieceBytes;
-      for (uint64_t at = lo; at < hi || at == lo; at += step) {
-        pieces.push_back({i, at, std::min(step, hi - at)});
-        if (hi == lo) break;
+      if (r.data_xxh3 != nullptr && (r.partial || r.data_xxh3_piece == 0)) {
+        pieces.push_back({i, lo, hi - lo});
+      } else if (r.data_xxh3 != nullptr) {
+        // Piece k of the hash: the value's bytes head + [k, k + 1) x piece
+        // (the first task copies the head too).
+        const uint64_t head = r.head.size(), piece = r.data_xxh3_piece;
+        const uint64_t count = std::max<uint64_t>(1, (size - head + piece - 1) / piece);
+        hashed.push_back({i, digest_count, static_cast<size_t>(count)});
+        for (uint64_t k = 0; k < count; ++k) {
+          const uint64_t from = k == 0 ? 0 : head + k * piece;
+          pieces.push_back({i, from, std::min(size, head + (k + 1) * piece) - from, digest_count++});
+        }
+      } else {
+        for (uint64_t at = lo; at < hi || at == lo; at += kPieceBytes) {
+          pieces.push_back({i, at, std::min(kPieceBytes, hi - at)});
+          if (hi == lo) break;
+        }
       }
     }
+    std::vector<uint64_t> digests(digest_count);
     ParallelFor(pieces.size(), bytes >= kParallelBytes ? CopyThreads() : 1, [&](size_t k) {
       const Piece& p = pieces[k];
       const GetIntoRequest& r = requests[p.request];
-      if (r.data_xxh3 != nullptr) {
+      if (p.digest != kNoDigest) {
+        Xxh3Stream data;
+        DeliverAt(r, p.offset, values[p.request]->bytes().subspan(p.offset, p.size), &data);
+        digests[p.digest] = data.Digest();
+      } else if (r.data_xxh3 != nullptr) {
         Deliver(r, values[p.request]->bytes());
       } else if (p.size > 0) {
         r.CopyAt(p.offset, values[p.request]->bytes().subspan(p.offset, p.size));
       }
     });
+    for (const Hashed& h : hashed) {
+      *requests[h.request].data_xxh3 = Xxh3OfDigests(std::span(digests).subspan(h.first, h.count));
+    }
     return out;
   }
 

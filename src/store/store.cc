@@ -157,13 +157,13 @@ void Deliver(const GetIntoRequest& r, ConstBytes value) {
     r.CopyAt(0, value);
     return;
   }
-  Xxh3Stream data;
+  Xxh3Stream data(r.data_xxh3_piece);
   DeliverAt(r, 0, value, &data);
   *r.data_xxh3 = data.Digest();
 }
 
 void HashDelivered(const GetIntoRequest& r, uint64_t n) {
-  if (r.data_xxh3 != nullptr) *r.data_xxh3 = Xxh3(r.destination.first(static_cast<size_t>(n)));
+  if (r.data_xxh3 != nullptr) *r.data_xxh3 = Xxh3Pieces(r.destination.first(static_cast<size_t>(n)), r.data_xxh3_piece);
 }
 
 Result<Buffer> Store::Get(std::string_view key) {

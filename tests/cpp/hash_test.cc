@@ -55,5 +55,43 @@ TEST(Xxh3, StreamOfPiecesIsTheHashOfTheWhole) {
   }
 }
 
+// Manifest format 4's checksum, computed here from xxhash alone: the bytes'
+// XXH3 up to one piece, else the XXH3 of the pieces' XXH3s, 8 bytes LE each.
+uint64_t PiecesByHand(const uint8_t* data, size_t size, size_t piece) {
+  if (size <= piece) return XXH3_64bits(data, size);
+  std::vector<uint8_t> digests;
+  for (size_t at = 0; at < size; at += piece) {
+    const uint64_t d = XXH3_64bits(data + at, std::min(piece, size - at));
+    for (int i = 0; i < 8; ++i) digests.push_back(static_cast<uint8_t>(d >> (8 * i)));
+  }
+  return XXH3_64bits(digests.data(), digests.size());
+}
+
+TEST(Xxh3, PiecesAreTheHashOfThePiecesHashes) {
+  const size_t piece = 64 << 10;
+  const auto bytes = Pattern(3 * piece + 5);
+  for (size_t size : {size_t{0}, size_t{1}, piece - 1, piece, piece + 1, 2 * piece, 2 * piece + 1, 3 * piece + 5}) {
+    const ConstBytes some(reinterpret_cast<const std::byte*>(bytes.data()), size);
+    const uint64_t expected = PiecesByHand(bytes.data(), size, piece);
+    EXPECT_EQ(Xxh3Pieces(some, piece), expected) << size;
+    if (size <= piece) EXPECT_EQ(expected, XXH3_64bits(bytes.data(), size)) << size;
+    if (size > piece) EXPECT_NE(expected, XXH3_64bits(bytes.data(), size)) << size;
+    EXPECT_EQ(Xxh3Pieces(some, 0), XXH3_64bits(bytes.data(), size)) << size;
+    // Fed in blocks that do and do not line up with the pieces.
+    for (size_t block : {size_t{1000}, piece / 2, piece, piece + 3, size_t{1} << 20}) {
+      Xxh3Stream stream(piece);
+      for (size_t at = 0; at < size; at += block) stream.Update(some.subspan(at, std::min(block, size - at)));
+      EXPECT_EQ(stream.Digest(), expected) << size << " in blocks of " << block;
+    }
+    // From the pieces' digests, as a reader hashing pieces on several threads.
+    std::vector<uint64_t> digests;
+    for (size_t at = 0; at < size || at == 0; at += piece) {
+      digests.push_back(Xxh3(some.subspan(at, std::min(piece, size - at))));
+      if (size == 0) break;
+    }
+    EXPECT_EQ(Xxh3OfDigests(digests), expected) << size;
+  }
+}
+
 }  // namespace
 }  // namespace mooncake_connector

@@ -40,6 +40,7 @@ ManifestPart SampleFilesPart() {
   p.state = SaveState::kSaving;
   p.world_size = 1;
   p.files = {{"config.json", 120, 0xaabbccddeeff0011ULL}, {"sub/tokenizer.model", 0, 7}};
+  p.checksum_piece = 0;  // files' checksums are of all their bytes
   return p;
 }
 
@@ -50,6 +51,7 @@ void ExpectSamePart(const ManifestPart& a, const ManifestPart& b) {
   EXPECT_EQ(a.state, b.state);
   EXPECT_EQ(a.rank, b.rank);
   EXPECT_EQ(a.world_size, b.world_size);
+  EXPECT_EQ(a.checksum_piece, b.checksum_piece);
   ASSERT_EQ(a.tensors.size(), b.tensors.size());
   for (size_t i = 0; i < a.tensors.size(); ++i) {
     EXPECT_EQ(a.tensors[i].name, b.tensors[i].name);
@@ -299,10 +301,10 @@ TEST(PlanShares, AnAliasReadsItsTargetInItsBatchOnce) {
 
 TEST(ModelManifest, NewerFormatVersionIsUnimplemented) {
   std::string text = Manifest("\"world_size\": 1, \"files\": []", "complete",
-                              "mooncake-connector-model-manifest", 4);
+                              "mooncake-connector-model-manifest", 5);
   Status s = ParseManifest(text).status();
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented) << s;
-  EXPECT_TRUE(Contains(s.message(), "version 4")) << s;
+  EXPECT_TRUE(Contains(s.message(), "version 5")) << s;
   // Version 3 names the save.
   EXPECT_TRUE(Contains(ParseManifest(Manifest("\"world_size\": 1, \"files\": []", "complete",
                                               "mooncake-connector-model-manifest", 3))

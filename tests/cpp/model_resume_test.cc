@@ -3,6 +3,7 @@
 // model_test.cc.
 #include <gtest/gtest.h>
 
+#include "core/hash_internal.h"
 #include "mooncake_connector/connector.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/value_format.h"
@@ -150,6 +151,96 @@ void PutAsSaved(Connector& c, Model& m, const std::string& name, const TensorVie
   EncodedTensor e = *EncodeTensor(t, m.ValueMetadata(0, save_id));
   auto parts = e.parts();
   ASSERT_TRUE(c.store().Put(m.TensorKey(0, name), parts).ok());
+}
+
+TEST(Model, ATensorLargerThanAChecksumPieceIsCheckedPieceByPiece) {
+  // Manifest format 4: a tensor of 2.5 pieces has the checksum of its pieces'
+  // checksums (memory:// hashes the pieces on several threads while it
+  // copies them); a bit flipped in its second piece is caught by every kind
+  // of load and by Verify.
+  const std::string url = UniqueUrl();
+  auto c = Open(url);
+  Model m = *Model::Open(*c);
+  const int64_t rows = static_cast<int64_t>(kTensorChecksumPiece * 5 / 2 / 4096);
+  Tensor big = Filled(DType::kF32, {rows, 1024}, 3);
+  Tensor small = Filled(DType::kBF16, {3, 5}, 4);
+  std::vector<NamedTensorView> views = {{"big", big.view()}, {"small", small.view()}};
+  ASSERT_TRUE(m.SaveStateDict(0, views).ok());
+  ManifestPart part = **m.ReadManifest(0);
+  EXPECT_EQ(part.format_version, 4);
+  EXPECT_EQ(part.checksum_piece, kTensorChecksumPiece);
+  const ConstBytes all(big.data(), big.nbytes());
+  EXPECT_EQ(part.tensors[0].checksum, Xxh3Pieces(all, kTensorChecksumPiece));
+  EXPECT_NE(part.tensors[0].checksum, Xxh3(all));
+  EXPECT_EQ(part.tensors[1].checksum, Xxh3(ConstBytes(small.data(), small.nbytes())));
+
+  auto load_into = [&](Model& model) -> Status {
+    Tensor a = *Tensor::Allocate(DType::kF32, big.shape()), b = *Tensor::Allocate(DType::kBF16, small.shape());
+    std::vector<TensorDestination> to = {{"big", DType::kF32, big.shape(), MutableBytes(a.data(), a.nbytes())},
+                                         {"small", DType::kBF16, small.shape(), MutableBytes(b.data(), b.nbytes())}};
+    Result<std::vector<std::string>> missing = (*model.OpenReader(0))->LoadInto(to);
+    if (!missing.ok()) return missing.status();
+    EXPECT_TRUE(missing->empty());
+    EXPECT_TRUE(SameTensor(a, big.view()));
+    EXPECT_TRUE(SameTensor(b, small.view()));
+    return Status::Ok();
+  };
+  std::vector<NamedTensor> got = ReadAll(**m.OpenReader(0));
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_TRUE(SameTensor(got[0].tensor, big.view()));
+  EXPECT_TRUE(load_into(m).ok());
+  EXPECT_TRUE(m.Verify()->problems.empty());
+  // Saved again unchanged: nothing written (the checksums compared are the pieces').
+  SaveOptions again;
+  uint64_t written = 0;
+  again.written_bytes = &written;
+  ASSERT_TRUE(m.SaveStateDict(0, views, again).ok());
+  EXPECT_EQ(written, 0u);
+  EXPECT_EQ((*m.ReadManifest(0))->tensors[0].save_id, part.tensors[0].save_id);
+
+  Tensor bad = *Tensor::Copy(big.view());
+  bad.data()[kTensorChecksumPiece + 12345] ^= std::byte{0x04};
+  PutAsSaved(*c, m, "big", bad.view());
+  EXPECT_STATUS(DrainError(**m.OpenReader(0)), kDataLoss, "checksum mismatch in tensor 'big'");
+  auto fresh = Open(url);  // a connector that has checked nothing yet
+  Model other = *Model::Open(*fresh);
+  EXPECT_STATUS(load_into(other), kDataLoss, "checksum mismatch in tensor 'big'");
+  Result<VerifyReport> report = m.Verify();
+  ASSERT_TRUE(report.ok()) << report.status();
+  ASSERT_EQ(report->problems.size(), 1u);
+  EXPECT_TRUE(Contains(report->problems[0], "'big'")) << report->problems[0];
+}
+
+TEST(Model, ModelsOfManifestFormatVersion3StillLoadAndAreRewrittenOnResave) {
+  // Version 3 checksums are of a tensor's bytes at once, whatever its size.
+  const std::string url = UniqueUrl();
+  auto c = Open(url);
+  Model m = *Model::Open(*c);
+  const int64_t rows = static_cast<int64_t>(kTensorChecksumPiece * 3 / 2 / 4096);
+  Tensor big = Filled(DType::kF32, {rows, 1024}, 5);
+  std::vector<NamedTensorView> views = {{"big", big.view()}};
+  ASSERT_TRUE(m.SaveStateDict(0, views).ok());
+  ManifestPart part = **m.ReadManifest(0);
+  part.format_version = 3;
+  part.checksum_piece = 0;
+  part.tensors[0].checksum = Xxh3(ConstBytes(big.data(), big.nbytes()));
+  const std::string v3 = EncodeManifest(part);
+  EXPECT_FALSE(Contains(v3, "xxh3_piece")) << v3;
+  ASSERT_TRUE(c->store().Put(m.ManifestKey(0), ConstBytes(reinterpret_cast<const std::byte*>(v3.data()), v3.size()))
+                  .ok());
+  auto fresh = Open(url);
+  Model other = *Model::Open(*fresh);
+  std::vector<NamedTensor> got = ReadAll(**other.OpenReader(0));
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_TRUE(SameTensor(got[0].tensor, big.view()));
+  EXPECT_TRUE(other.Verify()->problems.empty());
+  // Saved again: written anew as version 4.
+  ASSERT_TRUE(other.SaveStateDict(0, views).ok());
+  ManifestPart now = **other.ReadManifest(0);
+  EXPECT_EQ(now.format_version, kManifestFormatVersion);
+  EXPECT_NE(now.tensors[0].save_id, part.tensors[0].save_id);
+  EXPECT_EQ(now.tensors[0].checksum, Xxh3Pieces(ConstBytes(big.data(), big.nbytes()), kTensorChecksumPiece));
+  EXPECT_EQ(ReadAll(**other.OpenReader(0)).size(), 1u);
 }
 
 TEST(Model, CorruptedAndMissingValuesAreDataLoss) {

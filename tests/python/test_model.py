@@ -74,7 +74,8 @@ def test_keys_are_sglangs_layout_and_tensors_are_ordinary_values(model, store_ur
     assert manifest["tensors"][0] | {"xxh3": None} == {
         "name": "a.weight", "dtype": "BF16", "shape": [4, 4], "nbytes": 32, "xxh3": None,
         "save": manifest["save"]}
-    assert len(manifest["save"]) == 16 and manifest["format_version"] == 3
+    assert len(manifest["save"]) == 16 and manifest["format_version"] == 4
+    assert manifest["xxh3_piece"] == 16 << 20
     assert manifest["tool"].startswith("mooncake-connector ")
     # Rank 0 of a world of 2 is missing: the model is not complete.
     info = model.inspect_model()

@@ -31,7 +31,8 @@ Status ObjectResult(const MooncakeClient& client, const ValueRead& v, const Obje
 
 void TakeObject(ValueRead& v, const ObjectRead& o, const std::byte* from) {
   const GetIntoRequest& r = *v.request;
-  Xxh3Stream* data = r.data_xxh3 != nullptr ? &v.data_hash : nullptr;
+  if (r.data_xxh3 != nullptr && !v.data_hash) v.data_hash.emplace(r.data_xxh3_piece);
+  Xxh3Stream* data = r.data_xxh3 != nullptr ? &*v.data_hash : nullptr;
   Xxh3Stream* value = v.check_whole ? &v.value_hash : nullptr;
   if (from != nullptr) {
     DeliverAt(r, o.offset, ConstBytes(from, o.size), data, value);
@@ -45,7 +46,7 @@ void FinishValue(ValueRead& v) {
     v.status = DataLoss("checksum mismatch in the " + std::to_string(v.header->total_size) + "-byte value of '" +
                         std::string(v.request->key) + "' (corrupted or mixed chunks)");
   }
-  if (v.status.ok() && v.request->data_xxh3 != nullptr) *v.request->data_xxh3 = v.data_hash.Digest();
+  if (v.status.ok() && v.request->data_xxh3 != nullptr) *v.request->data_xxh3 = v.data_hash ? v.data_hash->Digest() : Xxh3({});
   v.done = true;
 }
 
