@@ -153,6 +153,11 @@ void PutAsSaved(Connector& c, Model& m, const std::string& name, const TensorVie
   ASSERT_TRUE(c.store().Put(m.TensorKey(0, name), parts).ok());
 }
 
+// An F32 tensor of `halves` / 2 checksum pieces (manifest format 4).
+Tensor PiecesLong(int halves, int seed) {
+  return Filled(DType::kF32, {static_cast<int64_t>(kTensorChecksumPiece * halves / 2 / 4096), 1024}, seed);
+}
+
 TEST(Model, ATensorLargerThanAChecksumPieceIsCheckedPieceByPiece) {
   // Manifest format 4: a tensor of 2.5 pieces has the checksum of its pieces'
   // checksums (memory:// hashes the pieces on several threads while it
@@ -161,8 +166,7 @@ TEST(Model, ATensorLargerThanAChecksumPieceIsCheckedPieceByPiece) {
   const std::string url = UniqueUrl();
   auto c = Open(url);
   Model m = *Model::Open(*c);
-  const int64_t rows = static_cast<int64_t>(kTensorChecksumPiece * 5 / 2 / 4096);
-  Tensor big = Filled(DType::kF32, {rows, 1024}, 3);
+  Tensor big = PiecesLong(5, 3);
   Tensor small = Filled(DType::kBF16, {3, 5}, 4);
   std::vector<NamedTensorView> views = {{"big", big.view()}, {"small", small.view()}};
   ASSERT_TRUE(m.SaveStateDict(0, views).ok());
@@ -216,8 +220,7 @@ TEST(Model, ModelsOfManifestFormatVersion3StillLoadAndAreRewrittenOnResave) {
   const std::string url = UniqueUrl();
   auto c = Open(url);
   Model m = *Model::Open(*c);
-  const int64_t rows = static_cast<int64_t>(kTensorChecksumPiece * 3 / 2 / 4096);
-  Tensor big = Filled(DType::kF32, {rows, 1024}, 5);
+  Tensor big = PiecesLong(3, 5);
   std::vector<NamedTensorView> views = {{"big", big.view()}};
   ASSERT_TRUE(m.SaveStateDict(0, views).ok());
   ManifestPart part = **m.ReadManifest(0);
