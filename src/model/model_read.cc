@@ -119,11 +119,6 @@ Status ModelReaderImpl::ChecksumMismatch(size_t item) const {
   return DataLoss("checksum mismatch in " + Describe(item) + ": the stored bytes are corrupted");
 }
 
-Status ModelReaderImpl::CheckChecksum(size_t item, ConstBytes data) const {
-  if (Xxh3Pieces(data, checksum_piece_) == tensors_[item].checksum) return Status::Ok();
-  return ChecksumMismatch(item);
-}
-
 std::vector<Status> ModelReaderImpl::CheckChecksums(std::span<const size_t> items, std::span<const ConstBytes> data,
                                                     size_t threads) const {
   struct Task {

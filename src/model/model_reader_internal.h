@@ -35,12 +35,10 @@ class ModelReaderImpl {
   // one status per item.
   std::vector<Status> ReadBatch(std::span<const size_t> items, std::span<const MutableBytes> targets,
                                 bool checksums);
-  // DataLoss unless `data` (what was read for tensors_[item]) has the
-  // manifest's checksum.
-  Status CheckChecksum(size_t item, ConstBytes data) const;
-  // Verdicts of CheckChecksum on tensors `items`, whose bytes are `data`,
-  // computed on `threads` threads a piece of their checksums each (manifest
-  // format 4: one large tensor is hashed on several), the largest first.
+  // For each of tensors `items`: DataLoss (ChecksumMismatch) unless its bytes
+  // in `data` (what was read for it) have the manifest's checksum; computed
+  // on `threads` threads a piece of the checksums each (manifest format 4:
+  // one large tensor is hashed on several), the largest tensors first.
   std::vector<Status> CheckChecksums(std::span<const size_t> items, std::span<const ConstBytes> data,
                                      size_t threads) const;
   Status ChecksumMismatch(size_t item) const;
