@@ -113,15 +113,44 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   // each block from cache; the value's only where the store records one
   // (mooncake://: values larger than a chunk), elsewhere it would be a
   // second pass for nothing.
+  // A tensor whose value has no checksum of the store's is hashed in the
+  // pieces of its checksum (a task each), so that one large tensor does not
+  // hold the rest up.
   auto hash = [&](std::span<const size_t> which, size_t threads) {
-    ParallelFor(which.size(), threads, [&](size_t k) {
-      SaveItem& it = items[which[k]];
-      if (it.hashed || it.alias) return;
+    struct Piece {
+      size_t item;
+      uint64_t offset, size;
+    };
+    std::vector<size_t> with_value;   // hashed in one pass with their value's checksum
+    std::vector<Piece> pieces;        // of the others, each tensor's in order
+    std::vector<size_t> first_piece;  // per entry of `which` hashed in pieces, then the end
+    std::vector<size_t> in_pieces;
+    for (size_t i : which) {
+      SaveItem& it = items[i];
+      if (it.hashed || it.alias) continue;
       it.hashed = true;
-      if (!store.RecordsValueChecksum(it.value_size())) {
-        it.tensor.checksum = Xxh3Pieces(it.data, piece);
+      if (store.RecordsValueChecksum(it.value_size())) {
+        with_value.push_back(i);
+        continue;
+      }
+      in_pieces.push_back(i);
+      first_piece.push_back(pieces.size());
+      const uint64_t size = it.data.size(), step = piece == 0 ? std::max<uint64_t>(size, 1) : piece;
+      for (uint64_t at = 0; at < size || at == 0; at += step) {
+        pieces.push_back({i, at, std::min(step, size - at)});
+        if (size == 0) break;
+      }
+    }
+    first_piece.push_back(pieces.size());
+    std::vector<uint64_t> digests(pieces.size());
+    ParallelFor(with_value.size() + pieces.size(), threads, [&](size_t n) {
+      if (n >= with_value.size()) {
+        const Piece& p = pieces[n - with_value.size()];
+        digests[n - with_value.size()] =
+            Xxh3(items[p.item].data.subspan(static_cast<size_t>(p.offset), static_cast<size_t>(p.size)));
         return;
       }
+      SaveItem& it = items[with_value[n]];
       constexpr size_t kBlock = 256 << 10;
       Xxh3Stream data(piece), value;
       value.Update(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size()));
@@ -133,6 +162,10 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       it.tensor.checksum = data.Digest();
       it.value_xxh3 = value.Digest();
     });
+    for (size_t k = 0; k < in_pieces.size(); ++k) {
+      items[in_pieces[k]].tensor.checksum =
+          Xxh3OfDigests(std::span(digests).subspan(first_piece[k], first_piece[k + 1] - first_piece[k]));
+    }
   };
 
   std::vector<size_t> candidates;
