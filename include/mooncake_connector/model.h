@@ -38,10 +38,11 @@ namespace mooncake_connector {
 // Version 4: a rank part records "xxh3_piece", and a tensor longer than that
 // has as checksum the XXH3-64 of its pieces' XXH3-64s (so that one large
 // tensor is hashed on several threads); version 3 and before (still read):
-// the XXH3-64 of all its bytes. Version 3: every save has an id, recorded in its parts and, with
-// kSaveMarker, in the "__metadata__" of every tensor value it writes; each
-// tensor entry names the save that wrote its value. Version 2 (still read):
-// values carry kManifestMarker only. Version 1 (still read): neither.
+// the XXH3-64 of all its bytes. Version 3: every save has an id, recorded in
+// its parts and, with kSaveMarker, in the "__metadata__" of every tensor
+// value it writes; each tensor entry names the save that wrote its value.
+// Version 2 (still read): values carry kManifestMarker only. Version 1 (still
+// read): neither.
 inline constexpr int kManifestFormatVersion = 4;
 // The piece size of tensors' checksums that saves record (version 4).
 inline constexpr uint64_t kTensorChecksumPiece = uint64_t{16} << 20;

@@ -2,7 +2,6 @@
 #include <xxhash.h>
 
 #include <algorithm>
-#include <vector>
 
 #include "core/hash_internal.h"
 
@@ -68,14 +67,31 @@ uint64_t Xxh3OfDigests(std::span<const uint64_t> digests) {
   return XXH3_64bits_digest(&state);
 }
 
+size_t Xxh3PieceTasks::Add(ConstBytes bytes) {
+  const size_t step = piece_ == 0 ? std::max<size_t>(bytes.size(), 1) : static_cast<size_t>(piece_);
+  size_t at = 0;
+  do {
+    const size_t n = std::min(step, bytes.size() - at);
+    tasks_.push_back({bytes.data() + at, n});
+    at += n;
+  } while (at < bytes.size());
+  digests_.resize(tasks_.size());
+  first_task_.push_back(tasks_.size());
+  return first_task_.size() - 2;
+}
+
+void Xxh3PieceTasks::Hash(size_t task) { digests_[task] = Xxh3({tasks_[task].data, tasks_[task].size}); }
+
+uint64_t Xxh3PieceTasks::Digest(size_t range) const {
+  return Xxh3OfDigests(std::span(digests_).subspan(first_task_[range], first_task_[range + 1] - first_task_[range]));
+}
+
 uint64_t Xxh3Pieces(ConstBytes bytes, uint64_t piece) {
   if (piece == 0 || bytes.size() <= piece) return Xxh3(bytes);
-  std::vector<uint64_t> digests;
-  digests.reserve(static_cast<size_t>((bytes.size() + piece - 1) / piece));
-  for (uint64_t at = 0; at < bytes.size(); at += piece) {
-    digests.push_back(Xxh3(bytes.subspan(static_cast<size_t>(at), static_cast<size_t>(std::min<uint64_t>(piece, bytes.size() - at)))));
-  }
-  return Xxh3OfDigests(digests);
+  Xxh3PieceTasks pieces(piece);
+  pieces.Add(bytes);
+  for (size_t t = 0; t < pieces.tasks(); ++t) pieces.Hash(t);
+  return pieces.Digest(0);
 }
 
 Xxh3Stream::Xxh3Stream(uint64_t piece) : state_(std::make_unique<State>()) {

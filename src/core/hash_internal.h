@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 
 #include "mooncake_connector/buffer.h"
 
@@ -22,6 +23,29 @@ uint64_t Xxh3Pieces(ConstBytes bytes, uint64_t piece);
 // The checksum from the pieces' digests, in order (a single piece's digest
 // stands for itself).
 uint64_t Xxh3OfDigests(std::span<const uint64_t> digests);
+
+// The checksums (Xxh3Pieces) of several byte ranges as tasks, one per piece,
+// that any threads may run: Add every range (the tasks of a range added
+// earlier come first), run Hash(task) for each task in [0, tasks()), then
+// take Digest(range).
+class Xxh3PieceTasks {
+ public:
+  explicit Xxh3PieceTasks(uint64_t piece) : piece_(piece) {}
+  size_t Add(ConstBytes bytes);  // returns the range's index
+  size_t tasks() const { return tasks_.size(); }
+  void Hash(size_t task);
+  uint64_t Digest(size_t range) const;
+
+ private:
+  struct Task {
+    const std::byte* data;
+    size_t size;
+  };
+  uint64_t piece_;
+  std::vector<Task> tasks_;
+  std::vector<uint64_t> digests_;      // per task, once hashed
+  std::vector<size_t> first_task_{0};  // per range, then the end
+};
 
 // Which build of XXH3 this CPU runs: "avx512", "avx2" or "sse2".
 const char* Xxh3Build();

@@ -283,8 +283,7 @@ std::vector<bool> Model::StoredAsBefore(std::optional<int> rank, std::span<const
       requests[j] = GetIntoRequest{it.key, MutableBytes(scratch.get() + at, it.data.size()),
                                    MutableBytes(reinterpret_cast<std::byte*>(heads[j].data()), heads[j].size()),
                                    &hashes[j], /*exact=*/true};
-      // Candidates' checksums are this save's: a rank's in its pieces.
-      requests[j].data_xxh3_piece = rank ? kTensorChecksumPiece : 0;
+      requests[j].data_xxh3_piece = SavedChecksumPiece(rank);  // candidates' checksums are this save's
       at += it.data.size();
     }
     std::vector<Result<uint64_t>> got = connector_->store().BatchGetInto(requests);

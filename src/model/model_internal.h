@@ -29,6 +29,10 @@ struct Model::SaveItem {
   uint64_t value_size() const { return header.size() + data.size(); }
 };
 
+// The piece size of the checksums a save records: a rank's tensors'
+// (kTensorChecksumPiece); the files part's are whole (0).
+inline uint64_t SavedChecksumPiece(std::optional<int> rank) { return rank ? kTensorChecksumPiece : 0; }
+
 // 16 lowercase hex digits (checksums and save ids in manifests and values).
 std::string Hex64(uint64_t v);
 

@@ -121,37 +121,16 @@ Status ModelReaderImpl::ChecksumMismatch(size_t item) const {
 
 std::vector<Status> ModelReaderImpl::CheckChecksums(std::span<const size_t> items, std::span<const ConstBytes> data,
                                                     size_t threads) const {
-  struct Task {
-    size_t tensor;       // index into items/data
-    uint64_t offset, size;
-    size_t digest;
-  };
   std::vector<size_t> order(items.size());
   for (size_t k = 0; k < order.size(); ++k) order[k] = k;
   std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) { return data[x].size() > data[y].size(); });
-  std::vector<Task> tasks;
-  std::vector<std::pair<size_t, size_t>> digests_of(items.size());  // first, count
-  for (size_t k : order) {
-    const uint64_t size = data[k].size();
-    const uint64_t piece = checksum_piece_ == 0 ? std::max<uint64_t>(size, 1) : checksum_piece_;
-    digests_of[k].first = tasks.size();
-    for (uint64_t at = 0; at < size || at == 0; at += piece) {
-      tasks.push_back({k, at, std::min(piece, size - at), tasks.size()});
-      if (size == 0) break;
-    }
-    digests_of[k].second = tasks.size() - digests_of[k].first;
-  }
-  std::vector<uint64_t> digests(tasks.size());
-  ParallelFor(tasks.size(), threads, [&](size_t n) {
-    const Task& t = tasks[n];
-    digests[t.digest] = Xxh3(data[t.tensor].subspan(static_cast<size_t>(t.offset), static_cast<size_t>(t.size)));
-  });
+  Xxh3PieceTasks pieces(checksum_piece_);
+  std::vector<size_t> range(items.size());
+  for (size_t k : order) range[k] = pieces.Add(data[k]);
+  ParallelFor(pieces.tasks(), threads, [&](size_t n) { pieces.Hash(n); });
   std::vector<Status> out(items.size());
   for (size_t k = 0; k < items.size(); ++k) {
-    const auto [first, count] = digests_of[k];
-    if (Xxh3OfDigests(std::span(digests).subspan(first, count)) != tensors_[items[k]].checksum) {
-      out[k] = ChecksumMismatch(items[k]);
-    }
+    if (pieces.Digest(range[k]) != tensors_[items[k]].checksum) out[k] = ChecksumMismatch(items[k]);
   }
   return out;
 }

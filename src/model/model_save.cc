@@ -96,7 +96,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   part.rank = rank;
   part.world_size = options.world_size;
   part.layout = options.layout;
-  part.checksum_piece = rank ? kTensorChecksumPiece : 0;
+  part.checksum_piece = SavedChecksumPiece(rank);
   const uint64_t piece = part.checksum_piece;
   MC_RETURN_IF_ERROR(CheckSaveTarget(rank, options));
   // Progress counts the tensors' (files') bytes, not their value headers.
@@ -117,39 +117,22 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   // pieces of its checksum (a task each), so that one large tensor does not
   // hold the rest up.
   auto hash = [&](std::span<const size_t> which, size_t threads) {
-    struct Piece {
-      size_t item;
-      uint64_t offset, size;
-    };
-    std::vector<size_t> with_value;   // hashed in one pass with their value's checksum
-    std::vector<Piece> pieces;        // of the others, each tensor's in order
-    std::vector<size_t> first_piece;  // per entry of `which` hashed in pieces, then the end
-    std::vector<size_t> in_pieces;
+    std::vector<size_t> with_value;  // hashed in one pass with their value's checksum
+    std::vector<size_t> in_pieces;   // the others, hashed by `pieces`
+    Xxh3PieceTasks pieces(piece);
     for (size_t i : which) {
       SaveItem& it = items[i];
       if (it.hashed || it.alias) continue;
       it.hashed = true;
       if (store.RecordsValueChecksum(it.value_size())) {
         with_value.push_back(i);
-        continue;
-      }
-      in_pieces.push_back(i);
-      first_piece.push_back(pieces.size());
-      const uint64_t size = it.data.size(), step = piece == 0 ? std::max<uint64_t>(size, 1) : piece;
-      for (uint64_t at = 0; at < size || at == 0; at += step) {
-        pieces.push_back({i, at, std::min(step, size - at)});
-        if (size == 0) break;
+      } else {
+        in_pieces.push_back(i);
+        pieces.Add(it.data);
       }
     }
-    first_piece.push_back(pieces.size());
-    std::vector<uint64_t> digests(pieces.size());
-    ParallelFor(with_value.size() + pieces.size(), threads, [&](size_t n) {
-      if (n >= with_value.size()) {
-        const Piece& p = pieces[n - with_value.size()];
-        digests[n - with_value.size()] =
-            Xxh3(items[p.item].data.subspan(static_cast<size_t>(p.offset), static_cast<size_t>(p.size)));
-        return;
-      }
+    ParallelFor(with_value.size() + pieces.tasks(), threads, [&](size_t n) {
+      if (n >= with_value.size()) return pieces.Hash(n - with_value.size());
       SaveItem& it = items[with_value[n]];
       constexpr size_t kBlock = 256 << 10;
       Xxh3Stream data(piece), value;
@@ -162,10 +145,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       it.tensor.checksum = data.Digest();
       it.value_xxh3 = value.Digest();
     });
-    for (size_t k = 0; k < in_pieces.size(); ++k) {
-      items[in_pieces[k]].tensor.checksum =
-          Xxh3OfDigests(std::span(digests).subspan(first_piece[k], first_piece[k + 1] - first_piece[k]));
-    }
+    for (size_t k = 0; k < in_pieces.size(); ++k) items[in_pieces[k]].tensor.checksum = pieces.Digest(k);
   };
 
   std::vector<size_t> candidates;
