@@ -60,6 +60,15 @@ struct PutRequest {
   // on the thread that called BatchPut; again if the value is written again
   // (after a failure), so it must return the same checksum each time.
   std::function<uint64_t()> value_xxh3_later = nullptr;
+  // What value_xxh3 (or value_xxh3_later's result) hashes: by default the
+  // whole value (Xxh3). Otherwise the value in pieces (Xxh3Stream(piece,
+  // head), docs/mooncake_layout.md, version 3): its first value_xxh3_head
+  // bytes, then pieces of StoreFeatures::chunk_bytes, which a caller that
+  // hashed a value's payload in pieces of that size can derive from their
+  // digests without a pass over the bytes. A store whose chunk_bytes is 0
+  // takes only the default.
+  static constexpr uint64_t kWholeValue = UINT64_MAX;
+  uint64_t value_xxh3_head = kWholeValue;
 };
 
 struct GetIntoRequest {
@@ -143,7 +152,9 @@ struct StoreFeatures {
   // A first write of a value of more than this many bytes stores a
   // checksum of the whole value, so that PutRequest::value_xxh3 spares the
   // store a pass over it (an overwrite may record one at any size, computing
-  // it itself when not given). UINT64_MAX: no checksum is stored.
+  // it itself when not given); in pieces of chunk_bytes after a head where
+  // chunk_bytes > 0 (PutRequest::value_xxh3_head). UINT64_MAX: no checksum
+  // is stored.
   uint64_t checksums_values_above = UINT64_MAX;
   // Values above this size are stored in objects of this many bytes
   // (mooncake://'s chunk_size); a reader plans pieces of at least this

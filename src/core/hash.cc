@@ -36,6 +36,7 @@ constexpr bool kAvx512 = false;
 struct Xxh3Stream::State {
   XXH3_state_t state;        // of the bytes (of the current piece)
   uint64_t piece = 0;        // 0: one stream of all the bytes
+  uint64_t head = 0;         // > 0: the first piece's length
   uint64_t in_piece = 0;     // bytes fed to `state` since its reset
   uint64_t pieces_done = 0;  // pieces finished and fed to `digests`
   XXH3_state_t digests;      // of the finished pieces' digests
@@ -82,9 +83,11 @@ size_t Xxh3PieceTasks::Add(ConstBytes bytes) {
 
 void Xxh3PieceTasks::Hash(size_t task) { digests_[task] = Xxh3({tasks_[task].data, tasks_[task].size}); }
 
-uint64_t Xxh3PieceTasks::Digest(size_t range) const {
-  return Xxh3OfDigests(std::span(digests_).subspan(first_task_[range], first_task_[range + 1] - first_task_[range]));
+std::span<const uint64_t> Xxh3PieceTasks::Digests(size_t range) const {
+  return std::span(digests_).subspan(first_task_[range], first_task_[range + 1] - first_task_[range]);
 }
+
+uint64_t Xxh3PieceTasks::Digest(size_t range) const { return Xxh3OfDigests(Digests(range)); }
 
 uint64_t Xxh3Pieces(ConstBytes bytes, uint64_t piece) {
   if (piece == 0 || bytes.size() <= piece) return Xxh3(bytes);
@@ -94,10 +97,11 @@ uint64_t Xxh3Pieces(ConstBytes bytes, uint64_t piece) {
   return pieces.Digest(0);
 }
 
-Xxh3Stream::Xxh3Stream(uint64_t piece) : state_(std::make_unique<State>()) {
+Xxh3Stream::Xxh3Stream(uint64_t piece, uint64_t head) : state_(std::make_unique<State>()) {
   XXH3_64bits_reset(&state_->state);
   XXH3_64bits_reset(&state_->digests);
   state_->piece = piece;
+  state_->head = head;
 }
 Xxh3Stream::~Xxh3Stream() = default;
 
@@ -113,17 +117,21 @@ void Feed(XXH3_state_t* state, ConstBytes bytes) {
 
 void Xxh3Stream::Update(ConstBytes bytes) {
   State& s = *state_;
-  if (s.piece == 0) return Feed(&s.state, bytes);
+  if (s.piece == 0 && (s.head == 0 || s.pieces_done > 0)) return Feed(&s.state, bytes);
   while (!bytes.empty()) {
+    // The length of the piece being fed: the head first (if any), then
+    // `piece` bytes each (piece 0: all the rest).
+    const uint64_t limit = s.pieces_done == 0 && s.head > 0 ? s.head : s.piece == 0 ? UINT64_MAX : s.piece;
     // A full piece is finished only once more bytes come: if none do, the
     // stream was one piece long and hashes as the bytes alone.
-    if (s.in_piece == s.piece) {
+    if (s.in_piece == limit) {
       AppendDigest(&s.digests, XXH3_64bits_digest(&s.state));
       ++s.pieces_done;
       XXH3_64bits_reset(&s.state);
       s.in_piece = 0;
+      continue;
     }
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(bytes.size(), s.piece - s.in_piece));
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(bytes.size(), limit - s.in_piece));
     Feed(&s.state, bytes.first(n));
     s.in_piece += n;
     bytes = bytes.subspan(n);

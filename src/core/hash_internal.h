@@ -35,6 +35,9 @@ class Xxh3PieceTasks {
   size_t tasks() const { return tasks_.size(); }
   void Hash(size_t task);
   uint64_t Digest(size_t range) const;
+  // The digests of a range's pieces, in order (one for a range no longer
+  // than a piece).
+  std::span<const uint64_t> Digests(size_t range) const;
 
  private:
   struct Task {
@@ -51,10 +54,14 @@ class Xxh3PieceTasks {
 const char* Xxh3Build();
 
 // The hash of a byte stream fed in order, in blocks of any size: Xxh3 of the
-// bytes, or with `piece` > 0, Xxh3Pieces(bytes, piece).
+// bytes, or with `piece` > 0, Xxh3Pieces(bytes, piece). With `head` > 0 the
+// first piece is the stream's first `head` bytes and the pieces of `piece`
+// bytes follow it (piece 0: the rest is one piece), as mooncake:// records
+// a value's checksum after its own head (docs/mooncake_layout.md); a stream
+// of one piece still hashes as its bytes alone.
 class Xxh3Stream {
  public:
-  explicit Xxh3Stream(uint64_t piece = 0);
+  explicit Xxh3Stream(uint64_t piece = 0, uint64_t head = 0);
   ~Xxh3Stream();
   Xxh3Stream(const Xxh3Stream&) = delete;
   Xxh3Stream& operator=(const Xxh3Stream&) = delete;

@@ -108,14 +108,23 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   // written again); the others batch by batch, each batch's on helper
   // threads while the store writes it (a store that records value checksums
   // asks for them once the bytes are in: PutRequest::value_xxh3_later).
-  // A tensor's checksum (the manifest's) and its value's (the store's,
-  // header included) in one pass over its memory, the second hash reading
-  // each block from cache; the value's only where the store records one
-  // (mooncake://: values larger than a chunk), elsewhere it would be a
-  // second pass for nothing.
-  // A tensor whose value has no checksum of the store's is hashed in the
-  // pieces of its checksum (a task each), so that one large tensor does not
-  // hold the rest up.
+  // Where the store records a checksum of the value (mooncake://: values
+  // larger than a chunk) in the pieces of its chunk size after a head, and
+  // the chunk is the checksum's piece (16 MiB both by default), the value's
+  // checksum follows from the tensor's pieces' digests and its header's
+  // (PutRequest::value_xxh3_head): one pass over the memory, the pieces on
+  // several threads. Otherwise a tensor whose value has a checksum of the
+  // store's is hashed twice in one pass over its memory, the second hash
+  // reading each block from cache (another chunk size); the others in the
+  // pieces of their checksum (a task each), so that one large tensor does
+  // not hold the rest up.
+  const uint64_t chunk = store.Features().chunk_bytes;
+  auto from_pieces = [&](const SaveItem& it) {
+    return store.RecordsValueChecksum(it.value_size()) && chunk > 0 && chunk == piece;
+  };
+  auto value_head = [&](const SaveItem& it) {
+    return from_pieces(it) ? uint64_t{it.header.size()} : PutRequest::kWholeValue;
+  };
   auto hash = [&](std::span<const size_t> which, size_t threads) {
     std::vector<size_t> with_value;  // hashed in one pass with their value's checksum
     std::vector<size_t> in_pieces;   // the others, hashed by `pieces`
@@ -124,7 +133,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       SaveItem& it = items[i];
       if (it.hashed || it.alias) continue;
       it.hashed = true;
-      if (store.RecordsValueChecksum(it.value_size())) {
+      if (store.RecordsValueChecksum(it.value_size()) && !from_pieces(it)) {
         with_value.push_back(i);
       } else {
         in_pieces.push_back(i);
@@ -145,7 +154,18 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       it.tensor.checksum = data.Digest();
       it.value_xxh3 = value.Digest();
     });
-    for (size_t k = 0; k < in_pieces.size(); ++k) items[in_pieces[k]].tensor.checksum = pieces.Digest(k);
+    for (size_t k = 0; k < in_pieces.size(); ++k) {
+      SaveItem& it = items[in_pieces[k]];
+      it.tensor.checksum = pieces.Digest(k);
+      if (!from_pieces(it)) continue;
+      std::vector<uint64_t> digests;
+      if (!it.header.empty()) {
+        digests.push_back(Xxh3(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size())));
+      }
+      if (!it.data.empty()) digests.insert(digests.end(), pieces.Digests(k).begin(), pieces.Digests(k).end());
+      it.value_xxh3 = digests.empty() ? Xxh3({}) : Xxh3OfDigests(digests);
+      it.value_xxh3_head = value_head(it);
+    }
   };
 
   std::vector<size_t> candidates;
@@ -245,6 +265,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       std::span<const ConstBytes> p(parts.back());
       if (header.empty()) p = p.subspan(1);
       PutRequest request{it.key, p};
+      request.value_xxh3_head = value_head(it);
       if (it.hashed) {  // hashed before (an earlier save's candidate)
         request.value_xxh3 = it.value_xxh3;
       } else if (store.RecordsValueChecksum(it.value_size())) {

@@ -24,7 +24,15 @@ void Put64(HeaderBytes& h, size_t at, uint64_t v) {
   for (int i = 0; i < 8; ++i) h[at + i] = std::byte((v >> (8 * i)) & 0xff);
 }
 
-// Recomputes a version-2 header's own checksum after a test edited a field,
+// A version-2 header as the release before version 3 wrote it (the number of
+// chunks where version 3 has the checksum's head).
+HeaderBytes V2(uint64_t total, uint64_t chunk, uint64_t generation, uint64_t checksum) {
+  ChunkHeader h = MakeChunkHeader(total, chunk, generation, checksum);
+  h.version = 2;
+  return h.Encode();
+}
+
+// Recomputes a version-2 or -3 header's own checksum after a test edited a field,
 // so that the field's own validation is what is tested.
 HeaderBytes Reseal(HeaderBytes b) {
   Put64(b, 56, Xxh3({b.data(), 56}));
@@ -67,36 +75,49 @@ TEST(ChunkHeader, MakeComputesChunkCount) {
 
 TEST(ChunkHeader, EncodeParseRoundTrip) {
   const uint64_t chunk = uint64_t{16} << 20;
-  for (uint64_t total : {uint64_t{0}, uint64_t{1}, chunk - 1, chunk, chunk + 1, 3 * chunk,
-                         uint64_t{1} << 40}) {
-    ChunkHeader h = MakeChunkHeader(total, chunk, 0x0123456789abcdefULL, 0xfeedULL + total);
-    HeaderBytes bytes = h.Encode();
-    Result<ChunkHeader> back = ParseChunkHeader(bytes);
-    ASSERT_TRUE(back.ok()) << total << ": " << back.status();
-    EXPECT_EQ(back->version, 2u);
-    EXPECT_TRUE(back->has_checksum());
-    EXPECT_EQ(back->total_size, total);
-    EXPECT_EQ(back->chunk_size, chunk);
-    EXPECT_EQ(back->num_chunks, h.num_chunks);
-    EXPECT_EQ(back->generation, 0x0123456789abcdefULL);
-    EXPECT_EQ(back->checksum, 0xfeedULL + total);
-    EXPECT_EQ(back->Encode(), bytes);
+  for (uint32_t version : {3u, 2u}) {
+    for (uint64_t total : {uint64_t{0}, uint64_t{1}, chunk - 1, chunk, chunk + 1, 3 * chunk,
+                           uint64_t{1} << 40}) {
+      ChunkHeader h = MakeChunkHeader(total, chunk, 0x0123456789abcdefULL, 0xfeedULL + total);
+      h.version = version;
+      if (version == 3) h.checksum_head = total / 3;
+      HeaderBytes bytes = h.Encode();
+      Result<ChunkHeader> back = ParseChunkHeader(bytes);
+      ASSERT_TRUE(back.ok()) << total << ": " << back.status();
+      EXPECT_EQ(back->version, version);
+      EXPECT_TRUE(back->has_checksum());
+      EXPECT_EQ(back->total_size, total);
+      EXPECT_EQ(back->chunk_size, chunk);
+      EXPECT_EQ(back->num_chunks, h.num_chunks);
+      EXPECT_EQ(back->generation, 0x0123456789abcdefULL);
+      EXPECT_EQ(back->checksum, 0xfeedULL + total);
+      EXPECT_EQ(back->checksum_head, version == 3 ? total / 3 : 0);
+      EXPECT_EQ(back->checksum_piece(), version == 3 ? chunk : 0);
+      EXPECT_EQ(back->Encode(), bytes);
+    }
   }
 }
 
 TEST(ChunkHeader, EncodedLayoutIsLittleEndian) {
-  HeaderBytes b = MakeChunkHeader(100 * kChunk, kChunk, 0x1122334455667788ULL, 0xa1).Encode();
-  EXPECT_EQ(b[8], std::byte{2});  // version
+  ChunkHeader h = MakeChunkHeader(100 * kChunk, kChunk, 0x1122334455667788ULL, 0xa1);
+  h.checksum_head = 0x1234;
+  HeaderBytes b = h.Encode();
+  EXPECT_EQ(b[8], std::byte{3});  // version
   EXPECT_EQ(b[17], std::byte{0x40});  // 100 * 4096 = 0x64000
   EXPECT_EQ(b[18], std::byte{0x06});
   EXPECT_EQ(b[25], std::byte{0x10});
-  EXPECT_EQ(b[32], std::byte{100});
+  EXPECT_EQ(b[32], std::byte{0x34});  // the checksum's head
+  EXPECT_EQ(b[33], std::byte{0x12});
   EXPECT_EQ(b[40], std::byte{0x88});
   EXPECT_EQ(b[47], std::byte{0x11});
   EXPECT_EQ(b[48], std::byte{0xa1});
   uint64_t self = 0;
   for (int i = 7; i >= 0; --i) self = (self << 8) | std::to_integer<uint64_t>(b[56 + i]);
   EXPECT_EQ(self, Xxh3({b.data(), 56}));
+  HeaderBytes v2 = V2(100 * kChunk, kChunk, 0x1122334455667788ULL, 0xa1);
+  EXPECT_EQ(v2[8], std::byte{2});
+  EXPECT_EQ(v2[32], std::byte{100});  // the number of chunks
+  EXPECT_EQ(v2[33], std::byte{0});
 }
 
 TEST(ChunkHeader, ReadsVersion1) {
@@ -191,7 +212,7 @@ TEST(ChunkHeader, RejectsWrongSizeAndMagic) {
 
 TEST(ChunkHeader, RejectsUnknownVersions) {
   HeaderBytes b = MakeChunkHeader(100, kChunk, 1, 0).Encode();
-  for (uint8_t v : {0, 3, 255}) {
+  for (uint8_t v : {0, 4, 255}) {
     b[8] = std::byte{v};
     ExpectCorrupt(Reseal(b), "unsupported version " + std::to_string(v));
   }
@@ -235,15 +256,29 @@ TEST(ChunkHeader, RejectsAbsurdSizes) {
 
 TEST(ChunkHeader, RejectsChunkCountMismatch) {
   for (uint64_t n : {uint64_t{0}, uint64_t{6}, uint64_t{8}, uint64_t{100}}) {
-    HeaderBytes b = MakeChunkHeader(7 * kChunk, kChunk, 1, 0).Encode();
+    HeaderBytes b = V2(7 * kChunk, kChunk, 1, 0);
     Put64(b, 32, n);
     ExpectCorrupt(Reseal(b), "chunk count does not match");
   }
 }
 
+TEST(ChunkHeader, RejectsAChecksumHeadLongerThanTheValue) {
+  HeaderBytes b = MakeChunkHeader(7 * kChunk, kChunk, 1, 0).Encode();
+  for (uint64_t head : {uint64_t{0}, uint64_t{1}, 7 * kChunk}) {
+    Put64(b, 32, head);
+    Result<ChunkHeader> r = ParseChunkHeader(Reseal(b));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->checksum_head, head);
+  }
+  for (uint64_t head : {7 * kChunk + 1, ~uint64_t{0}}) {
+    Put64(b, 32, head);
+    ExpectCorrupt(Reseal(b), "checksum head longer than the value");
+  }
+}
+
 TEST(ChunkHeader, RejectsTooManyChunks) {
   ExpectCorrupt(MakeChunkHeader((kMaxChunks + 1) * kChunk, kChunk, 1, 0).Encode(), "too many chunks");
-  HeaderBytes bogus = MakeChunkHeader(100, kChunk, 1, 0).Encode();
+  HeaderBytes bogus = V2(100, kChunk, 1, 0);
   Put64(bogus, 32, ~uint64_t{0});
   ExpectCorrupt(Reseal(bogus), "too many chunks");
   EXPECT_TRUE(ParseChunkHeader(MakeChunkHeader(kMaxChunks * kChunk, kChunk, 1, 0).Encode()).ok());

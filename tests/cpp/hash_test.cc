@@ -93,5 +93,60 @@ TEST(Xxh3, PiecesAreTheHashOfThePiecesHashes) {
   }
 }
 
+// A head, then pieces: the checksum mooncake:// records of a value whose
+// first bytes are hashed alone (a tensor value's safetensors header), by hand.
+uint64_t HeadThenPiecesByHand(const uint8_t* data, size_t size, size_t head, size_t piece) {
+  std::vector<std::pair<size_t, size_t>> pieces;  // (offset, length)
+  size_t at = 0;
+  if (head > 0) {
+    pieces.push_back({0, std::min(head, size)});
+    at = pieces.back().second;
+  }
+  while (at < size) {
+    pieces.push_back({at, std::min(piece, size - at)});
+    at += pieces.back().second;
+  }
+  if (pieces.empty()) pieces.push_back({0, 0});
+  if (pieces.size() == 1) return XXH3_64bits(data, size);
+  std::vector<uint8_t> digests;
+  for (auto [offset, length] : pieces) {
+    const uint64_t d = XXH3_64bits(data + offset, length);
+    for (int i = 0; i < 8; ++i) digests.push_back(static_cast<uint8_t>(d >> (8 * i)));
+  }
+  return XXH3_64bits(digests.data(), digests.size());
+}
+
+TEST(Xxh3, AStreamWithAHeadHashesItAsAPieceOfItsOwn) {
+  const size_t piece = 64 << 10;
+  const auto bytes = Pattern(3 * piece + 5);
+  for (size_t head : {size_t{1}, size_t{192}, piece - 1, piece, piece + 7}) {
+    for (size_t size : {size_t{0}, size_t{1}, head - 1, head, head + 1, head + piece, head + piece + 1,
+                        3 * piece + 5}) {
+      if (size > bytes.size()) continue;
+      const ConstBytes some(reinterpret_cast<const std::byte*>(bytes.data()), size);
+      for (size_t p : {piece, size_t{0}}) {
+        const uint64_t expected =
+            HeadThenPiecesByHand(bytes.data(), size, head, p == 0 ? SIZE_MAX : p);
+        if (size <= head) EXPECT_EQ(expected, XXH3_64bits(bytes.data(), size)) << size;
+        for (size_t block : {size_t{1000}, head, piece + 3, size_t{1} << 20}) {
+          Xxh3Stream stream(p, head);
+          for (size_t at = 0; at < size; at += block) stream.Update(some.subspan(at, std::min(block, size - at)));
+          EXPECT_EQ(stream.Digest(), expected) << "head " << head << " size " << size << " piece " << p
+                                               << " blocks " << block;
+        }
+        // From the digests, as a save that has hashed the tensor's pieces.
+        if (p == piece && size > head) {
+          Xxh3PieceTasks tasks(piece);
+          tasks.Add(some.subspan(head));
+          for (size_t t = 0; t < tasks.tasks(); ++t) tasks.Hash(t);
+          std::vector<uint64_t> digests{Xxh3(some.first(head))};
+          for (uint64_t d : tasks.Digests(0)) digests.push_back(d);
+          EXPECT_EQ(Xxh3OfDigests(digests), expected) << "head " << head << " size " << size;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mooncake_connector

@@ -16,6 +16,8 @@
 #include <string>
 
 #include "core/hash_internal.h"
+#include "mooncake_connector/connector.h"
+#include "mooncake_connector/model.h"
 #include "mooncake_connector/mooncake_store.h"
 #include "store/mooncake/mooncake_api_internal.h"
 #include "store_conformance.h"
@@ -143,6 +145,69 @@ TEST(MooncakeStore, ValuesStripedOverManySmallChunksRoundTrip) {
   EXPECT_EQ(std::memcmp(back->data(), value.data(), value.size()), 0);
   EXPECT_EQ(*g_store->GetSize("striped/small-chunks"), value.size());
   ASSERT_TRUE(g_store->Remove("striped/small-chunks").ok());
+}
+
+TEST(MooncakeStore, ACallersChecksumInPiecesAfterAHeadIsWhatReadsCheck) {
+  // A value of a 200-byte head and 40 MiB + 5 of payload (three 16 MiB
+  // pieces): the caller's checksum from the head's hash and the payload's
+  // pieces' hashes (as a model save gives it) is recorded, and a read that
+  // checks the whole value accepts it; a checksum of another kind (the whole
+  // value's XXH3, said to be in pieces) is caught by that read.
+  const uint64_t chunk = g_store->Features().chunk_bytes;
+  ASSERT_EQ(chunk, uint64_t{16} << 20);
+  const size_t head = 200;
+  std::vector<std::byte> value = Pattern(head + (40 << 20) + 5, 7);
+  const ConstBytes all(value);
+  Xxh3PieceTasks pieces(chunk);
+  pieces.Add(all.subspan(head));
+  for (size_t t = 0; t < pieces.tasks(); ++t) pieces.Hash(t);
+  std::vector<uint64_t> digests{Xxh3(all.first(head))};
+  for (uint64_t d : pieces.Digests(0)) digests.push_back(d);
+  ASSERT_EQ(digests.size(), 4u);
+  const uint64_t in_pieces = Xxh3OfDigests(digests);
+  const ConstBytes parts[] = {all.first(head), all.subspan(head)};
+  for (auto [checksum, value_head, ok] : {std::tuple{in_pieces, uint64_t{head}, true},
+                                          std::tuple{Xxh3(all), PutRequest::kWholeValue, true},
+                                          std::tuple{Xxh3(all), uint64_t{head}, false},
+                                          std::tuple{in_pieces, PutRequest::kWholeValue, false}}) {
+    PutRequest put{"pieces/value", parts, checksum};
+    put.value_xxh3_head = value_head;
+    ASSERT_TRUE(g_store->BatchPut({&put, 1}, {})[0].ok());
+    Result<Buffer> back = g_store->Get("pieces/value");
+    if (!ok) {
+      EXPECT_EQ(back.status().code(), StatusCode::kDataLoss) << back.status();
+      continue;
+    }
+    ASSERT_TRUE(back.ok()) << back.status();
+    ASSERT_EQ(back->size(), value.size());
+    EXPECT_EQ(std::memcmp(back->data(), value.data(), value.size()), 0);
+  }
+  ASSERT_TRUE(g_store->Remove("pieces/value").ok());
+}
+
+TEST(MooncakeStore, ASavedTensorLargerThanAChunkReadsBackWholeThroughAPlainGet) {
+  // A model save derives its large values' checksums from its tensors'
+  // pieces: a plain get (SGLang's own, which checks the value's checksum)
+  // of such a tensor, first saved and then saved over, returns it.
+  Result<std::unique_ptr<Connector>> c = Connector::Create("mooncake:///pieces/model");
+  ASSERT_TRUE(c.ok()) << c.status();
+  Result<Model> m = Model::Open(**c);
+  ASSERT_TRUE(m.ok()) << m.status();
+  for (int seed : {1, 2}) {
+    std::vector<std::byte> big = Pattern((33 << 20) + 6, seed), small = Pattern(1000, seed);
+    const NamedTensorView tensors[] = {
+        {"big", TensorView{DType::kBF16, {static_cast<int64_t>(big.size() / 2)}, big.data(), big.size()}},
+        {"small", TensorView{DType::kU8, {1000}, small.data(), small.size()}}};
+    ASSERT_TRUE(m->SaveStateDict(0, tensors).ok());
+    for (const NamedTensorView& t : tensors) {
+      Result<std::optional<Tensor>> got = (*c)->Get(m->TensorKey(0, t.name));
+      ASSERT_TRUE(got.ok()) << t.name << ": " << got.status();
+      ASSERT_TRUE(got->has_value()) << t.name;
+      ASSERT_EQ((*got)->nbytes(), t.tensor.nbytes) << t.name;
+      EXPECT_EQ(std::memcmp((*got)->data(), t.tensor.data, t.tensor.nbytes), 0) << t.name << " " << seed;
+    }
+  }
+  ASSERT_TRUE(m->Remove().ok());
 }
 
 TEST(MooncakeStore, ConnectorsShareAClientOnlyWithTheSameSettings) {

@@ -31,7 +31,9 @@ bool AllZero(const std::byte* p, size_t n) {
 }
 
 constexpr uint32_t kTombstoneFlag = 1;
-// Offsets of the version-2 fields.
+// Offsets of the fields versions differ in: the number of chunks (1, 2) or
+// the value checksum's head (3); the checksums (2, 3).
+constexpr size_t kChunksOrHeadAt = 32;
 constexpr size_t kValueChecksumAt = 48;
 constexpr size_t kHeaderChecksumAt = 56;
 
@@ -57,7 +59,7 @@ std::array<std::byte, kChunkHeaderSize> ChunkHeader::Encode() const {
   Put32(out.data() + 8, version);
   Put64(out.data() + 16, total_size);
   Put64(out.data() + 24, chunk_size);
-  Put64(out.data() + 32, num_chunks);
+  Put64(out.data() + kChunksOrHeadAt, version >= 3 ? checksum_head : num_chunks);
   Put64(out.data() + 40, generation);
   if (version == 1) return out;  // no flags, no checksums
   Put32(out.data() + 12, tombstone ? kTombstoneFlag : 0);
@@ -105,7 +107,7 @@ Result<ChunkHeader> ParseChunkHeader(ConstBytes object) {
   const std::byte* p = object.data();
   ChunkHeader h;
   h.version = Get32(p + 8);
-  if (h.version == 2) {
+  if (h.version == 2 || h.version == 3) {
     if (Get64(p + kHeaderChecksumAt) != Xxh3({p, kHeaderChecksumAt})) {
       return Corrupt("header checksum mismatch (torn or corrupted)");
     }
@@ -120,14 +122,20 @@ Result<ChunkHeader> ParseChunkHeader(ConstBytes object) {
   }
   h.total_size = Get64(p + 16);
   h.chunk_size = Get64(p + 24);
-  h.num_chunks = Get64(p + 32);
   h.generation = Get64(p + 40);
   if (h.total_size > kMaxValueBytes) return Corrupt("total size too large");
   if (h.total_size > 0 && h.chunk_size < kMinChunkSize) return Corrupt("chunk size below 4 KiB");
   if (h.chunk_size > kMaxValueBytes) return Corrupt("chunk size too large");
+  const uint64_t chunks = h.total_size == 0 ? 0 : (h.total_size - 1) / h.chunk_size + 1;
+  if (h.version >= 3) {
+    h.checksum_head = Get64(p + kChunksOrHeadAt);
+    if (h.checksum_head > h.total_size) return Corrupt("checksum head longer than the value");
+    h.num_chunks = chunks;
+  } else {
+    h.num_chunks = Get64(p + kChunksOrHeadAt);
+    if (h.num_chunks <= kMaxChunks && h.num_chunks != chunks) return Corrupt("chunk count does not match the sizes");
+  }
   if (h.num_chunks > kMaxChunks) return Corrupt("too many chunks");
-  uint64_t expected = h.total_size == 0 ? 0 : (h.total_size - 1) / h.chunk_size + 1;
-  if (h.num_chunks != expected) return Corrupt("chunk count does not match the sizes");
   if (h.tombstone && h.total_size != 0) return Corrupt("a tombstone with a size");
   return h;
 }

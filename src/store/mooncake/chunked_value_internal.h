@@ -17,9 +17,11 @@ namespace mooncake_connector::mooncake {
 
 inline constexpr size_t kChunkHeaderSize = 64;
 inline constexpr std::string_view kChunkMagic = "\x89MCCHNK\n";
-// Version 2 adds the value's and the header's own checksums; version 1
-// (written by earlier releases, no checksums) is still read.
-inline constexpr uint32_t kChunkFormatVersion = 2;
+// Version 2 adds the value's and the header's own checksums; version 3
+// records the value's checksum in pieces (its head, then chunk-sized pieces)
+// where version 2 had the number of chunks. Versions 1 (no checksums, still
+// read without verification) and 2 (written by earlier releases) are read.
+inline constexpr uint32_t kChunkFormatVersion = 3;
 // Bounds a reader accepts, so a hostile header cannot ask for absurd work:
 // at most 2^20 chunks of at least 4 KiB each, at most 2^50 bytes in all.
 inline constexpr uint64_t kMaxChunks = uint64_t{1} << 20;
@@ -33,18 +35,26 @@ struct ChunkHeader {
   uint32_t version = kChunkFormatVersion;
   uint64_t total_size = 0;
   uint64_t chunk_size = 0;
-  uint64_t num_chunks = 0;
+  uint64_t num_chunks = 0;  // recorded in version 1 and 2; derived in 3
   uint64_t generation = 0;  // random; names this write's chunk objects
-  uint64_t checksum = 0;    // XXH3-64 of the value (version 2)
+  // The value's checksum (version 2 on): version 2, the XXH3-64 of the
+  // value; version 3, the value in pieces (Xxh3Stream(checksum_piece(),
+  // checksum_head)): its first checksum_head bytes, then pieces of
+  // chunk_size bytes, so that a caller who hashed a tensor's data in the
+  // chunk's pieces (a model save) need not hash it again.
+  uint64_t checksum = 0;
+  uint64_t checksum_head = 0;  // version 3; <= total_size
   // A removed key whose object a reader's lease kept from being removed
   // (version 2): reads as absent. Its sizes are zero.
   bool tombstone = false;
 
   bool has_checksum() const { return version >= 2; }
+  // The piece size of `checksum` past its head (0: the whole value).
+  uint64_t checksum_piece() const { return version >= 3 ? chunk_size : 0; }
   // Length of chunk `index` (the last one may be short).
   uint64_t ChunkLength(uint64_t index) const;
-  // The encoding of `version`: new headers are version 2; a version-1
-  // header is only written back to restore it after a failed overwrite.
+  // The encoding of `version`: new headers are version 3; an older one is
+  // only written back to restore it after a failed overwrite.
   std::array<std::byte, kChunkHeaderSize> Encode() const;
   // The object key of chunk `index`.
   std::string ChunkKey(std::string_view key, uint64_t index) const;
@@ -53,7 +63,8 @@ struct ChunkHeader {
   std::string ReservationKey(std::string_view key) const;
 };
 
-// A version-2 header for `total_size` bytes hashing to `checksum`, split into
+// A header (kChunkFormatVersion) for `total_size` bytes hashing to
+// `checksum` with no head (set checksum_head for one), split into
 // `chunk_size` pieces. REQUIRES: chunk_size > 0.
 ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t generation,
                             uint64_t checksum);
@@ -71,8 +82,8 @@ bool NeedsChunking(uint64_t size, ConstBytes first_bytes, uint64_t chunk_size);
 // True if an object of `size` bytes starting with `prefix` is a header.
 bool LooksLikeChunkHeader(uint64_t size, ConstBytes prefix);
 
-// Validates and decodes a header object (version 1 or 2). DataLoss with the
-// reason otherwise.
+// Validates and decodes a header object (version 1, 2 or 3). DataLoss with
+// the reason otherwise.
 Result<ChunkHeader> ParseChunkHeader(ConstBytes object);
 
 // True if `key` names a chunk or reservation object (hidden from List).

@@ -33,7 +33,8 @@ void TakeObject(ValueRead& v, const ObjectRead& o, const std::byte* from) {
   const GetIntoRequest& r = *v.request;
   if (r.data_xxh3 != nullptr && !v.data_hash) v.data_hash.emplace(r.data_xxh3_piece);
   Xxh3Stream* data = r.data_xxh3 != nullptr ? &*v.data_hash : nullptr;
-  Xxh3Stream* value = v.check_whole ? &v.value_hash : nullptr;
+  if (v.check_whole && !v.value_hash) v.value_hash.emplace(v.header->checksum_piece(), v.header->checksum_head);
+  Xxh3Stream* value = v.check_whole ? &*v.value_hash : nullptr;
   if (from != nullptr) {
     DeliverAt(r, o.offset, ConstBytes(from, o.size), data, value);
   } else {
@@ -42,7 +43,8 @@ void TakeObject(ValueRead& v, const ObjectRead& o, const std::byte* from) {
 }
 
 void FinishValue(ValueRead& v) {
-  if (v.status.ok() && v.check_whole && v.value_hash.Digest() != v.header->checksum) {
+  // No object taken: an empty value.
+  if (v.status.ok() && v.check_whole && (v.value_hash ? v.value_hash->Digest() : Xxh3({})) != v.header->checksum) {
     v.status = DataLoss("checksum mismatch in the " + std::to_string(v.header->total_size) + "-byte value of '" +
                         std::string(v.request->key) + "' (corrupted or mixed chunks)");
   }

@@ -43,7 +43,7 @@ struct ValueRead {
   const GetIntoRequest* request = nullptr;
   std::optional<ChunkHeader> header;  // a chunked value; none: one raw object
   bool check_whole = false;           // value_hash is compared with header->checksum
-  Xxh3Stream value_hash;              // of the whole value, fed in order
+  std::optional<Xxh3Stream> value_hash;  // of the whole value as the header's checksum is, fed in order
   std::optional<Xxh3Stream> data_hash;  // of its destination bytes (if request->data_xxh3), from the first
   Status status;                      // the first failure of an object of it
   bool done = false;                  // every object taken and the value checked
