@@ -7,6 +7,8 @@ process (raw_wheel.py)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import struct
 import time
@@ -32,6 +34,33 @@ MAGIC = b"\x89MCCHNK\n"
 def header_v1(total: int, chunk: int, generation: int, chunks: int | None = None) -> bytes:
     n = chunks if chunks is not None else (0 if total == 0 else (total - 1) // chunk + 1)
     return struct.pack("<8sIIQQQQ16x", MAGIC, 1, 0, total, chunk, n, generation)
+
+
+def xxh3(data: bytes) -> int:
+    """XXH3-64, seed 0, from Debian's libxxhash (installed with libxxhash-dev)."""
+    lib = ctypes.CDLL(ctypes.util.find_library("xxhash") or "libxxhash.so.0")
+    lib.XXH3_64bits.restype = ctypes.c_uint64
+    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    return lib.XXH3_64bits(data, len(data))
+
+
+def checksum_in_pieces(value: bytes, head: int, piece: int) -> int:
+    """A version-3 header's value checksum, as docs/mooncake_layout.md says."""
+    pieces = [value[:head]] if head > 0 else []
+    at = len(pieces[0]) if pieces else 0
+    while at < len(value):
+        pieces.append(value[at:at + piece])
+        at += len(pieces[-1])
+    if len(pieces) <= 1:
+        return xxh3(value)
+    return xxh3(b"".join(struct.pack("<Q", xxh3(p)) for p in pieces))
+
+
+def sealed_header(version: int, total: int, chunk: int, field32: int, generation: int, checksum: int) -> bytes:
+    """A version-2 (field32: the number of chunks) or version-3 (field32: the
+    checksum's head) header with its own checksum."""
+    body = struct.pack("<8sIIQQQQQ", MAGIC, version, 0, total, chunk, field32, generation, checksum)
+    return body + struct.pack("<Q", xxh3(body))
 
 
 def chunk_key(key: str, generation: int, index: int) -> str:
@@ -87,6 +116,32 @@ def test_planted_header_with_chunk_above_slot_size_reads_without_crash(mc, tmp_p
     plant(tmp_path, {"planted/big": header_v1(32 * MiB, 32 * MiB, gen),
                      chunk_key("planted/big", gen, 0): chunk})
     assert mc.getbytes("planted/big") == chunk  # a valid version-1 value
+
+
+def test_values_of_layout_versions_2_and_3_written_by_hand_read_back(mc, tmp_path):
+    """Headers built here from the layout's spec, not by the connector: a
+    version-2 value (the whole value's XXH3, as the release before wrote
+    them) and version-3 values (the checksum in 1 MiB pieces after a head of
+    1000 bytes, and after none) read back; a version-3 header carrying the
+    whole value's XXH3 where its pieces' belong is DataLoss."""
+    value = os.urandom(2 * MiB + 4321)
+    chunks = [value[i:i + MiB] for i in range(0, len(value), MiB)]
+    cases = {
+        "layout/v2": sealed_header(2, len(value), MiB, len(chunks), 0x2, xxh3(value)),
+        "layout/v3-head": sealed_header(3, len(value), MiB, 1000, 0x3, checksum_in_pieces(value, 1000, MiB)),
+        "layout/v3": sealed_header(3, len(value), MiB, 0, 0x4, checksum_in_pieces(value, 0, MiB)),
+        "layout/v3-wrong-kind": sealed_header(3, len(value), MiB, 1000, 0x5, xxh3(value)),
+    }
+    objects = dict(cases)
+    for (key, header), generation in zip(cases.items(), (0x2, 0x3, 0x4, 0x5)):
+        for i, c in enumerate(chunks):
+            objects[chunk_key(key, generation, i)] = c
+    plant(tmp_path, objects)
+    assert checksum_in_pieces(value, 1000, MiB) != xxh3(value)
+    for key in ("layout/v2", "layout/v3-head", "layout/v3"):
+        assert mc.getbytes(key) == value, key
+    with pytest.raises(DataLossError, match="checksum mismatch"):
+        mc.getbytes("layout/v3-wrong-kind")
 
 
 def test_planted_chunk_longer_than_its_header_says_is_data_loss(mc, tmp_path):
