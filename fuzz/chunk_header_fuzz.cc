@@ -21,6 +21,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
          header->num_chunks != (header->total_size - 1) / header->chunk_size + 1)) {
       __builtin_trap();
     }
+    // A checksum's head lies within the value, and only version 3 has one.
+    if (header->checksum_head > header->total_size) __builtin_trap();
+    if (header->version < 3 && header->checksum_head != 0) __builtin_trap();
     (void)header->ChunkKey("k", header->num_chunks);
   }
   (void)mooncake::LooksLikeChunkHeader(size, bytes);

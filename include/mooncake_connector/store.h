@@ -49,8 +49,9 @@ struct PutRequest {
   // The value is the concatenation of these ranges (a scatter list), so that
   // a header and a payload need not be joined by the caller.
   std::span<const ConstBytes> parts;
-  // Optional: the XXH3-64 of the whole value (all parts), when the caller has
-  // computed it already (a model save hashes each tensor for its manifest);
+  // Optional: the XXH3-64 of the whole value (all parts), or the checksum
+  // value_xxh3_head says, when the caller has computed it already (a model
+  // save hashes each tensor for its manifest);
   // a store that records a value checksum then takes it instead of reading
   // the value once more. It must be right: reads check against it.
   std::optional<uint64_t> value_xxh3 = std::nullopt;

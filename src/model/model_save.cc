@@ -120,7 +120,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   // not hold the rest up.
   const uint64_t chunk = store.Features().chunk_bytes;
   auto from_pieces = [&](const SaveItem& it) {
-    return store.RecordsValueChecksum(it.value_size()) && chunk > 0 && chunk == piece;
+    return store.RecordsValueChecksum(it.value_size()) && piece > 0 && chunk == piece;
   };
   auto value_head = [&](const SaveItem& it) {
     return from_pieces(it) ? uint64_t{it.header.size()} : PutRequest::kWholeValue;
@@ -153,6 +153,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       }
       it.tensor.checksum = data.Digest();
       it.value_xxh3 = value.Digest();
+      it.value_xxh3_head = PutRequest::kWholeValue;
     });
     for (size_t k = 0; k < in_pieces.size(); ++k) {
       SaveItem& it = items[in_pieces[k]];
@@ -265,10 +266,11 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       std::span<const ConstBytes> p(parts.back());
       if (header.empty()) p = p.subspan(1);
       PutRequest request{it.key, p};
-      request.value_xxh3_head = value_head(it);
       if (it.hashed) {  // hashed before (an earlier save's candidate)
         request.value_xxh3 = it.value_xxh3;
+        request.value_xxh3_head = it.value_xxh3_head;
       } else if (store.RecordsValueChecksum(it.value_size())) {
+        request.value_xxh3_head = value_head(it);  // as `hash` will compute it
         request.value_xxh3_later = [&hashing, &it] {
           hashing.Wait();
           return *it.value_xxh3;

@@ -6,9 +6,11 @@
 #include <cstring>
 #include <regex>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "core/hash_internal.h"
+#include "mooncake_connector/store.h"
 
 namespace mooncake_connector::mooncake {
 namespace {
@@ -99,8 +101,8 @@ TEST(ChunkHeader, EncodeParseRoundTrip) {
 }
 
 TEST(ChunkHeader, EncodedLayoutIsLittleEndian) {
-  ChunkHeader h = MakeChunkHeader(100 * kChunk, kChunk, 0x1122334455667788ULL, 0xa1);
-  h.checksum_head = 0x1234;
+  ChunkHeader h = MakeChunkHeader(100 * kChunk, kChunk, 0x1122334455667788ULL, 0);
+  h.SetChecksum(0xa1, 0x1234);
   HeaderBytes b = h.Encode();
   EXPECT_EQ(b[8], std::byte{3});  // version
   EXPECT_EQ(b[17], std::byte{0x40});  // 100 * 4096 = 0x64000
@@ -114,7 +116,8 @@ TEST(ChunkHeader, EncodedLayoutIsLittleEndian) {
   uint64_t self = 0;
   for (int i = 7; i >= 0; --i) self = (self << 8) | std::to_integer<uint64_t>(b[56 + i]);
   EXPECT_EQ(self, Xxh3({b.data(), 56}));
-  HeaderBytes v2 = V2(100 * kChunk, kChunk, 0x1122334455667788ULL, 0xa1);
+  HeaderBytes v2 = MakeChunkHeader(100 * kChunk, kChunk, 0x1122334455667788ULL, 0xa1).Encode();
+  EXPECT_EQ(v2, V2(100 * kChunk, kChunk, 0x1122334455667788ULL, 0xa1));
   EXPECT_EQ(v2[8], std::byte{2});
   EXPECT_EQ(v2[32], std::byte{100});  // the number of chunks
   EXPECT_EQ(v2[33], std::byte{0});
@@ -262,8 +265,28 @@ TEST(ChunkHeader, RejectsChunkCountMismatch) {
   }
 }
 
+TEST(ChunkHeader, AChecksumOfTheWholeValueMakesVersion2AndOneInPiecesVersion3) {
+  // Version 2 where it says all (earlier releases read it), 3 only for pieces.
+  for (auto [total, head, version] : {std::tuple{uint64_t{0}, uint64_t{0}, 2u}, std::tuple{7 * kChunk, 7 * kChunk, 2u},
+                                      std::tuple{7 * kChunk, PutRequest::kWholeValue, 2u},
+                                      std::tuple{7 * kChunk, uint64_t{0}, 3u}, std::tuple{7 * kChunk, uint64_t{200}, 3u},
+                                      std::tuple{uint64_t{100}, uint64_t{99}, 3u}}) {
+    ChunkHeader h = MakeChunkHeader(total, kChunk, 1, 0);
+    h.SetChecksum(0x5eed, head);
+    Result<ChunkHeader> back = ParseChunkHeader(h.Encode());
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->version, version) << total << " " << head;
+    EXPECT_EQ(back->checksum, 0x5eedu);
+    EXPECT_EQ(back->checksum_head, version == 3 ? head : 0) << total << " " << head;
+    EXPECT_EQ(back->checksum_piece(), version == 3 ? kChunk : 0);
+  }
+  EXPECT_EQ(MakeTombstone(5).version, 2u);
+}
+
 TEST(ChunkHeader, RejectsAChecksumHeadLongerThanTheValue) {
-  HeaderBytes b = MakeChunkHeader(7 * kChunk, kChunk, 1, 0).Encode();
+  ChunkHeader h = MakeChunkHeader(7 * kChunk, kChunk, 1, 0);
+  h.SetChecksum(0, 1);
+  HeaderBytes b = h.Encode();
   for (uint64_t head : {uint64_t{0}, uint64_t{1}, 7 * kChunk}) {
     Put64(b, 32, head);
     Result<ChunkHeader> r = ParseChunkHeader(Reseal(b));

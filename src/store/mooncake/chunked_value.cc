@@ -76,6 +76,12 @@ std::string ChunkHeader::ReservationKey(std::string_view key) const {
   return std::string(key) + Suffix(generation, "r");
 }
 
+void ChunkHeader::SetChecksum(uint64_t value_checksum, uint64_t head) {
+  checksum = value_checksum;
+  version = head >= total_size ? 2 : 3;
+  checksum_head = version == 3 ? head : 0;
+}
+
 ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t generation,
                             uint64_t checksum) {
   ChunkHeader h;
@@ -83,7 +89,7 @@ ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t g
   h.chunk_size = chunk_size;
   h.num_chunks = total_size == 0 ? 0 : (total_size - 1) / chunk_size + 1;
   h.generation = generation;
-  h.checksum = checksum;
+  h.SetChecksum(checksum, total_size);
   return h;
 }
 

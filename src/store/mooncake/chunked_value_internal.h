@@ -19,8 +19,10 @@ inline constexpr size_t kChunkHeaderSize = 64;
 inline constexpr std::string_view kChunkMagic = "\x89MCCHNK\n";
 // Version 2 adds the value's and the header's own checksums; version 3
 // records the value's checksum in pieces (its head, then chunk-sized pieces)
-// where version 2 had the number of chunks. Versions 1 (no checksums, still
-// read without verification) and 2 (written by earlier releases) are read.
+// where version 2 had the number of chunks. Writers make version 3 only for
+// a checksum in pieces, version 2 for one of the whole value (so earlier
+// releases read those still); version 1 (no checksums) is read without
+// verification.
 inline constexpr uint32_t kChunkFormatVersion = 3;
 // Bounds a reader accepts, so a hostile header cannot ask for absurd work:
 // at most 2^20 chunks of at least 4 KiB each, at most 2^50 bytes in all.
@@ -45,16 +47,19 @@ struct ChunkHeader {
   uint64_t checksum = 0;
   uint64_t checksum_head = 0;  // version 3; <= total_size
   // A removed key whose object a reader's lease kept from being removed
-  // (version 2): reads as absent. Its sizes are zero.
+  // (version 2 or 3; written as 2): reads as absent. Its sizes are zero.
   bool tombstone = false;
 
   bool has_checksum() const { return version >= 2; }
+  // Sets the value's checksum: of the whole value when `head` >= total_size
+  // (a version-2 header), else in pieces after `head` bytes (version 3).
+  void SetChecksum(uint64_t value_checksum, uint64_t head);
   // The piece size of `checksum` past its head (0: the whole value).
   uint64_t checksum_piece() const { return version >= 3 ? chunk_size : 0; }
   // Length of chunk `index` (the last one may be short).
   uint64_t ChunkLength(uint64_t index) const;
-  // The encoding of `version`: new headers are version 3; an older one is
-  // only written back to restore it after a failed overwrite.
+  // The encoding of `version` (1 only to write back a header as it was,
+  // to restore it after a failed overwrite).
   std::array<std::byte, kChunkHeaderSize> Encode() const;
   // The object key of chunk `index`.
   std::string ChunkKey(std::string_view key, uint64_t index) const;
@@ -63,9 +68,9 @@ struct ChunkHeader {
   std::string ReservationKey(std::string_view key) const;
 };
 
-// A header (kChunkFormatVersion) for `total_size` bytes hashing to
-// `checksum` with no head (set checksum_head for one), split into
-// `chunk_size` pieces. REQUIRES: chunk_size > 0.
+// A header for `total_size` bytes whose whole value hashes to `checksum`
+// (version 2; SetChecksum for one in pieces), split into `chunk_size`
+// pieces. REQUIRES: chunk_size > 0.
 ChunkHeader MakeChunkHeader(uint64_t total_size, uint64_t chunk_size, uint64_t generation,
                             uint64_t checksum);
 

@@ -35,10 +35,8 @@ uint64_t NewGeneration() {
 // its chunks go in.
 constexpr uint64_t kHashAsideBytes = 1 << 20;
 
-// A value's checksum as version-3 headers record it with no head: in pieces
-// of the chunk size.
-uint64_t HashOf(std::span<const ConstBytes> parts, uint64_t chunk_size) {
-  Xxh3Stream hash(chunk_size);
+uint64_t HashOf(std::span<const ConstBytes> parts) {
+  Xxh3Stream hash;
   for (ConstBytes p : parts) hash.Update(p);
   return hash.Digest();
 }
@@ -134,7 +132,7 @@ void MooncakeWriter::WriteValues(std::span<Value* const> values, const Replicate
   auto hash_own = [&] {
     for (size_t j = 0; j < chunked.size(); ++j) {
       const PutRequest& r = *chunked[j]->request;
-      if (!r.value_xxh3 && !r.value_xxh3_later) checksums[j] = HashOf(r.parts, chunked[j]->header.chunk_size);
+      if (!r.value_xxh3 && !r.value_xxh3_later) checksums[j] = HashOf(r.parts);
     }
   };
   Background hashing;
@@ -151,13 +149,11 @@ void MooncakeWriter::WriteValues(std::span<Value* const> values, const Replicate
       chunked[j]->status = std::move(put[j]);
       continue;
     }
-    ChunkHeader& header = chunked[j]->header;
-    if (r.value_xxh3 || r.value_xxh3_later) {
-      checksums[j] = r.value_xxh3 ? *r.value_xxh3 : r.value_xxh3_later();
-      // The whole value is one piece: a head as long as the value.
-      header.checksum_head = std::min(r.value_xxh3_head, header.total_size);
-    }
-    header.checksum = checksums[j];
+    // Ours is of the whole value; the caller's as value_xxh3_head says (a
+    // checksum in pieces makes a version-3 header).
+    const bool given = r.value_xxh3 || r.value_xxh3_later;
+    if (given) checksums[j] = r.value_xxh3 ? *r.value_xxh3 : r.value_xxh3_later();
+    chunked[j]->header.SetChecksum(checksums[j], given ? r.value_xxh3_head : PutRequest::kWholeValue);
   }
 
   // The commits, together where one call does: headers over keys with no
