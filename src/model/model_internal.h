@@ -25,9 +25,9 @@ struct Model::SaveItem {
   ManifestFile file;      // for files
   bool alias = false;
   std::optional<uint64_t> value_xxh3;  // of header + data, for the store
-  uint64_t value_xxh3_head = PutRequest::kWholeValue;  // what value_xxh3 hashes (PutRequest's)
   bool hashed = false;                 // checksum (and value_xxh3) set
   uint64_t value_size() const { return header.size() + data.size(); }
+  ConstBytes header_bytes() const { return {reinterpret_cast<const std::byte*>(header.data()), header.size()}; }
 };
 
 // The piece size of the checksums a save records: a rank's tensors'

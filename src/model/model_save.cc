@@ -145,7 +145,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       SaveItem& it = items[with_value[n]];
       constexpr size_t kBlock = 256 << 10;
       Xxh3Stream data(piece), value;
-      value.Update(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size()));
+      value.Update(it.header_bytes());
       for (size_t at = 0; at < it.data.size(); at += kBlock) {
         ConstBytes block = it.data.subspan(at, std::min(kBlock, it.data.size() - at));
         data.Update(block);
@@ -153,19 +153,17 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       }
       it.tensor.checksum = data.Digest();
       it.value_xxh3 = value.Digest();
-      it.value_xxh3_head = PutRequest::kWholeValue;
     });
     for (size_t k = 0; k < in_pieces.size(); ++k) {
       SaveItem& it = items[in_pieces[k]];
       it.tensor.checksum = pieces.Digest(k);
       if (!from_pieces(it)) continue;
+      // The pieces value_head(it) says: the header, then the tensor's (none
+      // for a value that is all header).
       std::vector<uint64_t> digests;
-      if (!it.header.empty()) {
-        digests.push_back(Xxh3(ConstBytes(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size())));
-      }
+      if (!it.header.empty()) digests.push_back(Xxh3(it.header_bytes()));
       if (!it.data.empty()) digests.insert(digests.end(), pieces.Digests(k).begin(), pieces.Digests(k).end());
-      it.value_xxh3 = digests.empty() ? Xxh3({}) : Xxh3OfDigests(digests);
-      it.value_xxh3_head = value_head(it);
+      it.value_xxh3 = Xxh3OfDigests(digests);
     }
   };
 
@@ -261,16 +259,15 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     std::vector<PutRequest> requests;
     for (size_t i : batch) {
       const SaveItem& it = items[i];
-      ConstBytes header(reinterpret_cast<const std::byte*>(it.header.data()), it.header.size());
+      ConstBytes header = it.header_bytes();
       parts.push_back({header, it.data});
       std::span<const ConstBytes> p(parts.back());
       if (header.empty()) p = p.subspan(1);
       PutRequest request{it.key, p};
+      request.value_xxh3_head = value_head(it);  // what `hash` computes (did, or will)
       if (it.hashed) {  // hashed before (an earlier save's candidate)
         request.value_xxh3 = it.value_xxh3;
-        request.value_xxh3_head = it.value_xxh3_head;
       } else if (store.RecordsValueChecksum(it.value_size())) {
-        request.value_xxh3_head = value_head(it);  // as `hash` will compute it
         request.value_xxh3_later = [&hashing, &it] {
           hashing.Wait();
           return *it.value_xxh3;

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import struct
 import time
@@ -36,12 +37,17 @@ def header_v1(total: int, chunk: int, generation: int, chunks: int | None = None
     return struct.pack("<8sIIQQQQ16x", MAGIC, 1, 0, total, chunk, n, generation)
 
 
-def xxh3(data: bytes) -> int:
-    """XXH3-64, seed 0, from Debian's libxxhash (installed with libxxhash-dev)."""
+@functools.cache
+def _libxxhash() -> ctypes.CDLL:
     lib = ctypes.CDLL(ctypes.util.find_library("xxhash") or "libxxhash.so.0")
     lib.XXH3_64bits.restype = ctypes.c_uint64
     lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    return lib.XXH3_64bits(data, len(data))
+    return lib
+
+
+def xxh3(data: bytes) -> int:
+    """XXH3-64, seed 0, from Debian's libxxhash (installed with libxxhash-dev)."""
+    return _libxxhash().XXH3_64bits(data, len(data))
 
 
 def checksum_in_pieces(value: bytes, head: int, piece: int) -> int:
