@@ -73,12 +73,16 @@ def test_the_cold_start_benchmark_loads_in_new_processes_and_checks_what_they_lo
     rows = {(r["mode"], r["row"]): r for r in result["rows"]}
     for mode in ("tcp", "own", "client"):
         for row in ("raw load", "raw load + copy", "ours load_into", "ours load_state_dict", "ours weight_iterator",
-                    "raw save", "ours save_state_dict"):
+                    "raw save", "raw save + hash", "ours save_state_dict"):
             r = rows[(mode, row)]
             # Each clock starts earlier than the next one and stops at the same point.
             assert r["total"]["median"] > r["setup + load"]["median"] >= r["load"]["median"] > 0, (mode, row, r)
             assert len(r["samples"]) == 1
-    assert len(result["targets"]) == 3 * 4 * 2
+            assert 0 <= r["cpu"]["machine_busy"] <= 1 and r["cpu"]["user_s"] >= 0 and r["cpu"]["sys_s"] >= 0, r["cpu"]
+    # Four targets and one reference (ours against the raw wheel doing the same work), each two ways.
+    assert len(result["targets"]) == 3 * 5 * 2
+    assert sum(t["counts"] for t in result["targets"]) == 3 * 4
     assert all(t["ratio"] > 0 for t in result["targets"])
     assert "target (ratio of medians" in run.stdout and "ours load_into vs raw load (setup + load)" in run.stdout
     assert "ours save_state_dict vs raw save (setup + load)" in run.stdout
+    assert "ours save_state_dict vs raw save + hash (setup + load)" in run.stdout and "CPU during load" in run.stdout
