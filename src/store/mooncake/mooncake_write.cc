@@ -231,7 +231,7 @@ void MooncakeWriter::PutRawObjects(std::span<Value* const> values, const Replica
     for (; next < order.size() && WritesDirectly(order[next]->size) == direct; ++next) {
       const uint64_t size = order[next]->size;
       if (direct) {
-        if (!batch.empty() && used + size > kDirectCallBytes) break;
+        if (!batch.empty() && used + size > kDirectWriteCallBytes) break;
         used += size;
       } else {  // packed, 64-byte aligned, none across a slot's end
         uint64_t at = used;
@@ -293,7 +293,7 @@ std::vector<Status> MooncakeWriter::PutChunkObjects(std::span<const ChunkWrite> 
                                                    const ReplicateConfig& replicate, Deadline& deadline) {
   // The chunks of all the values in order, in calls that several values
   // share: straight from the callers' memory (direct writes) in calls of
-  // about kDirectCallBytes, or gathered into the staging slots, a slots'
+  // about kDirectWriteCallBytes, or gathered into the staging slots, a slots'
   // worth per call. A value whose chunk failed has its other chunks skipped.
   // A retried call puts every chunk again (those already in are kept). No
   // key locks: chunk keys carry their write's own generation.
@@ -319,7 +319,7 @@ std::vector<Status> MooncakeWriter::PutChunkObjects(std::span<const ChunkWrite> 
       if (batch.empty()) {
         direct = this_direct;
       } else if (this_direct != direct ||
-                 (direct ? bytes + length > kDirectCallBytes : batch.size() == client_.arena().slots())) {
+                 (direct ? bytes + length > kDirectWriteCallBytes : batch.size() == client_.arena().slots())) {
         break;
       }
       batch.emplace_back(v, c);

@@ -49,7 +49,7 @@ class MooncakeWriter {
   void LearnExisting(std::span<Value* const> values, Deadline& deadline);
   // The raw objects of values whose keys had none (byte for byte what other
   // Mooncake clients write), in calls they share: straight from the
-  // callers' memory (direct writes) about kDirectCallBytes per call, or packed
+  // callers' memory (direct writes) about kDirectWriteCallBytes per call, or packed
   // into the staging slots, a slots' worth per call (one value alone: the
   // single-key put). Sets each value's status.
   void PutRawObjects(std::span<Value* const> values, const ReplicateConfig& replicate, Deadline& deadline);
