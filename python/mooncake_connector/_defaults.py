@@ -6,6 +6,15 @@ commands that never do (ls, inspect, verify, rm, put, get) start quickly."""
 # One batched store call moves at most this many bytes (and at least one value).
 DEFAULT_BATCH_BYTES = 256 << 20
 
+# save_state_dict's batches: the tensors are the caller's memory, written
+# straight from it (or through the fixed staging slots), so a batch costs no
+# memory, and one batch is one native write call (up to 1 GiB). Fewer,
+# larger calls save faster (on two cores, a 1.1 GiB own-mode save took
+# 0.76-0.94 s in 256 MiB batches against 0.51-0.87 s in one); a batch is
+# also a save's unit of progress and of resumption (an interrupted save
+# writes its unfinished batch again).
+SAVE_BATCH_BYTES = 1 << 30
+
 # weight_iterator's batches (not cooperative): it holds about one batch and
 # part of the next while its consumer copies, so half the default batch keeps
 # what is in flight within 256 MiB (238 MiB measured for a 1.1 GiB model,

@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional
 from ._torch import torch
 
 from . import _impl
-from ._defaults import DEFAULT_BATCH_BYTES
+from ._defaults import DEFAULT_BATCH_BYTES, SAVE_BATCH_BYTES
 from ._errors import FailedPreconditionError, InvalidArgumentError
 from ._tensors import _NAME_TO_TORCH, as_cpu_tensor, to_dlpack
 
@@ -31,7 +31,7 @@ def _device(device: Any) -> torch.device:
 
 def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, Any], *,
                     world_size: int = 1, layout: str = "engine",
-                    batch_bytes: int = DEFAULT_BATCH_BYTES, progress: Progress = None,
+                    batch_bytes: int = SAVE_BATCH_BYTES, progress: Progress = None,
                     pin: bool = True) -> None:
     tensors = []
     for name, value in state_dict.items():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 import numpy as np
 
 from . import _impl
-from ._defaults import DEFAULT_BATCH_BYTES, ITERATOR_BATCH_BYTES
+from ._defaults import DEFAULT_BATCH_BYTES, ITERATOR_BATCH_BYTES, SAVE_BATCH_BYTES
 from ._errors import InvalidArgumentError
 
 if TYPE_CHECKING:
@@ -165,10 +165,12 @@ class MooncakeConnector:
                                 batch_bytes=batch_bytes, progress=progress)
 
     def save_state_dict(self, state_dict: Mapping[str, Any], rank: int = 0, *, world_size: int = 1,
-                        layout: str = "engine", batch_bytes: int = DEFAULT_BATCH_BYTES,
+                        layout: str = "engine", batch_bytes: int = SAVE_BATCH_BYTES,
                         progress: Optional[Callable[[int, int], None]] = None, pin: bool = True) -> None:
         """Stores rank ``rank``'s whole state dict in SGLang's layout plus a
-        manifest, in batches. Tensors sharing storage are stored once. Saving
+        manifest, in batches of up to ``batch_bytes`` (default 1 GiB, one
+        native write call each; the unit of progress, and what a resumed save
+        writes again). Tensors sharing storage are stored once. Saving
         again resumes an interrupted save (values already stored with the same
         checksum are skipped) and removes the rank's tensors ``state_dict``
         lacks.

@@ -46,7 +46,7 @@ import threading
 from typing import Any, Iterator, Optional
 
 from ._errors import InvalidArgumentError
-from ._model import DEFAULT_BATCH_BYTES
+from ._defaults import DEFAULT_BATCH_BYTES, SAVE_BATCH_BYTES
 from .connector import MooncakeConnector, writer_options
 
 logger = logging.getLogger(__name__)
@@ -165,8 +165,7 @@ class EngineConnector(MooncakeConnector):
         tp = _tp_group()
         degree = max(tp.world_size if tp is not None else 1, max(pending) + 1)
         for rank, tensors in sorted(pending.items()):
-            self.save_state_dict(tensors, rank, world_size=degree, layout="engine",
-                                 batch_bytes=_batch_bytes())
+            self.save_state_dict(tensors, rank, world_size=degree, layout="engine")
             logger.info("mooncake: saved rank %d of %r: %d tensors, %.3f GiB (engine layout, tensor-parallel "
                         "degree %d)", rank, self.model_name, len(tensors),
                         sum(t.numel() * t.element_size() for t in tensors.values()) / 2**30, degree)
