@@ -36,12 +36,13 @@ inline constexpr uint64_t kDirectTransferMin = uint64_t{1} << 20;
 // Bytes per direct native read call: enough that the call's fixed cost (a
 // round trip to the master) is small beside the transfer; small enough that
 // the checksums of one call can be computed beside the next call's transfer.
-inline constexpr uint64_t kDirectCallBytes = uint64_t{64} << 20;
-// Bytes per direct native write call (a model save's batch is one call):
-// nothing is hashed per call, and each call is two round trips to the master
-// and a wait in which Mooncake's waiting thread polls the transfers' status
-// without sleeping, a core's worth on a small machine (41% of a 2-core own-mode
-// save's samples in 64 MiB calls; docs/performance.md).
+inline constexpr uint64_t kDirectReadCallBytes = uint64_t{64} << 20;
+// Bytes per direct native write call (a save_state_dict batch, 1 GiB by
+// default, is one call): nothing is hashed per call, and each call is two
+// round trips to the master and a wait in which Mooncake's waiting thread
+// polls the transfers' status without sleeping, a core's worth on a small
+// machine (41% of a 2-core own-mode save's samples in 64 MiB calls;
+// docs/performance.md).
 inline constexpr uint64_t kDirectWriteCallBytes = uint64_t{1} << 30;
 
 // Chunk objects removed (or checked) one by one, batched, on remove() and

@@ -124,7 +124,7 @@ void MooncakeReader::ReadDirect(std::span<const GetIntoRequest> requests, std::s
     // and nothing else of ours runs meanwhile; over TCP the transfer
     // busy-polls both cores.
     if (!remote.empty() && direct_reads_.load(std::memory_order_relaxed)) {
-      ObjectTransfer how{ObjectTransfer::kInPlace, remote.size(), kDirectCallBytes};
+      ObjectTransfer how{ObjectTransfer::kInPlace, remote.size(), kDirectReadCallBytes};
       how.hash_threads = client_.shared() != nullptr ? CopyThreads() : 1;
       if (ReadObjects(values, remote, how) == kErrNotSupported) direct_reads_.store(false);
     }

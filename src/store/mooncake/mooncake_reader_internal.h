@@ -151,7 +151,7 @@ class MooncakeReader final : public ReadMemory {
   }
   // Reads requests `which` straight into their memory: raw objects, and the
   // chunks of values whose header this batch has read (headers[i]), by
-  // ReadObjects in place, in calls of about kDirectCallBytes. Objects held in
+  // ReadObjects in place, in calls of about kDirectReadCallBytes. Objects held in
   // this client's own segment (local_reads_) are copied from there on a
   // helper thread, copy and checksum in one pass, several values side by
   // side. Sets out[i] for each value read and verified; the rest (another
