@@ -9,10 +9,10 @@ DEFAULT_BATCH_BYTES = 256 << 20
 # save_state_dict's batches: the tensors are the caller's memory, written
 # straight from it (or through the fixed staging slots), so a batch costs no
 # memory, and one batch is one native write call (up to 1 GiB). Fewer,
-# larger calls save faster (on two cores, a 1.1 GiB own-mode save took
-# 0.76-0.94 s in 256 MiB batches against 0.51-0.87 s in one); a batch is
-# also a save's unit of progress and of resumption (an interrupted save
-# writes its unfinished batch again).
+# larger calls save faster (cold own-mode saves of 1.1 GiB on two cores:
+# 0.70-0.94x the raw wheel in 256 MiB batches, 0.84-1.03x in 1 GiB ones;
+# bench/results/save_batch.txt); a batch is also a save's unit of progress
+# and of resumption (an interrupted save writes its unfinished batch again).
 SAVE_BATCH_BYTES = 1 << 30
 
 # weight_iterator's batches (not cooperative): it holds about one batch and
