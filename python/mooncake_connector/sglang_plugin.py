@@ -46,7 +46,7 @@ import threading
 from typing import Any, Iterator, Optional
 
 from ._errors import InvalidArgumentError
-from ._defaults import DEFAULT_BATCH_BYTES, SAVE_BATCH_BYTES
+from ._defaults import DEFAULT_BATCH_BYTES
 from .connector import MooncakeConnector, writer_options
 
 logger = logging.getLogger(__name__)
