@@ -185,6 +185,9 @@ struct LoadOptions {
 struct NamedTensorView {
   std::string name;
   TensorView tensor;
+  // tensor.data is an address in the memory of a CUDA device
+  // (SaveStateDictCuda's source), which the CPU does not read.
+  bool on_device = false;
 };
 
 struct NamedTensor {
@@ -201,8 +204,8 @@ struct TensorDestination {
   MutableBytes bytes;
 };
 
-// Where LoadIntoCuda puts tensors: a CUDA device, and the stream its copies
-// are queued on (a CUstream / cudaStream_t such as a torch stream's
+// Where LoadIntoCuda puts tensors (SaveStateDictCuda takes them from): a
+// CUDA device, and the stream its copies are queued on (a CUstream / cudaStream_t such as a torch stream's
 // cuda_stream; 0 is the legacy default stream).
 struct CudaTarget {
   int device = 0;
@@ -299,6 +302,7 @@ struct TensorPiece {
 class ModelReader;
 
 class ModelMemory;
+class SaveStaging;
 
 class MC_EXPORT Model {
  public:
@@ -324,6 +328,17 @@ class MC_EXPORT Model {
   // stored tensors of this rank that `tensors` lacks are removed at the end.
   Status SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
                        const SaveOptions& options = {});
+  // SaveStateDict for a state dict in the memory of a CUDA device: each
+  // tensor marked on_device lies in memory of source.device (checked), the
+  // others in host memory. The device tensors are copied into pinned host
+  // buffers batch by batch (batches of at most kSaveStagingBytes, or one
+  // larger tensor), queued on source.stream (after the work queued there
+  // before), the next batch while the store writes one: the host holds two
+  // batches of the rank, not the whole rank. Needs the CUDA driver at run
+  // time (FailedPrecondition without one).
+  static constexpr uint64_t kSaveStagingBytes = uint64_t{128} << 20;
+  Status SaveStateDictCuda(int rank, std::span<const NamedTensorView> tensors, const CudaTarget& source,
+                           const SaveOptions& options = {});
   // Stores files under {model}/files/ (same resume and cleanup rules).
   Status SaveFiles(std::span<const FileContent> files, const SaveOptions& options = {});
   // A Hugging Face style directory as rank 0: the tensors of every
@@ -378,8 +393,12 @@ class MC_EXPORT Model {
   struct SaveItem;
   friend class ModelReaderImpl;
   Model(Connector* c, std::string name);
+  // SaveStateDict's work; tensors on a device are read through `staging`
+  // (SaveStateDictCuda), InvalidArgument without it.
+  Status SaveTensors(int rank, std::span<const NamedTensorView> tensors, const SaveOptions& options,
+                     SaveStaging* staging);
   Status SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, const SaveOptions& options,
-                    uint64_t save_id);
+                    uint64_t save_id, SaveStaging* staging = nullptr);
   // Which of `items` (an earlier save's, by the manifest `was`) the store
   // holds exactly as that save wrote them: read back and checked (header,
   // size and checksum), in batches of options.batch_bytes.

@@ -34,11 +34,22 @@ def save_state_dict(model: "_impl.Model", rank: int, state_dict: Mapping[str, An
                     batch_bytes: int = SAVE_BATCH_BYTES, progress: Progress = None,
                     pin: bool = True) -> None:
     tensors = []
+    # Tensors on one CUDA device (the first one's) go to C++ as they are: it
+    # copies them to the host a batch at a time (Model::SaveStateDictCuda),
+    # so the host never holds the whole rank. Tensors elsewhere are copied
+    # into CPU memory here.
+    device = None
     for name, value in state_dict.items():
         if not isinstance(name, str):
             raise TypeError(f"state dict keys must be str, got {type(name).__name__}")
-        tensors.append((name, to_dlpack(as_cpu_tensor(value))))
-    model.save_state_dict(rank, tensors, world_size, layout, batch_bytes, progress, pin)
+        if (isinstance(value, torch.Tensor) and value.is_cuda and not value.is_nested
+                and value.layout == torch.strided and (device is None or value.device == device)):
+            device = value.device
+            tensors.append((name, to_dlpack(value.detach().contiguous())))
+        else:
+            tensors.append((name, to_dlpack(as_cpu_tensor(value))))
+    stream = torch.cuda.current_stream(device).cuda_stream if device is not None else 0
+    model.save_state_dict(rank, tensors, world_size, layout, batch_bytes, progress, pin, stream)
 
 
 def _batches(reader: "_impl.ModelReader") -> Iterator[tuple[str, torch.Tensor]]:

@@ -170,8 +170,12 @@ class MooncakeConnector:
         """Stores rank ``rank``'s whole state dict in SGLang's layout plus a
         manifest, in batches of up to ``batch_bytes`` (default 1 GiB, one
         native write call each; the unit of progress, and what a resumed save
-        writes again). Tensors sharing storage are stored once. Saving
-        again resumes an interrupted save (values already stored with the same
+        writes again). Tensors sharing storage are stored once. Tensors on
+        a CUDA device are copied to the host a batch at a time (at most 128
+        MiB each, two in flight, through pinned buffers, on torch's current
+        stream), so a GPU engine's save never holds a host copy of its whole
+        rank; tensors on a second CUDA device are copied to the CPU first.
+        Saving again resumes an interrupted save (values already stored with the same
         checksum are skipped) and removes the rank's tensors ``state_dict``
         lacks.
 

@@ -62,7 +62,7 @@ InTensor FromArray(const AnyArray& a, const std::string& name, Where where) {
     Check(InvalidArgument("tensor '" + name + "' is on a device of DLPack type " + std::to_string(device) +
                           ", neither the CPU nor CUDA"));
   }
-  if ((where == kCuda) != (in.cuda_device >= 0)) {
+  if (where != kCpuOrCuda && (where == kCuda) != (in.cuda_device >= 0)) {
     Check(InvalidArgument("tensor '" + name + "' is " + (in.cuda_device >= 0 ? "on a CUDA device" : "in CPU memory") +
                           ", " + (where == kCuda ? "a CUDA device's" : "CPU memory") + " was expected"));
   }

@@ -56,7 +56,7 @@ struct InTensor {
   int cuda_device = -1;  // the CUDA device it is on; -1: CPU memory
 };
 
-enum Where { kCpu, kCuda };
+enum Where { kCpu, kCuda, kCpuOrCuda };
 
 InTensor FromArray(const AnyArray& a, const std::string& name, Where where);
 TensorView ViewOf(const InTensor& in);

@@ -210,12 +210,23 @@ void BindModel(nb::module_& m) {
            [](Model& model, std::optional<std::vector<std::string>> allow,
               std::optional<std::vector<std::string>> ignore) { return Unwrap(model.PullFiles(allow, ignore)); },
            nb::arg("allow").none(), nb::arg("ignore").none(), nb::call_guard<nb::gil_scoped_release>())
+      // Tensors in CPU memory, or on one CUDA device (their copies to the
+      // host queued on `stream`, SaveStateDictCuda).
       .def("save_state_dict",
            [](Model& model, int rank, const NamedArrays& tensors, int world_size, const std::string& layout,
-              uint64_t batch_bytes, nb::object progress, bool pin) {
+              uint64_t batch_bytes, nb::object progress, bool pin, uintptr_t stream) {
              std::vector<NamedTensorView> views;
              views.reserve(tensors.size());
-             for (const auto& [name, array] : tensors) views.push_back({name, ViewOf(FromArray(array, name, kCpu))});
+             int device = -1;
+             for (const auto& [name, array] : tensors) {
+               InTensor in = FromArray(array, name, kCpuOrCuda);
+               if (in.cuda_device >= 0 && device >= 0 && in.cuda_device != device) {
+                 Check(InvalidArgument("save_state_dict: tensor '" + name + "' is on CUDA device " +
+                                       std::to_string(in.cuda_device) + ", others on " + std::to_string(device)));
+               }
+               if (in.cuda_device >= 0) device = in.cuda_device;
+               views.push_back({name, ViewOf(in), in.cuda_device >= 0});
+             }
              SaveOptions o;
              o.world_size = world_size;
              o.layout = Unwrap(ParseModelLayout(layout));
@@ -223,10 +234,11 @@ void BindModel(nb::module_& m) {
              o.progress = Progress(std::move(progress));
              o.pin = pin;
              nb::gil_scoped_release release;
-             Check(model.SaveStateDict(rank, views, o));
+             Check(device < 0 ? model.SaveStateDict(rank, views, o)
+                              : model.SaveStateDictCuda(rank, views, CudaTarget{device, stream}, o));
            },
            nb::arg("rank"), nb::arg("tensors"), nb::arg("world_size"), nb::arg("layout"), nb::arg("batch_bytes"),
-           nb::arg("progress").none(), nb::arg("pin") = true)
+           nb::arg("progress").none(), nb::arg("pin") = true, nb::arg("stream") = 0)
       .def("save_files",
            [](Model& model, const std::vector<std::string>& paths, std::vector<ByteArray> arrays,
               uint64_t batch_bytes, nb::object progress, bool pin) {

@@ -38,6 +38,7 @@ struct Driver::Api {
   CUresult (*cuMemHostGetFlags)(unsigned*, void*);
   CUresult (*cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, Stream);
   CUresult (*cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, Stream);
+  CUresult (*cuMemcpyDtoHAsync)(void*, CUdeviceptr, size_t, Stream);
   CUresult (*cuEventCreate)(Event*, unsigned);
   CUresult (*cuEventDestroy)(Event);
   CUresult (*cuEventRecord)(Event, Stream);
@@ -65,7 +66,7 @@ Result<const Driver*> Driver::Get() {
     if (api->library == nullptr) {
       const char* why = dlerror();
       return FailedPrecondition(std::string("no CUDA driver on this machine (libcuda.so.1: ") +
-                                (why ? why : "not found") + "): a load onto a GPU needs one");
+                                (why ? why : "not found") + "): loading onto or saving from a GPU needs one");
     }
     const char* missing = nullptr;
     auto bind = [&](auto& fn, const char* name) {
@@ -82,6 +83,7 @@ Result<const Driver*> Driver::Get() {
     bind(api->cuMemHostGetFlags, "cuMemHostGetFlags");
     bind(api->cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2");
     bind(api->cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2");
+    bind(api->cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2");
     bind(api->cuEventCreate, "cuEventCreate");
     bind(api->cuEventDestroy, "cuEventDestroy_v2");
     bind(api->cuEventRecord, "cuEventRecord");
@@ -183,7 +185,7 @@ PinnedBuffer::~PinnedBuffer() {
 }
 
 Status Driver::CheckDeviceMemory(uint64_t pointer, uint64_t bytes, int device) const {
-  std::string where = "the destination at 0x" + [&] {
+  std::string where = "the memory at 0x" + [&] {
     char text[32];
     std::snprintf(text, sizeof text, "%llx", static_cast<unsigned long long>(pointer));
     return std::string(text);
@@ -220,6 +222,11 @@ Status Driver::CopyOnDeviceAsync(uint64_t to, uint64_t from, uint64_t bytes, Str
   return Check(api_->cuMemcpyDtoDAsync(to, from, bytes, stream), "copying on the GPU");
 }
 
+Status Driver::CopyToHostAsync(std::byte* host, uint64_t device_pointer, uint64_t bytes, Stream stream) const {
+  if (bytes == 0) return Status::Ok();
+  return Check(api_->cuMemcpyDtoHAsync(host, device_pointer, bytes, stream), "copying from the GPU");
+}
+
 Result<Event> Driver::CreateEvent() const {
   Event e = nullptr;
   MC_RETURN_IF_ERROR(Check(api_->cuEventCreate(&e, kEventDisableTiming), "creating a CUDA event"));
@@ -235,11 +242,11 @@ Status Driver::Record(Event event, Stream stream) const {
 }
 
 Status Driver::Wait(Event event) const {
-  return Check(api_->cuEventSynchronize(event), "waiting for a copy to the GPU");
+  return Check(api_->cuEventSynchronize(event), "waiting for a copy between the host and the GPU");
 }
 
 Status Driver::Synchronize(Stream stream) const {
-  return Check(api_->cuStreamSynchronize(stream), "waiting for the copies to the GPU");
+  return Check(api_->cuStreamSynchronize(stream), "waiting for the copies between the host and the GPU");
 }
 
 }  // namespace mooncake_connector::cuda

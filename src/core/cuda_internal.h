@@ -77,6 +77,9 @@ class Driver {
   Status CheckDeviceMemory(uint64_t pointer, uint64_t bytes, int device) const;
   Status CopyToDeviceAsync(uint64_t device_pointer, const std::byte* host, uint64_t bytes, Stream stream) const;
   Status CopyOnDeviceAsync(uint64_t to, uint64_t from, uint64_t bytes, Stream stream) const;
+  // Into host memory: pinned (AllocatePinned) for the copy to be
+  // asynchronous; into pageable memory the driver returns once it is done.
+  Status CopyToHostAsync(std::byte* host, uint64_t device_pointer, uint64_t bytes, Stream stream) const;
   Result<Event> CreateEvent() const;
   void DestroyEvent(Event event) const;
   Status Record(Event event, Stream stream) const;

@@ -20,7 +20,11 @@ struct Model::SaveItem {
   std::string name;  // tensor name or file path
   std::string key;
   std::string header;  // the value's header (tensors), empty for files
+  // The bytes; of a tensor in device memory (on_device), its staged host
+  // copy while SaveValues has one, else `device` (not readable here).
   ConstBytes data;
+  bool on_device = false;
+  ConstBytes device;  // on_device: where the tensor lies in the device's memory
   ManifestTensor tensor;  // for tensors
   ManifestFile file;      // for files
   bool alias = false;
@@ -29,6 +33,10 @@ struct Model::SaveItem {
   uint64_t value_size() const { return header.size() + data.size(); }
   ConstBytes header_bytes() const { return {reinterpret_cast<const std::byte*>(header.data()), header.size()}; }
 };
+
+// InvalidArgument when a BOOL tensor's bytes hold one that is neither 0 nor
+// 1 (no load could return it as saved).
+Status CheckBoolBytes(const std::string& name, ConstBytes bytes);
 
 // The piece size of the checksums a save records: a rank's tensors'
 // (kTensorChecksumPiece); the files part's are whole (0).

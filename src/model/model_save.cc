@@ -18,6 +18,7 @@
 #include "core/parallel_internal.h"
 #include "model/model_internal.h"
 #include "model/model_memory_internal.h"
+#include "model/save_staging_internal.h"
 #include "mooncake_connector/model.h"
 #include "mooncake_connector/value_format.h"
 
@@ -71,6 +72,14 @@ Status CheckSaveTarget(std::optional<int> rank, const SaveOptions& options) {
 
 }  // namespace
 
+Status CheckBoolBytes(const std::string& name, ConstBytes bytes) {
+  if (std::any_of(bytes.begin(), bytes.end(), [](std::byte b) { return b > std::byte{1}; })) {
+    return InvalidArgument("tensor '" + name + "' is BOOL but holds a byte that is neither 0 nor 1 "
+                           "(no load could return it as saved)");
+  }
+  return Status::Ok();
+}
+
 Status CheckFileToSave(const std::string& path) {
   Status safe = CheckStoredFileName(path);
   if (!safe.ok()) return InvalidArgument("cannot save file '" + path + "': " + std::string(safe.message()));
@@ -79,7 +88,7 @@ Status CheckFileToSave(const std::string& path) {
 }
 
 Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, const SaveOptions& options,
-                         uint64_t save_id) {
+                         uint64_t save_id, SaveStaging* staging) {
   Store& store = connector_->store();
   const std::string prefix = rank ? TensorKey(*rank, "") : FileKey("");
   WriteOptions write = options.write;
@@ -167,6 +176,56 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     }
   };
 
+  // Tensors in device memory are read through `staging`, a group of items
+  // at a time: `queue` starts copying a group's device tensors into a slot,
+  // `take` waits for them and points the items' data at the copies,
+  // `untake` points it back once the group is written (the slot is then
+  // free for the group after next). Without staging these do nothing.
+  std::array<std::vector<ConstBytes>, SaveStaging::kSlots> staged;
+  auto on_device = [&](std::span<const size_t> which) {
+    std::vector<size_t> out;
+    for (size_t i : which) {
+      if (items[i].on_device && !items[i].alias) out.push_back(i);
+    }
+    return out;
+  };
+  auto queue = [&](std::span<const size_t> which, size_t slot) -> Status {
+    if (staging == nullptr) return Status::Ok();
+    std::vector<ConstBytes> from;
+    for (size_t i : on_device(which)) from.push_back(items[i].device);
+    MC_ASSIGN_OR_RETURN(staged[slot], staging->Queue(slot, from));
+    return Status::Ok();
+  };
+  auto take = [&](std::span<const size_t> which, size_t slot) -> Status {
+    if (staging == nullptr) return Status::Ok();
+    MC_RETURN_IF_ERROR(staging->Wait(slot));
+    size_t k = 0;
+    for (size_t i : on_device(which)) items[i].data = staged[slot][k++];
+    return Status::Ok();
+  };
+  auto untake = [&](std::span<const size_t> which) {
+    for (size_t i : which) {
+      if (items[i].on_device) items[i].data = items[i].device;
+    }
+  };
+  // `which` in groups of at most `limit` bytes of values (or one larger
+  // value), in order, leaving out aliases.
+  auto groups = [&](std::span<const size_t> which, uint64_t limit) {
+    std::vector<std::vector<size_t>> out;
+    uint64_t bytes = 0;
+    for (size_t i : which) {
+      if (items[i].alias) continue;
+      if (out.empty() || (!out.back().empty() && bytes + items[i].value_size() > limit)) {
+        out.emplace_back();
+        bytes = 0;
+      }
+      out.back().push_back(i);
+      bytes += items[i].value_size();
+    }
+    return out;
+  };
+  const uint64_t batch_limit = staging ? std::min(options.batch_bytes, kSaveStagingBytes) : options.batch_bytes;
+
   std::vector<size_t> candidates;
   std::vector<uint64_t> candidate_save_ids;  // the save that wrote each candidate's stored value
   // Values of an older format version have other headers: written again.
@@ -185,7 +244,16 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
       t.checksum = was.tensors[f->second].checksum;
       if (SameValue(was.tensors[f->second], t)) known.push_back(i);
     }
-    hash(known, CopyThreads());
+    if (staging == nullptr) {
+      hash(known, CopyThreads());
+    } else {
+      for (const std::vector<size_t>& group : groups(known, batch_limit)) {
+        MC_RETURN_IF_ERROR(queue(group, 0));
+        MC_RETURN_IF_ERROR(take(group, 0));
+        hash(group, CopyThreads());
+        untake(group);
+      }
+    }
     for (size_t i = 0; i < items.size(); ++i) {
       const SaveItem& it = items[i];
       if (it.alias) continue;
@@ -233,26 +301,24 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   const uint64_t kept_bytes = done_bytes;
   uint64_t written_so_far = 0;  // of done_bytes - kept_bytes, added to options.written_bytes
 
-  // Batches of at most batch_bytes (at least one value), one store call each.
-  std::vector<std::vector<size_t>> batches;
-  {
-    uint64_t bytes = 0;
-    for (size_t i = 0; i < items.size(); ++i) {
-      if (done[i] || items[i].alias) continue;
-      if (batches.empty() || (!batches.back().empty() && bytes + items[i].value_size() > options.batch_bytes)) {
-        batches.emplace_back();
-        bytes = 0;
-      }
-      batches.back().push_back(i);
-      bytes += items[i].value_size();
-    }
+  // Batches of at most batch_bytes (at least one value; from a device, at
+  // most kSaveStagingBytes), one store call each.
+  std::vector<size_t> to_write;
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (!done[i]) to_write.push_back(i);
   }
+  const std::vector<std::vector<size_t>> batches = groups(to_write, batch_limit);
   // Half the copy threads hash while the store writes (the transfer has
   // the others).
   const size_t hash_threads = std::max<size_t>(1, CopyThreads() / 2);
+  if (!batches.empty()) MC_RETURN_IF_ERROR(queue(batches[0], 0));
   for (size_t b = 0; b < batches.size(); ++b) {
     const std::vector<size_t>& batch = batches[b];
     if (options.check_sources) MC_RETURN_IF_ERROR(options.check_sources());  // before hashing reads them
+    // This batch's device tensors are in host memory from here; the next
+    // batch's are copied while this one is written.
+    MC_RETURN_IF_ERROR(take(batch, b % SaveStaging::kSlots));
+    if (b + 1 < batches.size()) MC_RETURN_IF_ERROR(queue(batches[b + 1], (b + 1) % SaveStaging::kSlots));
     Background hashing;  // this batch's checksums, started once the requests are made
     std::vector<std::array<ConstBytes, 2>> parts;
     parts.reserve(batch.size());
@@ -278,6 +344,7 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     hashing.Run([&] { hash(batch, hash_threads); });
     std::vector<Status> results = store.BatchPut(requests, write);
     hashing.Wait();
+    untake(batch);
     std::optional<Status> failed;
     for (size_t j = 0; j < batch.size(); ++j) {
       if (results[j].ok()) {
@@ -346,6 +413,11 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
 
 Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
                             const SaveOptions& options) {
+  return SaveTensors(rank, tensors, options, nullptr);
+}
+
+Status Model::SaveTensors(int rank, std::span<const NamedTensorView> tensors, const SaveOptions& options,
+                          SaveStaging* staging) {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, Use());
   std::vector<SaveItem> items;
   items.reserve(tensors.size());
@@ -372,10 +444,15 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
     }
     it.header = header->second;
     it.data = t.tensor.bytes();
-    if (t.tensor.dtype == DType::kBool &&
-        std::any_of(it.data.begin(), it.data.end(), [](std::byte b) { return b > std::byte{1}; })) {
-      return InvalidArgument("tensor '" + t.name + "' is BOOL but holds a byte that is neither 0 nor 1 "
-                             "(no load could return it as saved)");
+    if (t.on_device) {
+      if (staging == nullptr) {
+        return InvalidArgument("tensor '" + t.name + "' is in a CUDA device's memory: save it with "
+                               "SaveStateDictCuda");
+      }
+      it.on_device = true;  // its BOOL bytes were checked by SaveStateDictCuda
+      it.device = it.data;
+    } else if (t.tensor.dtype == DType::kBool) {
+      MC_RETURN_IF_ERROR(CheckBoolBytes(t.name, it.data));
     }
     it.tensor = ManifestTensor{t.name, t.tensor.dtype, t.tensor.shape, t.tensor.nbytes, 0, "", save_id};
     if (t.tensor.nbytes > 0) {
@@ -390,7 +467,7 @@ Status Model::SaveStateDict(int rank, std::span<const NamedTensorView> tensors,
     items.push_back(std::move(it));
   }
   // Checksums are computed by SaveValues, batch by batch.
-  return SaveValues(rank, items, options, save_id);
+  return SaveValues(rank, items, options, save_id, staging);
 }
 
 Status Model::SaveFiles(std::span<const FileContent> files, const SaveOptions& options) {

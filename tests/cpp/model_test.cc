@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+
 #include <atomic>
 #include <cstring>
 #include <thread>
@@ -321,6 +323,14 @@ TEST(Model, SaveRejectsBadInput) {
   EXPECT_STATUS(m.SaveStateDict(2, s.views, two), kInvalidArgument, "not below world_size");
   std::vector<FileContent> bad = {{"../x", {}}};
   EXPECT_FALSE(m.SaveFiles(bad).ok());
+  // A tensor in a device's memory is never read as if it were the host's.
+  std::vector<NamedTensorView> on_device = s.views;
+  on_device[1].on_device = true;
+  EXPECT_STATUS(m.SaveStateDict(0, on_device), kInvalidArgument, "in a CUDA device's memory");
+  if (dlopen("libcuda.so.1", RTLD_NOW) == nullptr) {  // no driver here (CI): the CUDA save says so
+    EXPECT_STATUS(m.SaveStateDictCuda(0, on_device, CudaTarget{}), kFailedPrecondition,
+                  "saving from a GPU needs one");
+  }
   EXPECT_EQ(m.OpenReader(0).status().code(), StatusCode::kNotFound);
   EXPECT_EQ(m.OpenReader(-1).status().code(), StatusCode::kInvalidArgument);
 }

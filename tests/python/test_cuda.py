@@ -220,3 +220,79 @@ def test_destinations_that_are_not_device_memory_are_refused(model):
         reader.load_into_cuda([("w", cuda_capsule(small.data_ptr(), [1024], device=99))], stream)
     with pytest.raises(InvalidArgumentError, match="stored as F32"):
         model.load_into({"w": torch.empty(1024, dtype=torch.float16, device="cuda")})
+
+
+def test_without_a_driver_a_cuda_save_says_so(model):
+    if has_driver():
+        pytest.skip("this machine has a CUDA driver: the GPU tests below cover saves from a GPU")
+    with pytest.raises(FailedPreconditionError, match=r"no CUDA driver.*libcuda\.so\.1.*saving from a GPU"):
+        model._model().save_state_dict(0, [("w", cuda_capsule(1 << 20, [6]))], 1, "engine", 1 << 20, None, True, 0)
+    assert model.list("org/gpu-model/") == []  # nothing written
+
+
+def gpu_state_dict() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """state_dict() on the GPU (tied tensors still tied, one transposed
+    view), and what it holds on the CPU."""
+    sd = state_dict()
+    on_gpu = {n: t.to("cuda") for n, t in sd.items() if n != "tied"}
+    on_gpu["tied"] = on_gpu["same.3"]
+    on_gpu["big"] = sd["big"].t().contiguous().to("cuda").t()  # not contiguous on the device
+    return on_gpu, sd
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch_bytes", [64 << 10, 1 << 30])
+def test_a_state_dict_on_the_gpu_is_saved_bit_exact(model, batch_bytes):
+    # 64 KiB batches: dozens of rounds through both pinned buffers, tensors
+    # larger than a batch (the buffer grows); 1 GiB: batches of 128 MiB.
+    on_gpu, sd = gpu_state_dict()
+    seen = []
+    model.save_state_dict(on_gpu, batch_bytes=batch_bytes, progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert_same(model.load_state_dict(), sd)
+    info = model.inspect_model()
+    assert info["complete"] and not info["problems"]
+    # Saved again, one tensor changed: the others are kept (read back and
+    # checked through the staging buffers), the changed one rewritten.
+    on_gpu["same.5"] = on_gpu["same.5"] + 1
+    sd["same.5"] = on_gpu["same.5"].cpu()
+    model.save_state_dict(on_gpu, batch_bytes=batch_bytes)
+    assert_same(model.load_state_dict(), sd)
+    # A state dict partly on the GPU and partly on the CPU.
+    on_gpu["norm.weight"] = sd["norm.weight"]
+    model.save_state_dict(on_gpu, batch_bytes=batch_bytes)
+    assert_same(model.load_state_dict(), sd)
+
+
+@needs_gpu
+def test_a_save_from_the_gpu_is_ordered_on_the_callers_stream(model):
+    # The values are computed on a side stream and saved right away, without
+    # a synchronization: the copies to the host are queued behind them.
+    base = {f"w{i}": random_tensor(torch.float32, (1024, 1024), seed=i) for i in range(8)}
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        on_gpu = {n: t.to("cuda", non_blocking=True) for n, t in base.items()}
+        on_gpu = {n: (t.view(torch.int32) ^ 0x5A5A).view(torch.float32) for n, t in on_gpu.items()}
+        model.save_state_dict(on_gpu, batch_bytes=1 << 20)
+    expected = {n: (t.view(torch.int32) ^ 0x5A5A).view(torch.float32) for n, t in base.items()}
+    assert_same(model.load_state_dict(), expected)
+
+
+@needs_gpu
+def test_a_bad_bool_tensor_on_the_gpu_is_refused_before_anything_is_written(model):
+    bad = torch.tensor([0, 1, 2], dtype=torch.uint8, device="cuda").view(torch.bool)
+    with pytest.raises(InvalidArgumentError, match="'mask' is BOOL but holds a byte"):
+        model.save_state_dict({"w": torch.ones(4, device="cuda"), "mask": bad})
+    assert model.list("org/gpu-model/") == []  # nothing written
+
+
+@needs_gpu
+def test_sources_that_are_not_device_memory_are_refused(model):
+    host = torch.empty(1024, dtype=torch.float32)
+    stream = torch.cuda.current_stream().cuda_stream
+    save = model._model().save_state_dict
+    with pytest.raises(InvalidArgumentError, match="saving tensor 'w' from CUDA device 0.*not CUDA device memory"):
+        save(0, [("w", cuda_capsule(host.data_ptr(), [1024]))], 1, "engine", 1 << 20, None, True, stream)
+    with pytest.raises(InvalidArgumentError, match="'b' is on CUDA device 99, others on 0"):
+        save(0, [("a", cuda_capsule(host.data_ptr(), [1024])), ("b", cuda_capsule(host.data_ptr(), [1024], 99))],
+             1, "engine", 1 << 20, None, True, stream)
