@@ -1,5 +1,7 @@
 #include <dlfcn.h>
 
+#include <algorithm>
+
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -247,6 +249,35 @@ Status Driver::Wait(Event event) const {
 
 Status Driver::Synchronize(Stream stream) const {
   return Check(api_->cuStreamSynchronize(stream), "waiting for the copies between the host and the GPU");
+}
+
+PinnedPool& PinnedPool::Get() {
+  static PinnedPool* pool = new PinnedPool;
+  return *pool;
+}
+
+Result<PinnedBuffer> PinnedPool::Take(const Driver& driver, uint64_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto best = free_.end();
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->size() >= bytes && (best == free_.end() || it->size() < best->size())) best = it;
+    }
+    if (best != free_.end()) {
+      PinnedBuffer out = std::move(*best);
+      free_.erase(best);
+      return out;
+    }
+  }
+  return driver.AllocatePinned(bytes);
+}
+
+void PinnedPool::Give(PinnedBuffer buffer) {
+  if (buffer.data() == nullptr) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  free_.push_back(std::move(buffer));
+  std::sort(free_.begin(), free_.end(), [](const PinnedBuffer& a, const PinnedBuffer& b) { return a.size() > b.size(); });
+  if (free_.size() > kKeep) free_.resize(kKeep);  // the largest stay
 }
 
 }  // namespace mooncake_connector::cuda

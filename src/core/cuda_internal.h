@@ -10,7 +10,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "mooncake_connector/status.h"
 
@@ -94,6 +96,25 @@ class Driver {
   Status Check(int result, const std::string& what) const;
 
   std::unique_ptr<Api> api_;
+};
+
+// Pinned buffers kept from one operation to the next (GPU loads' pipeline
+// buffers, a GPU save's staging buffers): pinning hundreds of MiB takes tens
+// of milliseconds. Keeps the kKeep largest buffers given back; never
+// destroyed, as the driver may be gone when static objects are.
+class PinnedPool {
+ public:
+  static constexpr size_t kKeep = 4;
+  static PinnedPool& Get();
+  // The smallest kept buffer of at least `bytes`, else a new one (the
+  // device's context current).
+  Result<PinnedBuffer> Take(const Driver& driver, uint64_t bytes);
+  void Give(PinnedBuffer buffer);
+
+ private:
+  PinnedPool() = default;
+  std::mutex mu_;
+  std::vector<PinnedBuffer> free_;
 };
 
 }  // namespace mooncake_connector::cuda

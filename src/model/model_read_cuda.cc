@@ -40,46 +40,6 @@ constexpr uint64_t kStagedBatchBytes = uint64_t{64} << 20;
 // time, 0.37 s two; the raw wheel's one call for all of it 0.43 s).
 constexpr size_t kFetchesInFlight = 2;
 
-// Pinned buffers kept from one load to the next: pinning hundreds of MiB
-// takes tens of milliseconds. Holds at most one load's worth; never
-// destroyed, as the driver may be gone when static objects are.
-class PinnedPool {
- public:
-  static PinnedPool& Get() {
-    static PinnedPool* pool = new PinnedPool;
-    return *pool;
-  }
-
-  Result<cuda::PinnedBuffer> Take(const cuda::Driver& driver, uint64_t bytes) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      auto best = free_.end();
-      for (auto it = free_.begin(); it != free_.end(); ++it) {
-        if (it->size() >= bytes && (best == free_.end() || it->size() < best->size())) best = it;
-      }
-      if (best != free_.end()) {
-        cuda::PinnedBuffer out = std::move(*best);
-        free_.erase(best);
-        return out;
-      }
-    }
-    return driver.AllocatePinned(bytes);
-  }
-
-  void Give(cuda::PinnedBuffer buffer) {
-    std::lock_guard<std::mutex> lock(mu_);
-    free_.push_back(std::move(buffer));
-    std::sort(free_.begin(), free_.end(),
-              [](const cuda::PinnedBuffer& a, const cuda::PinnedBuffer& b) { return a.size() > b.size(); });
-    if (free_.size() > kKeep) free_.resize(kKeep);  // the largest stay
-  }
-
- private:
-  static constexpr size_t kKeep = kSlots;
-  std::mutex mu_;
-  std::vector<cuda::PinnedBuffer> free_;
-};
-
 // One pinned buffer of the pipeline, the event recorded after the copies out
 // of it were queued, and the threads checking the checksums of what is in it.
 struct Slot {
@@ -136,7 +96,7 @@ Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> de
       for (Slot& s : slots) {
         if (s.checker.joinable()) s.checker.join();
         driver->DestroyEvent(s.copied);
-        if (s.buffer.data() != nullptr) PinnedPool::Get().Give(std::move(s.buffer));
+        if (s.buffer.data() != nullptr) cuda::PinnedPool::Get().Give(std::move(s.buffer));
       }
     }
   } release{&driver, stream, slots};
@@ -149,7 +109,7 @@ Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> de
   // over TCP, so waiting for all of them stalled the pipeline at its second
   // batch.
   const uint64_t buffer_bytes = std::max<uint64_t>(slot_bytes, 1);
-  MC_ASSIGN_OR_RETURN(slots[0].buffer, PinnedPool::Get().Take(driver, buffer_bytes));
+  MC_ASSIGN_OR_RETURN(slots[0].buffer, cuda::PinnedPool::Get().Take(driver, buffer_bytes));
   std::mutex pin_mu;
   std::condition_variable pin_cv;
   size_t pinned_slots = 1;  // slots [0, pinned_slots) have their buffer
@@ -159,7 +119,7 @@ Status ModelReaderImpl::LoadIntoCudaStaged(std::span<const TensorDestination> de
     Result<cuda::Driver::ContextGuard> context = driver.Enter(device);
     if (!context.ok()) status = context.status();
     for (size_t k = 1; k < slots.size() && status.ok(); ++k) {
-      Result<cuda::PinnedBuffer> b = PinnedPool::Get().Take(driver, buffer_bytes);
+      Result<cuda::PinnedBuffer> b = cuda::PinnedPool::Get().Take(driver, buffer_bytes);
       std::lock_guard<std::mutex> lock(pin_mu);
       if (b.ok()) {
         slots[k].buffer = std::move(*b);

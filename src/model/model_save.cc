@@ -225,6 +225,15 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     return out;
   };
   const uint64_t batch_limit = staging ? std::min(options.batch_bytes, kSaveStagingBytes) : options.batch_bytes;
+  if (staging != nullptr) {
+    uint64_t device_bytes = 0, largest = 0;
+    for (const SaveItem& it : items) {
+      if (!it.on_device || it.alias) continue;
+      device_bytes += it.device.size();
+      largest = std::max<uint64_t>(largest, it.device.size());
+    }
+    staging->Expect(std::max(largest, std::min(batch_limit, device_bytes)));
+  }
 
   std::vector<size_t> candidates;
   std::vector<uint64_t> candidate_save_ids;  // the save that wrote each candidate's stored value

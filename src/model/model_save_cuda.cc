@@ -1,6 +1,7 @@
 // Saving a state dict that lies in a CUDA device's memory: the tensors reach
 // the store through two pinned host buffers (save_staging_internal.h), not
 // through a host copy of the whole rank.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -16,7 +17,10 @@ SaveStaging::~SaveStaging() {
   for (const Slot& s : slots_) queued = queued || s.queued;
   // No copy may still write a buffer that is freed.
   if (queued) (void)driver_.Synchronize(stream_);
-  for (Slot& s : slots_) driver_.DestroyEvent(s.copied);
+  for (Slot& s : slots_) {
+    driver_.DestroyEvent(s.copied);
+    cuda::PinnedPool::Get().Give(std::move(s.buffer));  // kept for the next save or load
+  }
 }
 
 Result<std::vector<ConstBytes>> SaveStaging::Queue(size_t slot, std::span<const ConstBytes> device) {
@@ -25,8 +29,8 @@ Result<std::vector<ConstBytes>> SaveStaging::Queue(size_t slot, std::span<const 
   for (ConstBytes d : device) bytes += d.size();
   if (s.buffer.size() < bytes) {
     MC_RETURN_IF_ERROR(Wait(slot));
-    s.buffer = cuda::PinnedBuffer();  // freed before its larger successor is pinned
-    MC_ASSIGN_OR_RETURN(s.buffer, driver_.AllocatePinned(bytes));
+    cuda::PinnedPool::Get().Give(std::move(s.buffer));
+    MC_ASSIGN_OR_RETURN(s.buffer, cuda::PinnedPool::Get().Take(driver_, std::max(bytes, expected_)));
   }
   if (s.copied == nullptr) {
     MC_ASSIGN_OR_RETURN(s.copied, driver_.CreateEvent());

@@ -23,14 +23,20 @@ class SaveStaging {
   // Copies go on `stream`; the device's context must be current on the
   // thread that uses this object, for as long as it lives.
   SaveStaging(const cuda::Driver& driver, cuda::Stream stream) : driver_(driver), stream_(stream) {}
-  // Waits for copies still queued, then frees the buffers.
+  // Waits for copies still queued, then gives the buffers to the
+  // cuda::PinnedPool (repeated saves, e.g. weights published after each
+  // training step, do not pin afresh).
   ~SaveStaging();
   SaveStaging(const SaveStaging&) = delete;
   SaveStaging& operator=(const SaveStaging&) = delete;
 
+  // Buffers are taken at least this large (the largest group expected), so
+  // that a slot is not pinned again as its groups grow.
+  void Expect(uint64_t bytes) { expected_ = bytes; }
   // Queues the copies of `device` (spans of device memory) into slot
-  // `slot`'s buffer, grown to fit when needed, and returns where each will
-  // be, in order. What the slot held before is no longer readable.
+  // `slot`'s buffer (from the cuda::PinnedPool, grown to fit when needed)
+  // and returns where each will be, in order. What the slot held before is
+  // no longer readable.
   Result<std::vector<ConstBytes>> Queue(size_t slot, std::span<const ConstBytes> device);
   // Blocks until the copies queued into slot `slot` are done.
   Status Wait(size_t slot);
@@ -43,6 +49,7 @@ class SaveStaging {
   };
   const cuda::Driver& driver_;
   cuda::Stream stream_;
+  uint64_t expected_ = 0;
   std::array<Slot, kSlots> slots_;
 };
 
