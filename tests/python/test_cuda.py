@@ -262,6 +262,9 @@ def test_a_state_dict_on_the_gpu_is_saved_bit_exact(model, batch_bytes):
     on_gpu["norm.weight"] = sd["norm.weight"]
     model.save_state_dict(on_gpu, batch_bytes=batch_bytes)
     assert_same(model.load_state_dict(), sd)
+    # A load onto the GPU after the saves (their staging buffers are in the
+    # pinned pool the load takes its buffers from).
+    assert_same(on_cpu(model.load_state_dict(device="cuda", batch_bytes=batch_bytes)), sd)
 
 
 @needs_gpu
