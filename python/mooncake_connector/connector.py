@@ -174,7 +174,8 @@ class MooncakeConnector:
         a CUDA device are copied to the host a batch at a time (at most 128
         MiB each, two in flight, through pinned buffers, on torch's current
         stream), so a GPU engine's save never holds a host copy of its whole
-        rank; tensors on a second CUDA device are copied to the CPU first.
+        rank (a non-contiguous one is made contiguous on its device first);
+        tensors on a second CUDA device are copied to the CPU first.
         Saving again resumes an interrupted save (values already stored with the same
         checksum are skipped) and removes the rank's tensors ``state_dict``
         lacks.

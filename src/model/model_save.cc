@@ -27,6 +27,10 @@ namespace mooncake_connector {
 
 namespace {
 
+// What a save reads back at once to check the values an earlier save left
+// (StoredAsBefore): scratch memory, so less than a save's batch.
+constexpr uint64_t kCheckBatchBytes = uint64_t{256} << 20;
+
 std::string UtcNow() {
   std::time_t now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
   std::tm tm{};
@@ -226,13 +230,11 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
   };
   const uint64_t batch_limit = staging ? std::min(options.batch_bytes, kSaveStagingBytes) : options.batch_bytes;
   if (staging != nullptr) {
-    uint64_t device_bytes = 0, largest = 0;
+    uint64_t device_bytes = 0;
     for (const SaveItem& it : items) {
-      if (!it.on_device || it.alias) continue;
-      device_bytes += it.device.size();
-      largest = std::max<uint64_t>(largest, it.device.size());
+      if (it.on_device && !it.alias) device_bytes += it.device.size();
     }
-    staging->Expect(std::max(largest, std::min(batch_limit, device_bytes)));
+    staging->Expect(std::min(batch_limit, device_bytes));
   }
 
   std::vector<size_t> candidates;
@@ -298,7 +300,10 @@ Status Model::SaveValues(std::optional<int> rank, std::vector<SaveItem>& items, 
     // is written again, so saving again repairs.
     std::vector<const SaveItem*> which;
     for (size_t i : candidates) which.push_back(&items[i]);
-    std::vector<bool> intact = StoredAsBefore(rank, which, candidate_save_ids, options.batch_bytes);
+    // Read back into scratch memory: in batches of at most 256 MiB (128 MiB
+    // from a device), not a save's 1 GiB.
+    std::vector<bool> intact = StoredAsBefore(rank, which, candidate_save_ids,
+                                              std::min(batch_limit, kCheckBatchBytes));
     for (size_t j = 0; j < candidates.size(); ++j) {
       if (!intact[j]) continue;
       if (rank) items[candidates[j]].tensor.save_id = candidate_save_ids[j];

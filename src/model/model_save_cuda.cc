@@ -19,8 +19,14 @@ SaveStaging::~SaveStaging() {
   if (queued) (void)driver_.Synchronize(stream_);
   for (Slot& s : slots_) {
     driver_.DestroyEvent(s.copied);
-    cuda::PinnedPool::Get().Give(std::move(s.buffer));  // kept for the next save or load
+    Release(std::move(s.buffer));
   }
+}
+
+void SaveStaging::Release(cuda::PinnedBuffer buffer) const {
+  // One larger tensor's buffer is freed: the pool keeps what later saves and
+  // loads use again, not the size of a model's largest tensor.
+  if (buffer.size() <= std::max(expected_, kPooledBytes)) cuda::PinnedPool::Get().Give(std::move(buffer));
 }
 
 Result<std::vector<ConstBytes>> SaveStaging::Queue(size_t slot, std::span<const ConstBytes> device) {
@@ -29,7 +35,7 @@ Result<std::vector<ConstBytes>> SaveStaging::Queue(size_t slot, std::span<const 
   for (ConstBytes d : device) bytes += d.size();
   if (s.buffer.size() < bytes) {
     MC_RETURN_IF_ERROR(Wait(slot));
-    cuda::PinnedPool::Get().Give(std::move(s.buffer));
+    Release(std::move(s.buffer));
     MC_ASSIGN_OR_RETURN(s.buffer, cuda::PinnedPool::Get().Take(driver_, std::max(bytes, expected_)));
   }
   if (s.copied == nullptr) {
@@ -68,11 +74,15 @@ Status Model::SaveStateDictCuda(int rank, std::span<const NamedTensorView> tenso
     MC_RETURN_IF_ERROR(driver->CheckDeviceMemory(address, t.tensor.nbytes, source.device)
                            .WithContext("saving tensor '" + t.name + "' from CUDA device " +
                                         std::to_string(source.device)));
-    if (t.tensor.dtype == DType::kBool) {  // checked before anything is written (masks: small)
-      std::vector<std::byte> host(t.tensor.nbytes);
-      MC_RETURN_IF_ERROR(driver->CopyToHostAsync(host.data(), address, host.size(), stream));
-      MC_RETURN_IF_ERROR(driver->Synchronize(stream));
-      MC_RETURN_IF_ERROR(CheckBoolBytes(t.name, host));
+    if (t.tensor.dtype == DType::kBool) {  // checked before anything is written, a piece at a time
+      constexpr uint64_t kPiece = uint64_t{16} << 20;
+      std::vector<std::byte> host(std::min(t.tensor.nbytes, kPiece));
+      for (uint64_t at = 0; at < t.tensor.nbytes; at += kPiece) {
+        const uint64_t n = std::min(kPiece, t.tensor.nbytes - at);
+        MC_RETURN_IF_ERROR(driver->CopyToHostAsync(host.data(), address + at, n, stream));
+        MC_RETURN_IF_ERROR(driver->Synchronize(stream));
+        MC_RETURN_IF_ERROR(CheckBoolBytes(t.name, ConstBytes(host.data(), n)));
+      }
     }
   }
   SaveStaging staging(*driver, stream);  // goes before the context guard

@@ -25,13 +25,15 @@ class SaveStaging {
   SaveStaging(const cuda::Driver& driver, cuda::Stream stream) : driver_(driver), stream_(stream) {}
   // Waits for copies still queued, then gives the buffers to the
   // cuda::PinnedPool (repeated saves, e.g. weights published after each
-  // training step, do not pin afresh).
+  // training step, do not pin afresh), but for one a larger tensor needed.
   ~SaveStaging();
   SaveStaging(const SaveStaging&) = delete;
   SaveStaging& operator=(const SaveStaging&) = delete;
 
-  // Buffers are taken at least this large (the largest group expected), so
-  // that a slot is not pinned again as its groups grow.
+  // Buffers are taken at least this large (a whole batch's device bytes),
+  // so that a slot is not pinned again as its batches grow; a slot grows
+  // past it only for one larger tensor, and that buffer is freed rather than
+  // kept in the pool.
   void Expect(uint64_t bytes) { expected_ = bytes; }
   // Queues the copies of `device` (spans of device memory) into slot
   // `slot`'s buffer (from the cuda::PinnedPool, grown to fit when needed)
@@ -47,6 +49,10 @@ class SaveStaging {
     cuda::Event copied = nullptr;
     bool queued = false;
   };
+  // Buffers up to this size (or expected_) go back to the pool.
+  static constexpr uint64_t kPooledBytes = uint64_t{128} << 20;
+  void Release(cuda::PinnedBuffer buffer) const;
+
   const cuda::Driver& driver_;
   cuda::Stream stream_;
   uint64_t expected_ = 0;

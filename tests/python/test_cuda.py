@@ -244,7 +244,7 @@ def gpu_state_dict() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("batch_bytes", [64 << 10, 1 << 30])
 def test_a_state_dict_on_the_gpu_is_saved_bit_exact(model, batch_bytes):
     # 64 KiB batches: dozens of rounds through both pinned buffers, tensors
-    # larger than a batch (the buffer grows); 1 GiB: batches of 128 MiB.
+    # larger than a batch (a slot grows for them); 1 GiB: one batch.
     on_gpu, sd = gpu_state_dict()
     seen = []
     model.save_state_dict(on_gpu, batch_bytes=batch_bytes, progress=lambda d, t: seen.append((d, t)))
@@ -274,7 +274,8 @@ def test_a_save_from_the_gpu_is_ordered_on_the_callers_stream(model):
     base = {f"w{i}": random_tensor(torch.float32, (1024, 1024), seed=i) for i in range(8)}
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
-        on_gpu = {n: t.to("cuda", non_blocking=True) for n, t in base.items()}
+        on_gpu = {n: t.to("cuda") for n, t in base.items()}
+        torch.cuda._sleep(500_000_000)  # the GPU busy on `side` for a while (~0.3 s) first
         on_gpu = {n: (t.view(torch.int32) ^ 0x5A5A).view(torch.float32) for n, t in on_gpu.items()}
         model.save_state_dict(on_gpu, batch_bytes=1 << 20)
     expected = {n: (t.view(torch.int32) ^ 0x5A5A).view(torch.float32) for n, t in base.items()}
@@ -299,3 +300,18 @@ def test_sources_that_are_not_device_memory_are_refused(model):
     with pytest.raises(InvalidArgumentError, match="'b' is on CUDA device 99, others on 0"):
         save(0, [("a", cuda_capsule(host.data_ptr(), [1024])), ("b", cuda_capsule(host.data_ptr(), [1024], 99))],
              1, "engine", 1 << 20, None, True, stream)
+
+
+@needs_gpu
+def test_a_gpu_save_larger_than_its_staging_buffers(model):
+    # 64 MiB tensors, three to a 128 MiB batch at most, and one of 160 MiB,
+    # larger than a batch: its slot grows for it (and that buffer is freed).
+    sd = {f"w{i}": random_tensor(torch.bfloat16, (8192, 4096), seed=i) for i in range(3)}
+    sd["embed"] = random_tensor(torch.bfloat16, (20480, 4096), seed=9)
+    sd["w3"] = random_tensor(torch.bfloat16, (8192, 4096), seed=3)
+    on_gpu = {n: t.to("cuda") for n, t in sd.items()}
+    for _ in range(2):  # the second time through buffers the pool kept
+        model.save_state_dict(on_gpu)
+        loaded = model.load_state_dict()
+        for name, t in sd.items():
+            assert torch.equal(loaded[name].view(torch.int16), t.view(torch.int16)), name
