@@ -128,6 +128,27 @@ def test_value_larger_than_local_buffer_and_chunks(mc, mooncake_cluster):
     assert ours() == []
 
 
+def test_calls_of_many_objects_stay_within_mooncakes_tcp_queue(mc, capfd):
+    # Over TCP every object of a batch call is one transfer, and Mooncake
+    # queues at most 1,024 per peer (MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER)
+    # and fails the rest ("TCP lane queue-full rejection"). Calls of 3,072
+    # chunks of 64 KiB (one direct call's worth of bytes) failed the save;
+    # calls of 3,000 small tensors (one staged call's worth of slot space)
+    # were refused again on every retry until the deadline. Both are saved
+    # and read back here without a transfer refused.
+    chunked = {f"w{i}": random_tensor(torch.bfloat16, (8192, 4096), seed=i) for i in range(3)}
+    small = {f"n{i}": random_tensor(torch.bfloat16, (2048,), seed=i) for i in range(3000)}
+    for url, state in (("mooncake:///org/small-chunks?chunk_size=64kb", chunked),
+                       ("mooncake:///org/small-values", small)):
+        with create_remote_connector(url, device="cpu") as c:
+            c.save_state_dict(state)
+            got = c.load_state_dict()
+            for name, t in state.items():
+                assert_bit_exact(got[name], t)
+    err = capfd.readouterr().err
+    assert "queue-full" not in err and "TRANSFER_FAIL" not in err, err[-2000:]
+
+
 def test_foreign_single_object_above_chunk_size(mc):
     # 24M bf16 elements = 48 MB in one object, written by the raw wheel.
     assert raw_client("put", "big-raw", str(24 << 20))["rc"] == 0

@@ -44,6 +44,14 @@ inline constexpr uint64_t kDirectReadCallBytes = uint64_t{64} << 20;
 // machine (41% of a 2-core own-mode save's samples in 64 MiB calls;
 // docs/performance.md).
 inline constexpr uint64_t kDirectWriteCallBytes = uint64_t{1} << 30;
+// Objects per batch call, whatever their size: over TCP each object of a
+// call is a transfer of its own, and Mooncake's TCP transport queues at most
+// MC_TCP_MAX_QUEUED_TRANSFERS_PER_PEER (1,024 by default) per peer and fails
+// the rest of a call ("queue-full"); one storage process is one peer, and a
+// client may make calls from several threads at once (reads, saves). With
+// the default 16 MiB chunks a 1 GiB call is 64 objects; this bounds the calls
+// of small chunks and small values.
+inline constexpr size_t kMaxObjectsPerCall = 256;
 
 // Chunk objects removed (or checked) one by one, batched, on remove() and
 // after a write; a header that claims more is cleaned by the pattern sweep

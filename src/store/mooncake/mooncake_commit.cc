@@ -25,7 +25,7 @@ struct MooncakeWriter::HeaderSlot {
 
 template <typename KeyOf, typename Fn>
 void MooncakeWriter::ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn) {
-  const size_t per_slot = static_cast<size_t>(client_.slot_size() / kChunkHeaderSize);
+  const size_t per_slot = std::min(static_cast<size_t>(client_.slot_size() / kChunkHeaderSize), kMaxObjectsPerCall);
   for (size_t at = 0; at < count; at += per_slot) {
     const size_t n = std::min(per_slot, count - at);
     HeaderSlot h{client_.arena().Acquire(1), {}, {}, std::vector<size_t>(n, kChunkHeaderSize)};

@@ -50,7 +50,7 @@ std::vector<Result<uint64_t>> MooncakeReader::BatchGetInto(std::span<const GetIn
     std::vector<uint64_t> offsets, sizes;
     uint64_t used = 0;  // bytes of the slots taken, pieces 64-byte aligned
     const uint64_t space = static_cast<uint64_t>(client_.slot_size()) * client_.arena().slots();
-    for (; next < requests.size(); ++next) {
+    for (; next < requests.size() && batch.size() < kMaxObjectsPerCall; ++next) {
       const GetIntoRequest& r = requests[next];
       Status valid = ValidateKey(r.key);
       if (!valid.ok()) {

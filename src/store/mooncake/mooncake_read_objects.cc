@@ -102,7 +102,9 @@ int64_t MooncakeReader::ReadObjects(std::vector<std::unique_ptr<ValueRead>>& val
     for (; next < objects.size(); ++next) {
       const ObjectRead& o = objects[next];
       if (!values[o.value]->status.ok()) continue;
-      if (!call.empty() && (call.size() == how.max_objects || bytes + o.size > how.max_bytes)) break;
+      if (!call.empty() && (call.size() == std::min(how.max_objects, kMaxObjectsPerCall) || bytes + o.size > how.max_bytes)) {
+        break;
+      }
       call.push_back(next);
       bytes += o.size;
     }

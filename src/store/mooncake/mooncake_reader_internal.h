@@ -110,7 +110,7 @@ class MooncakeReader final : public ReadMemory {
 
   // The one executor of object transfers (mooncake_read_objects.cc): reads
   // `objects` (each value's in order) in calls of at most `max_objects`
-  // objects and `max_bytes` bytes (at least one object), each object's
+  // objects (and kMaxObjectsPerCall) and `max_bytes` bytes (at least one object), each object's
   // status by ObjectResult, its bytes taken by TakeObject, a value finished
   // by FinishValue after its `last` object. Objects of a value that failed
   // are skipped. A call that fails as a whole gives its failure to the

@@ -230,6 +230,7 @@ void MooncakeWriter::PutRawObjects(std::span<Value* const> values, const Replica
     uint64_t used = 0;
     for (; next < order.size() && WritesDirectly(order[next]->size) == direct; ++next) {
       const uint64_t size = order[next]->size;
+      if (batch.size() == kMaxObjectsPerCall) break;
       if (direct) {
         if (!batch.empty() && used + size > kDirectWriteCallBytes) break;
         used += size;
@@ -294,7 +295,7 @@ std::vector<Status> MooncakeWriter::PutChunkObjects(std::span<const ChunkWrite> 
   // The chunks of all the values in order, in calls that several values
   // share: straight from the callers' memory (direct writes) in calls of
   // about kDirectWriteCallBytes, or gathered into the staging slots, a slots'
-  // worth per call. A value whose chunk failed has its other chunks skipped.
+  // worth per call; at most kMaxObjectsPerCall chunks a call. A value whose chunk failed has its other chunks skipped.
   // A retried call puts every chunk again (those already in are kept). No
   // key locks: chunk keys carry their write's own generation.
   std::vector<Status> out(values.size());
@@ -318,7 +319,7 @@ std::vector<Status> MooncakeWriter::PutChunkObjects(std::span<const ChunkWrite> 
       const bool this_direct = WritesDirectly(h.total_size);
       if (batch.empty()) {
         direct = this_direct;
-      } else if (this_direct != direct ||
+      } else if (this_direct != direct || batch.size() == kMaxObjectsPerCall ||
                  (direct ? bytes + length > kDirectWriteCallBytes : batch.size() == client_.arena().slots())) {
         break;
       }
