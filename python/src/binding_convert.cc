@@ -69,6 +69,15 @@ InTensor FromArray(const AnyArray& a, const std::string& name, Where where) {
   return in;
 }
 
+void NoteCudaDevice(const InTensor& in, const std::string& name, const char* what, int& device) {
+  if (in.cuda_device < 0) return;
+  if (device >= 0 && in.cuda_device != device) {
+    Check(InvalidArgument(std::string(what) + ": tensor '" + name + "' is on CUDA device " +
+                          std::to_string(in.cuda_device) + ", the others on " + std::to_string(device)));
+  }
+  device = in.cuda_device;
+}
+
 TensorView ViewOf(const InTensor& in) {
   return Unwrap(MakeTensorView(in.dtype, in.shape, ConstBytes(in.data, in.nbytes)));
 }

@@ -59,6 +59,9 @@ struct InTensor {
 enum Where { kCpu, kCuda, kCpuOrCuda };
 
 InTensor FromArray(const AnyArray& a, const std::string& name, Where where);
+// A call's tensors on CUDA are all on one device: `device` (-1 until the
+// first) becomes that of `in`, or `what` raises naming `name`'s.
+void NoteCudaDevice(const InTensor& in, const std::string& name, const char* what, int& device);
 TensorView ViewOf(const InTensor& in);
 TensorDestination DestinationOf(const std::string& name, const InTensor& in);
 

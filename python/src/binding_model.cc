@@ -106,11 +106,7 @@ class PyModelReader {
     int device = -1;
     for (const auto& [name, array] : tensors) {
       InTensor in = FromArray(array, name, kCuda);
-      if (device >= 0 && in.cuda_device != device) {
-        Check(InvalidArgument("load_into_cuda: tensor '" + name + "' is on CUDA device " +
-                              std::to_string(in.cuda_device) + ", the others on " + std::to_string(device)));
-      }
-      device = in.cuda_device;
+      NoteCudaDevice(in, name, "load_into_cuda", device);
       dests.push_back(DestinationOf(name, in));
     }
     nb::gil_scoped_release release;
@@ -220,11 +216,7 @@ void BindModel(nb::module_& m) {
              int device = -1;
              for (const auto& [name, array] : tensors) {
                InTensor in = FromArray(array, name, kCpuOrCuda);
-               if (in.cuda_device >= 0 && device >= 0 && in.cuda_device != device) {
-                 Check(InvalidArgument("save_state_dict: tensor '" + name + "' is on CUDA device " +
-                                       std::to_string(in.cuda_device) + ", others on " + std::to_string(device)));
-               }
-               if (in.cuda_device >= 0) device = in.cuda_device;
+               NoteCudaDevice(in, name, "save_state_dict", device);
                views.push_back({name, ViewOf(in), in.cuda_device >= 0});
              }
              SaveOptions o;

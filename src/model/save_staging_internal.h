@@ -12,6 +12,7 @@
 
 #include "core/cuda_internal.h"
 #include "mooncake_connector/buffer.h"
+#include "mooncake_connector/model.h"
 #include "mooncake_connector/status.h"
 
 namespace mooncake_connector {
@@ -49,8 +50,8 @@ class SaveStaging {
     cuda::Event copied = nullptr;
     bool queued = false;
   };
-  // Buffers up to this size (or expected_) go back to the pool.
-  static constexpr uint64_t kPooledBytes = uint64_t{128} << 20;
+  // Buffers up to a save batch (or expected_) go back to the pool.
+  static constexpr uint64_t kPooledBytes = Model::kSaveStagingBytes;
   void Release(cuda::PinnedBuffer buffer) const;
 
   const cuda::Driver& driver_;
