@@ -39,7 +39,7 @@ void MooncakeWriter::ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn) {
 
 void MooncakeWriter::LearnExisting(std::span<Value* const> values, Deadline& deadline) {
   // Several keys: one existence check, then the first 64 bytes of each key
-  // that has a value, a slot's worth of keys per call: a header or a raw
+  // that has a value, a header slot's run of keys per call: a header or a raw
   // object of under 64 bytes is then known; a larger raw object (refused for
   // the small buffer) or any error goes to Inspect, as does a single key.
   std::vector<Value*> inspect;
@@ -91,7 +91,7 @@ void MooncakeWriter::LearnExisting(std::span<Value* const> values, Deadline& dea
 
 std::vector<int64_t> MooncakeWriter::WriteHeaders(std::span<const HeaderWrite> headers, bool upsert,
                                                  const ReplicateConfig& replicate, Deadline& deadline) {
-  // From slot memory, a slot's worth of 64-byte objects per call: the
+  // From slot memory, a header slot's run of 64-byte objects per call: the
   // batch entry where the provider has it and there are several, the
   // single-key entry otherwise. A retried call writes every header of it
   // again (same bytes).
@@ -171,7 +171,7 @@ Status MooncakeWriter::CommitHeader(const std::string& key, const ChunkHeader& h
 
 std::vector<MooncakeWriter::Settled> MooncakeWriter::CheckSettled(std::span<const ChunkWrite> values,
                                                                  Deadline& deadline) {
-  // Each header read back (a slot's worth per call: a batch call for
+  // Each header read back (a header slot's run per call: a batch call for
   // several, get_into for one), then the chunks of those that are ours, in
   // one existence check.
   std::vector<Settled> out(values.size(), Settled::kUnknown);

@@ -110,12 +110,12 @@ class MooncakeReader final : public ReadMemory {
 
   // The one executor of object transfers (mooncake_read_objects.cc): reads
   // `objects` (each value's in order) in calls of at most `max_objects`
-  // objects (and kMaxObjectsPerCall) and `max_bytes` bytes (at least one object), each object's
-  // status by ObjectResult, its bytes taken by TakeObject, a value finished
-  // by FinishValue after its `last` object. Objects of a value that failed
-  // are skipped. A call that fails as a whole gives its failure to the
-  // values of its objects and of the objects after it, and ends the read;
-  // returns its code (0 if none did).
+  // objects (and kMaxObjectsPerCall) and `max_bytes` bytes (at least one
+  // object), each object's status by ObjectResult, its bytes taken by
+  // TakeObject, a value finished by FinishValue after its `last` object.
+  // Objects of a value that failed are skipped. A call that fails as a whole
+  // gives its failure to the values of its objects and of the objects after
+  // it, and ends the read; returns its code (0 if none did).
   struct ObjectTransfer {
     enum Kind {
       // Each object scattered straight over its request's head and

@@ -229,8 +229,8 @@ void MooncakeWriter::PutRawObjects(std::span<Value* const> values, const Replica
     std::vector<uint64_t> offsets;  // staged: where in the slots
     uint64_t used = 0;
     for (; next < order.size() && WritesDirectly(order[next]->size) == direct; ++next) {
-      const uint64_t size = order[next]->size;
       if (batch.size() == kMaxObjectsPerCall) break;
+      const uint64_t size = order[next]->size;
       if (direct) {
         if (!batch.empty() && used + size > kDirectWriteCallBytes) break;
         used += size;
@@ -295,9 +295,10 @@ std::vector<Status> MooncakeWriter::PutChunkObjects(std::span<const ChunkWrite> 
   // The chunks of all the values in order, in calls that several values
   // share: straight from the callers' memory (direct writes) in calls of
   // about kDirectWriteCallBytes, or gathered into the staging slots, a slots'
-  // worth per call; at most kMaxObjectsPerCall chunks a call. A value whose chunk failed has its other chunks skipped.
-  // A retried call puts every chunk again (those already in are kept). No
-  // key locks: chunk keys carry their write's own generation.
+  // worth per call; at most kMaxObjectsPerCall chunks a call. A value whose
+  // chunk failed has its other chunks skipped. A retried call puts every
+  // chunk again (those already in are kept). No key locks: chunk keys carry
+  // their write's own generation.
   std::vector<Status> out(values.size());
   std::vector<std::pair<size_t, uint64_t>> chunks;  // (value, chunk)
   for (size_t v = 0; v < values.size(); ++v) {

@@ -96,8 +96,9 @@ class MooncakeWriter {
   // unreachable (kUnknown). Reads only key, header of each.
   enum class Settled { kYes, kSuperseded, kTorn, kChunksMissing, kUnknown };
   // Calls fn(at, n, slot) for consecutive runs of the `count` header
-  // objects (key_of(i) names the i-th) that fit one staging slot: `slot`
-  // holds their keys and a 64-byte place in the slot for each.
+  // objects (key_of(i) names the i-th) that fit one staging slot, at most
+  // kMaxObjectsPerCall a run: `slot` holds their keys and a 64-byte place
+  // in the slot for each.
   struct HeaderSlot;
   template <typename KeyOf, typename Fn>
   void ForEachHeaderSlot(size_t count, KeyOf&& key_of, Fn&& fn);
