@@ -447,6 +447,15 @@ class MC_EXPORT ModelReader {
   // at most one batch more memory).
   Result<std::vector<NamedTensor>> NextBatch();
 
+  // The rank's whole state in one go, in stored order (what a caller that
+  // keeps every tensor would gather from NextBatch): every stored tensor
+  // allocated first (new 64-byte aligned storage, as NextBatch's) and all
+  // filled by one LoadInto, whose threads fault the pages in ahead of the
+  // transfers; aliases share their target's storage. Memory: the rank's
+  // stored bytes, nothing more. Without a manifest (dtypes and shapes
+  // unknown until read): NextBatch until the end.
+  Result<std::vector<NamedTensor>> LoadAll();
+
   // Fills the caller's memory, no allocation for values that match the
   // manifest. Every destination must name a tensor of the rank with the same
   // dtype and shape (NotFound / InvalidArgument otherwise). Returns the names

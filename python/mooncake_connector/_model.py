@@ -120,7 +120,7 @@ def load_state_dict(model: "_impl.Model", rank: int, *, device: Any = "cpu", ver
     reader = model.reader(rank, verify, batch_bytes, progress)
     target = _device(device)
     if target.type == "cpu":  # aliases already share storage
-        return dict(_batches(reader))
+        return {name: torch.from_dlpack(capsule) for name, capsule in reader.load_all()}
     if target.type == "cuda" and reader.has_manifest:
         return dict(_device_groups(reader, target, 2**64 - 1, None))
     # Tensors the manifest lists as aliases (tied weights) stay shared on the

@@ -79,16 +79,9 @@ class PyModelReader {
   // capsule per tensor rather than an array that torch then views and
   // reshapes: a batch of thousands of small tensors made that many Python
   // objects that its garbage collector spent a third of the load on.
-  nb::list NextBatch() {
-    Result<std::vector<NamedTensor>> r = std::vector<NamedTensor>();
-    {
-      nb::gil_scoped_release release;
-      r = r_->NextBatch();
-    }
-    nb::list out;
-    for (NamedTensor& t : Unwrap(std::move(r))) out.append(nb::make_tuple(t.name, DLPackCapsule(t.tensor)));
-    return out;
-  }
+  nb::list NextBatch() { return Capsules(&ModelReader::NextBatch); }
+  // The same for the whole rank at once (ModelReader::LoadAll).
+  nb::list LoadAll() { return Capsules(&ModelReader::LoadAll); }
 
   // Destinations in this process's memory.
   std::vector<std::string> LoadInto(const NamedArrays& tensors) {
@@ -147,6 +140,17 @@ class PyModelReader {
   ModelReader& get() { return *r_; }
 
  private:
+  nb::list Capsules(Result<std::vector<NamedTensor>> (ModelReader::*read)()) {
+    Result<std::vector<NamedTensor>> r = std::vector<NamedTensor>();
+    {
+      nb::gil_scoped_release release;
+      r = (r_.get()->*read)();
+    }
+    nb::list out;
+    for (NamedTensor& t : Unwrap(std::move(r))) out.append(nb::make_tuple(t.name, DLPackCapsule(t.tensor)));
+    return out;
+  }
+
   std::unique_ptr<ModelReader> r_;
 };
 
@@ -156,6 +160,7 @@ void BindModel(nb::module_& m) {
   nb::class_<PyModelReader>(m, "ModelReader")
       .def("tensors", &PyModelReader::Tensors)
       .def("next_batch", &PyModelReader::NextBatch)
+      .def("load_all", &PyModelReader::LoadAll)
       .def("load_into", &PyModelReader::LoadInto)
       .def("load_into_cuda", &PyModelReader::LoadIntoCuda)
       // PlanDeviceGroups: [(fill [(name, dtype, shape, nbytes)],

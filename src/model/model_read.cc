@@ -381,6 +381,34 @@ Result<std::vector<std::string>> ModelReaderImpl::LoadInto(std::span<const Tenso
   return Missed(which);
 }
 
+// One LoadInto over storage allocated for the whole rank, rather than
+// NextBatch's batch after batch: its prefault threads run ahead of every
+// transfer, where NextBatch prepares only the next batch, and only on 4+
+// cores (a first load of 1.1 GiB in a new process on 2 cores, own segment:
+// 1.87 s by NextBatch, 1.29 s by LoadInto into fresh tensors).
+Result<std::vector<NamedTensor>> ModelReaderImpl::LoadAll() {
+  std::vector<NamedTensor> out;
+  if (!has_manifest_) {
+    for (;;) {
+      MC_ASSIGN_OR_RETURN(std::vector<NamedTensor> batch, NextBatch());
+      if (batch.empty()) return out;
+      for (NamedTensor& t : batch) out.push_back(std::move(t));
+    }
+  }
+  std::vector<Tensor> stored(tensors_.size());
+  std::vector<TensorDestination> destinations;
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    if (Canonical(i) != i) continue;
+    const ManifestTensor& t = tensors_[i];
+    MC_ASSIGN_OR_RETURN(stored[i], Tensor::Allocate(t.dtype, t.shape));
+    destinations.push_back({t.name, t.dtype, t.shape, MutableBytes(stored[i].data(), stored[i].nbytes())});
+  }
+  MC_RETURN_IF_ERROR(LoadInto(destinations).status());
+  out.reserve(tensors_.size());
+  for (size_t i = 0; i < tensors_.size(); ++i) out.push_back({tensors_[i].name, stored[Canonical(i)]});
+  return out;
+}
+
 Result<std::vector<std::string>> ModelReaderImpl::Check() {
   MC_ASSIGN_OR_RETURN(Connector::InUse in_use, model_.Use());
   if (!has_manifest_) {

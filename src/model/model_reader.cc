@@ -11,6 +11,7 @@ const std::vector<ManifestTensor>& ModelReader::tensors() const { return impl_->
 bool ModelReader::has_manifest() const { return impl_->has_manifest(); }
 uint64_t ModelReader::total_bytes() const { return impl_->total_bytes(); }
 Result<std::vector<NamedTensor>> ModelReader::NextBatch() { return impl_->NextBatch(); }
+Result<std::vector<NamedTensor>> ModelReader::LoadAll() { return impl_->LoadAll(); }
 Result<std::vector<std::string>> ModelReader::LoadInto(std::span<const TensorDestination> destinations) {
   return impl_->LoadInto(destinations);
 }

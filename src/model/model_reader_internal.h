@@ -129,6 +129,7 @@ class ModelReaderImpl {
   uint64_t total_bytes() const { return total_bytes_; }
   ~ModelReaderImpl();
   Result<std::vector<NamedTensor>> NextBatch();
+  Result<std::vector<NamedTensor>> LoadAll();
   Result<std::vector<std::string>> LoadInto(std::span<const TensorDestination> destinations);
   Result<std::vector<std::string>> LoadIntoCuda(std::span<const TensorDestination> destinations,
                                                 const CudaTarget& target);

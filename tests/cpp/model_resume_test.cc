@@ -261,6 +261,7 @@ TEST(Model, CorruptedAndMissingValuesAreDataLoss) {
   small.batch_bytes = 64;
   EXPECT_STATUS(DrainError(**m.OpenReader(0, small)), kDataLoss, "checksum mismatch");
   EXPECT_STATUS(DrainError(**m.OpenReader(0)), kDataLoss, "tensor 'b'");
+  EXPECT_STATUS((*m.OpenReader(0))->LoadAll().status(), kDataLoss, "checksum mismatch in tensor 'b'");
 
   LoadOptions unverified;
   unverified.verify = false;

@@ -122,6 +122,51 @@ TEST(Model, SaveAndReadBackInBatches) {
   EXPECT_TRUE(reader->NextBatch()->empty());
 }
 
+// LoadAll hands out what draining NextBatch would: every name in stored
+// order, the stored bytes in aligned storage, aliases sharing their target's.
+TEST(Model, LoadAllReadsTheWholeRankAsNextBatchWould) {
+  auto c = Open(UniqueUrl());
+  Model m = *Model::Open(*c);
+  Sample s = MakeSample(5);
+  ASSERT_TRUE(m.SaveStateDict(0, s.views).ok());
+  LoadOptions options;
+  options.batch_bytes = 100;  // several batches inside its one load
+  std::vector<std::pair<uint64_t, uint64_t>> progress;
+  options.progress = [&](uint64_t done, uint64_t total) { progress.emplace_back(done, total); };
+  std::unique_ptr<ModelReader> reader = *m.OpenReader(0, options);
+  Result<std::vector<NamedTensor>> got = reader->LoadAll();
+  ASSERT_TRUE(got.ok()) << got.status();
+  std::vector<NamedTensor> drained = ReadAll(**m.OpenReader(0));
+  ASSERT_EQ(got->size(), s.views.size());
+  ASSERT_EQ(drained.size(), s.views.size());
+  for (size_t i = 0; i < got->size(); ++i) {
+    const NamedTensor& t = (*got)[i];
+    EXPECT_EQ(t.name, s.views[i].name);
+    EXPECT_EQ(t.name, drained[i].name);
+    EXPECT_TRUE(SameTensor(t.tensor, s.views[i].tensor)) << t.name;
+    EXPECT_EQ(t.tensor.dtype(), drained[i].tensor.dtype()) << t.name;
+    EXPECT_EQ(t.tensor.shape(), drained[i].tensor.shape()) << t.name;
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.tensor.data()) % kBufferAlignment, 0u) << t.name;
+  }
+  EXPECT_EQ((*got)[0].tensor.data(), (*got)[1].tensor.data());  // a_tied shares a's storage
+  for (size_t i = 2; i < got->size(); ++i) {
+    if ((*got)[i].tensor.nbytes() > 0) EXPECT_NE((*got)[i].tensor.data(), (*got)[0].tensor.data());
+  }
+  ASSERT_FALSE(progress.empty());
+  EXPECT_EQ(progress.back().first, reader->total_bytes());
+  EXPECT_EQ(progress.back().second, reader->total_bytes());
+
+  // Values stored without a manifest (SGLang's save_model): read by listing.
+  auto other = Open(SameStore(UniqueUrl(), "/org/plain"));
+  Model plain = *Model::Open(*other);
+  ASSERT_TRUE(other->Set(plain.TensorKey(0, "x"), *Find(s, "b")).ok());
+  Result<std::vector<NamedTensor>> listed = (*plain.OpenReader(0))->LoadAll();
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  ASSERT_EQ(listed->size(), 1u);
+  EXPECT_EQ((*listed)[0].name, "x");
+  EXPECT_TRUE(SameTensor((*listed)[0].tensor, *Find(s, "b")));
+}
+
 // NextBatch allocates the next batch's storage on another thread while it
 // fetches: every tensor must still get storage of its own (aliases share
 // their target's, across batches too), and a reader dropped mid-way must
