@@ -34,7 +34,10 @@ the weights in place (interpreter, imports, client setup, load); `setup +
 load` from after the imports (both sides' client setup, and the page faults
 of their destinations: standalone-client mode's raw wheel maps its shared
 memory populated during its setup); `load` alone (after the setup and the
-destination's allocation). After the clock stops each child checks the bytes
+destination's allocation; `destinations_s` in the JSON is the part of the
+setup that allocated fresh destinations, and zeroed them on a GPU, in the
+rows that have them: `raw load + copy`, `ours load_into`, `ours
+weight_iterator`). After the clock stops each child checks the bytes
 it loaded against the model's (a sum of every 16-bit word per tensor), so a
 load that wrote nothing cannot pass. Where the CPU went during `load`: the
 machine's busy share (all its cores, from /proc/stat) and the sample
@@ -44,7 +47,8 @@ With --device cuda the weights go to the GPU: fresh parameters there (set to
 zeros before the clock starts), the CUDA context made during the setup on
 both sides, each clock stopped after a synchronize; `raw load` is then the
 raw wheel's fetch alone, into host memory (the target: a first load onto the
-GPU within 1.05x of it), and `raw load + copy` adds the copies to the GPU.
+GPU within 1.05x of it; it has no destinations to reset, so `ours load_into`'s
+setup carries a reset the raw row's does not: its `destinations_s`), and `raw load + copy` adds the copies to the GPU.
 The save rows then start from the weights on the GPU (the process's peak
 memory counted from there): the raw wheel puts from host memory only, so
 `raw save` copies the rank into one host buffer first (the equivalent work);
@@ -163,14 +167,19 @@ def child(row: str, spec: dict, sample_no: int) -> dict:
     rss_before = _peak_rss_mib()
     params: dict[str, torch.Tensor] = {}
 
+    destinations_s = 0.0
+
     def fresh() -> dict[str, torch.Tensor]:
         # Host memory: fresh pages, zeros until written. Device memory: set
         # to zeros here, so that a load that wrote nothing fails the check.
+        nonlocal destinations_s
+        began = time.time()
         out = {n: torch.empty(s, dtype=torch.bfloat16, device=device) for n, s in zip(names, shapes)}
         if device != "cpu":
             for t in out.values():
                 t.zero_()
             torch.cuda.synchronize()
+        destinations_s = time.time() - began
         return out
 
     def in_place() -> float:
@@ -226,7 +235,8 @@ def child(row: str, spec: dict, sample_no: int) -> dict:
     cpu = _cpu_since(cpu)
     peak = _peak_rss_mib()
     _check(row, names, params, spec["sums"])
-    return {"imported": imported, "start": start, "done": done, "peak_rss_growth_mib": peak - rss_before, "cpu": cpu}
+    return {"imported": imported, "start": start, "done": done, "peak_rss_growth_mib": peak - rss_before, "cpu": cpu,
+            "destinations_s": destinations_s}
 
 
 def save_prefix(spec: dict, row: str, sample_no: int) -> str:
@@ -330,7 +340,8 @@ def sample(row: str, spec: dict, env: dict[str, str], sample_no: int) -> dict:
         raise RuntimeError(f"cold load ({row}) failed: {out.stderr[-3000:]}")
     t = json.loads(out.stdout.strip().splitlines()[-1])
     return {"total": t["done"] - spawned, "setup + load": t["done"] - t["imported"], "load": t["done"] - t["start"],
-            "peak_rss_growth_mib": t["peak_rss_growth_mib"], "cpu": t["cpu"]}
+            "peak_rss_growth_mib": t["peak_rss_growth_mib"], "cpu": t["cpu"],
+            "destinations_s": t.get("destinations_s", 0.0)}
 
 
 def run_mode(mode: str, sd: dict, samples: int, device: str, rows_wanted: list[str], file: str,
