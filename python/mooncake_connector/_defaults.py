@@ -6,13 +6,16 @@ commands that never do (ls, inspect, verify, rm, put, get) start quickly."""
 # One batched store call moves at most this many bytes (and at least one value).
 DEFAULT_BATCH_BYTES = 256 << 20
 
-# save_state_dict's batches: the tensors are the caller's memory, written
-# straight from it (or through the fixed staging slots), so a batch costs no
-# memory, and one batch is one native write call (up to 1 GiB). Fewer,
-# larger calls save faster (cold own-mode saves of 1.1 GiB on two cores:
-# 0.70-0.94x the raw wheel in 256 MiB batches, 0.84-1.03x in 1 GiB ones;
-# bench/results/save_batch.txt); a batch is also a save's unit of progress
-# and of resumption (an interrupted save writes its unfinished batch again).
+# The batches of save_state_dict, save_files and save_directory: the sources
+# (the caller's tensors, the folder's mapped files) are written straight from
+# where they are (or through the fixed staging slots), so a batch costs no
+# memory, and one batch is one native write call (up to 1 GiB). Fewer, larger
+# calls save faster (cold own-mode saves of 1.1 GiB on two cores: 0.70-0.94x
+# the raw wheel in 256 MiB batches, 0.84-1.03x in 1 GiB ones,
+# bench/results/save_batch.txt; save_directory of 1.1 GiB: 0.58-0.70 s against
+# 0.69-0.74 s, bench/results/save_directory_batches.txt); a batch is also a
+# save's unit of progress and of resumption (an interrupted save writes its
+# unfinished batch again).
 SAVE_BATCH_BYTES = 1 << 30
 
 # weight_iterator's batches (not cooperative): it holds about one batch and

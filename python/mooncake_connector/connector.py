@@ -210,7 +210,7 @@ class MooncakeConnector:
         arrays = [np.frombuffer(memoryview(files[p]).cast("B"), dtype=np.uint8) if len(files[p])
                   else np.empty(0, dtype=np.uint8) for p in paths]
         self._saving()
-        self._model().save_files(paths, arrays, DEFAULT_BATCH_BYTES, progress, pin)
+        self._model().save_files(paths, arrays, SAVE_BATCH_BYTES, progress, pin)
 
     def save_directory(self, path: str | os.PathLike[str], *,
                        progress: Optional[Callable[[int, int], None]] = None,
@@ -227,7 +227,7 @@ class MooncakeConnector:
         Returns the bytes written: what an earlier save of the same folder
         left intact (read back and checked) is not written again."""
         self._saving()
-        return self._model().save_directory(os.fspath(path), DEFAULT_BATCH_BYTES, progress,
+        return self._model().save_directory(os.fspath(path), SAVE_BATCH_BYTES, progress,
                                      follow_links_outside, pin)
 
     def model_manifest(self, rank: Optional[int] = 0) -> Optional[dict[str, Any]]:
