@@ -452,8 +452,10 @@ class MC_EXPORT ModelReader {
   // allocated first (new 64-byte aligned storage, as NextBatch's) and all
   // filled by one LoadInto, whose threads fault the pages in ahead of the
   // transfers; aliases share their target's storage. Memory: the rank's
-  // stored bytes, nothing more. Without a manifest (dtypes and shapes
-  // unknown until read): NextBatch until the end.
+  // stored bytes, nothing more (ordinary memory: LoadOptions::streaming is
+  // for callers that let go of each batch, and LoadAll keeps all). Without a
+  // manifest (dtypes and shapes unknown until read): NextBatch until the
+  // end. FailedPrecondition on a reader something was read from already.
   Result<std::vector<NamedTensor>> LoadAll();
 
   // Fills the caller's memory, no allocation for values that match the

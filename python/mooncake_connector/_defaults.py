@@ -15,7 +15,8 @@ DEFAULT_BATCH_BYTES = 256 << 20
 # bench/results/save_batch.txt; save_directory of 1.1 GiB: 0.58-0.70 s against
 # 0.69-0.74 s, bench/results/save_directory_batches.txt); a batch is also a
 # save's unit of progress and of resumption (an interrupted save writes its
-# unfinished batch again).
+# unfinished batch again) and where save_directory checks that no file
+# changed under it (so a shard rewritten mid-save is noticed within 1 GiB).
 SAVE_BATCH_BYTES = 1 << 30
 
 # weight_iterator's batches (not cooperative): it holds about one batch and

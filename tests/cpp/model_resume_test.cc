@@ -269,6 +269,11 @@ TEST(Model, CorruptedAndMissingValuesAreDataLoss) {
   ASSERT_EQ(got.size(), s.views.size());
   EXPECT_TRUE(SameTensor(got[2].tensor, bad.view()));
   EXPECT_TRUE(SameTensor(got[0].tensor, *Find(s, "a")));
+  Result<std::vector<NamedTensor>> all = (*m.OpenReader(0, unverified))->LoadAll();
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->size(), s.views.size());
+  EXPECT_TRUE(SameTensor((*all)[2].tensor, bad.view()));
+  EXPECT_TRUE(SameTensor((*all)[0].tensor, *Find(s, "a")));
 
   Result<VerifyReport> report = m.Verify();
   ASSERT_TRUE(report.ok()) << report.status();

@@ -155,6 +155,10 @@ TEST(Model, LoadAllReadsTheWholeRankAsNextBatchWould) {
   ASSERT_FALSE(progress.empty());
   EXPECT_EQ(progress.back().first, reader->total_bytes());
   EXPECT_EQ(progress.back().second, reader->total_bytes());
+  // The whole rank only: not after some of it was read.
+  std::unique_ptr<ModelReader> started = *m.OpenReader(0, options);
+  ASSERT_TRUE(started->NextBatch().ok());
+  EXPECT_STATUS(started->LoadAll().status(), kFailedPrecondition, "nothing was read from yet");
 
   // Values stored without a manifest (SGLang's save_model): read by listing.
   auto other = Open(SameStore(UniqueUrl(), "/org/plain"));
