@@ -353,3 +353,40 @@ def test_a_gpu_save_is_read_back_by_another_process(mooncake_cluster):
     out = subprocess.run([sys.executable, "-c", READ_BACK, os.path.dirname(__file__)], capture_output=True,
                          text=True, timeout=300, env=os.environ.copy())
     assert out.returncode == 0 and "read back" in out.stdout, out.stderr[-3000:]
+
+
+@needs_gpu
+def test_the_sglang_plugins_engine_path_on_the_gpu(store_url):
+    # What SGLang's KV path does through the plugin, without SGLang (it does
+    # not install on the GPU hosts; tests/sglang runs it on the CPU): its
+    # save_model sets each GPU parameter under its per-rank key and closes,
+    # its load hands the engine's own GPU parameters to fill_in_place, which
+    # fills them through the pinned pipeline.
+    from mooncake_connector.sglang_plugin import open_connector
+
+    url = model_url(store_url, "org/gpu-engine", chunked=True)
+    on_gpu, sd = gpu_state_dict()
+    del on_gpu["tied"], sd["tied"]  # SGLang's state dict names a tied parameter once
+    with create_remote_connector(store_url):  # a memory:// store lives while a connector holds it
+        saver = open_connector(url, device="cuda")
+        for name, tensor in on_gpu.items():
+            saver.set(f"org/gpu-engine/keys/rank_0/{name}", tensor)
+        saver.close()
+        loader = open_connector(url, device="cuda")
+        try:
+            # Zeros, so that a fill that wrote nothing fails; contiguous, as
+            # SGLang's parameters are.
+            params = {n: torch.zeros(t.shape, dtype=t.dtype, device="cuda") for n, t in on_gpu.items()}
+            assert loader.fill_in_place(params, 0) is None
+            assert loader.load_stats["filled_in_place"] == len(params)
+            assert_same(on_cpu(params), sd)
+            # Another shape (LoRA padding): refused before anything is written;
+            # SGLang then copies from weight_iterator instead.
+            params = {n: torch.zeros(t.shape, dtype=t.dtype, device="cuda") for n, t in on_gpu.items()}
+            params["big"] = torch.zeros(701, 1024, dtype=torch.float16, device="cuda")
+            why = loader.fill_in_place(params, 0)
+            assert why and "big" in why
+            assert not any(bool(t.reshape(-1).view(torch.uint8).any()) for t in params.values())
+            assert_same({n: t.cpu() for n, t in loader.weight_iterator(0)}, sd)
+        finally:
+            loader.close()
